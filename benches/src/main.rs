@@ -1,0 +1,389 @@
+//! The dtx benchmark harness.
+//!
+//! ```sh
+//! cargo run --release -p dtx-bench              # table
+//! cargo run --release -p dtx-bench -- --json    # one JSON object per row
+//! cargo run --release -p dtx-bench -- append    # only rows whose name contains "append"
+//! ```
+//!
+//! Every row is measured against a baseline doing the same work with plain sqlx on the same
+//! pool, in the same run, with dtx and baseline iterations interleaved so that drift of this
+//! noisy machine hits both alike. `ratio` = dtx median / baseline median. It reads
+//! `DATABASE_URL` (default: the local server) and works in a database `dtx_bench` that it
+//! recreates on every run.
+
+use dtx::{
+    Aggregate, Apply, DomainEvent, EventMetadata, EventStore, ExpectedVersion, NewEvent,
+    Repository, StreamId,
+};
+use dtx_postgres::PgEventStore;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, PgPool, Row};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+type BoxError = Box<dyn std::error::Error>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Deposited {
+    amount: u64,
+    memo: String,
+}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum AccountEvent {
+    Deposited(Deposited),
+}
+
+/// An account replayed from its events only.
+#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+#[aggregate(event = AccountEvent, snapshots = false)]
+struct Account {
+    id: dtx::Id<Account>,
+    balance: u64,
+}
+
+impl Apply<Deposited> for Account {
+    fn apply(&mut self, event: &Deposited) {
+        self.balance += event.amount;
+    }
+}
+
+/// The same account, snapshotted every 1000 events.
+#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+#[aggregate(event = AccountEvent, name = "SnapAccount", snapshot_every = 1000)]
+struct SnapAccount {
+    id: dtx::Id<SnapAccount>,
+    balance: u64,
+}
+
+impl Apply<Deposited> for SnapAccount {
+    fn apply(&mut self, event: &Deposited) {
+        self.balance += event.amount;
+    }
+}
+
+fn deposit(n: u64) -> Deposited {
+    Deposited {
+        amount: n,
+        memo: format!("monthly deposit number {n} for the benchmark account, ref {n:08}"),
+    }
+}
+
+fn payload(n: u64) -> String {
+    serde_json::to_string(&deposit(n)).unwrap_or_default()
+}
+
+/// Options from the command line.
+struct Options {
+    json: bool,
+    filter: Option<String>,
+    iterations: usize,
+}
+
+impl Options {
+    fn parse() -> Result<Self, BoxError> {
+        let mut options = Self {
+            json: false,
+            filter: None,
+            iterations: 400,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--json" => options.json = true,
+                "--iterations" => {
+                    options.iterations =
+                        args.next().ok_or("--iterations needs a number")?.parse()?;
+                }
+                "--help" | "-h" => {
+                    println!("usage: dtx-bench [--json] [--iterations N] [FILTER]");
+                    std::process::exit(0);
+                }
+                filter => options.filter = Some(filter.to_owned()),
+            }
+        }
+        Ok(options)
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+}
+
+/// Medians and tails of one side of a row.
+struct Stats {
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Stats {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss,
+                reason = "index of a quantile"
+            )]
+            let i = ((samples.len() - 1) as f64 * q).round() as usize;
+            samples[i].as_secs_f64() * 1e6
+        };
+        Self {
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+        }
+    }
+}
+
+/// Measures `dtx` and `baseline` alternately, `iterations` times each after a warm-up.
+async fn pair(
+    iterations: usize,
+    mut dtx: impl AsyncFnMut(u64),
+    mut baseline: impl AsyncFnMut(u64),
+) -> (Stats, Stats) {
+    let warmup = (iterations / 10).max(5);
+    let (mut a, mut b) = (
+        Vec::with_capacity(iterations),
+        Vec::with_capacity(iterations),
+    );
+    for i in 0..warmup + iterations {
+        let n = i as u64;
+        let start = Instant::now();
+        dtx(n).await;
+        let dtx_time = start.elapsed();
+        let start = Instant::now();
+        baseline(n).await;
+        let baseline_time = start.elapsed();
+        if i >= warmup {
+            a.push(dtx_time);
+            b.push(baseline_time);
+        }
+    }
+    (Stats::of(a), Stats::of(b))
+}
+
+fn report(options: &Options, name: &str, baseline: &str, (dtx, base): &(Stats, Stats)) {
+    let ratio = dtx.p50_us / base.p50_us;
+    if options.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": name,
+                "p50_us": round(dtx.p50_us),
+                "p99_us": round(dtx.p99_us),
+                "baseline": baseline,
+                "baseline_p50_us": round(base.p50_us),
+                "baseline_p99_us": round(base.p99_us),
+                "ratio": round(ratio),
+            })
+        );
+    } else {
+        println!(
+            "{name:<22} {:>10.1} {:>10.1}   {baseline:<26} {:>10.1} {:>10.1}   {ratio:>6.2}",
+            dtx.p50_us, dtx.p99_us, base.p50_us, base.p99_us
+        );
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+async fn bench_database() -> Result<PgPool, BoxError> {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let admin = PgConnectOptions::from_str(&url)?;
+    let mut conn = admin.connect().await?;
+    conn.execute("DROP DATABASE IF EXISTS dtx_bench WITH (FORCE)")
+        .await?;
+    conn.execute("CREATE DATABASE dtx_bench").await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                if let Ok(mode) = std::env::var("BENCH_PLAN_CACHE_MODE") {
+                    conn.execute(format!("SET plan_cache_mode = {mode}").as_str())
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(admin.database("dtx_bench"))
+        .await?;
+    dtx_postgres::migrate(&pool).await?;
+    pool.execute(
+        "CREATE TABLE baseline_events (
+            id BIGSERIAL PRIMARY KEY,
+            stream_id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            data JSONB NOT NULL,
+            UNIQUE (stream_id, version))",
+    )
+    .await?;
+    Ok(pool)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let options = Options::parse()?;
+    let pool = bench_database().await?;
+    let store = PgEventStore::new(pool.clone());
+    let settings = sqlx::query(
+        "SELECT current_setting('server_version') AS v, current_setting('synchronous_commit') AS s",
+    )
+    .fetch_one(&pool)
+    .await?;
+    if !options.json {
+        println!(
+            "dtx-bench: PostgreSQL {}, synchronous_commit={}, 1 client, {} iterations per side (times in µs)\n",
+            settings.get::<String, _>("v"),
+            settings.get::<String, _>("s"),
+            options.iterations
+        );
+        println!(
+            "{:<22} {:>10} {:>10}   {:<26} {:>10} {:>10}   {:>6}",
+            "row", "p50", "p99", "baseline", "p50", "p99", "ratio"
+        );
+    }
+    append_rows(&options, &pool, &store).await?;
+    load_rows(&options, &pool, &store).await?;
+    Ok(())
+}
+
+/// `append_1` and `append_100`.
+async fn append_rows(
+    options: &Options,
+    pool: &PgPool,
+    store: &PgEventStore,
+) -> Result<(), BoxError> {
+    let n = options.iterations;
+    if options.wants("append_1") {
+        let stream = StreamId::new("Bench-append-1")?;
+        let row = pair(
+            n,
+            async |i| {
+                let event = NewEvent::encode(&stream, &AccountEvent::Deposited(deposit(i)), EventMetadata::default())
+                    .expect("encodes");
+                store.append(&stream, ExpectedVersion::Exact(i), vec![event]).await.expect("append");
+            },
+            async |i| {
+                sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
+                    .bind("baseline-append-1")
+                    .bind(to_i64(i) + 1)
+                    .bind(payload(i))
+                    .execute(pool)
+                    .await
+                    .expect("insert");
+            },
+        )
+        .await;
+        report(options, "append_1", "insert_1_row", &row);
+    }
+
+    if options.wants("append_100") {
+        let stream = StreamId::new("Bench-append-100")?;
+        let row = pair(
+            n / 2,
+            async |i| {
+                let events = (0..100)
+                    .map(|k| NewEvent::encode(&stream, &AccountEvent::Deposited(deposit(k)), EventMetadata::default()).expect("encodes"))
+                    .collect();
+                store.append(&stream, ExpectedVersion::Exact(i * 100), events).await.expect("append");
+            },
+            async |i| {
+                let versions: Vec<i64> = (1..=100).map(|k| to_i64(i) * 100 + k).collect();
+                let data: Vec<String> = (0..100).map(payload).collect();
+                sqlx::query(
+                    "INSERT INTO baseline_events (stream_id, version, data)
+                     SELECT 'baseline-append-100', v, d::jsonb FROM UNNEST($1::int8[], $2::text[]) AS t(v, d)",
+                )
+                .bind(&versions)
+                .bind(&data)
+                .execute(pool)
+                .await
+                .expect("insert");
+            },
+        )
+        .await;
+        report(options, "append_100", "insert_100_rows_unnest", &row);
+    }
+    Ok(())
+}
+
+/// `load_1000` and `load_1000_snapshot`.
+async fn load_rows(options: &Options, pool: &PgPool, store: &PgEventStore) -> Result<(), BoxError> {
+    let n = options.iterations;
+
+    if options.wants("load_1000") {
+        let plain = Repository::<Account>::new(store.clone());
+        let snapshotted = Repository::<SnapAccount>::new(store.clone());
+        let plain_id = dtx::Id::<Account>::new();
+        let snap_id = dtx::Id::<SnapAccount>::new();
+        let mut a = plain.load(&plain_id).await?;
+        let mut s = snapshotted.load(&snap_id).await?;
+        for k in 0..10 {
+            a.record((0..100).map(|j| deposit(k * 100 + j)))?;
+            s.record((0..100).map(|j| deposit(k * 100 + j)))?;
+            plain.save(&mut a).await?;
+            snapshotted.save(&mut s).await?;
+        }
+        let baseline_stream = Account::stream_id(&plain_id)?;
+        let baseline = async |_| {
+            let rows = sqlx::query("SELECT version, data::text AS data FROM event_store WHERE stream_id = $1 ORDER BY version")
+                .bind(baseline_stream.as_str())
+                .fetch_all(pool)
+                .await
+                .expect("select");
+            let balance: u64 = rows
+                .iter()
+                .map(|r| {
+                    serde_json::from_str::<Deposited>(r.get::<&str, _>("data"))
+                        .expect("decodes")
+                        .amount
+                })
+                .sum();
+            assert!(balance > 0);
+        };
+        if options
+            .filter
+            .as_deref()
+            .is_none_or(|f| "load_1000".contains(f) && !f.contains("snapshot"))
+        {
+            let row = pair(
+                n / 4,
+                async |_| {
+                    let loaded = plain.load(&plain_id).await.expect("load");
+                    assert_eq!(loaded.version(), 1000);
+                },
+                baseline,
+            )
+            .await;
+            report(options, "load_1000", "select_1000_rows_decode", &row);
+        }
+        if options.wants("load_1000_snapshot") {
+            let row = pair(
+                n / 4,
+                async |_| {
+                    let loaded = snapshotted.load(&snap_id).await.expect("load");
+                    assert_eq!(loaded.version(), 1000);
+                },
+                baseline,
+            )
+            .await;
+            report(
+                options,
+                "load_1000_snapshot",
+                "select_1000_rows_decode",
+                &row,
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Helpers shared by every macro: the runtime crate path, the generated-block wrapper and
+//! name helpers.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// The path generated code uses to reach the runtime: `::dtx` unless `crate = path` is given.
+pub(crate) fn crate_path(custom: Option<&syn::Path>) -> syn::Path {
+    custom.cloned().unwrap_or_else(|| syn::parse_quote!(::dtx))
+}
+
+/// Wraps generated items in one hidden `const _: () = { .. };` block.
+pub(crate) fn dummy_const(items: &TokenStream) -> TokenStream {
+    quote! {
+        #[doc(hidden)]
+        #[allow(
+            non_upper_case_globals,
+            unused_attributes,
+            unused_qualifications,
+            clippy::absolute_paths,
+            clippy::used_underscore_binding,
+        )]
+        const _: () = {
+            #items
+        };
+    }
+}
+
+/// Turns accumulated errors into `compile_error!` invocations, each at its own span.
+pub(crate) fn errors(error: darling::Error) -> TokenStream {
+    error.write_errors()
+}
+
+/// A stable 64-bit FNV-1a hash, used for state-schema fingerprints.
+pub(crate) fn fnv1a(text: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Gives every token the span `span`, so rustc attributes them to the user's code rather than
+/// to the derive (used where a derive-spanned token would make rustc suggest implementing a
+/// hidden trait by hand).
+pub(crate) fn respan(tokens: impl quote::ToTokens, span: proc_macro2::Span) -> TokenStream {
+    use proc_macro2::{Group, TokenTree};
+    tokens
+        .into_token_stream()
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut respanned = Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                token = TokenTree::Group(respanned);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
+}

@@ -1,0 +1,107 @@
+//! Code generation for `#[derive(DomainEvent)]`: from the validated model only.
+
+use super::Model;
+use crate::common::respan;
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+pub(crate) fn expand(model: &Model) -> TokenStream {
+    let Model {
+        ident,
+        krate,
+        variants,
+    } = model;
+    let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+    let idents: Vec<&syn::Ident> = variants.iter().map(|v| &v.ident).collect();
+    let payloads: Vec<&syn::Type> = variants.iter().map(|v| &v.payload).collect();
+    let versions: Vec<u32> = variants.iter().map(|v| v.version).collect();
+    // Spanned on the payload type: a payload without `Serialize`/`Deserialize` is reported there.
+    let codecs: Vec<_> = payloads
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> #krate::__private::payload::<#ty>()))
+        .collect();
+    // The dispatch impl's header and bounds carry the user's spans, not the derive's: a missing
+    // `Apply` impl is then reported with "unsatisfied trait bound introduced here" under the
+    // variant's payload, instead of rustc's advice to implement the hidden trait by hand.
+    let aggregate = syn::Ident::new("__DtxAggregate", ident.span());
+    let dispatch_trait = respan(
+        quote!(#krate::__private::Dispatch<#aggregate>),
+        ident.span(),
+    );
+    let applies = payloads
+        .iter()
+        .map(|ty| respan(quote!(#aggregate: #krate::Apply<#ty>), ty.span()));
+    let dispatch_fn = quote! {
+        fn dispatch(&self, target: &mut #aggregate) {
+            match self {
+                #(Self::#idents(event) => #krate::Apply::<#payloads>::apply(target, event),)*
+            }
+        }
+    };
+    let dispatch = quote_spanned! {ident.span()=>
+        #[automatically_derived]
+        impl<#aggregate> #dispatch_trait for #ident
+        where
+            #(#applies,)*
+        {
+            #dispatch_fn
+        }
+    };
+
+    let items = quote! {
+        #[automatically_derived]
+        impl #krate::DomainEvent for #ident {
+            const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
+
+            fn event_type(&self) -> &'static str {
+                match self {
+                    #(Self::#idents(_) => #names,)*
+                }
+            }
+
+            fn schema_version(&self) -> u32 {
+                match self {
+                    #(Self::#idents(_) => #versions,)*
+                }
+            }
+
+            fn to_payload(
+                &self,
+            ) -> ::core::result::Result<
+                ::std::boxed::Box<#krate::__private::serde_json::value::RawValue>,
+                #krate::__private::serde_json::Error,
+            > {
+                match self {
+                    #(Self::#idents(payload) => #codecs.encode(payload),)*
+                }
+            }
+
+            fn from_payload(
+                event_type: &str,
+                schema_version: u32,
+                data: &#krate::__private::serde_json::value::RawValue,
+            ) -> ::core::result::Result<Self, #krate::DecodeError> {
+                match event_type {
+                    #(#names => #codecs.decode(event_type, schema_version, #versions, data).map(Self::#idents),)*
+                    _ => ::core::result::Result::Err(#krate::__private::unknown_event(
+                        event_type,
+                        <Self as #krate::DomainEvent>::EVENT_TYPES,
+                    )),
+                }
+            }
+        }
+
+        #dispatch
+
+        #(
+            #[automatically_derived]
+            impl ::core::convert::From<#payloads> for #ident {
+                fn from(event: #payloads) -> Self {
+                    Self::#idents(event)
+                }
+            }
+        )*
+    };
+    crate::common::dummy_const(&items)
+}

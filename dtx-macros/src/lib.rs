@@ -1,0 +1,20 @@
+//! Procedural macros of dtx. Use them through the `dtx` crate, which documents each one on its
+//! re-export and provides the runtime their generated code calls.
+
+mod aggregate;
+mod common;
+mod event;
+
+use proc_macro::TokenStream;
+
+/// See `dtx::DomainEvent`.
+#[proc_macro_derive(DomainEvent, attributes(event))]
+pub fn derive_domain_event(input: TokenStream) -> TokenStream {
+    event::derive(&syn::parse_macro_input!(input)).into()
+}
+
+/// See `dtx::Aggregate`.
+#[proc_macro_derive(Aggregate, attributes(aggregate))]
+pub fn derive_aggregate(input: TokenStream) -> TokenStream {
+    aggregate::derive(&syn::parse_macro_input!(input)).into()
+}

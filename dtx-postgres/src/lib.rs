@@ -1,0 +1,57 @@
+//! # dtx-postgres
+//!
+//! The PostgreSQL runtime of [`dtx`], on `sqlx`: [`PgEventStore`] (events, global feed,
+//! snapshots) and the embedded [`migrate`] for the tables it uses.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use dtx::{EventStore, Repository};
+//! use dtx_postgres::{PgEventStore, migrate};
+//!
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/app").await?;
+//! migrate(&pool).await?;
+//! let store = PgEventStore::new(pool);
+//! # Ok(())
+//! # }
+//! ```
+
+mod migrate;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use migrate::{MIGRATOR, migrate, migrate_in_schema};
+pub use store::PgEventStore;
+
+/// The `sqlx` version dtx-postgres is built on, for pools and transactions.
+pub use sqlx;
+
+/// The code in the repository's README, compiled as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+/// Validates a schema name and returns it quoted for SQL (`"name"`).
+///
+/// Names are 1 to 63 bytes (longer ones would be silently truncated by PostgreSQL) of ASCII
+/// letters, digits and `_`, not starting with a digit.
+///
+/// ```
+/// assert_eq!(dtx_postgres::quote_identifier("tenant_7").unwrap(), "\"tenant_7\"");
+/// assert!(dtx_postgres::quote_identifier("x\"; DROP TABLE t; --").is_err());
+/// ```
+pub fn quote_identifier(name: &str) -> dtx::Result<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if valid {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(dtx::Error::Invalid {
+            what: "schema name",
+            value: name.chars().take(80).collect(),
+            reason: "use 1 to 63 ASCII letters, digits or `_`, not starting with a digit",
+        })
+    }
+}

@@ -1,0 +1,542 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dtx::error::BoxError;
+use dtx::{
+    AppendResult, Error, EventMetadata, EventStore, ExpectedVersion, GlobalPosition, NewEvent,
+    RecordedEvent, Result, Snapshot, StoreLimits, StreamId,
+};
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{PgConnection, Row};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// How often an `ExpectedVersion::Any` append is retried after losing a race for a version.
+const ANY_RETRIES: usize = 100;
+
+/// The PostgreSQL event store.
+///
+/// - An append of any number of events is **one SQL statement** (one round trip): it checks the
+///   expected version and already-stored event ids and inserts the batch through `UNNEST`.
+/// - The global feed is gap-free: see [`EventStore::read_all`] and the `event_store` migration.
+/// - A connection lost after the statement was sent is [`Error::OutcomeUnknown`], never retried
+///   silently; retrying the same events is safe (it succeeds as a duplicate).
+///
+/// Clones share the pool.
+#[derive(Clone)]
+pub struct PgEventStore {
+    pool: PgPool,
+    limits: StoreLimits,
+    sql: Arc<Sql>,
+}
+
+impl std::fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The statements, built once with the (validated, quoted) schema.
+struct Sql {
+    append: String,
+    stored: String,
+    head: String,
+    read_stream: String,
+    read_all: String,
+    load_snapshot: String,
+    save_snapshot: String,
+}
+
+const COLUMNS: &str = "stream_id, version, global_position, commit_order, event_id, event_type, \
+     schema_version, data::text AS data, correlation_id, causation_id, traceparent, recorded_at";
+
+impl Sql {
+    fn new(schema: Option<&str>) -> Self {
+        let prefix = schema.map(|s| format!("{s}.")).unwrap_or_default();
+        let events = format!("{prefix}event_store");
+        let snapshots = format!("{prefix}event_snapshots");
+        Self {
+            // The happy path: one statement that reads the stream head through the primary key,
+            // checks the expectation and inserts the whole batch. Stored event ids are only
+            // looked up (`stored`) when it inserts nothing or hits the event-id constraint.
+            append: format!(
+                "WITH head AS (
+                    SELECT version, commit_order FROM {events}
+                    WHERE stream_id = $1 ORDER BY version DESC LIMIT 1
+                ), state AS (
+                    SELECT COALESCE((SELECT version FROM head), 0) AS current,
+                           GREATEST(pg_current_xact_id()::text::bigint,
+                                    COALESCE((SELECT commit_order FROM head), 0)) AS commit_order
+                ), ins AS (
+                    INSERT INTO {events} (stream_id, version, commit_order, event_id, event_type,
+                                          schema_version, data, correlation_id, causation_id, traceparent)
+                    SELECT $1, s.current + e.ord, s.commit_order,
+                           e.event_id, e.event_type, e.schema_version, e.data::jsonb,
+                           e.correlation_id, e.causation_id, e.traceparent
+                    FROM state s,
+                         UNNEST($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::uuid[], $8::uuid[], $9::text[])
+                           WITH ORDINALITY AS e(event_id, event_type, schema_version, data,
+                                                correlation_id, causation_id, traceparent, ord)
+                    WHERE $2::bigint IS NULL OR s.current = $2
+                    ORDER BY e.ord
+                    RETURNING version, global_position
+                )
+                SELECT s.current, s.commit_order,
+                       (SELECT array_agg(global_position ORDER BY version) FROM ins) AS positions
+                FROM state s"
+            ),
+            // One index probe per id (the LATERAL subquery with LIMIT is never flattened into a
+            // hash join, whatever the statistics say).
+            stored: format!(
+                "SELECT e.stream_id, e.version, e.global_position, e.commit_order, i.id AS event_id
+                 FROM UNNEST($1::uuid[]) AS i(id)
+                 CROSS JOIN LATERAL (
+                     SELECT stream_id, version, global_position, commit_order FROM {events}
+                     WHERE event_id = i.id LIMIT 1
+                 ) e"
+            ),
+            head: format!("SELECT COALESCE(MAX(version), 0) FROM {events} WHERE stream_id = $1"),
+            read_stream: format!(
+                "SELECT {COLUMNS} FROM {events}
+                 WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+            ),
+            read_all: format!(
+                "SELECT {COLUMNS} FROM {events}
+                 WHERE (commit_order, global_position) > ($1, $2)
+                   AND commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                 ORDER BY commit_order, global_position LIMIT $3"
+            ),
+            load_snapshot: format!(
+                "SELECT aggregate_type, version, schema_hash, state::text AS state
+                 FROM {snapshots} WHERE stream_id = $1"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {snapshots} AS s (stream_id, aggregate_type, version, schema_hash, state)
+                 VALUES ($1, $2, $3, $4, $5::jsonb)
+                 ON CONFLICT (stream_id) DO UPDATE
+                   SET aggregate_type = EXCLUDED.aggregate_type, version = EXCLUDED.version,
+                       schema_hash = EXCLUDED.schema_hash, state = EXCLUDED.state, created_at = now()
+                 WHERE s.version < EXCLUDED.version OR s.schema_hash <> EXCLUDED.schema_hash"
+            ),
+        }
+    }
+}
+
+/// The columns of one append, as arrays for `UNNEST`.
+struct Batch {
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    versions: Vec<i32>,
+    data: Vec<String>,
+    correlation: Vec<Option<Uuid>>,
+    causation: Vec<Option<Uuid>>,
+    traceparent: Vec<Option<String>>,
+}
+
+impl Batch {
+    fn new(events: Vec<NewEvent>) -> Self {
+        let n = events.len();
+        let mut batch = Self {
+            ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            correlation: Vec::with_capacity(n),
+            causation: Vec::with_capacity(n),
+            traceparent: Vec::with_capacity(n),
+        };
+        for e in events {
+            batch.ids.push(e.event_id);
+            batch.types.push(e.event_type);
+            batch
+                .versions
+                .push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+            batch.data.push(String::from(Box::<str>::from(e.data)));
+            batch.correlation.push(e.metadata.correlation_id);
+            batch.causation.push(e.metadata.causation_id);
+            batch.traceparent.push(e.metadata.traceparent);
+        }
+        batch
+    }
+}
+
+/// How an append attempt ended.
+enum Attempt {
+    Done(AppendResult),
+    /// Nothing was inserted: the stream is at `current`, not at the expected version.
+    WrongVersion {
+        current: u64,
+    },
+    /// Another writer took the version first (unique violation on the stream's version).
+    LostRace,
+    /// Some event id is stored already (unique violation on the event id).
+    StoredId,
+}
+
+impl PgEventStore {
+    /// A store on a pool whose database has the dtx tables (see [`crate::migrate`]).
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            limits: StoreLimits::default(),
+            sql: Arc::new(Sql::new(None)),
+        }
+    }
+
+    /// Uses the tables in `schema` (see [`crate::migrate_in_schema`]); the name is validated and
+    /// quoted.
+    pub fn with_schema(mut self, schema: &str) -> Result<Self> {
+        let quoted = crate::quote_identifier(schema)?;
+        self.sql = Arc::new(Sql::new(Some(&quoted)));
+        Ok(self)
+    }
+
+    /// Sets the batch limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Every statement this store issues, by name, for `EXPLAIN` checks and audits.
+    pub fn statements(&self) -> [(&'static str, &str); 7] {
+        let sql = &*self.sql;
+        [
+            ("append", &sql.append),
+            ("stored_events", &sql.stored),
+            ("stream_version", &sql.head),
+            ("read_stream", &sql.read_stream),
+            ("read_all", &sql.read_all),
+            ("load_snapshot", &sql.load_snapshot),
+            ("save_snapshot", &sql.save_snapshot),
+        ]
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends inside the caller's transaction (or on any connection), so the events commit or
+    /// roll back with the caller's other writes.
+    ///
+    /// Inside a transaction a lost race cannot be retried (PostgreSQL aborts the transaction), so
+    /// every expectation, [`ExpectedVersion::Any`] included, reports [`Error::Conflict`]; roll
+    /// back and retry the whole transaction. A connection failure after the statement was sent
+    /// is [`Error::OutcomeUnknown`].
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.limits.check(stream, &events)?;
+        let batch = Batch::new(events);
+        match self
+            .append_once(&mut *conn, stream, expected, &batch)
+            .await?
+        {
+            Attempt::Done(result) => Ok(result),
+            Attempt::WrongVersion { current } => {
+                self.settle(stream, expected, &batch.ids, current).await
+            }
+            Attempt::LostRace | Attempt::StoredId => {
+                let current = self.stream_version(stream).await?;
+                self.settle(stream, expected, &batch.ids, current).await
+            }
+        }
+    }
+
+    async fn append_once<'c, E>(
+        &self,
+        executor: E,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        batch: &Batch,
+    ) -> Result<Attempt>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+    {
+        let row = sqlx::query(&self.sql.append)
+            .bind(stream.as_str())
+            .bind(expected.required().map(to_i64))
+            .bind(&batch.ids)
+            .bind(&batch.types)
+            .bind(&batch.versions)
+            .bind(&batch.data)
+            .bind(&batch.correlation)
+            .bind(&batch.causation)
+            .bind(&batch.traceparent)
+            .fetch_one(executor)
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            Err(error) => {
+                return match unique_violation(&error) {
+                    Some("event_store_stream_version") => Ok(Attempt::LostRace),
+                    Some("event_store_event_id") => Ok(Attempt::StoredId),
+                    _ => Err(classify(stream, error)),
+                };
+            }
+        };
+        attempt(&row)
+    }
+
+    /// Decides an append that inserted nothing: a retry of stored events is an idempotent
+    /// success, a partial overlap is [`Error::DuplicateEvent`], anything else a conflict.
+    async fn settle(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        ids: &[Uuid],
+        current: u64,
+    ) -> Result<AppendResult> {
+        let rows = sqlx::query(&self.sql.stored)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::storage)?;
+        if rows.is_empty() {
+            return Err(Error::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: current,
+            });
+        }
+        let mut stored = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let stored_in: String = row.try_get("stream_id").map_err(Error::storage)?;
+            let event_id: Uuid = row.try_get("event_id").map_err(Error::storage)?;
+            if stored_in != stream.as_str() || rows.len() < ids.len() {
+                return Err(Error::DuplicateEvent {
+                    stream: stream.clone(),
+                    event_id,
+                    stored_in,
+                });
+            }
+            stored.push((
+                to_u64(row.try_get("version").map_err(Error::storage)?),
+                position(row)?,
+            ));
+        }
+        Ok(result(stored, true))
+    }
+}
+
+fn position(row: &PgRow) -> Result<GlobalPosition> {
+    Ok(GlobalPosition {
+        commit: to_u64(row.try_get("commit_order").map_err(Error::storage)?),
+        sequence: to_u64(row.try_get("global_position").map_err(Error::storage)?),
+    })
+}
+
+fn attempt(row: &PgRow) -> Result<Attempt> {
+    let current = to_u64(row.try_get("current").map_err(Error::storage)?);
+    let positions: Option<Vec<i64>> = row.try_get("positions").map_err(Error::storage)?;
+    let Some(positions) = positions else {
+        return Ok(Attempt::WrongVersion { current });
+    };
+    let commit = to_u64(row.try_get("commit_order").map_err(Error::storage)?);
+    Ok(Attempt::Done(AppendResult {
+        first_version: current + 1,
+        last_version: current + positions.len() as u64,
+        positions: positions
+            .into_iter()
+            .map(|sequence| GlobalPosition {
+                commit,
+                sequence: to_u64(sequence),
+            })
+            .collect(),
+        deduplicated: false,
+    }))
+}
+
+fn result(mut rows: Vec<(u64, GlobalPosition)>, deduplicated: bool) -> AppendResult {
+    rows.sort_unstable_by_key(|r| r.0);
+    AppendResult {
+        first_version: rows[0].0,
+        last_version: rows[rows.len() - 1].0,
+        positions: rows.into_iter().map(|r| r.1).collect(),
+        deduplicated,
+    }
+}
+
+fn unique_violation(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => db.constraint(),
+        _ => None,
+    }
+}
+
+/// Sorts a failed write into "nothing was written" and "the outcome is unknown".
+fn classify(stream: &StreamId, error: sqlx::Error) -> Error {
+    let unknown = match &error {
+        // The statement may have reached the server (and committed) before the link broke.
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // connection exceptions, and the server going away mid-statement
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    };
+    if unknown {
+        Error::OutcomeUnknown {
+            stream: stream.clone(),
+            source: Box::new(error) as BoxError,
+        }
+    } else {
+        Error::storage(error)
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn hash_to_i64(hash: u64) -> i64 {
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+fn limit(max_count: usize) -> i64 {
+    i64::try_from(max_count).unwrap_or(i64::MAX)
+}
+
+fn recorded(row: &PgRow) -> Result<RecordedEvent> {
+    let stream: String = row.try_get("stream_id").map_err(Error::storage)?;
+    let data: String = row.try_get("data").map_err(Error::storage)?;
+    let schema_version: i32 = row.try_get("schema_version").map_err(Error::storage)?;
+    let recorded_at: DateTime<Utc> = row.try_get("recorded_at").map_err(Error::storage)?;
+    Ok(RecordedEvent {
+        // Stored stream ids were validated when they were written.
+        stream_id: StreamId::new(stream)?,
+        version: to_u64(row.try_get("version").map_err(Error::storage)?),
+        position: GlobalPosition {
+            commit: to_u64(row.try_get("commit_order").map_err(Error::storage)?),
+            sequence: to_u64(row.try_get("global_position").map_err(Error::storage)?),
+        },
+        event_id: row.try_get("event_id").map_err(Error::storage)?,
+        event_type: row.try_get("event_type").map_err(Error::storage)?,
+        schema_version: u32::try_from(schema_version).unwrap_or(0),
+        data: RawValue::from_string(data).map_err(Error::storage)?,
+        metadata: EventMetadata {
+            correlation_id: row.try_get("correlation_id").map_err(Error::storage)?,
+            causation_id: row.try_get("causation_id").map_err(Error::storage)?,
+            traceparent: row.try_get("traceparent").map_err(Error::storage)?,
+        },
+        recorded_at,
+    })
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.limits.check(stream, &events)?;
+        let count = events.len();
+        let batch = Batch::new(events);
+        let mut races = 0;
+        loop {
+            let current = match self
+                .append_once(&self.pool, stream, expected, &batch)
+                .await?
+            {
+                Attempt::Done(result) => {
+                    tracing::debug!(stream = %stream, version = result.last_version, events = count, "appended");
+                    return Ok(result);
+                }
+                Attempt::LostRace if expected == ExpectedVersion::Any && races < ANY_RETRIES => {
+                    races += 1;
+                    continue;
+                }
+                Attempt::WrongVersion { current } => current,
+                Attempt::LostRace | Attempt::StoredId => self.stream_version(stream).await?,
+            };
+            let settled = self.settle(stream, expected, &batch.ids, current).await;
+            if let Ok(result) = &settled {
+                tracing::debug!(stream = %stream, version = result.last_version, events = count, "append was already stored");
+            }
+            return settled;
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&self.sql.read_stream)
+            .bind(stream.as_str())
+            .bind(to_i64(from_version))
+            .bind(limit(max_count))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::storage)?;
+        rows.iter().map(recorded).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&self.sql.read_all)
+            .bind(to_i64(after.commit))
+            .bind(to_i64(after.sequence))
+            .bind(limit(max_count))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::storage)?;
+        rows.iter().map(recorded).collect()
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        let version: i64 = sqlx::query_scalar(&self.sql.head)
+            .bind(stream.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::storage)?;
+        Ok(to_u64(version))
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        let row = sqlx::query(&self.sql.load_snapshot)
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::storage)?;
+        let Some(row) = row else { return Ok(None) };
+        let hash: i64 = row.try_get("schema_hash").map_err(Error::storage)?;
+        let state: String = row.try_get("state").map_err(Error::storage)?;
+        Ok(Some(Snapshot {
+            aggregate_type: row.try_get("aggregate_type").map_err(Error::storage)?,
+            version: to_u64(row.try_get("version").map_err(Error::storage)?),
+            schema_hash: u64::from_ne_bytes(hash.to_ne_bytes()),
+            state: RawValue::from_string(state).map_err(Error::storage)?,
+        }))
+    }
+
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
+        sqlx::query(&self.sql.save_snapshot)
+            .bind(stream.as_str())
+            .bind(&snapshot.aggregate_type)
+            .bind(to_i64(snapshot.version))
+            .bind(hash_to_i64(snapshot.schema_hash))
+            .bind(snapshot.state.get())
+            .execute(&self.pool)
+            .await
+            .map_err(Error::storage)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! Configuration from the environment: [`DtxConfig::from_env`].
+
+/// Settings read from environment variables; every field has a default.
+///
+/// | variable | field | default |
+/// |---|---|---|
+/// | `DATABASE_URL` | [`database_url`](Self::database_url) | none: the in-memory backend |
+/// | `EVENT_STORE_SNAPSHOT_FREQUENCY` | [`snapshot_frequency`](Self::snapshot_frequency) | 100 (0 disables) |
+///
+/// ```
+/// use dtx::DtxConfig;
+/// let config = DtxConfig::from_lookup(|name| match name {
+///     "EVENT_STORE_SNAPSHOT_FREQUENCY" => Some("25".to_owned()),
+///     _ => None,
+/// })?;
+/// assert_eq!(config.snapshot_frequency, 25);
+/// assert!(config.database_url.is_none());
+/// # Ok::<(), dtx::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DtxConfig {
+    /// PostgreSQL connection string; `None` selects the in-memory backend.
+    pub database_url: Option<String>,
+    /// Snapshot an aggregate every N events (`0` = never), unless the aggregate sets its own
+    /// policy.
+    pub snapshot_frequency: u64,
+}
+
+impl Default for DtxConfig {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            snapshot_frequency: 100,
+        }
+    }
+}
+
+/// An environment variable with a value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {variable}={value:?} is invalid: expected {expected}")]
+pub struct ConfigError {
+    /// The variable.
+    pub variable: &'static str,
+    /// Its value.
+    pub value: String,
+    /// What would have been accepted.
+    pub expected: &'static str,
+}
+
+impl DtxConfig {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through a lookup function (for tests and other sources).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Ok(Self {
+            database_url: lookup("DATABASE_URL").filter(|url| !url.trim().is_empty()),
+            snapshot_frequency: parse(
+                &lookup,
+                "EVENT_STORE_SNAPSHOT_FREQUENCY",
+                "a whole number of events (0 disables snapshots)",
+            )?
+            .unwrap_or(defaults.snapshot_frequency),
+        })
+    }
+
+    /// Sets the snapshot frequency.
+    #[must_use]
+    pub fn with_snapshot_frequency(mut self, every: u64) -> Self {
+        self.snapshot_frequency = every;
+        self
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    expected: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match lookup(variable) {
+        None => Ok(None),
+        Some(value) if value.trim().is_empty() => Ok(None),
+        Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError {
+            variable,
+            value,
+            expected,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_malformed_numbers_naming_the_variable() {
+        let error = DtxConfig::from_lookup(|name| {
+            (name == "EVENT_STORE_SNAPSHOT_FREQUENCY").then(|| "often".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(error.variable, "EVENT_STORE_SNAPSHOT_FREQUENCY");
+        assert!(error.to_string().contains("often"));
+    }
+
+    #[test]
+    fn defaults_apply_when_unset() {
+        let config = DtxConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(config, DtxConfig::default());
+        assert_eq!(config.snapshot_frequency, 100);
+    }
+}

@@ -1,0 +1,139 @@
+//! The error type shared by every dtx component.
+
+use crate::event::DecodeError;
+use crate::store::{ExpectedVersion, StreamId};
+use uuid::Uuid;
+
+/// A boxed error from a storage backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in dtx, each variant naming the stream, version or key involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Optimistic concurrency: the stream was not at the expected version.
+    #[error("version conflict on stream `{stream}`: expected {expected}, actual {actual}")]
+    Conflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was rejected (0 = no stream).
+        actual: u64,
+    },
+    /// Some, but not all, of the appended event ids are already stored (in this or another
+    /// stream), so the batch is neither new nor a retry of a stored batch.
+    #[error(
+        "event {event_id} appended to `{stream}` is already stored in stream `{stored_in}`; a retry must resend the whole batch"
+    )]
+    DuplicateEvent {
+        /// The stream appended to.
+        stream: StreamId,
+        /// The duplicated event id.
+        event_id: Uuid,
+        /// The stream that holds it.
+        stored_in: String,
+    },
+    /// A stored event could not be decoded.
+    #[error("cannot decode event at version {version} of stream `{stream}`: {source}")]
+    Decode {
+        /// The stream read from.
+        stream: StreamId,
+        /// The version of the bad event.
+        version: u64,
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+    /// An event or snapshot could not be serialised.
+    #[error("cannot encode {what} for stream `{stream}`: {source}")]
+    Encode {
+        /// The stream written to.
+        stream: StreamId,
+        /// What was being encoded.
+        what: &'static str,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The append carries no events.
+    #[error("append to stream `{stream}` carries no events")]
+    EmptyAppend {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// The append carries more events than the store accepts in one batch.
+    #[error("append to stream `{stream}` carries {events} events; at most {max} fit in one batch")]
+    BatchTooLarge {
+        /// The stream.
+        stream: StreamId,
+        /// Events in the batch.
+        events: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A payload, or the whole batch, is larger than the store accepts.
+    #[error("append to stream `{stream}`: {what} is {bytes} bytes; the limit is {max}")]
+    PayloadTooLarge {
+        /// The stream.
+        stream: StreamId,
+        /// `event <id>` or `batch`.
+        what: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A stream id, event type or identifier is not acceptable.
+    #[error("invalid {what} `{value}`: {reason}")]
+    Invalid {
+        /// What was checked (stream id, event type, ...).
+        what: &'static str,
+        /// The offending value (shortened when long).
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A command's events would break an aggregate invariant; nothing was stored.
+    #[error("invariant of {aggregate} `{id}` violated: {violation}")]
+    Invariant {
+        /// The aggregate type.
+        aggregate: &'static str,
+        /// The aggregate id.
+        id: String,
+        /// The violation.
+        violation: crate::aggregate::InvariantViolation,
+    },
+    /// The connection failed after the write was sent: it may or may not have committed.
+    ///
+    /// Never retried automatically. Retrying the same append with the same event ids is safe:
+    /// it succeeds as a duplicate if the first attempt committed.
+    #[error(
+        "outcome unknown for append to stream `{stream}`: the connection failed after the write was sent"
+    )]
+    OutcomeUnknown {
+        /// The stream appended to.
+        stream: StreamId,
+        /// The transport error.
+        #[source]
+        source: BoxError,
+    },
+    /// The storage backend failed before anything was written.
+    #[error("storage error: {0}")]
+    Storage(#[source] BoxError),
+}
+
+impl Error {
+    /// Wraps a backend error.
+    pub fn storage(error: impl Into<BoxError>) -> Self {
+        Self::Storage(error.into())
+    }
+
+    /// Whether this is a version conflict (worth reloading and retrying).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}

@@ -1,0 +1,108 @@
+//! Domain events: the [`DomainEvent`] trait, event metadata and decoding errors.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// An enum of the events one aggregate emits, stored as `(event_type, schema_version, data)`.
+///
+/// Implement it with `#[derive(DomainEvent)]`: the stored `data` is the payload struct alone,
+/// and decoding looks the type up by its stored name — never by a type name inside the payload.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a domain event enum",
+    label = "expected an enum with `#[derive(dtx::DomainEvent)]`",
+    note = "write `#[derive(dtx::DomainEvent)] enum MyEvent {{ Happened(Happened), .. }}` with one payload struct per variant"
+)]
+pub trait DomainEvent: Sized + Send + Sync + 'static {
+    /// Every event type name this enum can store or decode, in declaration order.
+    const EVENT_TYPES: &'static [&'static str];
+
+    /// The stored type name of this event.
+    fn event_type(&self) -> &'static str;
+
+    /// The schema version of this event's payload.
+    fn schema_version(&self) -> u32;
+
+    /// Serialises the payload alone (without the enum tag).
+    fn to_payload(&self) -> Result<Box<RawValue>, serde_json::Error>;
+
+    /// Decodes a stored payload by its stored type name and schema version.
+    fn from_payload(
+        event_type: &str,
+        schema_version: u32,
+        data: &RawValue,
+    ) -> Result<Self, DecodeError>;
+}
+
+/// Why a stored event could not be decoded into its [`DomainEvent`] type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// No variant of the enum is stored under this name.
+    #[error("unknown event type `{event_type}` (known: {known})")]
+    UnknownEventType {
+        /// The stored type name.
+        event_type: String,
+        /// The names the enum knows, comma separated.
+        known: String,
+    },
+    /// The stored schema version is newer than the code knows.
+    #[error(
+        "event type `{event_type}` has schema version {stored}, newer than the supported {supported}"
+    )]
+    UnsupportedSchemaVersion {
+        /// The stored type name.
+        event_type: String,
+        /// The stored version.
+        stored: u32,
+        /// The newest version this build understands.
+        supported: u32,
+    },
+    /// The payload is not valid for the type.
+    #[error("malformed payload for event type `{event_type}`: {source}")]
+    Malformed {
+        /// The stored type name.
+        event_type: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Context stored with every event: who caused it and which trace it belongs to.
+///
+/// The event id, timestamp and schema version are stored next to it on [`crate::RecordedEvent`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// Groups every event of one business operation (usually the first command's id).
+    pub correlation_id: Option<Uuid>,
+    /// The id of the command or event that directly caused this event.
+    pub causation_id: Option<Uuid>,
+    /// The W3C `traceparent` of the span that produced the event.
+    pub traceparent: Option<String>,
+}
+
+impl EventMetadata {
+    /// Metadata with a correlation id.
+    #[must_use]
+    pub fn correlated(correlation_id: Uuid) -> Self {
+        Self {
+            correlation_id: Some(correlation_id),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the causation id.
+    #[must_use]
+    pub fn caused_by(mut self, causation_id: Uuid) -> Self {
+        self.causation_id = Some(causation_id);
+        self
+    }
+
+    /// Sets the W3C `traceparent`.
+    #[must_use]
+    pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+}

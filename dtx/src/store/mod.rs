@@ -1,0 +1,388 @@
+//! The event store: streams of versioned events plus a global feed, with two backends
+//! (in memory here, PostgreSQL in `dtx-postgres`) that pass one contract test suite.
+
+mod memory;
+
+pub use memory::MemoryEventStore;
+
+use crate::error::{Error, Result};
+use crate::event::EventMetadata;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use std::fmt;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The id of one event stream, usually `{AggregateType}-{id}`.
+///
+/// Between 1 and [`StreamId::MAX_LEN`] bytes, without control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(Arc<str>);
+
+impl StreamId {
+    /// The longest stream id accepted, in bytes.
+    pub const MAX_LEN: usize = 512;
+
+    /// Validates a stream id.
+    ///
+    /// ```
+    /// # use dtx::StreamId;
+    /// assert!(StreamId::new("Order-42").is_ok());
+    /// assert!(StreamId::new("").is_err());
+    /// ```
+    pub fn new(id: impl Into<String>) -> Result<Self> {
+        let id: String = id.into();
+        check_name("stream id", &id, Self::MAX_LEN)?;
+        Ok(Self(id.into()))
+    }
+
+    /// The stream id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for StreamId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+pub(crate) fn check_name(what: &'static str, value: &str, max: usize) -> Result<()> {
+    let reason = if value.is_empty() {
+        Some("must not be empty")
+    } else if value.len() > max {
+        Some("too long")
+    } else if value.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(Error::Invalid {
+            what,
+            value: value.chars().take(80).collect(),
+            reason,
+        }),
+    }
+}
+
+/// What the caller expects the stream's version to be before an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// Append whatever the current version is.
+    Any,
+    /// The stream must not exist yet (same as `Exact(0)`).
+    NoStream,
+    /// The stream must be exactly at this version.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// The version the stream must be at, or `None` for [`ExpectedVersion::Any`].
+    pub fn required(self) -> Option<u64> {
+        match self {
+            Self::Any => None,
+            Self::NoStream => Some(0),
+            Self::Exact(v) => Some(v),
+        }
+    }
+
+    /// Whether a stream at `current` satisfies this expectation.
+    pub fn admits(self, current: u64) -> bool {
+        self.required().is_none_or(|v| v == current)
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any version"),
+            Self::NoStream => f.write_str("no stream"),
+            Self::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// A position in the global feed, ordered first by commit horizon, then by sequence.
+///
+/// Positions only grow in the order the feed yields events; pass the last one seen to
+/// [`EventStore::read_all`] to continue. [`GlobalPosition::START`] reads from the beginning.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct GlobalPosition {
+    /// The commit-order key (on PostgreSQL, derived from the writing transaction's id).
+    pub commit: u64,
+    /// The sequence number the event got when it was written.
+    pub sequence: u64,
+}
+
+impl GlobalPosition {
+    /// Before the first event.
+    pub const START: Self = Self {
+        commit: 0,
+        sequence: 0,
+    };
+}
+
+impl fmt::Display for GlobalPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.commit, self.sequence)
+    }
+}
+
+/// An event to append: id, type, schema version, JSON payload and metadata.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Unique id (UUID v7 by default); appending an id that is already stored in the stream is
+    /// an idempotent no-op.
+    pub event_id: Uuid,
+    /// The stored type name.
+    pub event_type: String,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// The payload.
+    pub data: Box<RawValue>,
+    /// Correlation, causation and trace context.
+    pub metadata: EventMetadata,
+}
+
+impl NewEvent {
+    /// Encodes a [`crate::DomainEvent`] with a fresh UUID v7.
+    pub fn encode<E: crate::DomainEvent>(
+        stream: &StreamId,
+        event: &E,
+        metadata: EventMetadata,
+    ) -> Result<Self> {
+        let data = event.to_payload().map_err(|source| Error::Encode {
+            stream: stream.clone(),
+            what: "event",
+            source,
+        })?;
+        Ok(Self {
+            event_id: Uuid::now_v7(),
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            data,
+            metadata,
+        })
+    }
+
+    /// A raw event from a type name and any serialisable payload.
+    pub fn from_json(
+        event_type: impl Into<String>,
+        payload: &impl serde::Serialize,
+    ) -> std::result::Result<Self, serde_json::Error> {
+        Ok(Self {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            data: serde_json::value::to_raw_value(payload)?,
+            metadata: EventMetadata::default(),
+        })
+    }
+}
+
+/// A stored event.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    /// The stream it belongs to.
+    pub stream_id: StreamId,
+    /// Its version in the stream (1-based, contiguous).
+    pub version: u64,
+    /// Its position in the global feed.
+    pub position: GlobalPosition,
+    /// Its id.
+    pub event_id: Uuid,
+    /// The stored type name.
+    pub event_type: String,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// The payload.
+    pub data: Box<RawValue>,
+    /// Correlation, causation and trace context.
+    pub metadata: EventMetadata,
+    /// When it was stored.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// Decodes the payload into its [`crate::DomainEvent`] enum; the error names the stream and
+    /// version.
+    pub fn decode<E: crate::DomainEvent>(&self) -> Result<E> {
+        E::from_payload(&self.event_type, self.schema_version, &self.data).map_err(|source| {
+            Error::Decode {
+                stream: self.stream_id.clone(),
+                version: self.version,
+                source,
+            }
+        })
+    }
+}
+
+/// What an append stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The version of the first appended event.
+    pub first_version: u64,
+    /// The stream's version after the append (the last appended event's version).
+    pub last_version: u64,
+    /// The global positions of the appended events, in order.
+    pub positions: Vec<GlobalPosition>,
+    /// `true` when every event id was already stored: nothing new was written.
+    pub deduplicated: bool,
+}
+
+/// A stored aggregate snapshot.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The aggregate type.
+    pub aggregate_type: String,
+    /// The stream version the state reflects.
+    pub version: u64,
+    /// The hash of the state's schema; a snapshot with another hash is not used.
+    pub schema_hash: u64,
+    /// The serialised state.
+    pub state: Box<RawValue>,
+}
+
+/// Bounds on one append, checked before anything is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most events in one append.
+    pub max_batch_events: usize,
+    /// Largest payload of one event, in bytes.
+    pub max_event_bytes: usize,
+    /// Largest total payload of one append, in bytes.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_batch_events: 10_000,
+            max_event_bytes: 1024 * 1024,
+            max_batch_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl StoreLimits {
+    /// Checks a batch against the limits (and event type names against their format).
+    pub fn check(&self, stream: &StreamId, events: &[NewEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Err(Error::EmptyAppend {
+                stream: stream.clone(),
+            });
+        }
+        if events.len() > self.max_batch_events {
+            return Err(Error::BatchTooLarge {
+                stream: stream.clone(),
+                events: events.len(),
+                max: self.max_batch_events,
+            });
+        }
+        if events.len() > 1 {
+            let mut ids = std::collections::HashSet::with_capacity(events.len());
+            if let Some(event) = events.iter().find(|e| !ids.insert(e.event_id)) {
+                return Err(Error::Invalid {
+                    what: "batch",
+                    value: event.event_id.to_string(),
+                    reason: "this event id appears twice in one append",
+                });
+            }
+        }
+        let mut total = 0usize;
+        for event in events {
+            check_name("event type", &event.event_type, 255)?;
+            let bytes = event.data.get().len();
+            if bytes > self.max_event_bytes {
+                return Err(Error::PayloadTooLarge {
+                    stream: stream.clone(),
+                    what: format!("event {}", event.event_id),
+                    bytes,
+                    max: self.max_event_bytes,
+                });
+            }
+            total += bytes;
+        }
+        if total > self.max_batch_bytes {
+            return Err(Error::PayloadTooLarge {
+                stream: stream.clone(),
+                what: "batch".to_owned(),
+                bytes: total,
+                max: self.max_batch_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Storage of event streams, the global feed and snapshots.
+///
+/// Backends: [`MemoryEventStore`] (embedded default) and `dtx_postgres::PgEventStore`. Both pass
+/// the contract suite in `dtx::testing` (feature `testing`), which a third-party backend can run
+/// too.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events atomically if the stream is at `expected`.
+    ///
+    /// - A stream at another version gives [`Error::Conflict`] (with [`ExpectedVersion::Any`]
+    ///   the backend retries internally instead).
+    /// - If every event id is already stored in this stream, nothing is written and the stored
+    ///   versions are returned with `deduplicated: true` (a safe retry after
+    ///   [`Error::OutcomeUnknown`]); if only some are, [`Error::DuplicateEvent`].
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult>;
+
+    /// Reads up to `max_count` events of a stream, starting at version `from_version` (1 = the
+    /// beginning), in version order. A missing stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// Reads up to `max_count` events of the global feed after `after`.
+    ///
+    /// The feed never yields an event behind a position it has already yielded: an event
+    /// committed late appears only once every event before it in feed order is final.
+    async fn read_all(&self, after: GlobalPosition, max_count: usize)
+    -> Result<Vec<RecordedEvent>>;
+
+    /// The stream's current version (0 when it does not exist).
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64>;
+
+    /// The latest snapshot of a stream, if any.
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>>;
+
+    /// Stores a snapshot unless a newer one is stored already.
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()>;
+}
+
+/// A shareable, type-erased event store.
+pub type SharedEventStore = Arc<dyn EventStore>;

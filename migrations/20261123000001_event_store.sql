@@ -1,0 +1,28 @@
+-- dtx event store: one row per event.
+--
+-- commit_order is the writing transaction's id (pg_current_xact_id()), raised to the previous
+-- event of the same stream when that one is higher. Readers of the global feed only read rows
+-- whose commit_order lies below the oldest transaction still running
+-- (pg_snapshot_xmin(pg_current_snapshot())), in (commit_order, global_position) order: no row can
+-- ever appear behind a position a reader has passed, and per-stream order is kept.
+CREATE TABLE event_store (
+    stream_id       TEXT        NOT NULL,
+    version         BIGINT      NOT NULL CHECK (version > 0),
+    global_position BIGINT      GENERATED ALWAYS AS IDENTITY,
+    commit_order    BIGINT      NOT NULL,
+    event_id        UUID        NOT NULL,
+    event_type      TEXT        NOT NULL,
+    schema_version  INTEGER     NOT NULL CHECK (schema_version > 0),
+    data            JSONB       NOT NULL,
+    correlation_id  UUID,
+    causation_id    UUID,
+    traceparent     TEXT,
+    recorded_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- serves stream reads, the head lookup of every append, and optimistic concurrency
+    CONSTRAINT event_store_stream_version PRIMARY KEY (stream_id, version),
+    -- serves idempotent retries: an event id is stored once
+    CONSTRAINT event_store_event_id UNIQUE (event_id)
+);
+
+-- serves the global feed: WHERE (commit_order, global_position) > ($1, $2) AND commit_order < horizon
+CREATE INDEX event_store_feed ON event_store (commit_order, global_position);

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs the whole dtx test suite against real services.
+#
+# PostgreSQL: uses DATABASE_URL, or the local server on 127.0.0.1:5432. When that server is
+# down it starts the local cluster; when PostgreSQL is not installed it installs it (Debian/
+# Ubuntu, as root or through sudo). Nothing has to be applied by hand: every test creates and
+# migrates its own database. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else log "need root for: $*"; return 1; fi; }
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+
+install_postgres() {
+  command -v apt-get >/dev/null || { log "PostgreSQL is not installed and this is not a Debian-like system: install PostgreSQL 13+ and set DATABASE_URL"; exit 1; }
+  log "installing PostgreSQL"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
+}
+
+start_local_postgres() {
+  command -v pg_lsclusters >/dev/null || install_postgres
+  if [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
+    local version
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    log "creating PostgreSQL $version cluster 'main'"
+    as_root pg_createcluster "$version" main -p 5432 -- --auth-local=peer --auth-host=scram-sha-256 >/dev/null
+  fi
+  pg_lsclusters -h | while read -r version name port status _; do
+    if [ "$port" = 5432 ] && [ "$status" != online ]; then
+      log "starting PostgreSQL cluster $version/$name"
+      as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start
+    fi
+  done
+  for _ in $(seq 1 50); do pg_up && return 0; sleep 0.2; done
+  log "PostgreSQL did not come up on 127.0.0.1:5432"; exit 1
+}
+
+ensure_postgres() {
+  case "$DATABASE_URL" in
+    *@127.0.0.1:5432/*|*@localhost:5432/*|*@127.0.0.1/*|*@localhost/*) pg_up || start_local_postgres ;;
+  esac
+  command -v psql >/dev/null || { log "psql not found; skipping the connection check"; return 0; }
+  if ! psql "$DATABASE_URL" -Atqc 'select 1' >/dev/null 2>&1; then
+    # A fresh cluster asks for a password over TCP: give the postgres role one for the tests.
+    log "setting a password for the postgres role (local test cluster)"
+    as_postgres psql -qc "ALTER ROLE postgres PASSWORD 'postgres'" >/dev/null
+    export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    psql "$DATABASE_URL" -Atqc 'select 1' >/dev/null
+  fi
+  # Drop the databases earlier test runs left behind.
+  psql "$DATABASE_URL" -Atqc "select datname from pg_database where datname like 'dtx\_test\_%'" |
+    while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null; done
+  log "PostgreSQL ready at ${DATABASE_URL%%@*}@…"
+}
+
+ensure_postgres
+exec cargo test --workspace "$@"

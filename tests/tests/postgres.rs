@@ -1,0 +1,414 @@
+//! Guarantees of the PostgreSQL backend that need PostgreSQL itself to break: the global feed
+//! under out-of-order commits, lost commits, migrations, indexes and corrupted rows.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
+
+use dtx::{
+    Error, EventStore, ExpectedVersion, GlobalPosition, NewEvent, Repository, StreamId,
+    testing::Ledger,
+};
+use dtx_postgres::PgEventStore;
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::from_json("Credited", &serde_json::json!({ "amount": n })).unwrap()
+}
+
+/// Writers commit out of order, a fifth of them roll back, and one transaction stays open for
+/// seconds while a reader follows the feed: the reader's sequence must equal the committed set,
+/// each event once, with per-stream order kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn global_feed_never_skips_late_commits() {
+    const WRITERS: usize = 8;
+    const ROUNDS: u64 = 25;
+    let store = Arc::new(tests::pg_store().await);
+    let done = Arc::new(AtomicBool::new(false));
+    let expected_total = Arc::new(AtomicUsize::new(0));
+
+    let reader = {
+        let store = Arc::clone(&store);
+        let done = Arc::clone(&done);
+        let expected_total = Arc::clone(&expected_total);
+        tokio::spawn(async move {
+            let mut after = GlobalPosition::START;
+            let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
+            loop {
+                let page = store.read_all(after, 50).await.unwrap();
+                for e in &page {
+                    assert!(e.position > after, "feed positions strictly increase");
+                    after = e.position;
+                }
+                seen.extend(
+                    page.iter()
+                        .map(|e| (e.event_id, e.stream_id.clone(), e.version)),
+                );
+                if done.load(Ordering::SeqCst)
+                    && seen.len() >= expected_total.load(Ordering::SeqCst)
+                {
+                    return seen;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "reader stalled: {} of {} events",
+                    seen.len(),
+                    expected_total.load(Ordering::SeqCst)
+                );
+                if page.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+
+    // One transaction that appends early and commits late.
+    let held_id;
+    let holder = {
+        let store = Arc::clone(&store);
+        let e = event(0);
+        held_id = e.event_id;
+        let mut tx = store.pool().begin().await.unwrap();
+        store
+            .append_in(
+                &mut tx,
+                &StreamId::new("held-1").unwrap(),
+                ExpectedVersion::NoStream,
+                vec![e],
+            )
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tx.commit().await.unwrap();
+        })
+    };
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = Arc::clone(&store);
+        writers.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ (w as u64 + 1);
+            for round in 0..ROUNDS {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let stream = StreamId::new(format!("feed-{}", rng % 6)).unwrap();
+                let batch: Vec<NewEvent> = (0..=(rng % 3)).map(event).collect();
+                let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+                if round % 4 == 0 {
+                    store
+                        .append(&stream, ExpectedVersion::Any, batch)
+                        .await
+                        .unwrap();
+                    committed.extend(ids);
+                    continue;
+                }
+                let mut tx = store.pool().begin().await.unwrap();
+                match store
+                    .append_in(&mut tx, &stream, ExpectedVersion::Any, batch)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(Error::Conflict { .. }) => {
+                        tx.rollback().await.unwrap();
+                        continue;
+                    }
+                    Err(other) => panic!("{other}"),
+                }
+                // Commit after a random delay, so later appends often commit first.
+                tokio::time::sleep(Duration::from_millis(rng % 25)).await;
+                if rng.is_multiple_of(5) {
+                    tx.rollback().await.unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                    committed.extend(ids);
+                }
+            }
+            committed
+        }));
+    }
+    let mut committed = HashSet::new();
+    for writer in writers {
+        committed.extend(writer.await.unwrap());
+    }
+    holder.await.unwrap();
+    committed.insert(held_id);
+    expected_total.store(committed.len(), Ordering::SeqCst);
+    done.store(true, Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+
+    let seen_ids: Vec<Uuid> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(
+        seen_ids.len(),
+        committed.len(),
+        "nothing skipped or repeated"
+    );
+    assert_eq!(
+        seen_ids.iter().copied().collect::<HashSet<_>>(),
+        committed,
+        "exactly the committed set"
+    );
+    let mut last: HashMap<&StreamId, u64> = HashMap::new();
+    for (_, stream, version) in &seen {
+        let prev = last.insert(stream, *version).unwrap_or(0);
+        assert_eq!(
+            *version,
+            prev + 1,
+            "per-stream order in the feed for {stream}"
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM event_store")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        usize::try_from(stored).unwrap(),
+        committed.len(),
+        "rolled-back appends left nothing"
+    );
+}
+
+/// Forwards bytes between a client and PostgreSQL. When armed, the next statement the client
+/// executes reaches the server, but its response is swallowed and both sides are closed, as a
+/// network failure during COMMIT would.
+async fn cutting_proxy(upstream: String, armed: Arc<AtomicBool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let cut = Arc::new(AtomicBool::new(false));
+            let (armed, cut_for_reader) = (Arc::clone(&armed), Arc::clone(&cut));
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    // A request starts with Bind ('B') of the prepared statement; a trailing
+                    // Sync of the previous request must not trip the cut.
+                    if buf[0] == b'B' && armed.swap(false, Ordering::SeqCst) {
+                        cut.store(true, Ordering::SeqCst);
+                    }
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if cut_for_reader.load(Ordering::SeqCst) {
+                        // Drop the response and close the client's side.
+                        return;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The connection dies after the append was sent and committed: the caller gets
+/// `OutcomeUnknown` (never a silent replay), and retrying the same events is an idempotent
+/// success that stores nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_commit_is_outcome_unknown_and_retry_is_idempotent() {
+    let direct = tests::pg_store().await;
+    let options = direct.pool().connect_options();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let armed = Arc::new(AtomicBool::new(false));
+    let port = cutting_proxy(upstream, Arc::clone(&armed)).await;
+    let proxied_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with((*options).clone().host("127.0.0.1").port(port))
+        .await
+        .unwrap();
+    let proxied = PgEventStore::new(proxied_pool);
+
+    // Warm the connection so the append statement is already prepared.
+    let warm = StreamId::new("warm-1").unwrap();
+    proxied
+        .append(&warm, ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+
+    let stream = StreamId::new("lost-commit-1").unwrap();
+    let batch: Vec<NewEvent> = (1..=3).map(event).collect();
+    armed.store(true, Ordering::SeqCst);
+    let error = proxied
+        .append(&stream, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::OutcomeUnknown { stream: s, .. } if *s == stream),
+        "{error:?}"
+    );
+    assert!(!armed.load(Ordering::SeqCst), "the proxy cut the response");
+
+    // The write did commit on the server; the retry finds it and stores nothing new.
+    assert_eq!(direct.stream_version(&stream).await.unwrap(), 3);
+    let retry = direct
+        .append(&stream, ExpectedVersion::NoStream, batch)
+        .await
+        .unwrap();
+    assert!(retry.deduplicated);
+    assert_eq!((retry.first_version, retry.last_version), (1, 3));
+    assert_eq!(direct.read_stream(&stream, 1, 100).await.unwrap().len(), 3);
+}
+
+/// The migrations are idempotent, work in a named schema, and carry the checksums that
+/// `sqlx migrate run` computes from the files, so either tool can apply them.
+#[tokio::test]
+async fn migrations_match_sqlx_cli_and_run_in_a_schema() {
+    let store = tests::pg_store().await;
+    dtx_postgres::migrate(store.pool()).await.unwrap();
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let from_files = sqlx::migrate::Migrator::new(dir).await.unwrap();
+    let embedded: Vec<_> = dtx_postgres::MIGRATOR
+        .iter()
+        .map(|m| (m.version, m.checksum.clone()))
+        .collect();
+    let files: Vec<_> = from_files
+        .iter()
+        .map(|m| (m.version, m.checksum.clone()))
+        .collect();
+    assert_eq!(embedded, files, "embedded migrations equal the files");
+    from_files.run(store.pool()).await.unwrap();
+
+    dtx_postgres::migrate_in_schema(store.pool(), "tenant_a")
+        .await
+        .unwrap();
+    dtx_postgres::migrate_in_schema(store.pool(), "tenant_a")
+        .await
+        .unwrap();
+    let tenant = PgEventStore::new(store.pool().clone())
+        .with_schema("tenant_a")
+        .unwrap();
+    let s = StreamId::new("schema-1").unwrap();
+    tenant
+        .append(&s, ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+    assert_eq!(tenant.stream_version(&s).await.unwrap(), 1);
+    assert_eq!(
+        store.stream_version(&s).await.unwrap(),
+        0,
+        "schemas are separate"
+    );
+    let search_path: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        !search_path.contains("tenant_a"),
+        "pooled connections keep their search_path"
+    );
+    assert!(matches!(
+        PgEventStore::new(store.pool().clone()).with_schema("x\"; DROP TABLE event_store; --"),
+        Err(Error::Invalid {
+            what: "schema name",
+            ..
+        })
+    ));
+    assert!(
+        dtx_postgres::migrate_in_schema(store.pool(), &"a".repeat(64))
+            .await
+            .is_err()
+    );
+}
+
+/// Every statement the store issues is served by an index, never a sequential scan.
+#[tokio::test]
+async fn indexes_serve_every_statement() {
+    let store = tests::pg_store().await;
+    let mut conn = store.pool().acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for (name, sql) in store.statements() {
+        let params = (1..=9).filter(|n| sql.contains(&format!("${n}"))).count();
+        sqlx::raw_sql(&format!("PREPARE probe AS {sql}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let args = vec!["NULL"; params].join(", ");
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE probe({args})"))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql("DEALLOCATE probe")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            !plan.contains("Seq Scan on event_store")
+                && !plan.contains("Seq Scan on event_snapshots"),
+            "{name} scans a table:\n{plan}"
+        );
+    }
+}
+
+/// A payload corrupted in the table is a typed error naming stream and version, and the
+/// stored rows stay readable.
+#[tokio::test]
+async fn corrupted_row_is_a_typed_error() {
+    let store = tests::pg_store().await;
+    let repo = Repository::<Ledger>::shared(Arc::new(store.clone()), &dtx::DtxConfig::default());
+    let id = dtx::Id::<Ledger>::new();
+    let mut root = repo.load(&id).await.unwrap();
+    root.record([
+        dtx::testing::Credited { amount: 1 },
+        dtx::testing::Credited { amount: 2 },
+    ])
+    .unwrap();
+    repo.save(&mut root).await.unwrap();
+    let stream = <Ledger as dtx::Aggregate>::stream_id(&id).unwrap();
+    sqlx::query("UPDATE event_store SET data = '[1, 2]' WHERE stream_id = $1 AND version = 2")
+        .bind(stream.as_str())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    match repo.load(&id).await {
+        Err(Error::Decode {
+            stream: s,
+            version: 2,
+            ..
+        }) => assert_eq!(s, stream),
+        other => panic!("expected a decode error at version 2, got {other:?}"),
+    }
+    let rows = store.read_stream(&stream, 1, 10).await.unwrap();
+    assert_eq!(rows.len(), 2, "nothing stored is lost");
+    let row = sqlx::query("SELECT count(*) AS n FROM event_store")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(row.get::<i64, _>("n"), 2);
+}

@@ -1,0 +1,29 @@
+use dtx::{Aggregate, Apply, DomainEvent, Id};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Opened {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Closed {}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum TicketEvent {
+    Opened(Opened),
+    Closed(Closed),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+#[aggregate(event = TicketEvent)]
+struct Ticket {
+    id: Id<Ticket>,
+    open: bool,
+}
+
+impl Apply<Opened> for Ticket {
+    fn apply(&mut self, _: &Opened) {
+        self.open = true;
+    }
+}
+
+fn main() {}

@@ -1,0 +1,22 @@
+use dtx::{Aggregate, Apply, DomainEvent, Id};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Opened {}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum TicketEvent {
+    Opened(Opened),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+struct Ticket {
+    id: Id<Ticket>,
+    open: bool,
+}
+
+impl Apply<Opened> for Ticket {
+    fn apply(&mut self, _: &Opened) {}
+}
+
+fn main() {}

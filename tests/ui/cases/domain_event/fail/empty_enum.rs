@@ -1,0 +1,6 @@
+use dtx::DomainEvent;
+
+#[derive(DomainEvent)]
+enum OrderEvent {}
+
+fn main() {}

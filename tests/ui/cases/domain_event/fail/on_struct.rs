@@ -1,0 +1,8 @@
+use dtx::DomainEvent;
+
+#[derive(DomainEvent)]
+struct OrderPlaced {
+    customer: String,
+}
+
+fn main() {}

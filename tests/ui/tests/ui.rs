@@ -1,0 +1,25 @@
+//! Compile-fail tests of `#[derive(DomainEvent)]` and `#[derive(Aggregate)]`.
+//!
+//! Every `cases/<macro>/fail/<rule>.rs` must fail to compile with the `.stderr` beside it;
+//! every `cases/<macro>/pass/<rule>.rs` must compile and run. After changing a message,
+//! regenerate with `TRYBUILD=overwrite cargo test -p ui-tests` and read the diff.
+
+#[test]
+fn ui() {
+    let cases = trybuild::TestCases::new();
+    cases.pass("cases/*/pass/*.rs");
+    cases.compile_fail("cases/*/fail/*.rs");
+}
+
+// The pass cases are compiled here too, so that `cargo clippy --all-targets` lints the code the
+// derives generate with the workspace's lints (clippy pedantic), as a strict user crate would.
+// trybuild runs their `main`s.
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/aggregate/pass/all_options.rs"]
+mod aggregate_all_options;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/aggregate/pass/no_snapshots.rs"]
+mod aggregate_no_snapshots;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/domain_event/pass/all_options.rs"]
+mod domain_event_all_options;
