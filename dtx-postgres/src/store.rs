@@ -2,8 +2,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::error::BoxError;
 use dtx::{
-    AppendResult, Error, EventMetadata, EventStore, ExpectedVersion, GlobalPosition, NewEvent,
-    RecordedEvent, Result, Snapshot, StoreLimits, StreamId,
+    AppendResult, Error, EventData, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
+    NewEvent, RecordedEvent, Result, Snapshot, StoreLimits, StreamId,
 };
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgRow};
@@ -44,11 +44,13 @@ struct Sql {
     stored: String,
     head: String,
     read_stream: String,
+    read_stream_data: String,
     read_all: String,
     load_snapshot: String,
     save_snapshot: String,
 }
 
+/// The columns of an event row, in the order [`recorded`] reads them.
 const COLUMNS: &str = "stream_id, version, global_position, commit_order, event_id, event_type, \
      schema_version, data::text AS data, correlation_id, causation_id, traceparent, recorded_at";
 
@@ -100,6 +102,10 @@ impl Sql {
             head: format!("SELECT COALESCE(MAX(version), 0) FROM {events} WHERE stream_id = $1"),
             read_stream: format!(
                 "SELECT {COLUMNS} FROM {events}
+                 WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+            ),
+            read_stream_data: format!(
+                "SELECT version, event_type, schema_version, data::text AS data FROM {events}
                  WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
             ),
             read_all: format!(
@@ -201,13 +207,14 @@ impl PgEventStore {
     }
 
     /// Every statement this store issues, by name, for `EXPLAIN` checks and audits.
-    pub fn statements(&self) -> [(&'static str, &str); 7] {
+    pub fn statements(&self) -> [(&'static str, &str); 8] {
         let sql = &*self.sql;
         [
             ("append", &sql.append),
             ("stored_events", &sql.stored),
             ("stream_version", &sql.head),
             ("read_stream", &sql.read_stream),
+            ("read_stream_data", &sql.read_stream_data),
             ("read_all", &sql.read_all),
             ("load_snapshot", &sql.load_snapshot),
             ("save_snapshot", &sql.save_snapshot),
@@ -408,29 +415,37 @@ fn limit(max_count: usize) -> i64 {
     i64::try_from(max_count).unwrap_or(i64::MAX)
 }
 
-fn recorded(row: &PgRow) -> Result<RecordedEvent> {
-    let stream: String = row.try_get("stream_id").map_err(Error::storage)?;
-    let data: String = row.try_get("data").map_err(Error::storage)?;
-    let schema_version: i32 = row.try_get("schema_version").map_err(Error::storage)?;
-    let recorded_at: DateTime<Utc> = row.try_get("recorded_at").map_err(Error::storage)?;
-    Ok(RecordedEvent {
+/// Decodes an event row selected with [`COLUMNS`] (by position: this runs once per event);
+/// `stream` is the stream read, when known (saves decoding that column).
+fn recorded(row: &PgRow, stream: Option<&StreamId>) -> Result<RecordedEvent> {
+    fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
+        row: &'r PgRow,
+        index: usize,
+    ) -> Result<T> {
+        row.try_get(index).map_err(Error::storage)
+    }
+    let stream_id = match stream {
+        Some(stream) => stream.clone(),
         // Stored stream ids were validated when they were written.
-        stream_id: StreamId::new(stream)?,
-        version: to_u64(row.try_get("version").map_err(Error::storage)?),
+        None => StreamId::new(get::<String>(row, 0)?)?,
+    };
+    Ok(RecordedEvent {
+        stream_id,
+        version: to_u64(get(row, 1)?),
         position: GlobalPosition {
-            commit: to_u64(row.try_get("commit_order").map_err(Error::storage)?),
-            sequence: to_u64(row.try_get("global_position").map_err(Error::storage)?),
+            sequence: to_u64(get(row, 2)?),
+            commit: to_u64(get(row, 3)?),
         },
-        event_id: row.try_get("event_id").map_err(Error::storage)?,
-        event_type: row.try_get("event_type").map_err(Error::storage)?,
-        schema_version: u32::try_from(schema_version).unwrap_or(0),
-        data: RawValue::from_string(data).map_err(Error::storage)?,
+        event_id: get(row, 4)?,
+        event_type: get(row, 5)?,
+        schema_version: u32::try_from(get::<i32>(row, 6)?).unwrap_or(0),
+        data: get::<String>(row, 7)?.into_boxed_str(),
         metadata: EventMetadata {
-            correlation_id: row.try_get("correlation_id").map_err(Error::storage)?,
-            causation_id: row.try_get("causation_id").map_err(Error::storage)?,
-            traceparent: row.try_get("traceparent").map_err(Error::storage)?,
+            correlation_id: get(row, 8)?,
+            causation_id: get(row, 9)?,
+            traceparent: get(row, 10)?,
         },
-        recorded_at,
+        recorded_at: get::<DateTime<Utc>>(row, 11)?,
     })
 }
 
@@ -483,7 +498,38 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.iter().map(recorded).collect()
+        rows.iter().map(|row| recorded(row, Some(stream))).collect()
+    }
+
+    async fn read_stream_data(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        let rows = sqlx::query(&self.sql.read_stream_data)
+            .bind(stream.as_str())
+            .bind(to_i64(from_version))
+            .bind(limit(max_count))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::storage)?;
+        rows.iter()
+            .map(|row| {
+                Ok(EventData {
+                    version: to_u64(row.try_get(0).map_err(Error::storage)?),
+                    event_type: row.try_get(1).map_err(Error::storage)?,
+                    schema_version: u32::try_from(
+                        row.try_get::<i32, _>(2).map_err(Error::storage)?,
+                    )
+                    .unwrap_or(0),
+                    data: row
+                        .try_get::<String, _>(3)
+                        .map_err(Error::storage)?
+                        .into_boxed_str(),
+                })
+            })
+            .collect()
     }
 
     async fn read_all(
@@ -498,7 +544,7 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.iter().map(recorded).collect()
+        rows.iter().map(|row| recorded(row, None)).collect()
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {

@@ -34,7 +34,7 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> 
 /// How generated code encodes and decodes one payload type; made by [`payload`].
 pub struct PayloadCodec<T> {
     encode: fn(&T) -> Result<Box<RawValue>, serde_json::Error>,
-    decode: fn(&str, u32, u32, &RawValue) -> Result<T, DecodeError>,
+    decode: fn(&str, u32, u32, &str) -> Result<T, DecodeError>,
 }
 
 /// The codec of a payload type. The only place generated code requires [`EventPayload`]: called
@@ -58,7 +58,7 @@ impl<T> PayloadCodec<T> {
         event_type: &str,
         stored: u32,
         supported: u32,
-        data: &RawValue,
+        data: &str,
     ) -> Result<T, DecodeError> {
         (self.decode)(event_type, stored, supported, data)
     }
@@ -88,7 +88,7 @@ fn from_payload<T: serde::de::DeserializeOwned>(
     event_type: &str,
     stored: u32,
     supported: u32,
-    data: &RawValue,
+    data: &str,
 ) -> Result<T, DecodeError> {
     if stored > supported {
         return Err(DecodeError::UnsupportedSchemaVersion {
@@ -97,7 +97,7 @@ fn from_payload<T: serde::de::DeserializeOwned>(
             supported,
         });
     }
-    serde_json::from_str(data.get()).map_err(|source| DecodeError::Malformed {
+    serde_json::from_str(data).map_err(|source| DecodeError::Malformed {
         event_type: event_type.to_owned(),
         source,
     })

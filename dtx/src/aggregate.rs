@@ -393,11 +393,11 @@ impl<A: Aggregate> Repository<A> {
         loop {
             let events = self
                 .store
-                .read_stream(&stream, root.version + 1, READ_PAGE)
+                .read_stream_data(&stream, root.version + 1, READ_PAGE)
                 .await?;
             let page = events.len();
             for recorded in &events {
-                let event: A::Event = recorded.decode()?;
+                let event: A::Event = recorded.decode(&stream)?;
                 root.state.apply_event(&event);
                 root.version = recorded.version;
             }

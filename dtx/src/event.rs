@@ -26,12 +26,9 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// Serialises the payload alone (without the enum tag).
     fn to_payload(&self) -> Result<Box<RawValue>, serde_json::Error>;
 
-    /// Decodes a stored payload by its stored type name and schema version.
-    fn from_payload(
-        event_type: &str,
-        schema_version: u32,
-        data: &RawValue,
-    ) -> Result<Self, DecodeError>;
+    /// Decodes a stored payload (JSON text) by its stored type name and schema version.
+    fn from_payload(event_type: &str, schema_version: u32, data: &str)
+    -> Result<Self, DecodeError>;
 }
 
 /// Why a stored event could not be decoded into its [`DomainEvent`] type.

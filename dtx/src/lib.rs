@@ -67,8 +67,8 @@ pub use config::{ConfigError, DtxConfig};
 pub use error::{Error, Result};
 pub use event::{DecodeError, DomainEvent, EventMetadata};
 pub use store::{
-    AppendResult, EventStore, ExpectedVersion, GlobalPosition, MemoryEventStore, NewEvent,
-    RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
+    AppendResult, EventData, EventStore, ExpectedVersion, GlobalPosition, MemoryEventStore,
+    NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
 };
 /// The UUID type of event, command and correlation ids.
 pub use uuid::Uuid;

@@ -84,12 +84,26 @@ pub async fn append_and_read(store: SharedEventStore) {
         assert_eq!(e.event_type, "Credited");
         assert_eq!(e.schema_version, 1);
         assert_eq!(e.metadata, metadata);
-        let payload: Credited = serde_json::from_str(e.data.get()).unwrap();
+        let payload: Credited = serde_json::from_str(&e.data).unwrap();
         assert_eq!(payload.amount, n);
     }
     assert_eq!(
         read.iter().map(|e| e.position).collect::<Vec<_>>(),
         result.positions
+    );
+
+    let data = store.read_stream_data(&s, 2, usize::MAX).await.unwrap();
+    assert_eq!(data.len(), 2, "read_stream_data honours from_version");
+    for (d, e) in data.iter().zip(&read[1..]) {
+        assert_eq!(
+            (d.version, &d.event_type, d.schema_version, &d.data),
+            (e.version, &e.event_type, e.schema_version, &e.data)
+        );
+    }
+    assert_eq!(
+        store.read_stream_data(&s, 1, 1).await.unwrap().len(),
+        1,
+        "and max_count"
     );
 
     let tail = store.read_stream(&s, 2, 1).await.unwrap();

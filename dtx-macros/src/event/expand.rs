@@ -80,7 +80,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
             fn from_payload(
                 event_type: &str,
                 schema_version: u32,
-                data: &#krate::__private::serde_json::value::RawValue,
+                data: &str,
             ) -> ::core::result::Result<Self, #krate::DecodeError> {
                 match event_type {
                     #(#names => #codecs.decode(event_type, schema_version, #versions, data).map(Self::#idents),)*

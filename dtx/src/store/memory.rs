@@ -138,7 +138,7 @@ impl EventStore for MemoryEventStore {
                 event_id: event.event_id,
                 event_type: event.event_type,
                 schema_version: event.schema_version,
-                data: event.data,
+                data: Box::<str>::from(event.data),
                 metadata: event.metadata,
                 recorded_at: now,
             });

@@ -217,8 +217,8 @@ pub struct RecordedEvent {
     pub event_type: String,
     /// The payload's schema version.
     pub schema_version: u32,
-    /// The payload.
-    pub data: Box<RawValue>,
+    /// The payload as JSON text (decoded only by [`RecordedEvent::decode`], never on read).
+    pub data: Box<str>,
     /// Correlation, causation and trace context.
     pub metadata: EventMetadata,
     /// When it was stored.
@@ -236,6 +236,45 @@ impl RecordedEvent {
                 source,
             }
         })
+    }
+}
+
+/// What rebuilding an aggregate needs of a stored event: version, type and payload.
+///
+/// Read with [`EventStore::read_stream_data`], which skips the metadata columns.
+#[derive(Debug, Clone)]
+pub struct EventData {
+    /// Its version in the stream.
+    pub version: u64,
+    /// The stored type name.
+    pub event_type: String,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// The payload as JSON text.
+    pub data: Box<str>,
+}
+
+impl EventData {
+    /// Decodes the payload; the error names the stream and version.
+    pub fn decode<E: crate::DomainEvent>(&self, stream: &StreamId) -> Result<E> {
+        E::from_payload(&self.event_type, self.schema_version, &self.data).map_err(|source| {
+            Error::Decode {
+                stream: stream.clone(),
+                version: self.version,
+                source,
+            }
+        })
+    }
+}
+
+impl From<RecordedEvent> for EventData {
+    fn from(event: RecordedEvent) -> Self {
+        Self {
+            version: event.version,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            data: event.data,
+        }
     }
 }
 
@@ -366,6 +405,18 @@ pub trait EventStore: Send + Sync + 'static {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>>;
+
+    /// Like [`EventStore::read_stream`], but only what rebuilding state needs: the path
+    /// [`crate::Repository::load`] takes. Backends override it to skip the metadata.
+    async fn read_stream_data(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        let events = self.read_stream(stream, from_version, max_count).await?;
+        Ok(events.into_iter().map(EventData::from).collect())
+    }
 
     /// Reads up to `max_count` events of the global feed after `after`.
     ///

@@ -25,7 +25,7 @@ impl DomainEvent for TicketEvent {
         unimplemented!()
     }
 
-    fn from_payload(_: &str, _: u32, _: &serde_json::value::RawValue) -> Result<Self, DecodeError> {
+    fn from_payload(_: &str, _: u32, _: &str) -> Result<Self, DecodeError> {
         unimplemented!()
     }
 }

@@ -35,7 +35,7 @@ enum OrderEvent {
 
 fn round_trip(event: &OrderEvent) -> OrderEvent {
     let payload = event.to_payload().expect("payload serialises");
-    OrderEvent::from_payload(event.event_type(), event.schema_version(), &payload)
+    OrderEvent::from_payload(event.event_type(), event.schema_version(), payload.get())
         .expect("payload decodes")
 }
 
@@ -76,11 +76,12 @@ fn main() {
     // Older stored versions still decode; newer ones and unknown names are typed errors.
     let payload = cancelled.to_payload().expect("payload serialises");
     assert_eq!(
-        OrderEvent::from_payload("OrderCancelled", 1, &payload).expect("an older version decodes"),
+        OrderEvent::from_payload("OrderCancelled", 1, payload.get())
+            .expect("an older version decodes"),
         cancelled
     );
     assert!(matches!(
-        OrderEvent::from_payload("OrderCancelled", 3, &payload),
+        OrderEvent::from_payload("OrderCancelled", 3, payload.get()),
         Err(DecodeError::UnsupportedSchemaVersion {
             stored: 3,
             supported: 2,
@@ -88,11 +89,11 @@ fn main() {
         })
     ));
     assert!(matches!(
-        OrderEvent::from_payload("Cancelled", 2, &payload),
+        OrderEvent::from_payload("Cancelled", 2, payload.get()),
         Err(DecodeError::UnknownEventType { .. })
     ));
     assert!(matches!(
-        OrderEvent::from_payload("Placed", 1, &payload),
+        OrderEvent::from_payload("Placed", 1, payload.get()),
         Err(DecodeError::Malformed { .. })
     ));
 }
