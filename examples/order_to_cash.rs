@@ -1,5 +1,6 @@
-//! Order to cash, step by step: place an order, add lines, confirm it; see optimistic
-//! concurrency, an invariant refuse a command, a snapshot taken, and the global feed.
+//! Order to cash, step by step, through the command and query buses: place an order, add
+//! lines (validated, concurrently, under an invariant), confirm it, read its summary through the
+//! cached query bus, and follow the global feed.
 //!
 //! Runs in memory by default; set `DATABASE_URL` to run the same code on PostgreSQL.
 //!
@@ -8,8 +9,11 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo run --example order_to_cash
 //! ```
 
-use dtx::{Aggregate, DtxConfig, Error, EventMetadata, GlobalPosition, Repository, Uuid};
-use examples::order::{Line, MAX_LINES, Order, OrderError, OrderId};
+use dtx::cqrs::{CommandBus, CommandError, CommandMetadata, Committed, QueryBus};
+use dtx::{Error, GlobalPosition};
+use examples::order::{
+    AddLine, ConfirmOrder, GetOrderSummary, Line, MAX_LINES, OrderId, OrderSummary, PlaceOrder,
+};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -29,108 +33,123 @@ fn line(sku: &str, quantity: u32, unit_price_cents: u64) -> Line {
 async fn main() -> Result<(), BoxError> {
     let (store, backend) = examples::store_from_env().await?;
     println!("order_to_cash on the {backend} event store\n");
-    let orders = Repository::<Order>::shared(store.clone(), &DtxConfig::from_env()?);
-    let id = OrderId::new();
-    let correlation = Uuid::now_v7();
-    let metadata = EventMetadata::correlated(correlation);
+    // Every #[command_handler] and #[query_handler] linked into this binary, found by type.
+    let commands = CommandBus::builder()
+        .store(store.clone())
+        .config(dtx::DtxConfig::from_env()?)
+        .registry()
+        .require::<PlaceOrder>()
+        .build()?;
+    let queries = QueryBus::builder()
+        .state(store.clone())
+        .registry()
+        .build()?;
+    let order_id = OrderId::new();
+    // One correlation id for the whole business operation.
+    let operation = CommandMetadata::new();
+    let meta = || CommandMetadata::correlated(operation.correlation_id);
 
-    println!("1. place order {id} for customer C-42");
-    let mut order = orders.load(&id).await?;
-    order.handle(|o| o.place("C-42"))?;
-    orders.save_with(&mut order, metadata.clone()).await?;
+    println!("1. place order {order_id} for customer C-42");
+    let placed: Committed = commands
+        .execute_with(
+            PlaceOrder {
+                order_id,
+                customer: "C-42".into(),
+            },
+            meta(),
+        )
+        .await?;
     println!(
-        "   stored as stream {} at version {}",
-        Order::stream_id(&id)?,
-        order.version()
+        "   stored in stream {} at version {}",
+        placed.stream, placed.version
     );
 
     println!("2. add two lines");
-    order.handle(|o| o.add_line(line("SKU-KEYBOARD", 1, 8_900)))?;
-    order.handle(|o| o.add_line(line("SKU-CABLE", 3, 1_250)))?;
-    let saved = orders.save_with(&mut order, metadata.clone()).await?;
-    if let Some(saved) = saved {
-        println!(
-            "   one append stored versions {}..={}",
-            saved.first_version, saved.last_version
-        );
+    for l in [line("SKU-KEYBOARD", 1, 8_900), line("SKU-CABLE", 3, 1_250)] {
+        let added: Committed = commands
+            .execute_with(AddLine { order_id, line: l }, meta())
+            .await?;
+        println!("   line stored at version {}", added.version);
     }
 
-    println!("3. a line with quantity 0 is refused by the command handler");
-    match order.handle(|o| o.add_line(line("SKU-NOTHING", 0, 100))) {
-        Err(dtx::aggregate::HandleError::Domain(OrderError::EmptyLine)) => {
-            println!("   refused: quantity must be at least 1");
+    println!("3. an invalid line is refused before its handler runs, every broken rule listed");
+    match commands
+        .execute_with::<_, Committed>(
+            AddLine {
+                order_id,
+                line: line(" ", 0, 100),
+            },
+            meta(),
+        )
+        .await
+    {
+        Err(CommandError::Invalid { errors, .. }) => println!("   refused: {errors}"),
+        other => return Err(format!("expected a validation error, got {other:?}").into()),
+    }
+
+    println!("4. eight clerks add a line at the same moment; conflicts are retried");
+    let clerks: Vec<_> = (0..8)
+        .map(|n| {
+            let commands = commands.clone();
+            let cmd = AddLine {
+                order_id,
+                line: line(&format!("SKU-CLERK-{n}"), 1, 500),
+            };
+            let metadata = meta();
+            tokio::spawn(async move { commands.execute_with::<_, Committed>(cmd, metadata).await })
+        })
+        .collect();
+    let mut attempts = 0;
+    for clerk in clerks {
+        attempts += clerk.await??.attempts;
+    }
+    println!("   all 8 lines stored, in {attempts} attempts in all");
+
+    println!("5. an invariant refuses events that would break it (at most {MAX_LINES} lines)");
+    let mut n = 0;
+    let refused = loop {
+        n += 1;
+        let cmd = AddLine {
+            order_id,
+            line: line(&format!("SKU-BULK-{n}"), 1, 10),
+        };
+        match commands.execute_with::<_, Committed>(cmd, meta()).await {
+            Ok(_) => {}
+            Err(CommandError::Dtx(Error::Invariant { violation, .. })) => break violation,
+            Err(other) => return Err(other.into()),
+        }
+    };
+    println!("   line {} refused: {refused}; nothing stored", 10 + n);
+
+    println!("6. confirm the order");
+    let confirmed: Committed = commands
+        .execute_with(ConfirmOrder { order_id }, meta())
+        .await?;
+    println!("   confirmed at version {}", confirmed.version);
+    match commands
+        .execute_with::<_, Committed>(ConfirmOrder { order_id }, meta())
+        .await
+    {
+        Err(e) if e.domain::<examples::order::OrderError>().is_some() => {
+            println!("   confirming twice is refused by the aggregate: {e}");
         }
         other => return Err(format!("expected a refusal, got {other:?}").into()),
     }
 
-    println!("4. two clerks edit the same order at once");
-    let mut clerk_a = orders.load(&id).await?;
-    let mut clerk_b = orders.load(&id).await?;
-    clerk_a.handle(|o| o.add_line(line("SKU-MOUSE", 1, 2_900)))?;
-    clerk_b.handle(|o| o.add_line(line("SKU-MAT", 1, 900)))?;
-    orders.save_with(&mut clerk_a, metadata.clone()).await?;
-    match orders.save_with(&mut clerk_b, metadata.clone()).await {
-        Err(Error::Conflict {
-            expected, actual, ..
-        }) => {
-            println!(
-                "   clerk B lost the race: expected {expected}, stream is at version {actual}"
-            );
-            let mut retry = orders.load(&id).await?;
-            retry.handle(|o| o.add_line(line("SKU-MAT", 1, 900)))?;
-            orders.save_with(&mut retry, metadata.clone()).await?;
-            println!(
-                "   clerk B reloaded and retried: now at version {}",
-                retry.version()
-            );
-        }
-        other => return Err(format!("expected a version conflict, got {other:?}").into()),
-    }
-
+    println!("7. read the summary through the query bus (cached for 5 s)");
+    let summary: OrderSummary = queries.execute(GetOrderSummary { order_id }).await?;
+    let cached: OrderSummary = queries.execute(GetOrderSummary { order_id }).await?;
     println!(
-        "5. an invariant refuses a command whose events would break it (max {MAX_LINES} lines)"
+        "   {:?}, {} lines, total {}.{:02}, version {} (second read from the cache: {})",
+        summary.status,
+        summary.lines,
+        summary.total_cents / 100,
+        summary.total_cents % 100,
+        summary.version,
+        summary == cached
     );
-    let mut order = orders.load(&id).await?;
-    let before = order.version();
-    let too_many: Vec<_> = (0..MAX_LINES)
-        .map(|n| line(&format!("SKU-BULK-{n}"), 1, 10))
-        .collect();
-    let result = order.handle(|o| {
-        too_many
-            .iter()
-            .cloned()
-            .map(|l| o.add_line(l))
-            .collect::<Result<Vec<_>, _>>()
-            .map(|v| v.concat())
-    });
-    match result {
-        Err(dtx::aggregate::HandleError::Dtx(Error::Invariant { violation, .. })) => {
-            println!("   refused: {violation}; nothing stored, still at version {before}");
-        }
-        other => return Err(format!("expected an invariant violation, got {other:?}").into()),
-    }
 
-    println!("6. confirm the order");
-    order.handle(Order::confirm)?;
-    orders.save_with(&mut order, metadata.clone()).await?;
-    let order = orders.load(&id).await?;
-    println!(
-        "   {:?}, {} lines, total {}.{:02}, version {}",
-        order.state().status,
-        order.state().lines.len(),
-        order.state().total_cents() / 100,
-        order.state().total_cents() % 100,
-        order.version()
-    );
-    let snapshot = store.load_snapshot(&Order::stream_id(&id)?).await?;
-    if let Some(snapshot) = snapshot {
-        println!(
-            "   snapshot stored at version {} (every 5 events); loads replay only what follows",
-            snapshot.version
-        );
-    }
-
-    println!("7. the global feed, as a projection or the outbox would read it");
+    println!("8. the global feed, as a projection or the outbox would read it");
     let mut after = GlobalPosition::START;
     loop {
         let page = store.read_all(after, 100).await?;
@@ -138,11 +157,19 @@ async fn main() -> Result<(), BoxError> {
         after = last.position;
         for event in page
             .iter()
-            .filter(|e| e.metadata.correlation_id == Some(correlation))
+            .filter(|e| e.metadata.correlation_id == Some(operation.correlation_id))
         {
+            let cause = event
+                .metadata
+                .causation_id
+                .map(|c| c.to_string())
+                .unwrap_or_default();
             println!(
-                "   {:>3} {:<16} {} v{}",
-                event.position.sequence, event.event_type, event.stream_id, event.version
+                "   {:>4} {:<15} v{:<3} caused by command {}",
+                event.position.sequence,
+                event.event_type,
+                event.version,
+                &cause[cause.len().saturating_sub(12)..]
             );
         }
     }

@@ -4,6 +4,7 @@
 mod aggregate;
 mod common;
 mod event;
+mod handler;
 
 use proc_macro::TokenStream;
 
@@ -17,4 +18,16 @@ pub fn derive_domain_event(input: TokenStream) -> TokenStream {
 #[proc_macro_derive(Aggregate, attributes(aggregate))]
 pub fn derive_aggregate(input: TokenStream) -> TokenStream {
     aggregate::derive(&syn::parse_macro_input!(input)).into()
+}
+
+/// See `dtx::command_handler`.
+#[proc_macro_attribute]
+pub fn command_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler::command_handler(args.into(), item.into()).into()
+}
+
+/// See `dtx::query_handler`.
+#[proc_macro_attribute]
+pub fn query_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler::query_handler(args.into(), item.into()).into()
 }

@@ -174,3 +174,363 @@ impl<T> SnapshotCodec<T> {
         (self.restore)(state)
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Command and query handlers (`#[command_handler]`, `#[query_handler]`)
+
+pub use ::inventory;
+
+pub use crate::cqrs::command::{BoxedCommandHandler, ErasedCommandHandler};
+use crate::cqrs::command::{Env, run_aggregate};
+pub use crate::cqrs::query::{BoxedQueryHandler, ErasedQueryHandler};
+use crate::cqrs::query::{FnQueryHandler, QueryContext, QueryFn};
+use crate::cqrs::{CachePolicy, CommandContext, CommandError, IntoEvents, QueryError};
+use crate::error::BoxError;
+use crate::{Aggregate, AggregateId};
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The `TypeId`s and names of the state types a handler extracts.
+pub type States = fn() -> Vec<(std::any::TypeId, &'static str)>;
+
+/// No state.
+pub fn no_states() -> Vec<(std::any::TypeId, &'static str)> {
+    Vec::new()
+}
+
+/// The name of a type, as a `fn` pointer for registrations.
+pub fn type_name<T: ?Sized>() -> &'static str {
+    std::any::type_name::<T>()
+}
+
+/// What a handler function may return: `Result<T, E>` with an error type dtx can carry.
+#[diagnostic::on_unimplemented(
+    message = "a handler must return `Result<_, E>` where `E` is an error type, not `{Self}`",
+    label = "the handler's return type",
+    note = "return e.g. `Result<Output, MyError>` with `MyError: std::error::Error + Send + Sync + 'static`"
+)]
+pub trait HandlerResult {
+    /// The success value.
+    type Ok;
+    /// Splits into the value or the boxed error.
+    fn into_result(self) -> Result<Self::Ok, BoxError>;
+}
+
+impl<T, E: Into<BoxError>> HandlerResult for Result<T, E> {
+    type Ok = T;
+    fn into_result(self) -> Result<T, BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// Maps a handler's result to the bus's.
+pub fn command_result<C, R: HandlerResult>(result: R) -> Result<R::Ok, CommandError> {
+    result.into_result().map_err(|source| CommandError::Domain {
+        command: std::any::type_name::<C>(),
+        source,
+    })
+}
+
+/// Maps a query handler's result to the bus's.
+pub fn query_result<Q, R: HandlerResult>(result: R) -> Result<R::Ok, QueryError> {
+    result.into_result().map_err(|source| QueryError::Failed {
+        query: std::any::type_name::<Q>(),
+        source,
+    })
+}
+
+/// Maps an aggregate handler's decision to its events.
+pub fn decided<A, C, R>(result: R) -> Result<Vec<A::Event>, CommandError>
+where
+    A: Aggregate,
+    R: HandlerResult,
+    R::Ok: IntoEvents<A::Event>,
+{
+    command_result::<C, R>(result).map(IntoEvents::into_events)
+}
+
+/// Requires an aggregate handler's output to be events of that aggregate; called under the
+/// return type's span.
+pub fn events_of<A: Aggregate, R>(result: R) -> Result<Vec<A::Event>, BoxError>
+where
+    R: HandlerResult,
+    R::Ok: IntoEvents<A::Event>,
+{
+    result.into_result().map(IntoEvents::into_events)
+}
+
+struct FnCommandHandler<C, O, F> {
+    run: F,
+    _types: std::marker::PhantomData<fn(C) -> O>,
+}
+
+#[async_trait::async_trait]
+impl<C, O, F, Fut> ErasedCommandHandler for FnCommandHandler<C, O, F>
+where
+    C: Send + 'static,
+    O: Send + 'static,
+    F: Fn(C, CommandContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, CommandError>> + Send + 'static,
+{
+    async fn handle(
+        &self,
+        command: Box<dyn Any + Send>,
+        ctx: CommandContext,
+        _env: &Env,
+    ) -> Result<Box<dyn Any + Send>, CommandError> {
+        let Ok(command) = command.downcast::<C>() else {
+            unreachable!("the bus dispatches by the command's TypeId")
+        };
+        let output = (self.run)(*command, ctx).await?;
+        Ok(Box::new(output))
+    }
+
+    fn output_type(&self) -> &'static str {
+        std::any::type_name::<O>()
+    }
+}
+
+/// A handler from an async function of the command and the context.
+pub fn command_fn<C, O, F, Fut>(run: F) -> BoxedCommandHandler
+where
+    C: Send + 'static,
+    O: Send + 'static,
+    F: Fn(C, CommandContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, CommandError>> + Send + 'static,
+{
+    Box::new(FnCommandHandler {
+        run,
+        _types: std::marker::PhantomData,
+    })
+}
+
+type Decide<A, C> = dyn Fn(&A, &C, &CommandContext) -> Result<Vec<<A as Aggregate>::Event>, CommandError>
+    + Send
+    + Sync;
+
+struct AggregateCommandHandler<A: Aggregate, C> {
+    target: fn(&C) -> A::Id,
+    validate: fn(&C) -> Result<(), CommandError>,
+    decide: Box<Decide<A, C>>,
+    create: bool,
+}
+
+#[async_trait::async_trait]
+impl<A, C> ErasedCommandHandler for AggregateCommandHandler<A, C>
+where
+    A: Aggregate,
+    C: Send + Sync + 'static,
+{
+    async fn handle(
+        &self,
+        command: Box<dyn Any + Send>,
+        ctx: CommandContext,
+        env: &Env,
+    ) -> Result<Box<dyn Any + Send>, CommandError> {
+        let Ok(command) = command.downcast::<C>() else {
+            unreachable!("the bus dispatches by the command's TypeId")
+        };
+        (self.validate)(&command)?;
+        let id = (self.target)(&command);
+        let committed =
+            run_aggregate::<A, C>(env, &command, id, &ctx, self.create, &*self.decide).await?;
+        Ok(Box::new(committed))
+    }
+
+    fn output_type(&self) -> &'static str {
+        std::any::type_name::<crate::cqrs::Committed>()
+    }
+}
+
+/// A handler of a command on an existing aggregate.
+pub fn aggregate_update<A, C, F>(
+    target: fn(&C) -> A::Id,
+    validate: fn(&C) -> Result<(), CommandError>,
+    decide: F,
+) -> BoxedCommandHandler
+where
+    A: Aggregate,
+    C: Send + Sync + 'static,
+    F: Fn(&A, &C, &CommandContext) -> Result<Vec<A::Event>, CommandError> + Send + Sync + 'static,
+{
+    Box::new(AggregateCommandHandler::<A, C> {
+        target,
+        validate,
+        decide: Box::new(decide),
+        create: false,
+    })
+}
+
+/// A handler of a command that creates an aggregate (its decision does not see a state).
+pub fn aggregate_create<A, C, F>(
+    target: fn(&C) -> A::Id,
+    validate: fn(&C) -> Result<(), CommandError>,
+    decide: F,
+) -> BoxedCommandHandler
+where
+    A: Aggregate,
+    C: Send + Sync + 'static,
+    F: Fn(&C, &CommandContext) -> Result<Vec<A::Event>, CommandError> + Send + Sync + 'static,
+{
+    Box::new(AggregateCommandHandler::<A, C> {
+        target,
+        validate,
+        decide: Box::new(move |_state: &A, command: &C, ctx: &CommandContext| decide(command, ctx)),
+        create: true,
+    })
+}
+
+/// Requires the target field of a command to hold the aggregate's id; called under the
+/// field's span.
+#[diagnostic::on_unimplemented(
+    message = "the command's target field must hold the aggregate's id `{Self}`",
+    note = "name the field with `#[command(target = field)]`; by default it is `<aggregate>_id` in snake case"
+)]
+pub trait TargetId<Id> {
+    /// The id.
+    fn target_id(&self) -> Id;
+}
+
+impl<Id: AggregateId> TargetId<Id> for Id {
+    fn target_id(&self) -> Id {
+        self.clone()
+    }
+}
+
+/// Boxes a query function whose result is already mapped.
+pub fn query_fn<Q, O, F, Fut>(run: F) -> QueryFn<Q, O>
+where
+    Q: Send + 'static,
+    O: Send + 'static,
+    F: Fn(Q, QueryContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, QueryError>> + Send + 'static,
+{
+    Box::new(move |q, ctx| Box::pin(run(q, ctx)))
+}
+
+/// Boxes a query function returning `Result<O, E>`.
+pub fn query_run<Q, O, E, F, Fut>(run: F) -> QueryFn<Q, O>
+where
+    Q: Send + 'static,
+    O: Send + 'static,
+    E: Into<BoxError> + 'static,
+    F: Fn(Q, QueryContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+{
+    Box::new(move |q, ctx| {
+        let fut = run(q, ctx);
+        Box::pin(async move { query_result::<Q, _>(fut.await) })
+    })
+}
+
+/// An uncached query handler.
+pub fn uncached<Q: Send + 'static, O: Send + 'static>(run: QueryFn<Q, O>) -> BoxedQueryHandler {
+    Box::new(crate::cqrs::query::UncachedQueryHandler { run })
+}
+
+/// A cached query handler's types: `Hash + Eq + Clone` query, `Clone` output. Checked under
+/// the `cache(..)` option's span.
+#[diagnostic::on_unimplemented(
+    message = "a cached query needs `Hash + Eq + Clone` on its query type and `Clone` on its output: `{Self}` = (query, output)",
+    label = "results of this handler are cached",
+    note = "derive `Clone, PartialEq, Eq, Hash` on the query and `Clone` on the output, or remove `cache(..)`"
+)]
+pub trait Cacheable: Sized {
+    /// The query type.
+    type Query;
+    /// The output type.
+    type Output;
+    /// A cached handler.
+    fn handler(policy: CachePolicy, run: QueryFn<Self::Query, Self::Output>) -> BoxedQueryHandler;
+}
+
+impl<Q, O> Cacheable for (Q, O)
+where
+    Q: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    O: Clone + Send + Sync + 'static,
+{
+    type Query = Q;
+    type Output = O;
+    fn handler(policy: CachePolicy, run: QueryFn<Q, O>) -> BoxedQueryHandler {
+        cached(policy, run)
+    }
+}
+
+/// A cached query handler, checking [`Cacheable`] where the macro puts the call.
+pub fn cached_handler<Q, O>(policy: CachePolicy, run: QueryFn<Q, O>) -> BoxedQueryHandler
+where
+    (Q, O): Cacheable<Query = Q, Output = O>,
+{
+    <(Q, O) as Cacheable>::handler(policy, run)
+}
+
+/// A cached query handler.
+pub fn cached<Q, O>(policy: CachePolicy, run: QueryFn<Q, O>) -> BoxedQueryHandler
+where
+    Q: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    O: Clone + Send + Sync + 'static,
+{
+    let cache = moka::sync::Cache::builder()
+        .max_capacity(policy.capacity)
+        .time_to_live(policy.ttl)
+        .build();
+    Box::new(FnQueryHandler {
+        run,
+        cache: Some(cache),
+    })
+}
+
+/// A cache policy from the macro's options.
+pub const fn cache_policy(ttl_ms: u64, capacity: u64) -> CachePolicy {
+    CachePolicy {
+        ttl: std::time::Duration::from_millis(ttl_ms),
+        capacity,
+    }
+}
+
+/// Requires a command decided by an aggregate to be `Clone` when the handler takes it by value.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must implement `Clone`: an aggregate decides a command again after a version conflict",
+    label = "taken by value here",
+    note = "derive `Clone` on `{Self}`, or take the command by reference: `cmd: &{Self}`"
+)]
+pub trait RetryableCommand: Clone {}
+impl<C: Clone> RetryableCommand for C {}
+
+/// Clones a command for one decision; see [`RetryableCommand`].
+pub fn command_for_decision<C: RetryableCommand>(command: &C) -> C {
+    command.clone()
+}
+
+/// Wraps a command for validation: `(&&ValidateProbe(&cmd)).__dtx_validate()` runs
+/// [`crate::cqrs::Validate`] when the command implements it, and nothing otherwise.
+pub struct ValidateProbe<'a, C>(pub &'a C);
+
+/// Picked when the command implements `Validate`.
+pub trait ValidateViaImpl {
+    /// Validates.
+    fn __dtx_validate(&self) -> Result<(), CommandError>;
+}
+
+impl<C: crate::cqrs::Validate> ValidateViaImpl for &ValidateProbe<'_, C> {
+    fn __dtx_validate(&self) -> Result<(), CommandError> {
+        self.0.validated().map_err(|errors| CommandError::Invalid {
+            command: std::any::type_name::<C>(),
+            errors,
+        })
+    }
+}
+
+/// Picked otherwise.
+pub trait ValidateViaNothing {
+    /// Nothing to validate.
+    fn __dtx_validate(&self) -> Result<(), CommandError> {
+        Ok(())
+    }
+}
+
+impl<C> ValidateViaNothing for ValidateProbe<'_, C> {}

@@ -50,6 +50,7 @@ extern crate self as dtx;
 
 pub mod aggregate;
 pub mod config;
+pub mod cqrs;
 pub mod error;
 pub mod event;
 pub mod store;
@@ -145,3 +146,116 @@ pub use dtx_macros::DomainEvent;
 /// assert_eq!(Ticket::TYPE, "Ticket");
 /// ```
 pub use dtx_macros::Aggregate;
+
+/// Registers command handlers with the [`cqrs::CommandBus`] at link time.
+///
+/// **On an aggregate's `impl` block**, every method handles the command it takes:
+///
+/// - `fn name(&self, cmd: C) -> Result<Events, E>` decides from the current state; the bus
+///   loads the aggregate (snapshot + events), runs the method, applies the events and checks the
+///   invariants, and appends them expecting the loaded version. On a version conflict it
+///   reloads and decides again, with exponential backoff and jitter ([`cqrs::RetryPolicy`]).
+/// - `fn name(cmd: C) -> Result<Events, E>` (no receiver) creates the aggregate; if it exists
+///   already the caller gets [`cqrs::CommandError::AlreadyExists`].
+/// - `Events` is one event, a `Vec`, an array or an `Option` of values convertible into the
+///   aggregate's event enum. The caller receives a [`cqrs::Committed`].
+/// - The command finds its aggregate through its field `<aggregate>_id` (`order_id` for
+///   `Order`), or the field named by `#[command(target = field)]` on the method. Take the
+///   command by value (it must be `Clone`: it is decided again after a conflict) or by `&C`.
+///
+/// **On an `async fn`**, the function handles the command it takes as its first argument and
+/// returns `Result<Output, E>`; the caller receives `Output`.
+///
+/// After the command, handlers may take `State<T>` (shared state given to the bus builder) and
+/// `&CommandContext` (metadata, follow-up commands). A command that implements
+/// [`cqrs::Validate`] is validated before its handler runs; every broken rule is reported in
+/// [`cqrs::CommandError::Invalid`] and nothing is stored.
+///
+/// ```
+/// use dtx::cqrs::{CommandBus, Committed, State};
+/// use dtx::{Aggregate, Apply, DomainEvent, Id, command_handler};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct Opened { pub owner: String }
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct Renamed { pub owner: String }
+/// #[derive(Debug, Clone, DomainEvent)]
+/// pub enum AccountEvent { Opened(Opened), Renamed(Renamed) }
+///
+/// #[derive(Debug, Clone, Default, Serialize, Deserialize, Aggregate)]
+/// #[aggregate(event = AccountEvent)]
+/// pub struct Account { id: Id<Account>, owner: String }
+/// impl Apply<Opened> for Account { fn apply(&mut self, e: &Opened) { self.owner.clone_from(&e.owner) } }
+/// impl Apply<Renamed> for Account { fn apply(&mut self, e: &Renamed) { self.owner.clone_from(&e.owner) } }
+///
+/// #[derive(Debug, Clone)]
+/// pub struct OpenAccount { pub account_id: Id<Account>, pub owner: String }
+/// #[derive(Debug, Clone)]
+/// pub struct Rename { pub account_id: Id<Account>, pub owner: String }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("nothing to change")]
+/// pub struct Unchanged;
+///
+/// #[command_handler]
+/// impl Account {
+///     fn open(cmd: OpenAccount) -> Result<Opened, Unchanged> {
+///         Ok(Opened { owner: cmd.owner })
+///     }
+///
+///     fn rename(&self, cmd: &Rename) -> Result<Vec<AccountEvent>, Unchanged> {
+///         if cmd.owner == self.owner { return Err(Unchanged) }
+///         Ok(vec![Renamed { owner: cmd.owner.clone() }.into()])
+///     }
+/// }
+///
+/// /// A free handler: any command, any output, async.
+/// #[command_handler]
+/// async fn greet(cmd: Greet, State(greeting): State<&'static str>) -> Result<String, Unchanged> {
+///     Ok(format!("{greeting}, {}", cmd.0))
+/// }
+/// pub struct Greet(pub String);
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bus = CommandBus::builder().state("hello").registry().build()?;
+/// let id = Id::<Account>::new();
+/// let _: Committed = bus.execute(OpenAccount { account_id: id, owner: "ada".into() }).await?;
+/// let renamed: Committed = bus.execute(Rename { account_id: id, owner: "grace".into() }).await?;
+/// assert_eq!(renamed.version, 2);
+/// let again = bus.execute::<_, Committed>(Rename { account_id: id, owner: "grace".into() }).await;
+/// assert!(again.unwrap_err().domain::<Unchanged>().is_some());
+/// let greeting: String = bus.execute(Greet("dtx".into())).await?;
+/// assert_eq!(greeting, "hello, dtx");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub use dtx_macros::command_handler;
+
+/// Registers a query handler with the [`cqrs::QueryBus`] at link time.
+///
+/// On an `async fn` that takes the query (then optionally `State<T>` and `&QueryContext`) and
+/// returns `Result<Output, E>`. `#[query_handler(cache(ttl_secs = 30, capacity = 1000))]`
+/// caches results per query value (the query type must be `Hash + Eq + Clone`, the output
+/// `Clone`); [`cqrs::QueryBus::invalidate`] and [`cqrs::QueryBus::invalidate_all`] drop them.
+///
+/// ```
+/// use dtx::cqrs::QueryBus;
+/// use dtx::query_handler;
+///
+/// #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// pub struct Double(pub u32);
+///
+/// #[query_handler(cache(ttl_secs = 60))]
+/// async fn double(q: Double) -> Result<u32, std::num::TryFromIntError> {
+///     Ok(q.0 * 2)
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bus = QueryBus::from_registry()?;
+/// let n: u32 = bus.execute(Double(21)).await?;
+/// assert_eq!(n, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub use dtx_macros::query_handler;

@@ -1,6 +1,10 @@
 //! An order aggregate: placed, lines added, confirmed, paid, shipped or cancelled.
 
-use dtx::{Aggregate, Apply, DomainEvent, Id};
+use dtx::cqrs::{State, Validate, Validator};
+use dtx::{
+    Aggregate, Apply, DomainEvent, DtxConfig, Id, Repository, SharedEventStore, command_handler,
+    query_handler,
+};
 use serde::{Deserialize, Serialize};
 
 /// An order's id.
@@ -82,12 +86,12 @@ pub enum OrderError {
     /// The order is not in a state that allows the command.
     #[error("order is {0:?}")]
     WrongStatus(Status),
-    /// A line with no quantity.
-    #[error("quantity must be at least 1")]
-    EmptyLine,
     /// Confirming an order without lines.
     #[error("an order needs at least one line")]
     NoLines,
+    /// Placing an order without a customer.
+    #[error("an order needs a customer")]
+    NoCustomer,
 }
 
 /// The order aggregate.
@@ -112,63 +116,148 @@ impl Order {
             .sum()
     }
 
-    /// Command: place the order.
-    pub fn place(&self, customer: &str) -> Result<Vec<OrderEvent>, OrderError> {
-        match self.status {
-            Status::New => Ok(vec![
-                OrderPlaced {
-                    customer: customer.to_owned(),
-                }
-                .into(),
-            ]),
-            other => Err(OrderError::WrongStatus(other)),
-        }
-    }
-
-    /// Command: add a line.
-    pub fn add_line(&self, line: Line) -> Result<Vec<OrderEvent>, OrderError> {
-        if self.status != Status::Open {
-            return Err(OrderError::WrongStatus(self.status));
-        }
-        if line.quantity == 0 {
-            return Err(OrderError::EmptyLine);
-        }
-        Ok(vec![LineAdded { line }.into()])
-    }
-
-    /// Command: confirm the order.
-    pub fn confirm(&self) -> Result<Vec<OrderEvent>, OrderError> {
-        match self.status {
-            Status::Open if self.lines.is_empty() => Err(OrderError::NoLines),
-            Status::Open => Ok(vec![
-                OrderConfirmed {
-                    total_cents: self.total_cents(),
-                }
-                .into(),
-            ]),
-            other => Err(OrderError::WrongStatus(other)),
-        }
-    }
-
-    /// Command: cancel the order.
-    pub fn cancel(&self, reason: &str) -> Result<Vec<OrderEvent>, OrderError> {
-        match self.status {
-            Status::Open | Status::Confirmed => Ok(vec![
-                OrderCancelled {
-                    reason: reason.to_owned(),
-                }
-                .into(),
-            ]),
-            other => Err(OrderError::WrongStatus(other)),
-        }
-    }
-
     fn check(&self) -> Result<(), String> {
         if self.lines.len() > MAX_LINES {
             return Err(format!("an order holds at most {MAX_LINES} lines"));
         }
         Ok(())
     }
+}
+
+/// Place a new order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlaceOrder {
+    /// The new order's id.
+    pub order_id: OrderId,
+    /// Who orders.
+    pub customer: String,
+}
+
+/// Add a line to an open order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddLine {
+    /// The order.
+    pub order_id: OrderId,
+    /// The line.
+    pub line: Line,
+}
+
+/// Confirm an open order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfirmOrder {
+    /// The order.
+    pub order_id: OrderId,
+}
+
+/// Cancel an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelOrder {
+    /// The order.
+    pub order_id: OrderId,
+    /// Why.
+    pub reason: String,
+}
+
+impl Validate for AddLine {
+    fn validate(&self, v: &mut Validator) {
+        v.check(
+            !self.line.sku.trim().is_empty(),
+            "line.sku",
+            "must not be empty",
+        );
+        v.check(
+            self.line.quantity > 0,
+            "line.quantity",
+            "must be at least 1",
+        );
+        v.check(
+            self.line.unit_price_cents > 0,
+            "line.unit_price_cents",
+            "must be positive",
+        );
+    }
+}
+
+#[command_handler]
+impl Order {
+    /// Places the order (creates the aggregate).
+    pub fn place(cmd: PlaceOrder) -> Result<OrderPlaced, OrderError> {
+        if cmd.customer.trim().is_empty() {
+            return Err(OrderError::NoCustomer);
+        }
+        Ok(OrderPlaced {
+            customer: cmd.customer,
+        })
+    }
+
+    /// Adds a line.
+    pub fn add_line(&self, cmd: AddLine) -> Result<LineAdded, OrderError> {
+        if self.status != Status::Open {
+            return Err(OrderError::WrongStatus(self.status));
+        }
+        Ok(LineAdded { line: cmd.line })
+    }
+
+    /// Confirms the order.
+    pub fn confirm(&self, _cmd: &ConfirmOrder) -> Result<OrderConfirmed, OrderError> {
+        match self.status {
+            Status::Open if self.lines.is_empty() => Err(OrderError::NoLines),
+            Status::Open => Ok(OrderConfirmed {
+                total_cents: self.total_cents(),
+            }),
+            other => Err(OrderError::WrongStatus(other)),
+        }
+    }
+
+    /// Cancels the order.
+    pub fn cancel(&self, cmd: &CancelOrder) -> Result<OrderCancelled, OrderError> {
+        match self.status {
+            Status::Open | Status::Confirmed => Ok(OrderCancelled {
+                reason: cmd.reason.clone(),
+            }),
+            other => Err(OrderError::WrongStatus(other)),
+        }
+    }
+}
+
+/// Read model of one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderSummary {
+    /// Who ordered.
+    pub customer: String,
+    /// How many lines.
+    pub lines: usize,
+    /// The total in cents.
+    pub total_cents: u64,
+    /// Where the order is.
+    pub status: Status,
+    /// The stream version the summary reflects.
+    pub version: u64,
+}
+
+/// Ask for an order's summary.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GetOrderSummary {
+    /// The order.
+    pub order_id: OrderId,
+}
+
+/// Answers [`GetOrderSummary`] from the event store; cached for five seconds.
+#[query_handler(cache(ttl_secs = 5, capacity = 10_000))]
+pub async fn order_summary(
+    query: GetOrderSummary,
+    State(store): State<SharedEventStore>,
+) -> Result<OrderSummary, dtx::Error> {
+    let orders = Repository::<Order>::shared(store, &DtxConfig::default());
+    let order = orders.load(&query.order_id).await?;
+    let state = order.state();
+    Ok(OrderSummary {
+        customer: state.customer.clone(),
+        lines: state.lines.len(),
+        total_cents: state.total_cents(),
+        status: state.status,
+        version: order.version(),
+    })
 }
 
 impl Apply<OrderPlaced> for Order {

@@ -101,6 +101,13 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                     Self::#idents(event)
                 }
             }
+
+            #[automatically_derived]
+            impl #krate::cqrs::IntoEvents<#ident> for #payloads {
+                fn into_events(self) -> ::std::vec::Vec<#ident> {
+                    ::std::vec![#ident::#idents(self)]
+                }
+            }
         )*
     };
     crate::common::dummy_const(&items)

@@ -1,1 +1,1 @@
-//! Compile-fail (trybuild) tests of dtx's derive macros: the cases are in `cases/`, run by `tests/ui.rs`.
+//! Compile-fail (trybuild) tests of dtx's macros: the cases are in `cases/`, run by `tests/ui.rs`.

@@ -1,4 +1,5 @@
-//! Compile-fail tests of `#[derive(DomainEvent)]` and `#[derive(Aggregate)]`.
+//! Compile-fail tests of `#[derive(DomainEvent)]`, `#[derive(Aggregate)]`, `#[command_handler]`
+//! and `#[query_handler]`.
 //!
 //! Every `cases/<macro>/fail/<rule>.rs` must fail to compile with the `.stderr` beside it;
 //! every `cases/<macro>/pass/<rule>.rs` must compile and run. After changing a message,
@@ -12,7 +13,7 @@ fn ui() {
 }
 
 // The pass cases are compiled here too, so that `cargo clippy --all-targets` lints the code the
-// derives generate with the workspace's lints (clippy pedantic), as a strict user crate would.
+// macros generate with the workspace's lints (clippy pedantic), as a strict user crate would.
 // trybuild runs their `main`s.
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/aggregate/pass/all_options.rs"]
@@ -21,5 +22,11 @@ mod aggregate_all_options;
 #[path = "../cases/aggregate/pass/no_snapshots.rs"]
 mod aggregate_no_snapshots;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/command_handler/pass/all_forms.rs"]
+mod command_handler_all_forms;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/domain_event/pass/all_options.rs"]
 mod domain_event_all_options;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/query_handler/pass/all_forms.rs"]
+mod query_handler_all_forms;

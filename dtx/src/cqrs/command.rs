@@ -1,0 +1,677 @@
+//! The command bus: dispatch by command type, the aggregate command path with optimistic
+//! retries, and the errors a caller can act on.
+
+use super::context::{CommandContext, CommandMetadata, StateMap};
+use super::registry::{self, CommandRegistration, Location};
+use crate::error::BoxError;
+use crate::{
+    Aggregate, AggregateRoot, DtxConfig, Error, MemoryEventStore, Repository, SharedEventStore,
+    StreamId,
+};
+use async_trait::async_trait;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Why a command was not executed (or its outcome cannot be given to the caller).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// No handler is registered for the command type.
+    #[error("no handler for command `{command}`")]
+    NoHandler {
+        /// The command type.
+        command: &'static str,
+    },
+    /// The command broke its validation rules; nothing was stored.
+    #[error("command `{command}` is invalid: {errors}")]
+    Invalid {
+        /// The command type.
+        command: &'static str,
+        /// Every broken rule.
+        errors: super::ValidationErrors,
+    },
+    /// The handler rejected the command with its own error; nothing was stored.
+    #[error("command `{command}` rejected: {source}")]
+    Domain {
+        /// The command type.
+        command: &'static str,
+        /// The handler's error; see [`CommandError::domain`].
+        source: BoxError,
+    },
+    /// The aggregate the command targets does not exist.
+    #[error("{aggregate} `{id}` does not exist")]
+    NotFound {
+        /// The aggregate type.
+        aggregate: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A creating command targets an aggregate that exists already.
+    #[error("{aggregate} `{id}` exists already")]
+    AlreadyExists {
+        /// The aggregate type.
+        aggregate: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// Every attempt lost the race for the aggregate's next version.
+    #[error("command `{command}` still conflicted after {attempts} attempts: {source}")]
+    Conflict {
+        /// The command type.
+        command: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last conflict.
+        source: Error,
+    },
+    /// The event store or an aggregate rule failed (invariant, decode, storage, outcome unknown).
+    #[error(transparent)]
+    Dtx(#[from] Error),
+    /// The handler needs shared state the bus was not given.
+    #[error("the bus has no state of type `{state}`")]
+    MissingState {
+        /// The state type.
+        state: &'static str,
+    },
+    /// The caller asked for another output type than the handler returns.
+    #[error("command `{command}` returns `{actual}`, not `{expected}`")]
+    OutputType {
+        /// The command type.
+        command: &'static str,
+        /// The type asked for.
+        expected: &'static str,
+        /// The type the handler returns.
+        actual: &'static str,
+    },
+}
+
+impl CommandError {
+    /// The handler's own error, if it is of type `E`.
+    pub fn domain<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Domain { source, .. } => source.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// What an aggregate command stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// The stream's version after the command.
+    pub version: u64,
+    /// How many events the command appended (0 when it decided nothing should change).
+    pub events: usize,
+    /// How many attempts it took (1 without a conflict).
+    pub attempts: u32,
+}
+
+/// A problem with the set of handlers, found when the bus is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// Two handlers for one message type.
+    #[error("two handlers for `{message}`: {first} and {second}; remove one")]
+    DuplicateHandler {
+        /// The command or query type.
+        message: &'static str,
+        /// The first handler.
+        first: Location,
+        /// The second handler.
+        second: Location,
+    },
+    /// A required handler is not registered (not written, or its crate is not linked).
+    #[error(
+        "no handler for `{message}`; is the crate that declares it linked into this binary (`use my_handlers as _;`)?"
+    )]
+    MissingHandler {
+        /// The command or query type.
+        message: &'static str,
+    },
+    /// A handler extracts state the bus was not given.
+    #[error(
+        "{handler} takes `State<{state}>`, but the bus has no such state; add `.state(..)` to the builder"
+    )]
+    MissingState {
+        /// The handler.
+        handler: Location,
+        /// The state type.
+        state: &'static str,
+    },
+}
+
+/// Retries of an aggregate command that lost a version race: exponential backoff with full
+/// jitter, bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub max_attempts: u32,
+    /// The first backoff.
+    pub base_delay: Duration,
+    /// The largest backoff.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 30,
+            base_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before attempt `attempt + 1`: a random duration up to
+    /// `min(max_delay, base_delay * 2^(attempt-1))`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
+            .min(self.max_delay);
+        let random = uuid::Uuid::new_v4().as_u128() as u64;
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(random % nanos.max(1))
+    }
+}
+
+/// What a handler runs with besides its command.
+#[doc(hidden)]
+pub struct Env {
+    pub(crate) store: SharedEventStore,
+    pub(crate) config: DtxConfig,
+    pub(crate) retry: RetryPolicy,
+}
+
+/// A type-erased command handler; built by the macros and the builder.
+#[doc(hidden)]
+#[async_trait]
+pub trait ErasedCommandHandler: Send + Sync + 'static {
+    async fn handle(
+        &self,
+        command: Box<dyn Any + Send>,
+        ctx: CommandContext,
+        env: &Env,
+    ) -> Result<Box<dyn Any + Send>, CommandError>;
+
+    fn output_type(&self) -> &'static str;
+}
+
+/// A boxed [`ErasedCommandHandler`].
+#[doc(hidden)]
+pub type BoxedCommandHandler = Box<dyn ErasedCommandHandler>;
+
+struct Entry {
+    command: &'static str,
+    location: Location,
+    handler: BoxedCommandHandler,
+}
+
+struct Inner {
+    handlers: HashMap<TypeId, Entry>,
+    state: StateMap,
+    env: Env,
+}
+
+/// Dispatches commands to their handlers.
+///
+/// Cheap to clone; clones share handlers, store and state.
+///
+/// ```
+/// use dtx::cqrs::{CommandBus, CommandContext};
+///
+/// #[derive(Debug)]
+/// struct Greet(String);
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bus = CommandBus::builder()
+///     .handler(|cmd: Greet, _ctx: CommandContext| async move {
+///         Ok::<_, std::io::Error>(format!("hello {}", cmd.0))
+///     })
+///     .build()?;
+/// let greeting: String = bus.execute(Greet("dtx".into())).await?;
+/// assert_eq!(greeting, "hello dtx");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct CommandBus {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for CommandBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut handlers: Vec<&str> = self.inner.handlers.values().map(|e| e.command).collect();
+        handlers.sort_unstable();
+        f.debug_struct("CommandBus")
+            .field("handlers", &handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandBus {
+    /// A builder: store, configuration, state, handlers.
+    pub fn builder() -> CommandBusBuilder {
+        CommandBusBuilder::default()
+    }
+
+    /// A bus with every linked `#[command_handler]`, on the in-memory store.
+    pub fn from_registry() -> Result<Self, BusError> {
+        Self::builder().registry().build()
+    }
+
+    /// Whether a handler for `C` is registered.
+    pub fn handles<C: 'static>(&self) -> bool {
+        self.inner.handlers.contains_key(&TypeId::of::<C>())
+    }
+
+    /// Executes a command with fresh metadata (a new command id and correlation).
+    pub async fn execute<C: Send + 'static, O: 'static>(
+        &self,
+        command: C,
+    ) -> Result<O, CommandError> {
+        self.execute_with(command, CommandMetadata::new()).await
+    }
+
+    /// Executes a command with the caller's metadata (correlation, causation, traceparent).
+    pub async fn execute_with<C: Send + 'static, O: 'static>(
+        &self,
+        command: C,
+        metadata: CommandMetadata,
+    ) -> Result<O, CommandError> {
+        let name = std::any::type_name::<C>();
+        let Some(entry) = self.inner.handlers.get(&TypeId::of::<C>()) else {
+            return Err(CommandError::NoHandler { command: name });
+        };
+        let span = tracing::info_span!(
+            "dtx.command",
+            command = entry.command,
+            command_id = %metadata.command_id,
+            correlation_id = %metadata.correlation_id,
+            outcome = tracing::field::Empty,
+        );
+        let ctx = CommandContext {
+            metadata,
+            state: self.inner.state.clone(),
+            bus: Some(self.clone()),
+        };
+        let result = entry
+            .handler
+            .handle(Box::new(command), ctx, &self.inner.env)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome(&result));
+        let output = result?;
+        output
+            .downcast::<O>()
+            .map(|o| *o)
+            .map_err(|_| CommandError::OutputType {
+                command: entry.command,
+                expected: std::any::type_name::<O>(),
+                actual: entry.handler.output_type(),
+            })
+    }
+}
+
+fn outcome<T>(result: &Result<T, CommandError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(CommandError::Invalid { .. }) => "invalid",
+        Err(CommandError::Domain { .. }) => "rejected",
+        Err(CommandError::Conflict { .. }) => "conflict",
+        Err(CommandError::NotFound { .. } | CommandError::AlreadyExists { .. }) => "not_applicable",
+        Err(_) => "error",
+    }
+}
+
+/// Builds a [`CommandBus`]; see [`CommandBus::builder`].
+#[derive(Default)]
+pub struct CommandBusBuilder {
+    store: Option<SharedEventStore>,
+    config: DtxConfig,
+    retry: RetryPolicy,
+    state: StateMap,
+    registrations: Vec<(
+        TypeId,
+        &'static str,
+        Location,
+        Vec<(TypeId, &'static str)>,
+        BoxedCommandHandler,
+    )>,
+    required: Vec<(TypeId, &'static str)>,
+}
+
+impl fmt::Debug for CommandBusBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandBusBuilder")
+            .field("handlers", &self.registrations.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandBusBuilder {
+    /// The event store aggregate commands load from and append to (default: a fresh
+    /// [`MemoryEventStore`]).
+    #[must_use]
+    pub fn store(mut self, store: SharedEventStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The configuration (snapshot frequency).
+    #[must_use]
+    pub fn config(mut self, config: DtxConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How aggregate commands retry after a version conflict.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Shared state handlers extract as `State<T>`.
+    #[must_use]
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
+        self.state.insert(state);
+        self
+    }
+
+    /// Adds every handler linked into this binary by `#[command_handler]`.
+    #[must_use]
+    pub fn registry(mut self) -> Self {
+        for r in registry::sorted::<CommandRegistration>(|r| ((r.command_name)(), r.location)) {
+            self.registrations.push((
+                (r.command)(),
+                (r.command_name)(),
+                r.location,
+                (r.states)(),
+                (r.handler)(),
+            ));
+        }
+        self
+    }
+
+    /// Registers an async function handler by hand: it takes the command and the context and
+    /// returns `Result<Output, E>`.
+    #[must_use]
+    #[track_caller]
+    pub fn handler<C, O, E, F, Fut>(mut self, handler: F) -> Self
+    where
+        C: Send + 'static,
+        O: Send + 'static,
+        E: Into<BoxError> + 'static,
+        F: Fn(C, CommandContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<O, E>> + Send + 'static,
+    {
+        let caller = std::panic::Location::caller();
+        let location = Location {
+            file: caller.file(),
+            line: caller.line(),
+            handler: std::any::type_name::<F>(),
+        };
+        let handler = crate::__private::command_fn(move |cmd: C, ctx: CommandContext| {
+            let fut = handler(cmd, ctx);
+            async move {
+                fut.await.map_err(|e| CommandError::Domain {
+                    command: std::any::type_name::<C>(),
+                    source: e.into(),
+                })
+            }
+        });
+        self.registrations.push((
+            TypeId::of::<C>(),
+            std::any::type_name::<C>(),
+            location,
+            Vec::new(),
+            handler,
+        ));
+        self
+    }
+
+    /// Registers an aggregate command handler by hand: `target` names the aggregate the command
+    /// is for, `decide` turns the current state and the command into events (or a domain error).
+    /// (Hand-registered handlers do not run [`super::Validate`]; call it in `decide`.)
+    #[must_use]
+    #[track_caller]
+    pub fn aggregate_handler<A, C, T, E>(
+        mut self,
+        target: fn(&C) -> A::Id,
+        decide: fn(&A, &C) -> Result<T, E>,
+    ) -> Self
+    where
+        A: Aggregate,
+        C: Send + Sync + 'static,
+        T: IntoEvents<A::Event> + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let caller = std::panic::Location::caller();
+        let location = Location {
+            file: caller.file(),
+            line: caller.line(),
+            handler: std::any::type_name::<A>(),
+        };
+        let handler = crate::__private::aggregate_update::<A, C, _>(
+            target,
+            |_| Ok(()),
+            move |state, cmd, _ctx| crate::__private::decided::<A, C, _>(decide(state, cmd)),
+        );
+        self.registrations.push((
+            TypeId::of::<C>(),
+            std::any::type_name::<C>(),
+            location,
+            Vec::new(),
+            handler,
+        ));
+        self
+    }
+
+    /// Fails [`CommandBusBuilder::build`] unless a handler for `C` is registered.
+    #[must_use]
+    pub fn require<C: 'static>(mut self) -> Self {
+        self.required
+            .push((TypeId::of::<C>(), std::any::type_name::<C>()));
+        self
+    }
+
+    /// Checks the handlers (no duplicates, required ones present, their state available) and
+    /// builds the bus.
+    pub fn build(self) -> Result<CommandBus, BusError> {
+        let mut handlers: HashMap<TypeId, Entry> = HashMap::new();
+        for (id, command, location, states, handler) in self.registrations {
+            if let Some(first) = handlers.get(&id) {
+                return Err(BusError::DuplicateHandler {
+                    message: command,
+                    first: first.location,
+                    second: location,
+                });
+            }
+            if let Some((_, state)) = states.iter().find(|(id, _)| !self.state.contains(*id)) {
+                return Err(BusError::MissingState {
+                    handler: location,
+                    state,
+                });
+            }
+            handlers.insert(
+                id,
+                Entry {
+                    command,
+                    location,
+                    handler,
+                },
+            );
+        }
+        if let Some((_, message)) = self
+            .required
+            .iter()
+            .find(|(id, _)| !handlers.contains_key(id))
+        {
+            return Err(BusError::MissingHandler { message });
+        }
+        Ok(CommandBus {
+            inner: Arc::new(Inner {
+                handlers,
+                state: self.state,
+                env: Env {
+                    store: self
+                        .store
+                        .unwrap_or_else(|| Arc::new(MemoryEventStore::new())),
+                    config: self.config,
+                    retry: self.retry,
+                },
+            }),
+        })
+    }
+}
+
+/// What an aggregate command handler may return as its events: one event, a `Vec`, an array,
+/// an `Option` or any iterator of values convertible into the aggregate's event enum.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a list of events of this aggregate",
+    label = "an aggregate handler returns events of its own event enum `{E}`",
+    note = "return `Result<Vec<{E}>, MyError>`, one event of `{E}` or one of its payload structs, an array or an `Option`"
+)]
+pub trait IntoEvents<E> {
+    /// The events.
+    fn into_events(self) -> Vec<E>;
+}
+
+impl<E, T: Into<E>> IntoEvents<E> for Vec<T> {
+    fn into_events(self) -> Vec<E> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<E, T: Into<E>, const N: usize> IntoEvents<E> for [T; N] {
+    fn into_events(self) -> Vec<E> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<E, T: Into<E>> IntoEvents<E> for Option<T> {
+    fn into_events(self) -> Vec<E> {
+        self.into_iter().map(Into::into).collect()
+    }
+}
+
+impl<E: crate::DomainEvent> IntoEvents<E> for E {
+    fn into_events(self) -> Vec<E> {
+        vec![self]
+    }
+}
+
+/// Runs an aggregate command: load, decide, check invariants, append with the loaded version,
+/// and on a conflict reload and decide again with backoff.
+pub(crate) async fn run_aggregate<A, C>(
+    env: &Env,
+    command: &C,
+    id: A::Id,
+    ctx: &CommandContext,
+    create: bool,
+    decide: &(dyn Fn(&A, &C, &CommandContext) -> Result<Vec<A::Event>, CommandError> + Send + Sync),
+) -> Result<Committed, CommandError>
+where
+    A: Aggregate,
+{
+    let repo = Repository::<A>::shared(Arc::clone(&env.store), &env.config);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let span = tracing::debug_span!(
+            "dtx.command.handle",
+            aggregate = A::TYPE,
+            aggregate_id = %id,
+            attempt,
+        );
+        let saved = attempt_once(&repo, command, &id, ctx, create, decide)
+            .instrument(span)
+            .await;
+        match saved {
+            Ok(committed) => {
+                return Ok(Committed {
+                    attempts: attempt,
+                    ..committed
+                });
+            }
+            Err(AttemptError::Command(error)) => return Err(error),
+            Err(AttemptError::Store(Error::Conflict { .. })) if create => {
+                return Err(CommandError::AlreadyExists {
+                    aggregate: A::TYPE,
+                    id: id.to_string(),
+                });
+            }
+            Err(AttemptError::Store(error @ Error::Conflict { .. }))
+                if attempt >= env.retry.max_attempts =>
+            {
+                return Err(CommandError::Conflict {
+                    command: std::any::type_name::<C>(),
+                    attempts: attempt,
+                    source: error,
+                });
+            }
+            Err(AttemptError::Store(Error::Conflict { .. })) => {
+                tracing::debug!(attempt, "version conflict; reloading and retrying");
+                tokio::time::sleep(env.retry.backoff(attempt)).await;
+            }
+            Err(AttemptError::Store(error)) => return Err(error.into()),
+        }
+    }
+}
+
+enum AttemptError {
+    Command(CommandError),
+    Store(Error),
+}
+
+impl From<Error> for AttemptError {
+    fn from(error: Error) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// One attempt: the command's own errors come back as `Ok(Err(..))` so that only store
+/// conflicts are retried.
+async fn attempt_once<A, C>(
+    repo: &Repository<A>,
+    command: &C,
+    id: &A::Id,
+    ctx: &CommandContext,
+    create: bool,
+    decide: &(dyn Fn(&A, &C, &CommandContext) -> Result<Vec<A::Event>, CommandError> + Send + Sync),
+) -> Result<Committed, AttemptError>
+where
+    A: Aggregate,
+{
+    let mut root = if create {
+        AggregateRoot::<A>::new(id.clone())
+    } else {
+        let root = repo.load(id).await?;
+        if root.version() == 0 {
+            return Err(AttemptError::Command(CommandError::NotFound {
+                aggregate: A::TYPE,
+                id: id.to_string(),
+            }));
+        }
+        root
+    };
+    let events = decide(root.state(), command, ctx).map_err(AttemptError::Command)?;
+    root.record(events)?;
+    let events = root.pending().len();
+    repo.save_with(&mut root, ctx.metadata.event_metadata())
+        .await?;
+    Ok(Committed {
+        stream: A::stream_id(id)?,
+        version: root.version(),
+        events,
+        attempts: 1,
+    })
+}

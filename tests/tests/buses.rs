@@ -1,0 +1,543 @@
+//! The command and query buses on both backends: registry, aggregate command path with
+//! retries, validation, metadata, caching.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
+
+// The order handlers live in another crate (`examples`); naming it links them (the link rule).
+use examples::order::{
+    AddLine, ConfirmOrder, GetOrderSummary, Line, Order, OrderError, OrderId, OrderSummary,
+    PlaceOrder, Status,
+};
+
+use dtx::cqrs::{
+    BusError, CommandBus, CommandContext, CommandError, CommandMetadata, Committed, QueryBus,
+    QueryError, QueryOptions, RetryPolicy, State,
+};
+use dtx::{Aggregate, Apply, DomainEvent, Id, SharedEventStore, command_handler, query_handler};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+// --- a counter aggregate defined here, for the concurrency tests -----------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Started {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Incremented {
+    tag: u32,
+}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum CounterEvent {
+    Started(Started),
+    Incremented(Incremented),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Aggregate)]
+#[aggregate(event = CounterEvent, snapshot_every = 7)]
+struct Counter {
+    id: Id<Counter>,
+    count: u32,
+}
+
+impl Apply<Started> for Counter {
+    fn apply(&mut self, _: &Started) {}
+}
+
+impl Apply<Incremented> for Counter {
+    fn apply(&mut self, _: &Incremented) {
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StartCounter {
+    counter: Id<Counter>,
+}
+
+#[derive(Debug, Clone)]
+struct Increment {
+    counter_id: Id<Counter>,
+    tag: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+#[command_handler]
+impl Counter {
+    #[command(target = counter)]
+    fn start(_cmd: &StartCounter) -> Result<Started, Never> {
+        Ok(Started {})
+    }
+
+    fn increment(&self, cmd: Increment) -> Result<Vec<CounterEvent>, Never> {
+        Ok(vec![Incremented { tag: cmd.tag }.into()])
+    }
+}
+
+// --- a free handler and a cached query with shared state --------------------------------------
+
+/// Counts how often the query handler really ran.
+#[derive(Debug, Clone, Default)]
+struct Calls(Arc<AtomicUsize>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Square(u64);
+
+#[query_handler(cache(ttl_ms = 400, capacity = 100))]
+async fn square(query: Square, State(calls): State<Calls>) -> Result<u64, Never> {
+    calls.0.fetch_add(1, Ordering::SeqCst);
+    Ok(query.0 * query.0)
+}
+
+struct Describe;
+
+#[command_handler]
+async fn describe(_cmd: Describe, ctx: &CommandContext) -> Result<(uuid::Uuid, uuid::Uuid), Never> {
+    Ok((ctx.metadata().command_id, ctx.metadata().correlation_id))
+}
+
+fn commands(store: SharedEventStore) -> CommandBus {
+    CommandBus::builder()
+        .store(store)
+        .registry()
+        .build()
+        .unwrap()
+}
+
+fn line(sku: &str, quantity: u32) -> Line {
+    Line {
+        sku: sku.to_owned(),
+        quantity,
+        unit_price_cents: 100,
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        /// The in-memory store, each call yielding to the scheduler as I/O would.
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(::std::sync::Arc::new(tests::Yielding(dtx::MemoryEventStore::new()))).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(::std::sync::Arc::new(tests::pg_store().await)).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    handlers_from_another_crate_are_found,
+    fifty_concurrent_commands_all_succeed_once,
+    conflicts_beyond_the_retry_budget_are_typed,
+    validation_failure_stores_nothing,
+    events_carry_correlation_and_causation,
+    domain_errors_and_missing_aggregates_are_typed,
+);
+
+/// A handler declared in the `examples` crate is found through the registry and runs the whole
+/// aggregate path.
+async fn handlers_from_another_crate_are_found(store: SharedEventStore) {
+    let bus = commands(Arc::clone(&store));
+    assert!(
+        bus.handles::<PlaceOrder>() && bus.handles::<AddLine>() && bus.handles::<ConfirmOrder>()
+    );
+    let order_id = OrderId::new();
+    let placed: Committed = bus
+        .execute(PlaceOrder {
+            order_id,
+            customer: "c-1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!((placed.version, placed.events, placed.attempts), (1, 1, 1));
+    assert_eq!(placed.stream, Order::stream_id(&order_id).unwrap());
+    let _: Committed = bus
+        .execute(AddLine {
+            order_id,
+            line: line("a", 2),
+        })
+        .await
+        .unwrap();
+    let confirmed: Committed = bus.execute(ConfirmOrder { order_id }).await.unwrap();
+    assert_eq!(confirmed.version, 3);
+
+    let queries = QueryBus::builder()
+        .state(Arc::clone(&store))
+        .state(Calls::default())
+        .registry()
+        .build()
+        .unwrap();
+    let summary: OrderSummary = queries.execute(GetOrderSummary { order_id }).await.unwrap();
+    assert_eq!(
+        (
+            summary.status,
+            summary.lines,
+            summary.total_cents,
+            summary.version
+        ),
+        (Status::Confirmed, 1, 200, 3)
+    );
+}
+
+/// 50 commands race for one aggregate: every one succeeds through retries, every event is
+/// stored exactly once, versions are contiguous.
+async fn fifty_concurrent_commands_all_succeed_once(store: SharedEventStore) {
+    let bus = commands(Arc::clone(&store));
+    let counter = Id::<Counter>::new();
+    let _: Committed = bus.execute(StartCounter { counter }).await.unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|tag| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.execute::<_, Committed>(Increment {
+                    counter_id: counter,
+                    tag,
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut retried = 0;
+    let mut versions = HashSet::new();
+    for task in tasks {
+        let committed = task.await.unwrap().unwrap();
+        assert_eq!(committed.events, 1);
+        retried += committed.attempts - 1;
+        assert!(
+            versions.insert(committed.version),
+            "two commands got version {}",
+            committed.version
+        );
+    }
+    assert!(retried > 0, "the commands must actually race");
+    assert_eq!(versions, (2..=51).collect::<HashSet<u64>>());
+
+    let stream = Counter::stream_id(&counter).unwrap();
+    let stored = store.read_stream(&stream, 1, usize::MAX).await.unwrap();
+    assert_eq!(stored.len(), 51);
+    let tags: HashSet<u32> = stored[1..]
+        .iter()
+        .map(|e| match e.decode::<CounterEvent>().unwrap() {
+            CounterEvent::Incremented(i) => i.tag,
+            CounterEvent::Started(_) => panic!("started twice"),
+        })
+        .collect();
+    assert_eq!(
+        tags,
+        (0..50).collect::<HashSet<u32>>(),
+        "each command's event exactly once"
+    );
+}
+
+/// Without retries, losers get a typed conflict and store nothing.
+async fn conflicts_beyond_the_retry_budget_are_typed(store: SharedEventStore) {
+    let bus = CommandBus::builder()
+        .store(Arc::clone(&store))
+        .retry(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        })
+        .registry()
+        .build()
+        .unwrap();
+    let counter = Id::<Counter>::new();
+    let _: Committed = bus.execute(StartCounter { counter }).await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|tag| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.execute::<_, Committed>(Increment {
+                    counter_id: counter,
+                    tag,
+                })
+                .await
+            })
+        })
+        .collect();
+    let (mut ok, mut conflicts) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(CommandError::Conflict {
+                attempts: 1,
+                source: dtx::Error::Conflict { .. },
+                ..
+            }) => conflicts += 1,
+            Err(other) => panic!("expected success or a typed conflict, got {other}"),
+        }
+    }
+    assert_eq!(ok + conflicts, 20);
+    let version = store
+        .stream_version(&Counter::stream_id(&counter).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(version, 1 + ok, "only the winners stored events");
+}
+
+/// A command that breaks its rules is refused with every broken rule, and nothing is stored.
+async fn validation_failure_stores_nothing(store: SharedEventStore) {
+    let bus = commands(Arc::clone(&store));
+    let order_id = OrderId::new();
+    let _: Committed = bus
+        .execute(PlaceOrder {
+            order_id,
+            customer: "c".into(),
+        })
+        .await
+        .unwrap();
+    let bad = AddLine {
+        order_id,
+        line: Line {
+            sku: String::new(),
+            quantity: 0,
+            unit_price_cents: 0,
+        },
+    };
+    match bus.execute::<_, Committed>(bad).await {
+        Err(CommandError::Invalid { command, errors }) => {
+            assert!(command.ends_with("AddLine"));
+            let fields: Vec<&str> = errors.violations().iter().map(|v| v.field).collect();
+            assert_eq!(
+                fields,
+                ["line.sku", "line.quantity", "line.unit_price_cents"]
+            );
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .stream_version(&Order::stream_id(&order_id).unwrap())
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// Every event carries the caller's correlation id and its command's id as causation id.
+async fn events_carry_correlation_and_causation(store: SharedEventStore) {
+    let bus = commands(Arc::clone(&store));
+    let order_id = OrderId::new();
+    let correlation = uuid::Uuid::now_v7();
+    let place = CommandMetadata::correlated(correlation)
+        .with_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    let add = CommandMetadata::correlated(correlation).caused_by(place.command_id);
+    let _: Committed = bus
+        .execute_with(
+            PlaceOrder {
+                order_id,
+                customer: "c".into(),
+            },
+            place.clone(),
+        )
+        .await
+        .unwrap();
+    let _: Committed = bus
+        .execute_with(
+            AddLine {
+                order_id,
+                line: line("x", 1),
+            },
+            add.clone(),
+        )
+        .await
+        .unwrap();
+    let events = store
+        .read_stream(&Order::stream_id(&order_id).unwrap(), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.metadata.correlation_id == Some(correlation))
+    );
+    assert_eq!(events[0].metadata.causation_id, Some(place.command_id));
+    assert_eq!(events[0].metadata.traceparent, place.traceparent);
+    assert_eq!(events[1].metadata.causation_id, Some(add.command_id));
+
+    // Without caller metadata the command starts its own correlation.
+    let (command_id, correlation_id): (uuid::Uuid, uuid::Uuid) =
+        bus.execute(Describe).await.unwrap();
+    assert_eq!(command_id, correlation_id);
+}
+
+/// Domain errors, missing and existing aggregates, unhandled commands and wrong output types
+/// are typed errors.
+async fn domain_errors_and_missing_aggregates_are_typed(store: SharedEventStore) {
+    let bus = commands(Arc::clone(&store));
+    let order_id = OrderId::new();
+    let missing = bus
+        .execute::<_, Committed>(ConfirmOrder { order_id })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, CommandError::NotFound { aggregate: "Order", id } if *id == order_id.to_string()),
+        "{missing:?}"
+    );
+
+    let _: Committed = bus
+        .execute(PlaceOrder {
+            order_id,
+            customer: "c".into(),
+        })
+        .await
+        .unwrap();
+    let again = bus
+        .execute::<_, Committed>(PlaceOrder {
+            order_id,
+            customer: "c".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            again,
+            CommandError::AlreadyExists {
+                aggregate: "Order",
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+
+    let empty = bus
+        .execute::<_, Committed>(ConfirmOrder { order_id })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.domain::<OrderError>(), Some(&OrderError::NoLines));
+
+    let wrong = bus
+        .execute::<_, String>(ConfirmOrder { order_id })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        wrong,
+        CommandError::Domain { .. } | CommandError::OutputType { .. }
+    ));
+    let _: Committed = bus
+        .execute(AddLine {
+            order_id,
+            line: line("x", 1),
+        })
+        .await
+        .unwrap();
+    let wrong = bus
+        .execute::<_, String>(ConfirmOrder { order_id })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            wrong,
+            CommandError::OutputType {
+                expected: "alloc::string::String",
+                ..
+            }
+        ),
+        "{wrong:?}"
+    );
+
+    struct Unhandled;
+    assert!(matches!(
+        bus.execute::<_, ()>(Unhandled).await,
+        Err(CommandError::NoHandler { .. })
+    ));
+    assert_eq!(
+        store
+            .stream_version(&Order::stream_id(&order_id).unwrap())
+            .await
+            .unwrap(),
+        3
+    );
+}
+
+/// A required handler that is missing fails the bus at start-up; so does missing state.
+#[test]
+fn missing_handlers_and_state_fail_at_start_up() {
+    struct Unhandled;
+    match CommandBus::builder()
+        .registry()
+        .require::<PlaceOrder>()
+        .require::<Unhandled>()
+        .build()
+    {
+        Err(BusError::MissingHandler { message }) => assert!(message.ends_with("Unhandled")),
+        other => panic!("expected MissingHandler, got {other:?}"),
+    }
+    match QueryBus::builder().registry().build() {
+        Err(BusError::MissingState { handler, state }) => {
+            assert!(
+                state.ends_with("Calls") || state.contains("EventStore"),
+                "{state}"
+            );
+            assert!(handler.file.ends_with(".rs") && handler.line > 0);
+        }
+        other => panic!("expected MissingState, got {other:?}"),
+    }
+}
+
+/// A cached query runs its handler once until the TTL passes or the cache is invalidated.
+#[tokio::test]
+async fn cached_queries_run_once_until_ttl_or_invalidation() {
+    let calls = Calls::default();
+    let bus = QueryBus::builder()
+        .state(calls.clone())
+        .state::<SharedEventStore>(Arc::new(dtx::MemoryEventStore::new()))
+        .registry()
+        .build()
+        .unwrap();
+    let ran = || calls.0.load(Ordering::SeqCst);
+
+    for _ in 0..5 {
+        let n: u64 = bus.execute(Square(7)).await.unwrap();
+        assert_eq!(n, 49);
+    }
+    assert_eq!(ran(), 1, "served from the cache");
+    let other: u64 = bus.execute(Square(8)).await.unwrap();
+    assert_eq!((other, ran()), (64, 2), "the key is the query value");
+
+    let fresh: u64 = bus
+        .execute_with(Square(7), QueryOptions::uncached())
+        .await
+        .unwrap();
+    assert_eq!((fresh, ran()), (49, 3), "uncached runs the handler");
+    let _: u64 = bus.execute(Square(7)).await.unwrap();
+    assert_eq!(ran(), 3, "and leaves the cache alone");
+
+    bus.invalidate(&Square(7));
+    let _: u64 = bus.execute(Square(7)).await.unwrap();
+    let _: u64 = bus.execute(Square(8)).await.unwrap();
+    assert_eq!(ran(), 4, "invalidation by key drops only that key");
+
+    bus.invalidate_all::<Square>();
+    let _: u64 = bus.execute(Square(7)).await.unwrap();
+    let _: u64 = bus.execute(Square(8)).await.unwrap();
+    assert_eq!(ran(), 6, "invalidation by handler drops every key");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: u64 = bus.execute(Square(7)).await.unwrap();
+    assert_eq!(ran(), 7, "an expired entry runs the handler again");
+
+    assert!(matches!(
+        bus.execute::<_, u64>(0u8).await,
+        Err(QueryError::NoHandler { .. })
+    ));
+    assert!(matches!(
+        bus.execute::<_, String>(Square(2)).await,
+        Err(QueryError::OutputType { .. })
+    ));
+}

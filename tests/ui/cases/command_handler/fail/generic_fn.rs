@@ -1,0 +1,25 @@
+use dtx::command_handler;
+
+#[derive(Debug)]
+struct Greet {
+    name: String,
+}
+
+#[derive(Debug)]
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+#[command_handler]
+async fn greet<T: Default>(cmd: Greet) -> Result<String, Refused> {
+    let _ = T::default();
+    Ok(cmd.name)
+}
+
+fn main() {}

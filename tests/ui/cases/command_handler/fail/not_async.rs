@@ -1,0 +1,24 @@
+use dtx::command_handler;
+
+#[derive(Debug)]
+struct Greet {
+    name: String,
+}
+
+#[derive(Debug)]
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+#[command_handler]
+fn greet(cmd: Greet) -> Result<String, Refused> {
+    Ok(cmd.name)
+}
+
+fn main() {}

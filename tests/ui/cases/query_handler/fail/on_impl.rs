@@ -1,0 +1,26 @@
+use dtx::query_handler;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Double(u32);
+
+#[derive(Debug)]
+struct Overflow;
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("overflow")
+    }
+}
+
+impl std::error::Error for Overflow {}
+
+struct Doubler;
+
+#[query_handler]
+impl Doubler {
+    async fn double(q: Double) -> Result<u32, Overflow> {
+        q.0.checked_mul(2).ok_or(Overflow)
+    }
+}
+
+fn main() {}
