@@ -1,6 +1,7 @@
-//! Order to cash, step by step, through the command and query buses: place an order, add
-//! lines (validated, concurrently, under an invariant), confirm it, read its summary through the
-//! cached query bus, and follow the global feed.
+//! Order to cash, step by step: place an order through the command bus (validated, concurrent,
+//! under an invariant), confirm it, fulfil it with a saga (reserve inventory, charge payment,
+//! create shipment — and a second order whose shipment fails, so payment and inventory are
+//! compensated), read it through the cached query bus, and follow the global feed.
 //!
 //! Runs in memory by default; set `DATABASE_URL` to run the same code on PostgreSQL.
 //!
@@ -10,7 +11,9 @@
 //! ```
 
 use dtx::cqrs::{CommandBus, CommandError, CommandMetadata, Committed, QueryBus};
+use dtx::saga::{SagaOrchestrator, SagaStatus, WorkerOptions};
 use dtx::{Error, GlobalPosition};
+use examples::fulfillment::{Fulfillment, Services};
 use examples::order::{
     AddLine, ConfirmOrder, GetOrderSummary, Line, MAX_LINES, OrderId, OrderSummary, PlaceOrder,
 };
@@ -31,8 +34,9 @@ fn line(sku: &str, quantity: u32, unit_price_cents: u64) -> Line {
     reason = "the example reads top to bottom, one step after another"
 )]
 async fn main() -> Result<(), BoxError> {
-    let (store, backend) = examples::store_from_env().await?;
-    println!("order_to_cash on the {backend} event store\n");
+    let backend = examples::backend_from_env().await?;
+    let store = backend.events.clone();
+    println!("order_to_cash on the {} stores\n", backend.name);
     // Every #[command_handler] and #[query_handler] linked into this binary, found by type.
     let commands = CommandBus::builder()
         .store(store.clone())
@@ -136,7 +140,59 @@ async fn main() -> Result<(), BoxError> {
         other => return Err(format!("expected a refusal, got {other:?}").into()),
     }
 
-    println!("7. read the summary through the query bus (cached for 5 s)");
+    println!("7. fulfil it with a saga: reserve inventory, charge payment, create shipment");
+    let services = Services::default();
+    let sagas = SagaOrchestrator::builder(backend.sagas.clone())
+        .events(store.clone())
+        .state(services.clone())
+        .registry()
+        .build()?;
+    let worker = sagas.worker(WorkerOptions::default());
+    services.payments.fail_next(1);
+    let fulfil = |order_id, address: &str| Fulfillment {
+        order_id,
+        total_cents: 16_750,
+        address: address.to_owned(),
+        ..Fulfillment::default()
+    };
+    let shipped = sagas
+        .start_correlated(
+            fulfil(order_id, "1 Main Street"),
+            Some(operation.correlation_id),
+        )
+        .await?;
+    worker.run_until_idle().await?;
+    // The payment failed once: its retry is due after a short backoff.
+    while sagas.status(shipped).await?.status == SagaStatus::Running {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        worker.run_until_idle().await?;
+    }
+    let saga = sagas.status(shipped).await?;
+    println!(
+        "   saga {}: {} (steps: {})",
+        saga.id,
+        saga.status,
+        saga.completed
+            .iter()
+            .map(|c| c.step.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    println!(
+        "8. a second order cannot be shipped: payment and inventory are compensated, in reverse order"
+    );
+    let doomed = sagas.start(fulfil(OrderId::new(), "nowhere")).await?;
+    worker.run_until_idle().await?;
+    let saga = sagas.status(doomed).await?;
+    println!(
+        "   saga {}: {} ({})",
+        saga.id,
+        saga.status,
+        saga.last_error.unwrap_or_default()
+    );
+
+    println!("9. read the summary through the query bus (cached for 5 s)");
     let summary: OrderSummary = queries.execute(GetOrderSummary { order_id }).await?;
     let cached: OrderSummary = queries.execute(GetOrderSummary { order_id }).await?;
     println!(
@@ -149,7 +205,7 @@ async fn main() -> Result<(), BoxError> {
         summary == cached
     );
 
-    println!("8. the global feed, as a projection or the outbox would read it");
+    println!("10. the global feed, as a projection or the outbox would read it");
     let mut after = GlobalPosition::START;
     loop {
         let page = store.read_all(after, 100).await?;

@@ -26,7 +26,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 mod cqrs;
-mod pieces;
+mod idempotency;
+mod saga;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -263,7 +264,6 @@ async fn main() -> Result<(), BoxError> {
     let options = Options::parse()?;
     let pool = bench_database().await?;
     let store = PgEventStore::new(pool.clone());
-    if options.filter.as_deref() == Some("PIECES") { pieces::pieces(&pool, &store, options.iterations).await; return Ok(()); }
     let settings = sqlx::query(
         "SELECT current_setting('server_version') AS v, current_setting('synchronous_commit') AS s",
     )
@@ -284,6 +284,8 @@ async fn main() -> Result<(), BoxError> {
     append_rows(&options, &pool, &store).await?;
     load_rows(&options, &pool, &store).await?;
     cqrs::cqrs_rows(&options, &pool, &store).await?;
+    saga::saga_rows(&options, &pool).await?;
+    idempotency::idempotency_rows(&options, &pool).await?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@ mod aggregate;
 mod common;
 mod event;
 mod handler;
+mod idempotent;
+mod saga;
 
 use proc_macro::TokenStream;
 
@@ -30,4 +32,16 @@ pub fn command_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn query_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::query_handler(args.into(), item.into()).into()
+}
+
+/// See `dtx::idempotent`.
+#[proc_macro_attribute]
+pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
+    idempotent::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::saga`.
+#[proc_macro_attribute]
+pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
+    saga::expand(args.into(), item.into()).into()
 }

@@ -15,12 +15,16 @@
 //! # }
 //! ```
 
+mod idempotency;
 mod migrate;
+mod saga;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use idempotency::PgIdempotencyStore;
 pub use migrate::{MIGRATOR, migrate, migrate_in_schema};
+pub use saga::PgSagaStore;
 pub use store::PgEventStore;
 
 /// The `sqlx` version dtx-postgres is built on, for pools and transactions.

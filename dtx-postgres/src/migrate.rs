@@ -23,6 +23,8 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| Migrator {
         migrations![
             20261123000001 "event_store" "event store",
             20261123000002 "event_snapshots" "event snapshots",
+            20261123000003 "saga_state" "saga state",
+            20261123000004 "idempotency_keys" "idempotency keys",
         ]
         .to_vec(),
     ),

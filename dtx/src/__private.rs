@@ -387,8 +387,9 @@ where
 /// Requires the target field of a command to hold the aggregate's id; called under the
 /// field's span.
 #[diagnostic::on_unimplemented(
-    message = "the command's target field must hold the aggregate's id `{Self}`",
-    note = "name the field with `#[command(target = field)]`; by default it is `<aggregate>_id` in snake case"
+    message = "the command's target field holds `{Self}`, not the aggregate's id `{Id}`",
+    label = "the aggregate's id `{Id}` is read from this command's target field",
+    note = "the target field is `<aggregate>_id` (`order_id` for `Order`), or the one named by `#[command(target = field)]` on the method; give it the type `{Id}`"
 )]
 pub trait TargetId<Id> {
     /// The id.
@@ -534,3 +535,140 @@ pub trait ValidateViaNothing {
 }
 
 impl<C> ValidateViaNothing for ValidateProbe<'_, C> {}
+
+// ---------------------------------------------------------------------------------------------
+// Sagas (`#[saga]`)
+
+pub use crate::saga::runtime::ErasedSaga;
+pub use crate::saga::{BoxFuture as StepFuture, StepContext, StepEvents};
+
+/// The type-erased runner of a `#[saga]` type, for its registration.
+pub fn saga_runner<S: crate::saga::Saga>() -> std::sync::Arc<dyn ErasedSaga> {
+    crate::saga::runtime::runner::<S>()
+}
+
+/// Maps what a step method returned to the runtime's step result.
+pub fn step_result<T, E>(result: Result<T, E>, ctx: &StepContext) -> crate::saga::StepResult
+where
+    T: StepEvents,
+    E: Into<crate::saga::StepError>,
+{
+    let output = result.map_err(Into::into)?;
+    output
+        .encode(ctx.stream())
+        .map_err(crate::saga::StepError::permanent)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotent calls (`#[idempotent]`)
+
+pub use crate::idempotency::IdempotentCall;
+
+/// What `#[idempotent]` requires of a function's return type; checked under its span.
+#[diagnostic::on_unimplemented(
+    message = "`#[idempotent]` cannot store a result of type `{Self}`",
+    label = "the `Ok` value is stored (serialised with serde_json) and returned to every retry",
+    note = "return `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<dtx::idempotency::IdempotencyError>` (store failures are reported through `E`)"
+)]
+pub trait IdempotentOutput: Sized {
+    /// The stored value (must be [`StorableValue`]).
+    type Value;
+    /// The error (must be [`ReportsIdempotencyErrors`]).
+    type Error;
+    /// `Self` as a `Result`.
+    fn into_result(self) -> Result<Self::Value, Self::Error>;
+    /// A `Result` as `Self`.
+    fn from_result(result: Result<Self::Value, Self::Error>) -> Self;
+}
+
+impl<T, E> IdempotentOutput for Result<T, E> {
+    type Value = T;
+    type Error = E;
+    fn into_result(self) -> Self {
+        self
+    }
+    fn from_result(result: Self) -> Self {
+        result
+    }
+}
+
+/// The `Ok` type of an `#[idempotent]` function.
+#[diagnostic::on_unimplemented(
+    message = "`#[idempotent]` cannot store `{Self}`: it is not `Serialize + DeserializeOwned`",
+    label = "the `Ok` value is stored (serialised with serde_json) and returned to every retry",
+    note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}`"
+)]
+pub trait StorableValue: serde::Serialize + serde::de::DeserializeOwned {}
+impl<T: serde::Serialize + serde::de::DeserializeOwned> StorableValue for T {}
+
+/// The `Err` type of an `#[idempotent]` function.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot report an idempotency failure (store unavailable, key reused, call still in flight)",
+    label = "`#[idempotent]` returns these failures through the function's error type",
+    note = "implement `From<dtx::idempotency::IdempotencyError>` for `{Self}`, e.g. with a `#[from]` variant"
+)]
+pub trait ReportsIdempotencyErrors: From<crate::idempotency::IdempotencyError> {}
+impl<E: From<crate::idempotency::IdempotencyError>> ReportsIdempotencyErrors for E {}
+
+/// Runs the body of an `#[idempotent]` function; made by [`idempotent_runner`].
+pub struct IdempotentRunner<R, T, E> {
+    split: fn(R) -> Result<T, E>,
+    join: fn(Result<T, E>) -> R,
+    codec: crate::idempotency::ResultCodec<T, E>,
+}
+
+/// The runner of an `#[idempotent]` function returning `R`. The only place generated code
+/// requires [`IdempotentOutput`], [`StorableValue`] and [`ReportsIdempotencyErrors`]: called
+/// under the return type's span, so a result that cannot be stored is reported once, there.
+pub fn idempotent_runner<R, T, E>() -> IdempotentRunner<R, T, E>
+where
+    R: IdempotentOutput<Value = T, Error = E>,
+    T: StorableValue,
+    E: ReportsIdempotencyErrors,
+{
+    IdempotentRunner {
+        split: R::into_result,
+        join: R::from_result,
+        codec: crate::idempotency::ResultCodec::new(),
+    }
+}
+
+impl<R, T, E> IdempotentRunner<R, T, E> {
+    /// Runs `body` once per key; see [`crate::idempotency::run_once`].
+    pub async fn run<F: Future<Output = R>>(
+        &self,
+        store: &dyn crate::idempotency::IdempotencyStore,
+        call: IdempotentCall,
+        body: F,
+    ) -> R {
+        let split = self.split;
+        let result =
+            crate::idempotency::run_with(store, call, self.codec, async move { split(body.await) })
+                .await;
+        (self.join)(result)
+    }
+}
+
+/// The store of an `#[idempotent]` function with a `store = ..` option; checked under its span.
+pub fn idempotency_store<S: crate::idempotency::IdempotencyStore>(
+    store: &S,
+) -> &dyn crate::idempotency::IdempotencyStore {
+    store
+}
+
+/// The store of an `#[idempotent]` function without a `store = ..` option.
+pub fn default_idempotency_store() -> &'static dyn crate::idempotency::IdempotencyStore {
+    &**crate::idempotency::installed()
+}
+
+/// The text of an `#[idempotent]` key or scope expression.
+pub fn idempotency_text<T: core::fmt::Display + ?Sized>(value: &T) -> String {
+    value.to_string()
+}
+
+/// The fingerprint of an `#[idempotent(fingerprint = ..)]` expression.
+pub fn idempotency_fingerprint<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Option<crate::idempotency::Fingerprint> {
+    crate::idempotency::Fingerprint::of_json(value).ok()
+}

@@ -6,6 +6,9 @@
 /// |---|---|---|
 /// | `DATABASE_URL` | [`database_url`](Self::database_url) | none: the in-memory backend |
 /// | `EVENT_STORE_SNAPSHOT_FREQUENCY` | [`snapshot_frequency`](Self::snapshot_frequency) | 100 (0 disables) |
+/// | `SAGA_MAX_RETRIES` | [`saga_max_retries`](Self::saga_max_retries) | 3 |
+/// | `SAGA_TIMEOUT_MINUTES` | [`saga_timeout_minutes`](Self::saga_timeout_minutes) | 60 |
+/// | `IDEMPOTENCY_TTL_HOURS` | [`idempotency_ttl_hours`](Self::idempotency_ttl_hours) | 24 (how long idempotency records are kept) |
 ///
 /// ```
 /// use dtx::DtxConfig;
@@ -25,6 +28,14 @@ pub struct DtxConfig {
     /// Snapshot an aggregate every N events (`0` = never), unless the aggregate sets its own
     /// policy.
     pub snapshot_frequency: u64,
+    /// Retries of a failing saga step or compensation before the saga compensates (or, for a
+    /// compensation, fails), unless the saga sets its own.
+    pub saga_max_retries: u32,
+    /// How long a saga may run before it compensates, unless the saga sets its own deadline.
+    pub saga_timeout_minutes: u64,
+    /// How long an idempotency record (and the result it stores) is kept, in hours: a key
+    /// reused later runs again. See [`crate::idempotency`].
+    pub idempotency_ttl_hours: u64,
 }
 
 impl Default for DtxConfig {
@@ -32,6 +43,9 @@ impl Default for DtxConfig {
         Self {
             database_url: None,
             snapshot_frequency: 100,
+            saga_max_retries: 3,
+            saga_timeout_minutes: 60,
+            idempotency_ttl_hours: 24,
         }
     }
 }
@@ -65,7 +79,34 @@ impl DtxConfig {
                 "a whole number of events (0 disables snapshots)",
             )?
             .unwrap_or(defaults.snapshot_frequency),
+            saga_max_retries: parse(&lookup, "SAGA_MAX_RETRIES", "a whole number of retries")?
+                .unwrap_or(defaults.saga_max_retries),
+            saga_timeout_minutes: parse(
+                &lookup,
+                "SAGA_TIMEOUT_MINUTES",
+                "a whole number of minutes",
+            )?
+            .unwrap_or(defaults.saga_timeout_minutes),
+            idempotency_ttl_hours: match parse::<u64>(
+                &lookup,
+                "IDEMPOTENCY_TTL_HOURS",
+                "a whole number of hours, at least 1",
+            )? {
+                Some(0) => {
+                    return Err(ConfigError {
+                        variable: "IDEMPOTENCY_TTL_HOURS",
+                        value: "0".to_owned(),
+                        expected: "a whole number of hours, at least 1",
+                    });
+                }
+                hours => hours.unwrap_or(defaults.idempotency_ttl_hours),
+            },
         })
+    }
+
+    /// [`idempotency_ttl_hours`](Self::idempotency_ttl_hours) as a duration.
+    pub fn idempotency_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.idempotency_ttl_hours.saturating_mul(3600))
     }
 
     /// Sets the snapshot frequency.
@@ -111,5 +152,22 @@ mod tests {
         let config = DtxConfig::from_lookup(|_| None).unwrap();
         assert_eq!(config, DtxConfig::default());
         assert_eq!(config.snapshot_frequency, 100);
+    }
+
+    #[test]
+    fn idempotency_ttl_in_hours_at_least_one() {
+        let read = |value: &'static str| {
+            DtxConfig::from_lookup(move |name| {
+                (name == "IDEMPOTENCY_TTL_HOURS").then(|| value.to_owned())
+            })
+        };
+        assert_eq!(DtxConfig::default().idempotency_ttl_hours, 24);
+        let config = read("48").unwrap();
+        assert_eq!(
+            config.idempotency_ttl(),
+            std::time::Duration::from_secs(48 * 3600)
+        );
+        assert_eq!(read("0").unwrap_err().variable, "IDEMPOTENCY_TTL_HOURS");
+        assert_eq!(read("a day").unwrap_err().variable, "IDEMPOTENCY_TTL_HOURS");
     }
 }

@@ -53,6 +53,8 @@ pub mod config;
 pub mod cqrs;
 pub mod error;
 pub mod event;
+pub mod idempotency;
+pub mod saga;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -259,3 +261,133 @@ pub use dtx_macros::command_handler;
 /// # }).unwrap();
 /// ```
 pub use dtx_macros::query_handler;
+
+/// Makes an async fn idempotent: the first call with a key runs the body and stores its `Ok`
+/// value; a later call with the same key returns the stored value without running the body.
+///
+/// `#[idempotent(key = <expr>)]` on an `async fn` returning `Result<T, E>`, where the key
+/// expression uses the arguments (`self` included) and yields anything `Display` (a
+/// [`Uuid`], a `String`, ...). `T` must be `Serialize + DeserializeOwned` (it is stored as
+/// JSON); `E` must implement `From<`[`idempotency::IdempotencyError`]`>`, which reports a
+/// store failure, an invalid key, a key reused with another fingerprint, or a duplicate that
+/// waited longer than the lock timeout.
+///
+/// - **Concurrent calls** with one key run the body once: the duplicates wait for the first
+///   (up to its lock timeout) and return its result.
+/// - **An `Err` is not stored**: the key is released and the next call runs the body again.
+/// - **A crash** mid-body leaves the key locked until `lock_timeout_secs` (default 60), then
+///   the next call runs the body again.
+/// - Records are scoped by the function's path, so two functions never share results.
+///
+/// Options:
+///
+/// - `key = expr` (required): the idempotency key, 1 to 255 characters;
+/// - `ttl_secs = N`: how long the result is kept (default: `IDEMPOTENCY_TTL_HOURS`, 24 h);
+/// - `lock_timeout_secs = N`: how long a running call holds the key (default 60);
+/// - `store = expr`: an [`idempotency::IdempotencyStore`] (e.g. `*STORE`, `self.store`, an
+///   `Arc<dyn IdempotencyStore>`); default: the process-wide store,
+///   [`idempotency::install`]ed at start-up, else in memory;
+/// - `scope = expr`: a further scope (tenant, principal) for the key, `Display`;
+/// - `fingerprint = expr`: a `Serialize` value identifying the request: reusing the key with
+///   another value is refused;
+/// - `crate = path`: where to find `dtx` when it is re-exported under another name.
+///
+/// ```
+/// use dtx::idempotency::IdempotencyError;
+/// use dtx::idempotent;
+/// use serde::{Deserialize, Serialize};
+/// use std::sync::atomic::{AtomicU32, Ordering};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct Receipt { pub charge: u32, pub amount: u64 }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// pub enum PaymentError {
+///     #[error("card declined")]
+///     Declined,
+///     #[error(transparent)]
+///     Idempotency(#[from] IdempotencyError),
+/// }
+///
+/// static CHARGES: AtomicU32 = AtomicU32::new(0);
+///
+/// #[idempotent(key = request_id, ttl_secs = 3600)]
+/// async fn charge(request_id: &str, amount: u64) -> Result<Receipt, PaymentError> {
+///     if amount == 0 { return Err(PaymentError::Declined) }
+///     let charge = CHARGES.fetch_add(1, Ordering::SeqCst) + 1;
+///     Ok(Receipt { charge, amount })
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let first = charge("req-1", 100).await?;
+/// let retry = charge("req-1", 100).await?;
+/// assert_eq!(first, retry, "the retry gets the stored receipt");
+/// assert_eq!(CHARGES.load(Ordering::SeqCst), 1, "the card was charged once");
+///
+/// assert!(charge("req-2", 0).await.is_err(), "an error is not stored...");
+/// assert_eq!(charge("req-2", 5).await?.charge, 2, "...so a retry runs again");
+/// # Ok::<(), PaymentError>(())
+/// # }).unwrap();
+/// ```
+pub use dtx_macros::idempotent;
+
+/// Declares a saga: ordered steps over a data struct, each wired to its compensation.
+///
+/// On the `impl` block of the saga's data (which must be `Serialize + Deserialize`; it is
+/// persisted after every step). `#[step]` methods run in declaration order; each is
+/// `async fn name(&mut self, ctx: &StepContext) -> Result<T, E>` where `T` is `()` or events to
+/// record in the saga's stream, and `E` any error (`StepError::permanent(..)` skips retries).
+///
+/// Options of `#[saga(..)]`: `name = ".."` (default: the type's name; workers resume sagas by
+/// it), `max_retries = N`, `step_timeout_secs = N`, `deadline_secs = N`, `crate = path`.
+/// Options of `#[step(..)]`: `compensate = method` (a plain method of the same impl with the
+/// same signature), `name = ".."`, `retries = N`, `await_event = ".."` with
+/// `await_timeout_secs = N` (after its action the saga waits for that event, delivered by
+/// [`saga::SagaOrchestrator::handle_event`], or compensates when it does not come in time).
+///
+/// ```
+/// use dtx::saga::{MemorySagaStore, SagaOrchestrator, SagaStatus, StepContext, StepError, WorkerOptions};
+/// use serde::{Deserialize, Serialize};
+/// use std::sync::Arc;
+///
+/// #[derive(Debug, Default, Serialize, Deserialize)]
+/// pub struct Trip { hotel: Option<String>, flight: Option<String>, sold_out: bool }
+///
+/// #[dtx::saga(name = "BookTrip", max_retries = 0)]
+/// impl Trip {
+///     #[step(compensate = cancel_hotel)]
+///     async fn book_hotel(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+///         // A real step calls a service with ctx.idempotency_key().
+///         self.hotel = Some(ctx.idempotency_key());
+///         Ok(())
+///     }
+///
+///     async fn cancel_hotel(&mut self) -> Result<(), StepError> {
+///         self.hotel = None;
+///         Ok(())
+///     }
+///
+///     #[step]
+///     async fn book_flight(&mut self) -> Result<(), StepError> {
+///         if self.sold_out { return Err(StepError::permanent("no seats")) }
+///         self.flight = Some("LH 400".into());
+///         Ok(())
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let sagas = SagaOrchestrator::builder(Arc::new(MemorySagaStore::new())).registry().build()?;
+/// let worker = sagas.worker(WorkerOptions::default());
+///
+/// let booked = sagas.start(Trip::default()).await?;
+/// let failed = sagas.start(Trip { sold_out: true, ..Trip::default() }).await?;
+/// worker.run_until_idle().await?;
+///
+/// assert_eq!(sagas.status(booked).await?.status, SagaStatus::Completed);
+/// let undone = sagas.status(failed).await?;
+/// assert_eq!(undone.status, SagaStatus::Compensated);
+/// assert_eq!(undone.data["hotel"], serde_json::Value::Null);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub use dtx_macros::saga;

@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
+pub mod idempotency;
+
 /// Generates one `#[tokio::test]` per contract case; `$store` is an expression (it may
 /// `.await`) evaluated once per test that yields a fresh `impl EventStore`.
 #[macro_export]

@@ -88,3 +88,107 @@ impl<S: dtx::EventStore> dtx::EventStore for Yielding<S> {
         self.0.save_snapshot(stream, snapshot).await
     }
 }
+
+/// A [`dtx_postgres::PgSagaStore`] and [`PgEventStore`] on one fresh, migrated database.
+///
+/// # Panics
+/// When the test server cannot be reached.
+pub async fn pg_saga_stores() -> (
+    std::sync::Arc<dyn dtx::saga::SagaStore>,
+    dtx::SharedEventStore,
+) {
+    let events = pg_store().await;
+    let sagas = dtx_postgres::PgSagaStore::new(events.pool().clone());
+    (std::sync::Arc::new(sagas), std::sync::Arc::new(events))
+}
+
+/// The saga the multi-process crash test runs: three steps, two compensations, each recording
+/// its effect in PostgreSQL under its idempotency key.
+pub mod crash {
+    use dtx::saga::{StepContext, StepError};
+    use serde::{Deserialize, Serialize};
+    use sqlx::PgPool;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    /// The pool steps record their effects with (set once per process).
+    pub static POOL: OnceLock<PgPool> = OnceLock::new();
+
+    /// Creates the effect tables.
+    ///
+    /// # Errors
+    /// When PostgreSQL fails.
+    pub async fn create_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS crash_effects (
+                 key TEXT PRIMARY KEY, saga_id UUID NOT NULL, step TEXT NOT NULL,
+                 phase TEXT NOT NULL, seq BIGSERIAL);
+             CREATE TABLE IF NOT EXISTS crash_attempts (saga_id UUID NOT NULL, key TEXT NOT NULL);",
+        )
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A saga that fails at its third step when `fail` is set.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    pub struct CrashSaga {
+        /// Make `ship` fail permanently (the saga then compensates).
+        pub fail: bool,
+        /// A little work each step does, in milliseconds, to widen the windows a kill can hit.
+        pub work_ms: u64,
+    }
+
+    async fn effect(ctx: &StepContext, work_ms: u64) -> Result<(), StepError> {
+        let pool = POOL.get().ok_or_else(|| StepError::permanent("no pool"))?;
+        let key = ctx.idempotency_key();
+        sqlx::query("INSERT INTO crash_attempts (saga_id, key) VALUES ($1, $2)")
+            .bind(ctx.saga_id())
+            .bind(&key)
+            .execute(pool)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(work_ms)).await;
+        // The effect, once per idempotency key however often the step runs.
+        sqlx::query(
+            "INSERT INTO crash_effects (key, saga_id, step, phase) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&key)
+        .bind(ctx.saga_id())
+        .bind(ctx.step())
+        .bind(ctx.phase())
+        .execute(pool)
+        .await?;
+        tokio::time::sleep(Duration::from_millis(work_ms)).await;
+        Ok(())
+    }
+
+    #[dtx::saga(name = "CrashSaga", max_retries = 5)]
+    impl CrashSaga {
+        #[step(compensate = release)]
+        async fn reserve(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+            effect(ctx, self.work_ms).await
+        }
+
+        async fn release(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+            effect(ctx, self.work_ms).await
+        }
+
+        #[step(compensate = refund)]
+        async fn charge(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+            effect(ctx, self.work_ms).await
+        }
+
+        async fn refund(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+            effect(ctx, self.work_ms).await
+        }
+
+        #[step]
+        async fn ship(&mut self, ctx: &StepContext) -> Result<(), StepError> {
+            if self.fail {
+                return Err(StepError::permanent("no carrier"));
+            }
+            effect(ctx, self.work_ms).await
+        }
+    }
+}

@@ -1,6 +1,15 @@
 //! The command and query buses on both backends: registry, aggregate command path with
 //! retries, validation, metadata, caching.
 
+#![allow(
+    clippy::unused_async,
+    clippy::unnecessary_wraps,
+    clippy::unused_self,
+    clippy::needless_pass_by_value,
+    clippy::items_after_statements,
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "handlers in tests take the shapes the macros require"
+)]
 #![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
 
 // The order handlers live in another crate (`examples`); naming it links them (the link rule).
@@ -147,7 +156,49 @@ on_both_backends!(
     validation_failure_stores_nothing,
     events_carry_correlation_and_causation,
     domain_errors_and_missing_aggregates_are_typed,
+    two_buses_on_one_store_stay_correct_through_their_state_caches,
 );
+
+/// Two service instances (two buses, each with its own state cache) alternate commands on one
+/// aggregate: each instance's cached state is stale every time, the append conflicts, the
+/// retry reloads, and every command lands exactly once.
+async fn two_buses_on_one_store_stay_correct_through_their_state_caches(store: SharedEventStore) {
+    let a = commands(Arc::clone(&store));
+    let b = commands(Arc::clone(&store));
+    let counter = Id::<Counter>::new();
+    let _: Committed = a.execute(StartCounter { counter }).await.unwrap();
+    let mut retried = 0;
+    for tag in 0..10 {
+        let bus = if tag % 2 == 0 { &b } else { &a };
+        let done: Committed = bus
+            .execute(Increment {
+                counter_id: counter,
+                tag,
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.version, u64::from(tag) + 2);
+        retried += done.attempts - 1;
+    }
+    assert!(
+        retried >= 8,
+        "every stale cache must have been caught by a conflict, got {retried}"
+    );
+    let uncached = CommandBus::builder()
+        .store(Arc::clone(&store))
+        .cache_states(0)
+        .registry()
+        .build()
+        .unwrap();
+    let done: Committed = uncached
+        .execute(Increment {
+            counter_id: counter,
+            tag: 99,
+        })
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.attempts), (12, 1));
+}
 
 /// A handler declared in the `examples` crate is found through the registry and runs the whole
 /// aggregate path.

@@ -2,6 +2,15 @@
 //!
 //! (A test binary of its own: the registry is global to a binary.)
 
+#![allow(
+    clippy::unused_async,
+    clippy::unnecessary_wraps,
+    clippy::unused_self,
+    clippy::needless_pass_by_value,
+    clippy::items_after_statements,
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "handlers in tests take the shapes the macros require"
+)]
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use dtx::cqrs::{BusError, CommandBus, QueryBus};
@@ -72,7 +81,10 @@ fn duplicate_command_handlers_name_both_locations() {
     let source: Vec<&str> = include_str!("duplicate_handlers.rs").lines().collect();
     for location in [first, second] {
         let line = source[location.line as usize - 1];
-        assert!(line.contains("async fn ship_by_"), "{location} points at {line:?}");
+        assert!(
+            line.contains("async fn ship_by_"),
+            "{location} points at {line:?}"
+        );
     }
     let text = error.to_string();
     assert!(

@@ -352,8 +352,13 @@ async fn indexes_serve_every_statement() {
         .execute(&mut *conn)
         .await
         .unwrap();
-    for (name, sql) in store.statements() {
-        let params = (1..=9).filter(|n| sql.contains(&format!("${n}"))).count();
+    let sagas = dtx_postgres::PgSagaStore::statements();
+    let statements = store.statements().into_iter().chain(sagas);
+    for (name, sql) in statements {
+        let params = (1..=30)
+            .filter(|n| sql.contains(&format!("${n}")))
+            .max()
+            .unwrap_or(0);
         sqlx::raw_sql(&format!("PREPARE probe AS {sql}"))
             .execute(&mut *conn)
             .await

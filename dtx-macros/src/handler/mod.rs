@@ -6,8 +6,8 @@ mod command;
 mod query;
 mod signature;
 
-use proc_macro2::TokenStream;
-use quote::ToTokens;
+use proc_macro2::{Delimiter, Group, Span, TokenStream};
+use quote::{ToTokens, quote};
 
 /// Which bus a handler registers with.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -17,10 +17,19 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// What the handler handles.
     fn noun(self) -> &'static str {
         match self {
             Self::Command => "command",
             Self::Query => "query",
+        }
+    }
+
+    /// The context type a handler of this kind may take.
+    fn context(self) -> &'static str {
+        match self {
+            Self::Command => "CommandContext",
+            Self::Query => "QueryContext",
         }
     }
 }
@@ -31,6 +40,21 @@ pub(crate) fn command_handler(args: TokenStream, item: TokenStream) -> TokenStre
 
 pub(crate) fn query_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     query::expand(args, item)
+}
+
+/// A call of a runtime function, `#krate::__private::#function(#args)`, whose path and
+/// parentheses sit at `span` (the user's tokens the function checks): rustc reports an unmet bound
+/// of the function there, once. `args` keep their own spans.
+fn runtime_call(
+    krate: &syn::Path,
+    span: Span,
+    function: &TokenStream,
+    args: TokenStream,
+) -> TokenStream {
+    let path = crate::common::respan(quote!(#krate::__private::#function), span);
+    let mut args = Group::new(Delimiter::Parenthesis, args);
+    args.set_span(span);
+    quote!(#path #args)
 }
 
 /// On error: the errors, and the user's item unchanged (minus dtx's helper attributes), so the
@@ -51,4 +75,87 @@ fn fallback(item: TokenStream, errors: &darling::Error) -> TokenStream {
         Err(_) => tokens.extend(item),
     }
     tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenStream;
+    use quote::quote;
+
+    fn pretty(tokens: TokenStream) -> String {
+        prettyplease::unparse(&syn::parse2(tokens).expect("expansion parses as a file"))
+    }
+
+    #[test]
+    fn types_display_as_written() {
+        let cases: [(syn::Type, &str); 6] = [
+            (syn::parse_quote!(&'static str), "&'static str"),
+            (syn::parse_quote!(&mut Greet), "&mut Greet"),
+            (
+                syn::parse_quote!(std::vec::Vec<(u8, String)>),
+                "std::vec::Vec<(u8, String)>",
+            ),
+            (syn::parse_quote!([u8; 4]), "[u8; 4]"),
+            (syn::parse_quote!(fn(u8) -> u8), "fn(u8) -> u8"),
+            (
+                syn::parse_quote!(Box<dyn Fn() + Send>),
+                "Box<dyn Fn() + Send>",
+            ),
+        ];
+        for (ty, written) in cases {
+            assert_eq!(super::signature::display(&ty), written);
+        }
+        let arg: syn::FnArg = syn::parse_quote!(State(db): State<Db>);
+        assert_eq!(super::signature::display(&arg), "State(db): State<Db>");
+    }
+
+    #[test]
+    fn free_command_handler() {
+        insta::assert_snapshot!(pretty(super::command_handler(
+            TokenStream::new(),
+            quote! {
+                async fn reserve_stock(
+                    cmd: ReserveStock,
+                    State(db): State<Db>,
+                    ctx: &CommandContext,
+                ) -> Result<Reservation, StockError> {
+                    db.reserve(&cmd, ctx.metadata()).await
+                }
+            },
+        )));
+    }
+
+    #[test]
+    fn aggregate_command_handlers() {
+        insta::assert_snapshot!(pretty(super::command_handler(
+            TokenStream::new(),
+            quote! {
+                impl Order {
+                    fn place(cmd: PlaceOrder) -> Result<OrderPlaced, OrderError> {
+                        Ok(OrderPlaced { customer: cmd.customer })
+                    }
+
+                    #[command(target = order)]
+                    fn cancel(&self, cmd: &CancelOrder) -> Result<OrderCancelled, OrderError> {
+                        Ok(OrderCancelled { reason: cmd.reason.clone() })
+                    }
+                }
+            },
+        )));
+    }
+
+    #[test]
+    fn cached_query_handler() {
+        insta::assert_snapshot!(pretty(super::query_handler(
+            quote!(cache(ttl_secs = 5, capacity = 1000)),
+            quote! {
+                pub async fn order_summary(
+                    query: GetOrderSummary,
+                    State(store): State<SharedEventStore>,
+                ) -> Result<OrderSummary, dtx::Error> {
+                    summarise(store, query.order_id).await
+                }
+            },
+        )));
+    }
 }

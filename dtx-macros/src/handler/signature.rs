@@ -2,14 +2,47 @@
 //! and the return type.
 
 use super::Kind;
-use proc_macro2::Span;
-use quote::ToTokens;
+use proc_macro2::{Delimiter, Spacing, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
+
+/// Where a handler is declared; decides the signature it may have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Site {
+    /// A free `async fn`.
+    Free(Kind),
+    /// A method of an aggregate's `#[command_handler] impl` block.
+    AggregateMethod,
+}
+
+impl Site {
+    fn kind(self) -> Kind {
+        match self {
+            Self::Free(kind) => kind,
+            Self::AggregateMethod => Kind::Command,
+        }
+    }
+
+    /// A signature of this site's shape, named like the user's function.
+    fn example(self, name: &syn::Ident) -> String {
+        match self {
+            Self::Free(Kind::Command) => {
+                format!("`async fn {name}(cmd: MyCommand) -> Result<Output, MyError>`")
+            }
+            Self::Free(Kind::Query) => {
+                format!("`async fn {name}(query: MyQuery) -> Result<Output, MyError>`")
+            }
+            Self::AggregateMethod => {
+                format!("`fn {name}(&self, cmd: MyCommand) -> Result<MyEvent, MyError>`")
+            }
+        }
+    }
+}
 
 /// How one argument after the message is supplied.
 pub(crate) enum Extra {
     /// `State<T>`, extracted from the bus's state by type.
-    State(syn::Type),
+    State(Box<syn::Type>),
     /// `&CommandContext` / `&QueryContext` (or by value).
     Context { by_ref: bool },
 }
@@ -30,145 +63,62 @@ pub(crate) struct Signature {
     pub(crate) output: syn::Type,
 }
 
-fn last_segment(ty: &syn::Type) -> Option<&syn::PathSegment> {
-    match ty {
-        syn::Type::Path(p) if p.qself.is_none() => p.path.segments.last(),
-        _ => None,
-    }
-}
-
-fn context_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Command => "CommandContext",
-        Kind::Query => "QueryContext",
-    }
-}
-
-/// Classifies the arguments after the receiver (if any). `first` is where the message must be.
+/// Analyses a handler's signature, reporting every problem in `errors`; `None` if the message
+/// or the return type is missing. The receiver of an aggregate method is checked by the caller.
 pub(crate) fn analyse(
-    kind: Kind,
+    site: Site,
     sig: &syn::Signature,
-    skip_receiver: bool,
     errors: &mut darling::error::Accumulator,
 ) -> Option<Signature> {
-    let noun = kind.noun();
+    let noun = site.kind().noun();
     if let Some(param) = sig.generics.params.first() {
         errors.push(
             darling::Error::custom(format!(
-                "a {noun} handler cannot be generic: the registry holds one concrete handler per {noun} type; \
-                 write one handler for each concrete {noun}",
+                "a {noun} handler cannot be generic: the registry holds one concrete handler per \
+                 {noun} type; write one handler for each concrete {noun}",
             ))
             .with_span(param),
         );
-    }
-    if let Some(clause) = &sig.generics.where_clause {
+    } else if let Some(clause) = &sig.generics.where_clause {
         errors.push(
             darling::Error::custom(format!(
-                "a {noun} handler cannot have a `where` clause: it is not generic"
+                "a {noun} handler cannot have a `where` clause: it is not generic; remove it",
             ))
-            .with_span(clause),
+            .with_span(&clause.where_token),
         );
     }
-    let mut inputs = sig.inputs.iter();
-    if skip_receiver {
-        inputs.next();
-    }
-    let ident = sig.ident.clone();
-    let example = match kind {
-        Kind::Command => "`async fn handle(cmd: MyCommand) -> Result<Output, MyError>`",
-        Kind::Query => "`async fn handle(query: MyQuery) -> Result<Output, MyError>`",
-    };
-    let message = match inputs.next() {
-        Some(syn::FnArg::Typed(arg)) => {
-            let (ty, by_ref) = match &*arg.ty {
-                syn::Type::Reference(r) if r.mutability.is_none() => ((*r.elem).clone(), true),
-                syn::Type::Reference(r) => {
-                    errors.push(
-                        darling::Error::custom(format!(
-                            "take the {noun} by value or by shared reference, not `&mut`"
-                        ))
-                        .with_span(&r.mutability),
-                    );
-                    ((*r.elem).clone(), true)
-                }
-                ty => (ty.clone(), false),
-            };
-            if last_segment(&ty)
-                .is_some_and(|s| s.ident == "State" || s.ident == context_name(kind))
-            {
-                errors.push(
-                    darling::Error::custom(format!(
-                        "the first argument of a {noun} handler is the {noun} itself, e.g. {example}; `State<T>` and the context come after it",
-                    ))
-                    .with_span(&arg.ty),
-                );
-            }
-            Some(Message { ty, by_ref })
-        }
-        Some(syn::FnArg::Receiver(receiver)) => {
-            errors.push(
-                darling::Error::custom(format!(
-                    "a free {noun} handler has no `self`; for an aggregate, put `#[command_handler]` on its `impl` block",
-                ))
-                .with_span(receiver),
-            );
-            None
-        }
-        None => {
-            errors.push(
-                darling::Error::custom(format!(
-                    "a {noun} handler takes the {noun} as its first argument, e.g. {example}"
-                ))
-                .with_span(&sig.paren_token.span.join()),
-            );
-            None
-        }
-    };
-    let mut extras = Vec::new();
-    for input in inputs {
-        let syn::FnArg::Typed(arg) = input else {
-            continue;
-        };
-        let extra = match &*arg.ty {
-            syn::Type::Reference(r)
-                if last_segment(&r.elem).is_some_and(|s| s.ident == context_name(kind)) =>
-            {
-                Some(Extra::Context { by_ref: true })
-            }
-            ty if last_segment(ty).is_some_and(|s| s.ident == context_name(kind)) => {
-                Some(Extra::Context { by_ref: false })
-            }
-            ty => last_segment(ty)
-                .filter(|s| s.ident == "State")
-                .and_then(|s| match &s.arguments {
-                    syn::PathArguments::AngleBracketed(a) if a.args.len() == 1 => {
-                        match a.args.first() {
-                            Some(syn::GenericArgument::Type(t)) => Some(Extra::State(t.clone())),
-                            _ => None,
-                        }
+    let mut arguments = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            syn::FnArg::Typed(arg) => arguments.push(arg),
+            syn::FnArg::Receiver(receiver) if site != Site::AggregateMethod => errors.push(
+                darling::Error::custom(match site.kind() {
+                    Kind::Command => {
+                        "a free command handler has no `self`; for commands on an aggregate, \
+                         put `#[command_handler]` on the aggregate's `impl` block, not on a \
+                         method"
                     }
-                    _ => None,
-                }),
-        };
-        match extra {
-            Some(extra) => extras.push(extra),
-            None => errors.push(
-                darling::Error::custom(format!(
-                    "unsupported handler argument `{}`: after the {noun} a handler takes `State<T>` (shared state) \
-                     and `&{}`",
-                    arg.ty.to_token_stream(),
-                    context_name(kind),
-                ))
-                .with_span(&arg.ty),
+                    Kind::Query => {
+                        "a query handler is a free `async fn`, without `self`; move it out of \
+                         the `impl` block"
+                    }
+                })
+                .with_span(&receiver.self_token),
             ),
+            syn::FnArg::Receiver(_) => {}
         }
     }
+    let (message, extras) = arguments_of(site, sig, &arguments, errors);
     let output = match &sig.output {
         syn::ReturnType::Type(_, ty) => Some((**ty).clone()),
         syn::ReturnType::Default => {
+            let returns = match site {
+                Site::AggregateMethod => "-> Result<MyEvent, MyError>",
+                Site::Free(_) => "-> Result<Output, MyError>",
+            };
             errors.push(
                 darling::Error::custom(format!(
-                    "a {noun} handler returns `Result<Output, MyError>`; add the return type"
+                    "a {noun} handler returns a `Result`; add the return type, e.g. `{returns}`",
                 ))
                 .with_span(&sig.ident),
             );
@@ -176,48 +126,250 @@ pub(crate) fn analyse(
         }
     };
     Some(Signature {
-        ident,
+        ident: sig.ident.clone(),
         message: message?,
         extras,
         output: output?,
     })
 }
 
+/// Finds the message among the arguments and classifies the others.
+fn arguments_of(
+    site: Site,
+    sig: &syn::Signature,
+    arguments: &[&syn::PatType],
+    errors: &mut darling::error::Accumulator,
+) -> (Option<Message>, Vec<Extra>) {
+    let kind = site.kind();
+    let noun = kind.noun();
+    let context = kind.context();
+    let Some(first) = arguments.first() else {
+        let mut text = format!(
+            "a {noun} handler takes the {noun} as its first argument, e.g. {}",
+            site.example(&sig.ident),
+        );
+        if site == Site::AggregateMethod {
+            text.push_str(
+                "; every method of a `#[command_handler]` block handles a command, so move helper \
+                 methods to another `impl` block",
+            );
+        }
+        errors.push(darling::Error::custom(text).with_span(&sig.paren_token.span.join()));
+        return (None, Vec::new());
+    };
+    // The message is the first argument that is not an extra: the first one, or (reported) a
+    // later one after misplaced extras.
+    let position = if extra(kind, &first.ty).is_none() {
+        Some(0)
+    } else {
+        let found = arguments
+            .iter()
+            .position(|arg| extra(kind, &arg.ty).is_none());
+        let text = match found {
+            Some(at) => format!(
+                "a {noun} handler takes the {noun} first, then `State<T>` and `&{context}`: move \
+                 `{}` to the front",
+                display(arguments[at]),
+            ),
+            None => format!(
+                "a {noun} handler takes the {noun} as its first argument, before `State<T>` and \
+                 `&{context}`, e.g. {}",
+                site.example(&sig.ident),
+            ),
+        };
+        errors.push(darling::Error::custom(text).with_span(&anchor(&first.ty)));
+        found
+    };
+    let message = position.map(|at| message(kind, &arguments[at].ty, errors));
+    let mut extras = Vec::new();
+    for (at, arg) in arguments.iter().enumerate() {
+        if Some(at) == position {
+            continue;
+        }
+        match extra(kind, &arg.ty) {
+            Some(extra) => extras.push(extra),
+            None => errors.push(
+                darling::Error::custom(format!(
+                    "unsupported argument `{}`: after the {noun}, a handler takes only `State<T>` \
+                     (state given to the bus builder with `.state(..)`) and `&{context}`",
+                    display(arg),
+                ))
+                .with_span(&anchor(&arg.ty)),
+            ),
+        }
+    }
+    (message, extras)
+}
+
+/// The message argument's type; `&mut` is refused.
+fn message(kind: Kind, ty: &syn::Type, errors: &mut darling::error::Accumulator) -> Message {
+    match ty {
+        syn::Type::Reference(reference) => {
+            if let Some(mutability) = reference.mutability {
+                errors.push(
+                    darling::Error::custom(format!(
+                        "a handler does not change its {noun}: take it by value or as `&{}`, \
+                         not `&mut`",
+                        display(&reference.elem),
+                        noun = kind.noun(),
+                    ))
+                    .with_span(&mutability),
+                );
+            }
+            Message {
+                ty: (*reference.elem).clone(),
+                by_ref: true,
+            }
+        }
+        ty => Message {
+            ty: ty.clone(),
+            by_ref: false,
+        },
+    }
+}
+
+/// The extra argument a type stands for, if any.
+fn extra(kind: Kind, ty: &syn::Type) -> Option<Extra> {
+    let (ty, by_ref) = match ty {
+        syn::Type::Reference(reference) if reference.mutability.is_none() => {
+            (&*reference.elem, true)
+        }
+        ty => (ty, false),
+    };
+    let segment = last_segment(ty)?;
+    if segment.ident == kind.context() {
+        return Some(Extra::Context { by_ref });
+    }
+    if segment.ident != "State" || by_ref {
+        return None;
+    }
+    match &segment.arguments {
+        syn::PathArguments::AngleBracketed(args) if args.args.len() == 1 => match &args.args[0] {
+            syn::GenericArgument::Type(state) => Some(Extra::State(Box::new(state.clone()))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn last_segment(ty: &syn::Type) -> Option<&syn::PathSegment> {
+    match ty {
+        syn::Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+        _ => None,
+    }
+}
+
+/// The token an error about a type goes under: its name (`Db` in `&Db`, `State` in
+/// `State<Db>`), since a diagnostic spans one token on stable Rust.
+fn anchor(ty: &syn::Type) -> Span {
+    match ty {
+        syn::Type::Reference(reference) => anchor(&reference.elem),
+        ty => last_segment(ty).map_or_else(|| ty.span(), |segment| segment.ident.span()),
+    }
+}
+
+/// Tokens as a user writes them: `&'static str`, not `& 'static str`.
+pub(crate) fn display(tokens: &impl ToTokens) -> String {
+    let mut out = String::new();
+    write_tokens(&mut out, tokens.to_token_stream());
+    out.trim_end().to_owned()
+}
+
+fn write_tokens(out: &mut String, tokens: TokenStream) {
+    let mut after_word = false;
+    for token in tokens {
+        let word = matches!(token, TokenTree::Ident(_) | TokenTree::Literal(_));
+        match token {
+            TokenTree::Ident(_) | TokenTree::Literal(_) => {
+                if after_word {
+                    out.push(' ');
+                }
+                out.push_str(&token.to_string());
+            }
+            TokenTree::Punct(punct) => match (punct.as_char(), punct.spacing()) {
+                (',' | ';', _) => {
+                    out.push(punct.as_char());
+                    out.push(' ');
+                }
+                (':', Spacing::Alone) if !out.ends_with(':') => out.push_str(": "),
+                ('+' | '=', _) => {
+                    out.push(' ');
+                    out.push(punct.as_char());
+                    out.push(' ');
+                }
+                ('-', Spacing::Joint) => out.push_str(" -"),
+                ('>', _) if out.ends_with('-') => out.push_str("> "),
+                (c, _) => out.push(c),
+            },
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Parenthesis => ("(", ")"),
+                    Delimiter::Bracket => ("[", "]"),
+                    Delimiter::Brace => ("{ ", " }"),
+                    Delimiter::None => ("", ""),
+                };
+                out.push_str(open);
+                write_tokens(out, group.stream());
+                while out.ends_with(' ') {
+                    out.pop();
+                }
+                out.push_str(close);
+            }
+        }
+        after_word = word;
+    }
+}
+
 /// Generated statements that extract the extras into `__dtx_arg_N` bindings, and the argument
-/// list that passes them.
+/// list that passes them; `ctx` is the context binding (a reference when `ctx_is_ref`).
 pub(crate) fn extras(
     sig: &Signature,
     ctx: &syn::Ident,
     ctx_is_ref: bool,
-) -> (Vec<proc_macro2::TokenStream>, Vec<proc_macro2::TokenStream>) {
+) -> (Vec<TokenStream>, Vec<TokenStream>) {
     let mut lets = Vec::new();
     let mut args = Vec::new();
     for (n, extra) in sig.extras.iter().enumerate() {
         match extra {
             Extra::State(ty) => {
-                let name = syn::Ident::new(&format!("__dtx_arg_{n}"), Span::mixed_site());
-                lets.push(
-                    quote::quote_spanned! {ty.span()=> let #name = #ctx.__extract::<#ty>()?; },
-                );
-                args.push(quote::quote!(#name));
+                let name = format_ident!("__dtx_arg_{n}", span = Span::mixed_site());
+                lets.push(quote_spanned! {ty.span()=> let #name = #ctx.__extract::<#ty>()?; });
+                args.push(quote!(#name));
             }
-            Extra::Context { by_ref: true } if ctx_is_ref => args.push(quote::quote!(#ctx)),
-            Extra::Context { by_ref: true } => args.push(quote::quote!(&#ctx)),
+            Extra::Context { by_ref: true } if ctx_is_ref => args.push(quote!(#ctx)),
+            Extra::Context { by_ref: true } => args.push(quote!(&#ctx)),
             Extra::Context { by_ref: false } => {
-                args.push(quote::quote!(::core::clone::Clone::clone(&#ctx)))
+                args.push(quote!(::core::clone::Clone::clone(&#ctx)));
             }
         }
     }
     (lets, args)
 }
 
-/// The state types a handler extracts, as a registration's `states` function body.
-pub(crate) fn states(sig: &Signature) -> proc_macro2::TokenStream {
-    let types = sig.extras.iter().filter_map(|e| match e {
-        Extra::State(ty) => Some(ty),
-        Extra::Context { .. } => None,
-    });
-    quote::quote! {
-        ::std::vec![#((::core::any::TypeId::of::<#types>(), ::core::any::type_name::<#types>())),*]
+/// The registration's `states`: a function listing the state types the handler extracts, or
+/// the runtime's `no_states`.
+pub(crate) fn states(
+    krate: &syn::Path,
+    sig: &Signature,
+    name: &syn::Ident,
+) -> (TokenStream, TokenStream) {
+    let types: Vec<&syn::Type> = sig
+        .extras
+        .iter()
+        .filter_map(|extra| match extra {
+            Extra::State(ty) => Some(&**ty),
+            Extra::Context { .. } => None,
+        })
+        .collect();
+    if types.is_empty() {
+        return (TokenStream::new(), quote!(#krate::__private::no_states));
     }
+    let item = quote! {
+        fn #name() -> ::std::vec::Vec<(::core::any::TypeId, &'static str)> {
+            ::std::vec::Vec::from([
+                #((::core::any::TypeId::of::<#types>(), ::core::any::type_name::<#types>()),)*
+            ])
+        }
+    };
+    (item, quote!(#name))
 }

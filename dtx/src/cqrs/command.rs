@@ -99,6 +99,22 @@ impl CommandError {
     }
 }
 
+/// A decision of an aggregate command handler: the current state and the command in, events
+/// out.
+pub(crate) type Decide<A, C> = dyn Fn(&A, &C, &CommandContext) -> Result<Vec<<A as Aggregate>::Event>, CommandError>
+    + Send
+    + Sync;
+
+/// A handler registration waiting for `build()`: message type, name, location, state types,
+/// handler.
+pub(crate) type Pending<H> = (
+    TypeId,
+    &'static str,
+    Location,
+    Vec<(TypeId, &'static str)>,
+    H,
+);
+
 /// What an aggregate command stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -176,9 +192,9 @@ impl RetryPolicy {
             .base_delay
             .saturating_mul(1 << attempt.saturating_sub(1).min(20))
             .min(self.max_delay);
-        let random = uuid::Uuid::new_v4().as_u128() as u64;
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(random % nanos.max(1))
+        let nanos = ceiling.as_nanos().max(1);
+        let jitter = uuid::Uuid::new_v4().as_u128() % nanos;
+        Duration::from_nanos(u64::try_from(jitter).unwrap_or(u64::MAX))
     }
 }
 
@@ -188,6 +204,10 @@ pub struct Env {
     pub(crate) store: SharedEventStore,
     pub(crate) config: DtxConfig,
     pub(crate) retry: RetryPolicy,
+    /// The last state and version this bus committed for each aggregate stream: a command's
+    /// first attempt decides from it without reading the store. A stale entry (another writer
+    /// moved the stream) shows up as a version conflict, and the retry reloads from the store.
+    pub(crate) states: Option<moka::sync::Cache<StreamId, Arc<dyn Any + Send + Sync>>>,
 }
 
 /// A type-erased command handler; built by the macros and the builder.
@@ -332,19 +352,13 @@ fn outcome<T>(result: &Result<T, CommandError>) -> &'static str {
 }
 
 /// Builds a [`CommandBus`]; see [`CommandBus::builder`].
-#[derive(Default)]
 pub struct CommandBusBuilder {
     store: Option<SharedEventStore>,
     config: DtxConfig,
     retry: RetryPolicy,
     state: StateMap,
-    registrations: Vec<(
-        TypeId,
-        &'static str,
-        Location,
-        Vec<(TypeId, &'static str)>,
-        BoxedCommandHandler,
-    )>,
+    state_cache: u64,
+    registrations: Vec<Pending<BoxedCommandHandler>>,
     required: Vec<(TypeId, &'static str)>,
 }
 
@@ -356,7 +370,33 @@ impl fmt::Debug for CommandBusBuilder {
     }
 }
 
+impl Default for CommandBusBuilder {
+    fn default() -> Self {
+        Self {
+            store: None,
+            config: DtxConfig::default(),
+            retry: RetryPolicy::default(),
+            state: StateMap::default(),
+            state_cache: 10_000,
+            registrations: Vec::new(),
+            required: Vec::new(),
+        }
+    }
+}
+
 impl CommandBusBuilder {
+    /// How many aggregates' latest states the bus keeps (default 10 000; 0 turns it off).
+    ///
+    /// With it, a command decides from the state this bus last committed and appends expecting
+    /// that version: one round trip instead of a read and a write. When another writer moved
+    /// the stream in between, the append is a version conflict and the retry reloads from the
+    /// store, so the cache never changes what is decided, only how fast.
+    #[must_use]
+    pub fn cache_states(mut self, aggregates: u64) -> Self {
+        self.state_cache = aggregates;
+        self
+    }
+
     /// The event store aggregate commands load from and append to (default: a fresh
     /// [`MemoryEventStore`]).
     #[must_use]
@@ -527,6 +567,11 @@ impl CommandBusBuilder {
                         .unwrap_or_else(|| Arc::new(MemoryEventStore::new())),
                     config: self.config,
                     retry: self.retry,
+                    states: (self.state_cache > 0).then(|| {
+                        moka::sync::Cache::builder()
+                            .max_capacity(self.state_cache)
+                            .build()
+                    }),
                 },
             }),
         })
@@ -536,8 +581,8 @@ impl CommandBusBuilder {
 /// What an aggregate command handler may return as its events: one event, a `Vec`, an array,
 /// an `Option` or any iterator of values convertible into the aggregate's event enum.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a list of events of this aggregate",
-    label = "an aggregate handler returns events of its own event enum `{E}`",
+    message = "this aggregate's handlers return events of its event enum `{E}`, not `{Self}`",
+    label = "returns `{Self}`",
     note = "return `Result<Vec<{E}>, MyError>`, one event of `{E}` or one of its payload structs, an array or an `Option`"
 )]
 pub trait IntoEvents<E> {
@@ -577,7 +622,7 @@ pub(crate) async fn run_aggregate<A, C>(
     id: A::Id,
     ctx: &CommandContext,
     create: bool,
-    decide: &(dyn Fn(&A, &C, &CommandContext) -> Result<Vec<A::Event>, CommandError> + Send + Sync),
+    decide: &Decide<A, C>,
 ) -> Result<Committed, CommandError>
 where
     A: Aggregate,
@@ -592,7 +637,7 @@ where
             aggregate_id = %id,
             attempt,
         );
-        let saved = attempt_once(&repo, command, &id, ctx, create, decide)
+        let saved = attempt_once(&repo, env, command, &id, ctx, create, attempt == 1, decide)
             .instrument(span)
             .await;
         match saved {
@@ -640,19 +685,37 @@ impl From<Error> for AttemptError {
 
 /// One attempt: the command's own errors come back as `Ok(Err(..))` so that only store
 /// conflicts are retried.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one attempt of run_aggregate, with its context"
+)]
 async fn attempt_once<A, C>(
     repo: &Repository<A>,
+    env: &Env,
     command: &C,
     id: &A::Id,
     ctx: &CommandContext,
     create: bool,
-    decide: &(dyn Fn(&A, &C, &CommandContext) -> Result<Vec<A::Event>, CommandError> + Send + Sync),
+    trust_cache: bool,
+    decide: &Decide<A, C>,
 ) -> Result<Committed, AttemptError>
 where
     A: Aggregate,
 {
+    let stream = A::stream_id(id)?;
+    let cached = env
+        .states
+        .as_ref()
+        .filter(|_| trust_cache && !create)
+        .and_then(|states| states.get(&stream))
+        .and_then(|entry| entry.downcast_ref::<(A, u64)>().cloned());
+    if !trust_cache && let Some(states) = &env.states {
+        states.invalidate(&stream);
+    }
     let mut root = if create {
         AggregateRoot::<A>::new(id.clone())
+    } else if let Some((state, version)) = cached {
+        AggregateRoot::from_state(state, version)
     } else {
         let root = repo.load(id).await?;
         if root.version() == 0 {
@@ -668,8 +731,14 @@ where
     let events = root.pending().len();
     repo.save_with(&mut root, ctx.metadata.event_metadata())
         .await?;
+    if let Some(states) = &env.states {
+        states.insert(
+            stream.clone(),
+            Arc::new((root.state().clone(), root.version())),
+        );
+    }
     Ok(Committed {
-        stream: A::stream_id(id)?,
+        stream,
         version: root.version(),
         events,
         attempts: 1,

@@ -64,6 +64,7 @@ impl CommandMetadata {
     }
 
     /// The metadata of a follow-up command caused by this one.
+    #[must_use]
     pub fn follow_up(&self) -> Self {
         Self {
             causation_id: Some(self.command_id),

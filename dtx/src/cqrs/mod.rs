@@ -14,7 +14,7 @@
 //! commands the application cannot run without, so a missing handler fails at start-up.
 
 pub(crate) mod command;
-mod context;
+pub(crate) mod context;
 pub(crate) mod query;
 mod registry;
 mod validate;

@@ -332,13 +332,7 @@ impl QueryBus {
 #[derive(Default)]
 pub struct QueryBusBuilder {
     state: StateMap,
-    registrations: Vec<(
-        TypeId,
-        &'static str,
-        Location,
-        Vec<(TypeId, &'static str)>,
-        BoxedQueryHandler,
-    )>,
+    registrations: Vec<super::command::Pending<BoxedQueryHandler>>,
     required: Vec<(TypeId, &'static str)>,
 }
 

@@ -1,5 +1,5 @@
-//! Compile-fail tests of `#[derive(DomainEvent)]`, `#[derive(Aggregate)]`, `#[command_handler]`
-//! and `#[query_handler]`.
+//! Compile-fail tests of `#[derive(DomainEvent)]`, `#[derive(Aggregate)]`, `#[command_handler]`,
+//! `#[query_handler]` and `#[idempotent]`.
 //!
 //! Every `cases/<macro>/fail/<rule>.rs` must fail to compile with the `.stderr` beside it;
 //! every `cases/<macro>/pass/<rule>.rs` must compile and run. After changing a message,
@@ -27,6 +27,9 @@ mod command_handler_all_forms;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/domain_event/pass/all_options.rs"]
 mod domain_event_all_options;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/idempotent/pass/all_forms.rs"]
+mod idempotent_all_forms;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/query_handler/pass/all_forms.rs"]
 mod query_handler_all_forms;

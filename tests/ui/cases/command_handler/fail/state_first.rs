@@ -1,5 +1,5 @@
-use dtx::cqrs::State;
 use dtx::command_handler;
+use dtx::cqrs::State;
 
 #[derive(Debug)]
 struct Greet {

@@ -46,8 +46,8 @@ enum ParcelEvent {
 
 #[command_handler]
 impl Ticket {
-    fn open(_cmd: OpenTicket) -> Result<Vec<Shipped>, Refused> {
-        Ok(vec![Shipped {}])
+    fn open(_cmd: OpenTicket) -> Result<Shipped, Refused> {
+        Ok(Shipped {})
     }
 }
 

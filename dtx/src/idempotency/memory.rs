@@ -1,0 +1,227 @@
+use super::{
+    Claim, ClaimRequest, DEFAULT_MAX_RESPONSE_BYTES, Fingerprint, IdempotencyError, IdempotencyKey,
+    IdempotencyRecord, IdempotencyStatus, IdempotencyStore, Lease, Scope,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use uuid::Uuid;
+
+/// The embedded, in-memory idempotency store: the default of `#[idempotent]`, and the backend
+/// for examples and tests. Clones share the same records; they live as long as the process.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use dtx::idempotency::*;
+///
+/// let store = MemoryIdempotencyStore::new();
+/// let request = ClaimRequest::new(
+///     Scope::new("customer-7")?,
+///     IdempotencyKey::new("3f1c9b2e-pay")?,
+///     Fingerprint::of(br#"{"amount":100}"#),
+/// );
+/// let Claim::Claimed(lease) = store.claim(&request).await? else { unreachable!() };
+/// store.complete(&lease, b"receipt 42").await?;
+/// match store.claim(&request).await? {
+///     Claim::Completed(stored) => assert_eq!(stored, b"receipt 42"),
+///     other => panic!("expected a replay, got {other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct MemoryIdempotencyStore {
+    records: Arc<Mutex<HashMap<(Scope, IdempotencyKey), Entry>>>,
+    max_response_bytes: usize,
+}
+
+#[derive(Clone)]
+struct Entry {
+    fingerprint: Fingerprint,
+    /// `Some` while in progress.
+    lock: Option<(Uuid, DateTime<Utc>)>,
+    response: Option<Vec<u8>>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at <= now && self.lock.is_none_or(|(_, until)| until <= now)
+    }
+}
+
+impl Default for MemoryIdempotencyStore {
+    fn default() -> Self {
+        Self {
+            records: Arc::default(),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+impl MemoryIdempotencyStore {
+    /// An empty store accepting results up to [`DEFAULT_MAX_RESPONSE_BYTES`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the largest result accepted.
+    #[must_use]
+    pub fn with_max_response_bytes(mut self, max: usize) -> Self {
+        self.max_response_bytes = max;
+        self
+    }
+
+    /// How many records are held (expired ones included, until cleaned up).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<(Scope, IdempotencyKey), Entry>> {
+        // Every mutation below is a single insert, remove or field assignment: a panic cannot
+        // leave a record half-written.
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for MemoryIdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryIdempotencyStore")
+            .field("records", &self.len())
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish()
+    }
+}
+
+fn after(now: DateTime<Utc>, duration: std::time::Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryIdempotencyStore {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, IdempotencyError> {
+        let now = Utc::now();
+        let mut records = self.lock();
+        let id = (request.scope.clone(), request.key.clone());
+        // Absent, expired, or in progress with its lock timed out: the key is free.
+        if let Some(entry) = records.get(&id)
+            && entry.expires_at > now
+        {
+            if entry.fingerprint != request.fingerprint {
+                return Ok(Claim::Mismatch);
+            }
+            match (&entry.response, entry.lock) {
+                (Some(response), None) => return Ok(Claim::Completed(response.clone())),
+                (_, Some((_, locked_until))) if locked_until > now => {
+                    return Ok(Claim::InFlight { locked_until });
+                }
+                _ => {}
+            }
+        }
+        let token = Uuid::now_v7();
+        let locked_until = after(now, request.lock_timeout());
+        records.insert(
+            id,
+            Entry {
+                fingerprint: request.fingerprint,
+                lock: Some((token, locked_until)),
+                response: None,
+                created_at: now,
+                expires_at: after(now, request.ttl()),
+                completed_at: None,
+            },
+        );
+        Ok(Claim::Claimed(Lease::new(
+            request.scope.clone(),
+            request.key.clone(),
+            token,
+            locked_until,
+        )))
+    }
+
+    async fn complete(&self, lease: &Lease, response: &[u8]) -> Result<(), IdempotencyError> {
+        if response.len() > self.max_response_bytes {
+            return Err(IdempotencyError::ResponseTooLarge {
+                key: lease.digest(),
+                bytes: response.len(),
+                max: self.max_response_bytes,
+            });
+        }
+        let mut records = self.lock();
+        let id = (lease.scope.clone(), lease.key.clone());
+        match records.get_mut(&id) {
+            Some(entry) if entry.lock.is_some_and(|(token, _)| token == lease.token) => {
+                entry.lock = None;
+                entry.response = Some(response.to_vec());
+                entry.completed_at = Some(Utc::now());
+                Ok(())
+            }
+            _ => Err(IdempotencyError::LeaseLost {
+                key: lease.digest(),
+            }),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), IdempotencyError> {
+        let mut records = self.lock();
+        let id = (lease.scope.clone(), lease.key.clone());
+        if records
+            .get(&id)
+            .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token))
+        {
+            records.remove(&id);
+        }
+        Ok(())
+    }
+
+    async fn load(
+        &self,
+        scope: &Scope,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
+        let records = self.lock();
+        Ok(records
+            .get(&(scope.clone(), key.clone()))
+            .map(|entry| IdempotencyRecord {
+                scope: scope.clone(),
+                key: key.clone(),
+                fingerprint: entry.fingerprint,
+                status: if entry.lock.is_some() {
+                    IdempotencyStatus::InProgress
+                } else {
+                    IdempotencyStatus::Completed
+                },
+                response: entry.response.clone(),
+                created_at: entry.created_at,
+                expires_at: entry.expires_at,
+                locked_until: entry.lock.map(|(_, until)| until),
+                completed_at: entry.completed_at,
+            }))
+    }
+
+    async fn cleanup_expired(&self, limit: usize) -> Result<usize, IdempotencyError> {
+        let now = Utc::now();
+        let mut records = self.lock();
+        let mut expired: Vec<(DateTime<Utc>, (Scope, IdempotencyKey))> = records
+            .iter()
+            .filter(|(_, entry)| entry.expired(now))
+            .map(|(id, entry)| (entry.expires_at, id.clone()))
+            .collect();
+        expired.sort_unstable_by_key(|(at, _)| *at);
+        expired.truncate(limit);
+        for (_, id) in &expired {
+            records.remove(id);
+        }
+        Ok(expired.len())
+    }
+}

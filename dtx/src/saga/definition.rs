@@ -1,0 +1,464 @@
+//! What a saga is: its data type, steps and compensations, and options.
+
+use crate::error::BoxError;
+use crate::{DomainEvent, NewEvent, StreamId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A boxed step future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a step or compensation returns: the events it records in the saga's stream.
+pub type StepResult = Result<Vec<NewEvent>, StepError>;
+
+/// A step or compensation: changes the saga's data and may return events.
+pub type StepFn<D> =
+    Arc<dyn for<'a> Fn(&'a mut D, &'a StepContext) -> BoxFuture<'a, StepResult> + Send + Sync>;
+
+/// Why a step or compensation failed.
+#[derive(Debug)]
+pub struct StepError {
+    /// What went wrong.
+    pub source: BoxError,
+    /// `false` skips the remaining retries (the failure is permanent).
+    pub retryable: bool,
+}
+
+impl StepError {
+    /// A failure worth retrying (the default for any error).
+    pub fn transient(error: impl Into<BoxError>) -> Self {
+        Self {
+            source: error.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure that retrying cannot fix: compensation starts at once.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        Self {
+            source: error.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl<E: Into<BoxError>> From<E> for StepError {
+    fn from(error: E) -> Self {
+        Self::transient(error)
+    }
+}
+
+/// What a step may return: nothing, or events to record in the saga's stream.
+#[diagnostic::on_unimplemented(
+    message = "a saga step returns `Result<(), E>` or `Result<Events, E>`, not `Result<{Self}, E>`",
+    note = "return `()`, one event of a `#[derive(DomainEvent)]` enum, or a `Vec` of them"
+)]
+pub trait StepEvents {
+    /// Encodes the events for the saga's stream.
+    fn encode(self, stream: &StreamId) -> crate::Result<Vec<NewEvent>>;
+}
+
+impl StepEvents for () {
+    fn encode(self, _: &StreamId) -> crate::Result<Vec<NewEvent>> {
+        Ok(Vec::new())
+    }
+}
+
+impl<E: DomainEvent> StepEvents for E {
+    fn encode(self, stream: &StreamId) -> crate::Result<Vec<NewEvent>> {
+        Ok(vec![NewEvent::encode(
+            stream,
+            &self,
+            crate::EventMetadata::default(),
+        )?])
+    }
+}
+
+impl<E: DomainEvent> StepEvents for Vec<E> {
+    fn encode(self, stream: &StreamId) -> crate::Result<Vec<NewEvent>> {
+        self.iter()
+            .map(|e| NewEvent::encode(stream, e, crate::EventMetadata::default()))
+            .collect()
+    }
+}
+
+/// What a running step can see: the saga's identity, its idempotency key, received events.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub(crate) saga_id: Uuid,
+    pub(crate) saga_name: &'static str,
+    pub(crate) step: &'static str,
+    pub(crate) phase: &'static str,
+    pub(crate) attempt: u32,
+    pub(crate) received: Arc<HashMap<String, serde_json::Value>>,
+    pub(crate) correlation_id: Option<Uuid>,
+    pub(crate) stream: StreamId,
+    pub(crate) state: crate::cqrs::context::StateMap,
+}
+
+impl StepContext {
+    /// The saga's id.
+    pub fn saga_id(&self) -> Uuid {
+        self.saga_id
+    }
+
+    /// The saga's name.
+    pub fn saga_name(&self) -> &'static str {
+        self.saga_name
+    }
+
+    /// The step's name.
+    pub fn step(&self) -> &'static str {
+        self.step
+    }
+
+    /// `"action"` or `"compensation"`.
+    pub fn phase(&self) -> &'static str {
+        self.phase
+    }
+
+    /// Which attempt this is (1 = the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The correlation id of the operation that started the saga.
+    pub fn correlation_id(&self) -> Option<Uuid> {
+        self.correlation_id
+    }
+
+    /// A key that is the same for every attempt of this step and phase, on any worker:
+    /// `{saga id}/{step}/{phase}`. Pass it to the services a step calls so that a retried step
+    /// has its effect once.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}/{}", self.saga_id, self.step, self.phase)
+    }
+
+    /// The payload of an external event this saga received through
+    /// [`super::SagaOrchestrator::handle_event`], decoded.
+    pub fn event<T: DeserializeOwned>(
+        &self,
+        event_type: &str,
+    ) -> Option<Result<T, serde_json::Error>> {
+        self.received
+            .get(event_type)
+            .map(|v| serde_json::from_value(v.clone()))
+    }
+
+    /// The saga's own event stream.
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    /// Shared state given to the orchestrator with `SagaOrchestratorBuilder::state` (the
+    /// clients of the services the steps call), by type.
+    pub fn state<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.state.get()
+    }
+}
+
+/// One step: its action, its compensation, and what it waits for.
+pub(crate) struct StepDef<D> {
+    pub(crate) name: &'static str,
+    pub(crate) action: StepFn<D>,
+    pub(crate) compensation: Option<StepFn<D>>,
+    pub(crate) compensation_name: Option<&'static str>,
+    pub(crate) await_event: Option<(&'static str, Duration)>,
+    pub(crate) max_retries: Option<u32>,
+}
+
+impl<D> Clone for StepDef<D> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            action: Arc::clone(&self.action),
+            compensation: self.compensation.clone(),
+            compensation_name: self.compensation_name,
+            await_event: self.await_event,
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+/// A saga: its name, ordered steps and options. Built by `#[saga]` or [`SagaBuilder`].
+pub struct SagaDefinition<D> {
+    pub(crate) name: &'static str,
+    pub(crate) steps: Vec<StepDef<D>>,
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) step_timeout: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
+}
+
+impl<D> Clone for SagaDefinition<D> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            steps: self.steps.clone(),
+            max_retries: self.max_retries,
+            step_timeout: self.step_timeout,
+            deadline: self.deadline,
+        }
+    }
+}
+
+impl<D> fmt::Debug for SagaDefinition<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaDefinition")
+            .field("name", &self.name)
+            .field(
+                "steps",
+                &self.steps.iter().map(|s| s.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D> SagaDefinition<D> {
+    /// The saga's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The steps' names, in order.
+    pub fn step_names(&self) -> Vec<&'static str> {
+        self.steps.iter().map(|s| s.name).collect()
+    }
+
+    /// Replaces a step's action (for tests: inject failures, count calls).
+    pub fn wrap_step(&mut self, step: &str, wrap: impl FnOnce(StepFn<D>) -> StepFn<D>) -> bool {
+        match self.steps.iter_mut().find(|s| s.name == step) {
+            Some(s) => {
+                s.action = wrap(Arc::clone(&s.action));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces a step's compensation (for tests).
+    pub fn wrap_compensation(
+        &mut self,
+        step: &str,
+        wrap: impl FnOnce(StepFn<D>) -> StepFn<D>,
+    ) -> bool {
+        match self.steps.iter_mut().find(|s| s.name == step) {
+            Some(StepDef {
+                compensation: Some(c),
+                ..
+            }) => {
+                *c = wrap(Arc::clone(c));
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A saga's data type with its definition. Implemented by `#[saga]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a saga",
+    note = "put `#[dtx::saga]` on an `impl {Self} {{ .. }}` block with `#[step]` methods"
+)]
+pub trait Saga: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The saga's registered name.
+    const NAME: &'static str;
+    /// Its definition.
+    fn definition() -> SagaDefinition<Self>;
+}
+
+/// Builds a [`SagaDefinition`] at run time: the seed's fluent API, and what `#[saga]` expands to.
+///
+/// ```
+/// use dtx::saga::{SagaBuilder, StepContext};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Default, Serialize, Deserialize)]
+/// struct Transfer { debited: bool, credited: bool }
+///
+/// let saga = SagaBuilder::<Transfer>::new("Transfer")
+///     .add_step("DEBIT", |t: &mut Transfer, _ctx: &StepContext| Box::pin(async move {
+///         t.debited = true;
+///         Ok(vec![])
+///     }))
+///     .add_compensation("DEBIT", |t: &mut Transfer, _ctx: &StepContext| Box::pin(async move {
+///         t.debited = false;
+///         Ok(vec![])
+///     }))
+///     .add_step("CREDIT", |t: &mut Transfer, _ctx: &StepContext| Box::pin(async move {
+///         t.credited = true;
+///         Ok(vec![])
+///     }))
+///     .max_retries(3)
+///     .build()
+///     .unwrap();
+/// assert_eq!(saga.step_names(), ["DEBIT", "CREDIT"]);
+/// ```
+pub struct SagaBuilder<D> {
+    definition: SagaDefinition<D>,
+    errors: Vec<String>,
+}
+
+impl<D> fmt::Debug for SagaBuilder<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaBuilder")
+            .field("definition", &self.definition)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Send + 'static> SagaBuilder<D> {
+    /// A saga named `name` (the name workers resume it by).
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            definition: SagaDefinition {
+                name,
+                steps: Vec::new(),
+                max_retries: None,
+                step_timeout: None,
+                deadline: None,
+            },
+            errors: Vec::new(),
+        }
+    }
+
+    /// Appends a step.
+    #[must_use]
+    pub fn add_step<F>(mut self, name: &'static str, action: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut D, &'a StepContext) -> BoxFuture<'a, StepResult>
+            + Send
+            + Sync
+            + 'static,
+    {
+        if self.definition.steps.iter().any(|s| s.name == name) {
+            self.errors.push(format!("two steps are named `{name}`"));
+        }
+        self.definition.steps.push(StepDef {
+            name,
+            action: Arc::new(action),
+            compensation: None,
+            compensation_name: None,
+            await_event: None,
+            max_retries: None,
+        });
+        self
+    }
+
+    /// Wires a compensation to an earlier step.
+    #[must_use]
+    pub fn add_compensation<F>(mut self, step: &'static str, compensation: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut D, &'a StepContext) -> BoxFuture<'a, StepResult>
+            + Send
+            + Sync
+            + 'static,
+    {
+        match self.definition.steps.iter_mut().find(|s| s.name == step) {
+            Some(s) if s.compensation.is_some() => {
+                self.errors
+                    .push(format!("step `{step}` has two compensations"));
+            }
+            Some(s) => {
+                s.compensation = Some(Arc::new(compensation));
+                s.compensation_name = Some(step);
+            }
+            None => self.errors.push(format!(
+                "compensation for `{step}`, which is not a step (add the step first)"
+            )),
+        }
+        self
+    }
+
+    /// Makes the last added step wait, after its action, for an external event of this type
+    /// (delivered by `handle_event`); if none arrives within `timeout`, the saga compensates.
+    #[must_use]
+    pub fn await_event(mut self, event_type: &'static str, timeout: Duration) -> Self {
+        match self.definition.steps.last_mut() {
+            Some(s) => s.await_event = Some((event_type, timeout)),
+            None => self
+                .errors
+                .push("await_event needs a step before it".to_owned()),
+        }
+        self
+    }
+
+    /// Retries of the last added step (overrides [`SagaBuilder::max_retries`] for it).
+    #[must_use]
+    pub fn step_retries(mut self, retries: u32) -> Self {
+        match self.definition.steps.last_mut() {
+            Some(s) => s.max_retries = Some(retries),
+            None => self
+                .errors
+                .push("step_retries needs a step before it".to_owned()),
+        }
+        self
+    }
+
+    /// Retries of a failing step or compensation before giving up (default `SAGA_MAX_RETRIES`).
+    #[must_use]
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.definition.max_retries = Some(retries);
+        self
+    }
+
+    /// How long one attempt of a step may take.
+    #[must_use]
+    pub fn step_timeout(mut self, timeout: Duration) -> Self {
+        self.definition.step_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the whole saga may take before it compensates (default `SAGA_TIMEOUT_MINUTES`).
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.definition.deadline = Some(deadline);
+        self
+    }
+
+    /// The definition `#[saga]` built; the macro checked it at compile time.
+    #[doc(hidden)]
+    pub fn __checked(self) -> SagaDefinition<D> {
+        self.definition
+    }
+
+    /// The definition, or every mistake found.
+    pub fn build(self) -> Result<SagaDefinition<D>, String> {
+        let mut errors = self.errors;
+        if self.definition.steps.is_empty() {
+            errors.push("a saga needs at least one step".to_owned());
+        }
+        if errors.is_empty() {
+            Ok(self.definition)
+        } else {
+            Err(format!(
+                "saga `{}`: {}",
+                self.definition.name,
+                errors.join("; ")
+            ))
+        }
+    }
+}
+
+/// A saga type registered at link time by `#[saga]`, so any worker can resume it by name.
+#[derive(Debug)]
+pub struct SagaRegistration {
+    /// The saga's name.
+    pub name: &'static str,
+    /// Builds its type-erased runner.
+    pub runner: fn() -> Arc<dyn super::runtime::ErasedSaga>,
+}
+
+inventory::collect!(SagaRegistration);

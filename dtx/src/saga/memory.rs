@@ -1,0 +1,153 @@
+use super::store::{Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The embedded, in-memory saga store. Clones share the same sagas.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySagaStore {
+    sagas: Arc<Mutex<HashMap<Uuid, SagaRecord>>>,
+}
+
+impl MemorySagaStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, SagaRecord>> {
+        self.sagas
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[async_trait]
+impl SagaStore for MemorySagaStore {
+    async fn insert(&self, record: &SagaRecord) -> crate::Result<()> {
+        self.lock().insert(record.id, record.clone());
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> crate::Result<Vec<SagaRecord>> {
+        let mut sagas = self.lock();
+        let mut due: Vec<&mut SagaRecord> = sagas
+            .values_mut()
+            .filter(|s| {
+                s.status.is_active()
+                    && s.next_run_at <= now
+                    && s.lease_expires_at.is_none_or(|until| until < now)
+            })
+            .collect();
+        due.sort_by_key(|s| s.next_run_at);
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .map(|s| {
+                s.lease_owner = Some(owner.to_owned());
+                s.lease_expires_at = Some(now + chrono(lease));
+                s.clone()
+            })
+            .collect())
+    }
+
+    async fn save(
+        &self,
+        record: &SagaRecord,
+        owner: &str,
+        lease_until: Option<DateTime<Utc>>,
+    ) -> crate::Result<bool> {
+        let mut sagas = self.lock();
+        let Some(stored) = sagas.get_mut(&record.id) else {
+            return Ok(false);
+        };
+        if stored.lease_owner.as_deref() != Some(owner) || stored.version + 1 != record.version {
+            return Ok(false);
+        }
+        *stored = record.clone();
+        stored.lease_owner = lease_until.map(|_| owner.to_owned());
+        stored.lease_expires_at = lease_until;
+        Ok(true)
+    }
+
+    async fn get(&self, id: Uuid) -> crate::Result<Option<SagaRecord>> {
+        Ok(self.lock().get(&id).cloned())
+    }
+
+    async fn deliver(
+        &self,
+        id: Uuid,
+        event: &SagaEvent,
+        now: DateTime<Utc>,
+    ) -> crate::Result<Delivery> {
+        let mut sagas = self.lock();
+        let Some(saga) = sagas.get_mut(&id) else {
+            return Ok(Delivery::NotFound);
+        };
+        if saga.status != SagaStatus::Waiting || saga.awaiting.as_deref() != Some(&event.event_type)
+        {
+            return Ok(Delivery::NotAwaited {
+                status: saga.status,
+                awaiting: saga.awaiting.clone(),
+            });
+        }
+        saga.received
+            .insert(event.event_type.clone(), event.payload.clone());
+        saga.status = SagaStatus::Running;
+        saga.awaiting = None;
+        saga.next_run_at = now;
+        saga.version += 1;
+        saga.updated_at = now;
+        Ok(Delivery::Delivered)
+    }
+
+    async fn list(&self, status: SagaStatus, limit: usize) -> crate::Result<Vec<SagaRecord>> {
+        let sagas = self.lock();
+        let mut found: Vec<SagaRecord> = sagas
+            .values()
+            .filter(|s| s.status == status)
+            .cloned()
+            .collect();
+        found.sort_by_key(|s| s.created_at);
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn counts(&self) -> crate::Result<HashMap<SagaStatus, u64>> {
+        let mut counts = HashMap::new();
+        for saga in self.lock().values() {
+            *counts.entry(saga.status).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    async fn retry_failed(&self, id: Uuid, now: DateTime<Utc>) -> crate::Result<bool> {
+        let mut sagas = self.lock();
+        match sagas.get_mut(&id) {
+            Some(saga) if saga.status == SagaStatus::Failed => {
+                saga.status = SagaStatus::Compensating;
+                saga.attempts = 0;
+                saga.next_run_at = now;
+                saga.lease_owner = None;
+                saga.lease_expires_at = None;
+                saga.version += 1;
+                saga.updated_at = now;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}

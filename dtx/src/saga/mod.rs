@@ -1,0 +1,34 @@
+//! Sagas: a business operation across services that either completes, or undoes what it did.
+//!
+//! A saga is a data struct plus ordered steps, each wired to its compensation. Declare it with
+//! `#[saga]` (or build it with [`SagaBuilder`]); start it with [`SagaOrchestrator::start`]; any
+//! [`SagaWorker`] in any process runs it. Every transition is persisted before the next step
+//! runs, workers hold a lease on the sagas they run, and a saga whose worker died is resumed by
+//! another once the lease expires. Steps run at least once, so each gets a stable idempotency
+//! key ([`StepContext::idempotency_key`]) to pass to the services it calls.
+//!
+//! A step that keeps failing (after `max_retries`, with exponential backoff and jitter), a
+//! passed deadline, or an awaited event that does not come in time triggers compensation of
+//! the completed steps in reverse order. A compensation that keeps failing leaves the saga
+//! [`SagaStatus::Failed`], visible in [`SagaOrchestrator::list`] and retryable with
+//! [`SagaOrchestrator::retry`] — never dropped.
+
+mod definition;
+mod memory;
+pub(crate) mod runtime;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use definition::{
+    BoxFuture, Saga, SagaBuilder, SagaDefinition, SagaRegistration, StepContext, StepError,
+    StepEvents, StepFn, StepResult,
+};
+pub use memory::MemorySagaStore;
+pub use runtime::{
+    SagaError, SagaOrchestrator, SagaOrchestratorBuilder, SagaWorker, WorkerOptions,
+};
+pub use store::{
+    Clock, CompletedStep, Delivery, ManualClock, SagaEvent, SagaRecord, SagaStatus, SagaStore,
+    SystemClock,
+};

@@ -1,0 +1,291 @@
+//! Durable saga state: [`SagaRecord`] and the [`SagaStore`] backends keep it in.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where a saga is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    /// Steps are running (or due).
+    Running,
+    /// A step is waiting for an external event.
+    Waiting,
+    /// Completed steps are being undone.
+    Compensating,
+    /// Every step ran.
+    Completed,
+    /// Every completed step was undone.
+    Compensated,
+    /// A compensation kept failing; an operator must look (see `SagaOrchestrator::retry`).
+    Failed,
+}
+
+impl SagaStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Waiting => "waiting",
+            Self::Compensating => "compensating",
+            Self::Completed => "completed",
+            Self::Compensated => "compensated",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "running" => Self::Running,
+            "waiting" => Self::Waiting,
+            "compensating" => Self::Compensating,
+            "completed" => Self::Completed,
+            "compensated" => Self::Compensated,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the saga will not move on its own any more.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated | Self::Failed)
+    }
+
+    /// Whether a worker may claim it when due.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Waiting | Self::Compensating)
+    }
+}
+
+impl fmt::Display for SagaStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A completed step, with what it recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedStep {
+    /// The step's name.
+    pub step: String,
+    /// When its action completed.
+    pub completed_at: DateTime<Utc>,
+    /// Ids of the events it recorded in the saga's stream.
+    pub events: Vec<Uuid>,
+    /// Whether its compensation ran (or it had none), during compensation.
+    #[serde(default)]
+    pub compensated: bool,
+}
+
+/// An external event delivered to a waiting saga.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaEvent {
+    /// The event's type, matched against what the saga awaits.
+    pub event_type: String,
+    /// Its payload, readable by later steps through `StepContext::event`.
+    pub payload: serde_json::Value,
+}
+
+impl SagaEvent {
+    /// An event from any serialisable payload.
+    pub fn new(
+        event_type: impl Into<String>,
+        payload: &impl Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            event_type: event_type.into(),
+            payload: serde_json::to_value(payload)?,
+        })
+    }
+}
+
+/// One saga's persisted state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaRecord {
+    /// The saga's id.
+    pub id: Uuid,
+    /// Its registered name.
+    pub name: String,
+    /// Its status.
+    pub status: SagaStatus,
+    /// Its data, as JSON.
+    pub data: serde_json::Value,
+    /// The index of the next step to run (forward).
+    pub step: u32,
+    /// The completed steps, in order.
+    pub completed: Vec<CompletedStep>,
+    /// External events received, by type.
+    pub received: HashMap<String, serde_json::Value>,
+    /// Attempts of the current step or compensation so far.
+    pub attempts: u32,
+    /// When a worker should run it next.
+    pub next_run_at: DateTime<Utc>,
+    /// When the saga must be over, or compensate.
+    pub deadline: Option<DateTime<Utc>>,
+    /// The event type a waiting saga awaits.
+    pub awaiting: Option<String>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// The correlation id of the operation that started it.
+    pub correlation_id: Option<Uuid>,
+    /// Optimistic-concurrency version, bumped by every save.
+    pub version: u64,
+    /// The worker holding it, if any.
+    pub lease_owner: Option<String>,
+    /// Until when that worker holds it.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When it started.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl SagaRecord {
+    /// A new saga, due now.
+    pub fn new(
+        name: &str,
+        data: serde_json::Value,
+        now: DateTime<Utc>,
+        deadline: Option<DateTime<Utc>>,
+        correlation_id: Option<Uuid>,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            name: name.to_owned(),
+            status: SagaStatus::Running,
+            data,
+            step: 0,
+            completed: Vec::new(),
+            received: HashMap::new(),
+            attempts: 0,
+            next_run_at: now,
+            deadline,
+            awaiting: None,
+            last_error: None,
+            correlation_id,
+            version: 1,
+            lease_owner: None,
+            lease_expires_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// What delivering an event to a saga found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Delivered; the saga is due again.
+    Delivered,
+    /// No saga with that id.
+    NotFound,
+    /// The saga is not waiting for this event (it waits for `awaiting`, or nothing).
+    NotAwaited {
+        /// Its status.
+        status: SagaStatus,
+        /// What it waits for, if anything.
+        awaiting: Option<String>,
+    },
+}
+
+/// Where sagas live: in memory ([`super::MemorySagaStore`]) or in PostgreSQL
+/// (`dtx_postgres::PgSagaStore`). Both pass the same contract suite.
+#[async_trait]
+pub trait SagaStore: Send + Sync + 'static {
+    /// Stores a new saga.
+    async fn insert(&self, record: &SagaRecord) -> crate::Result<()>;
+
+    /// Claims up to `limit` due sagas (active, `next_run_at <= now`, no live lease) for
+    /// `owner` until `now + lease`, skipping sagas other workers hold.
+    async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> crate::Result<Vec<SagaRecord>>;
+
+    /// Saves a transition if `owner` still holds the saga at `record.version - 1`; renews the
+    /// lease to `lease_until` (`None` releases it). `false` means the lease was lost: another
+    /// worker owns the saga now, and this one must stop working on it.
+    async fn save(
+        &self,
+        record: &SagaRecord,
+        owner: &str,
+        lease_until: Option<DateTime<Utc>>,
+    ) -> crate::Result<bool>;
+
+    /// Loads a saga.
+    async fn get(&self, id: Uuid) -> crate::Result<Option<SagaRecord>>;
+
+    /// Delivers an external event to a saga waiting for it, atomically.
+    async fn deliver(
+        &self,
+        id: Uuid,
+        event: &SagaEvent,
+        now: DateTime<Utc>,
+    ) -> crate::Result<Delivery>;
+
+    /// Sagas in a status, oldest first.
+    async fn list(&self, status: SagaStatus, limit: usize) -> crate::Result<Vec<SagaRecord>>;
+
+    /// Counts sagas by status.
+    async fn counts(&self) -> crate::Result<HashMap<SagaStatus, u64>>;
+
+    /// Puts a failed saga back to compensating, due now (an operator's retry). `false` when
+    /// it is not failed.
+    async fn retry_failed(&self, id: Uuid, now: DateTime<Utc>) -> crate::Result<bool>;
+}
+
+/// The time source of the saga runtime (a [`ManualClock`] in tests).
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Utc::now())))
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let mut now = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

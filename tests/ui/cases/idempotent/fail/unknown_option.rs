@@ -1,0 +1,9 @@
+use dtx::idempotency::IdempotencyError;
+use dtx::idempotent;
+
+#[idempotent(key = id, ttl_sec = 60)]
+async fn charge(id: u32) -> Result<u32, IdempotencyError> {
+    Ok(id)
+}
+
+fn main() {}
