@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 mod cqrs;
 mod idempotency;
+mod outbox;
 mod saga;
 
 type BoxError = Box<dyn std::error::Error>;
@@ -286,6 +287,7 @@ async fn main() -> Result<(), BoxError> {
     cqrs::cqrs_rows(&options, &pool, &store).await?;
     saga::saga_rows(&options, &pool).await?;
     idempotency::idempotency_rows(&options, &pool).await?;
+    outbox::outbox_rows(&options, &pool).await?;
     Ok(())
 }
 

@@ -17,6 +17,9 @@
 
 mod idempotency;
 mod migrate;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod outbox;
 mod saga;
 mod store;
 #[cfg(feature = "testing")]
@@ -24,6 +27,7 @@ pub mod testing;
 
 pub use idempotency::PgIdempotencyStore;
 pub use migrate::{MIGRATOR, migrate, migrate_in_schema};
+pub use outbox::{OutboxRelay, PgOutbox, RelayPass};
 pub use saga::PgSagaStore;
 pub use store::PgEventStore;
 

@@ -25,6 +25,7 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| Migrator {
             20261123000002 "event_snapshots" "event snapshots",
             20261123000003 "saga_state" "saga state",
             20261123000004 "idempotency_keys" "idempotency keys",
+            20261123000005 "outbox_events" "outbox events",
         ]
         .to_vec(),
     ),

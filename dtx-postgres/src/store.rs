@@ -28,12 +28,14 @@ pub struct PgEventStore {
     pool: PgPool,
     limits: StoreLimits,
     sql: Arc<Sql>,
+    outbox: bool,
 }
 
 impl std::fmt::Debug for PgEventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgEventStore")
             .field("limits", &self.limits)
+            .field("outbox", &self.outbox)
             .finish_non_exhaustive()
     }
 }
@@ -41,6 +43,8 @@ impl std::fmt::Debug for PgEventStore {
 /// The statements, built once with the (validated, quoted) schema.
 struct Sql {
     append: String,
+    /// `append` plus one more data-modifying CTE writing an `outbox_events` row per event.
+    append_outbox: String,
     stored: String,
     head: String,
     read_stream: String,
@@ -59,11 +63,11 @@ impl Sql {
         let prefix = schema.map(|s| format!("{s}.")).unwrap_or_default();
         let events = format!("{prefix}event_store");
         let snapshots = format!("{prefix}event_snapshots");
-        Self {
-            // The happy path: one statement that reads the stream head through the primary key,
-            // checks the expectation and inserts the whole batch. Stored event ids are only
-            // looked up (`stored`) when it inserts nothing or hits the event-id constraint.
-            append: format!(
+        let outbox = format!("{prefix}outbox_events");
+        // The happy path: one statement that reads the stream head through the primary key,
+        // checks the expectation and inserts the whole batch. Stored event ids are only
+        // looked up (`stored`) when it inserts nothing or hits the event-id constraint.
+        let append = format!(
                 "WITH head AS (
                     SELECT version, commit_order FROM {events}
                     WHERE stream_id = $1 ORDER BY version DESC LIMIT 1
@@ -83,12 +87,35 @@ impl Sql {
                                                 correlation_id, causation_id, traceparent, ord)
                     WHERE $2::bigint IS NULL OR s.current = $2
                     ORDER BY e.ord
-                    RETURNING version, global_position
-                )
+                    RETURNING version, global_position{{returning}}
+                ){{outbox}}
                 SELECT s.current, s.commit_order,
                        (SELECT array_agg(global_position ORDER BY version) FROM ins) AS positions
                 FROM state s"
-            ),
+            );
+        Self {
+            append: append.replace("{returning}", "").replace("{outbox}", ""),
+            // The outbox rows come off the inserted rows (the payload already parsed), in version
+            // order, in the same statement: still one round trip.
+            append_outbox: append
+                .replace(
+                    "{returning}",
+                    ", event_id, event_type, data, correlation_id, causation_id, traceparent",
+                )
+                .replace(
+                    "{outbox}",
+                    &format!(
+                        ", outbox AS (
+                    INSERT INTO {outbox} (stream_key, sequence, event_id, event_type, payload, headers)
+                    SELECT $1, i.version, i.event_id, i.event_type, i.data,
+                           jsonb_strip_nulls(jsonb_build_object(
+                               'dtx-event-id', i.event_id::text, 'dtx-event-type', i.event_type,
+                               'dtx-stream-id', $1::text, 'dtx-correlation-id', i.correlation_id::text,
+                               'dtx-causation-id', i.causation_id::text, 'traceparent', i.traceparent))
+                    FROM ins i ORDER BY i.version
+                )"
+                    ),
+                ),
             // One index probe per id (the LATERAL subquery with LIMIT is never flattened into a
             // hash join, whatever the statistics say).
             stored: format!(
@@ -188,7 +215,23 @@ impl PgEventStore {
             pool,
             limits: StoreLimits::default(),
             sql: Arc::new(Sql::new(None)),
+            outbox: false,
         }
+    }
+
+    /// Writes an `outbox_events` row for every appended event, in the append's own statement
+    /// (`EVENT_STORE_ENABLE_OUTBOX`, see [`dtx::DtxConfig::outbox_enabled`]); an
+    /// [`crate::OutboxRelay`] publishes them. Off by default: the plain append stays as lean as
+    /// it is.
+    #[must_use]
+    pub fn with_outbox(mut self, enabled: bool) -> Self {
+        self.outbox = enabled;
+        self
+    }
+
+    /// Whether appends write outbox rows.
+    pub fn outbox_enabled(&self) -> bool {
+        self.outbox
     }
 
     /// Uses the tables in `schema` (see [`crate::migrate_in_schema`]); the name is validated and
@@ -207,10 +250,11 @@ impl PgEventStore {
     }
 
     /// Every statement this store issues, by name, for `EXPLAIN` checks and audits.
-    pub fn statements(&self) -> [(&'static str, &str); 8] {
+    pub fn statements(&self) -> [(&'static str, &str); 9] {
         let sql = &*self.sql;
         [
             ("append", &sql.append),
+            ("append_outbox", &sql.append_outbox),
             ("stored_events", &sql.stored),
             ("stream_version", &sql.head),
             ("read_stream", &sql.read_stream),
@@ -267,7 +311,12 @@ impl PgEventStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
-        let row = sqlx::query(&self.sql.append)
+        let sql = if self.outbox {
+            &self.sql.append_outbox
+        } else {
+            &self.sql.append
+        };
+        let row = sqlx::query(sql)
             .bind(stream.as_str())
             .bind(expected.required().map(to_i64))
             .bind(&batch.ids)

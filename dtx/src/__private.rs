@@ -308,9 +308,7 @@ where
     })
 }
 
-type Decide<A, C> = dyn Fn(&A, &C, &CommandContext) -> Result<Vec<<A as Aggregate>::Event>, CommandError>
-    + Send
-    + Sync;
+use crate::cqrs::command::Decide;
 
 struct AggregateCommandHandler<A: Aggregate, C> {
     target: fn(&C) -> A::Id,

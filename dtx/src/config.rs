@@ -6,6 +6,7 @@
 /// |---|---|---|
 /// | `DATABASE_URL` | [`database_url`](Self::database_url) | none: the in-memory backend |
 /// | `EVENT_STORE_SNAPSHOT_FREQUENCY` | [`snapshot_frequency`](Self::snapshot_frequency) | 100 (0 disables) |
+/// | `EVENT_STORE_ENABLE_OUTBOX` | [`outbox_enabled`](Self::outbox_enabled) | false (`true`/`false`, `1`/`0`) |
 /// | `SAGA_MAX_RETRIES` | [`saga_max_retries`](Self::saga_max_retries) | 3 |
 /// | `SAGA_TIMEOUT_MINUTES` | [`saga_timeout_minutes`](Self::saga_timeout_minutes) | 60 |
 /// | `IDEMPOTENCY_TTL_HOURS` | [`idempotency_ttl_hours`](Self::idempotency_ttl_hours) | 24 (how long idempotency records are kept) |
@@ -28,6 +29,9 @@ pub struct DtxConfig {
     /// Snapshot an aggregate every N events (`0` = never), unless the aggregate sets its own
     /// policy.
     pub snapshot_frequency: u64,
+    /// Whether every append also writes an outbox message per event, in the same statement
+    /// (see [`crate::outbox`]).
+    pub outbox_enabled: bool,
     /// Retries of a failing saga step or compensation before the saga compensates (or, for a
     /// compensation, fails), unless the saga sets its own.
     pub saga_max_retries: u32,
@@ -43,6 +47,7 @@ impl Default for DtxConfig {
         Self {
             database_url: None,
             snapshot_frequency: 100,
+            outbox_enabled: false,
             saga_max_retries: 3,
             saga_timeout_minutes: 60,
             idempotency_ttl_hours: 24,
@@ -79,6 +84,21 @@ impl DtxConfig {
                 "a whole number of events (0 disables snapshots)",
             )?
             .unwrap_or(defaults.snapshot_frequency),
+            outbox_enabled: match lookup("EVENT_STORE_ENABLE_OUTBOX")
+                .map(|v| v.trim().to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("") => defaults.outbox_enabled,
+                Some("true" | "1" | "yes" | "on") => true,
+                Some("false" | "0" | "no" | "off") => false,
+                Some(_) => {
+                    return Err(ConfigError {
+                        variable: "EVENT_STORE_ENABLE_OUTBOX",
+                        value: lookup("EVENT_STORE_ENABLE_OUTBOX").unwrap_or_default(),
+                        expected: "true or false",
+                    });
+                }
+            },
             saga_max_retries: parse(&lookup, "SAGA_MAX_RETRIES", "a whole number of retries")?
                 .unwrap_or(defaults.saga_max_retries),
             saga_timeout_minutes: parse(
@@ -145,6 +165,23 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.variable, "EVENT_STORE_SNAPSHOT_FREQUENCY");
         assert!(error.to_string().contains("often"));
+    }
+
+    #[test]
+    fn outbox_switch_reads_booleans() {
+        let read = |value: &'static str| {
+            DtxConfig::from_lookup(move |name| {
+                (name == "EVENT_STORE_ENABLE_OUTBOX").then(|| value.to_owned())
+            })
+        };
+        assert!(!DtxConfig::default().outbox_enabled);
+        assert!(read("true").unwrap().outbox_enabled);
+        assert!(read(" 1 ").unwrap().outbox_enabled);
+        assert!(!read("false").unwrap().outbox_enabled);
+        assert_eq!(
+            read("maybe").unwrap_err().variable,
+            "EVENT_STORE_ENABLE_OUTBOX"
+        );
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub mod cqrs;
 pub mod error;
 pub mod event;
 pub mod idempotency;
+pub mod outbox;
 pub mod saga;
 pub mod store;
 #[cfg(feature = "testing")]

@@ -192,3 +192,41 @@ pub mod crash {
         }
     }
 }
+
+/// The generic plans of `statements`, by name, as PostgreSQL would run them with sequential
+/// scans discouraged: a plan that still scans a table has no index to serve it.
+///
+/// # Panics
+/// When a statement does not prepare.
+pub async fn generic_plans<'a>(
+    pool: &sqlx::PgPool,
+    statements: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(&'a str, String)> {
+    let mut conn = pool.acquire().await.expect("a connection");
+    sqlx::raw_sql("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .expect("settings");
+    let mut plans = Vec::new();
+    for (name, sql) in statements {
+        let params = (1..=30)
+            .filter(|n| sql.contains(&format!("${n}")))
+            .max()
+            .unwrap_or(0);
+        sqlx::raw_sql(&format!("PREPARE probe AS {sql}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{name} does not prepare: {e}"));
+        let args = vec!["NULL"; params].join(", ");
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE probe({args})"))
+            .fetch_all(&mut *conn)
+            .await
+            .expect("a plan");
+        sqlx::raw_sql("DEALLOCATE probe")
+            .execute(&mut *conn)
+            .await
+            .expect("deallocate");
+        plans.push((name, plan.join("\n")));
+    }
+    plans
+}

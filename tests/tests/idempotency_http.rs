@@ -451,6 +451,24 @@ async fn configuration_methods_optional_and_header() {
     assert_eq!(app.runs.load(Ordering::SeqCst), 2);
 }
 
+/// A response larger than the store accepts reaches the client, is not stored, and releases
+/// the key (logged), so the next request with it runs again rather than getting a 409.
+#[tokio::test]
+async fn response_too_large_to_store_releases_the_key() {
+    let app = Arc::new(App::default());
+    let store = MemoryIdempotencyStore::new().with_max_response_bytes(64);
+    let http = Http::new(serve(router(&app, principal_layer(store.clone()))).await);
+    let key = new_key();
+    let first = http.post("alice", &key, "{}").await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(first.body.len() > 64);
+    assert!(store.is_empty(), "nothing stored, key released");
+    let second = http.post("alice", &key, "{}").await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    assert!(!second.replayed());
+    assert_eq!(app.runs.load(Ordering::SeqCst), 2);
+}
+
 const CHILD: &str = "DTX_IDEMPOTENCY_CRASH_CHILD";
 const CRASH_LOCK: Duration = Duration::from_secs(3);
 

@@ -8,7 +8,7 @@ use dtx::idempotency::{
     Claim, ClaimRequest, Fingerprint, IdempotencyKey, IdempotencyStatus, IdempotencyStore, Scope,
 };
 use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId};
-use dtx_postgres::{PgEventStore, PgIdempotencyStore};
+use dtx_postgres::PgIdempotencyStore;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -125,31 +125,7 @@ async fn duplicate_waits_for_the_claiming_transaction() {
 #[tokio::test]
 async fn indexes_serve_every_idempotency_statement() {
     let keys = pg().await;
-    let mut conn = keys.pool().acquire().await.unwrap();
-    sqlx::query("SET enable_seqscan = off")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    for (name, sql) in keys.statements() {
-        let params = (1..=9).filter(|n| sql.contains(&format!("${n}"))).count();
-        sqlx::raw_sql(&format!("PREPARE probe AS {sql}"))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        let args = vec!["NULL"; params].join(", ");
-        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE probe({args})"))
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
-        sqlx::raw_sql("DEALLOCATE probe")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        let plan = plan.join("\n");
+    for (name, plan) in tests::generic_plans(keys.pool(), keys.statements()).await {
         assert!(
             !plan.contains("Seq Scan on idempotency_keys"),
             "{name} scans the table:\n{plan}"
@@ -191,5 +167,38 @@ async fn works_in_a_schema() {
             .with_schema("x\"; DROP TABLE idempotency_keys; --")
             .is_err()
     );
-    let _ = PgEventStore::new(events.pool().clone());
+}
+
+/// The background cleaner deletes expired records in batches until none is left.
+#[tokio::test]
+async fn spawned_cleanup_deletes_expired_records() {
+    let store = dtx::idempotency::MemoryIdempotencyStore::new();
+    let policy = dtx::idempotency::IdempotencyPolicy {
+        ttl: Duration::from_millis(100),
+        lock_timeout: Duration::from_millis(50),
+    };
+    for n in 0..7 {
+        let key = IdempotencyKey::new(format!("k{n}")).unwrap();
+        let Claim::Claimed(lease) = store
+            .claim(&charge(&key).with_policy(policy))
+            .await
+            .unwrap()
+        else {
+            panic!("claimed")
+        };
+        store.complete(&lease, b"done").await.unwrap();
+    }
+    let live = IdempotencyKey::new("live").unwrap();
+    assert!(matches!(
+        store.claim(&charge(&live)).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    let cleaner = dtx::idempotency::spawn_cleanup(
+        std::sync::Arc::new(store.clone()),
+        Duration::from_millis(50),
+        2,
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cleaner.abort();
+    assert_eq!(store.len(), 1, "only the live record is left");
 }

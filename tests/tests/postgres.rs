@@ -343,39 +343,14 @@ async fn migrations_match_sqlx_cli_and_run_in_a_schema() {
 #[tokio::test]
 async fn indexes_serve_every_statement() {
     let store = tests::pg_store().await;
-    let mut conn = store.pool().acquire().await.unwrap();
-    sqlx::query("SET enable_seqscan = off")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     let sagas = dtx_postgres::PgSagaStore::statements();
-    let statements = store.statements().into_iter().chain(sagas);
-    for (name, sql) in statements {
-        let params = (1..=30)
-            .filter(|n| sql.contains(&format!("${n}")))
-            .max()
-            .unwrap_or(0);
-        sqlx::raw_sql(&format!("PREPARE probe AS {sql}"))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        let args = vec!["NULL"; params].join(", ");
-        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE probe({args})"))
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
-        sqlx::raw_sql("DEALLOCATE probe")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        let plan = plan.join("\n");
+    for (name, plan) in
+        tests::generic_plans(store.pool(), store.statements().into_iter().chain(sagas)).await
+    {
         assert!(
             !plan.contains("Seq Scan on event_store")
-                && !plan.contains("Seq Scan on event_snapshots"),
+                && !plan.contains("Seq Scan on event_snapshots")
+                && !plan.contains("Seq Scan on saga_state"),
             "{name} scans a table:\n{plan}"
         );
     }

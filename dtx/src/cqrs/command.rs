@@ -105,16 +105,6 @@ pub(crate) type Decide<A, C> = dyn Fn(&A, &C, &CommandContext) -> Result<Vec<<A 
     + Send
     + Sync;
 
-/// A handler registration waiting for `build()`: message type, name, location, state types,
-/// handler.
-pub(crate) type Pending<H> = (
-    TypeId,
-    &'static str,
-    Location,
-    Vec<(TypeId, &'static str)>,
-    H,
-);
-
 /// What an aggregate command stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -228,14 +218,8 @@ pub trait ErasedCommandHandler: Send + Sync + 'static {
 #[doc(hidden)]
 pub type BoxedCommandHandler = Box<dyn ErasedCommandHandler>;
 
-struct Entry {
-    command: &'static str,
-    location: Location,
-    handler: BoxedCommandHandler,
-}
-
 struct Inner {
-    handlers: HashMap<TypeId, Entry>,
+    handlers: HashMap<TypeId, registry::Entry<BoxedCommandHandler>>,
     state: StateMap,
     env: Env,
 }
@@ -268,7 +252,7 @@ pub struct CommandBus {
 
 impl fmt::Debug for CommandBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut handlers: Vec<&str> = self.inner.handlers.values().map(|e| e.command).collect();
+        let mut handlers: Vec<&str> = self.inner.handlers.values().map(|e| e.message).collect();
         handlers.sort_unstable();
         f.debug_struct("CommandBus")
             .field("handlers", &handlers)
@@ -312,7 +296,7 @@ impl CommandBus {
         };
         let span = tracing::info_span!(
             "dtx.command",
-            command = entry.command,
+            command = entry.message,
             command_id = %metadata.command_id,
             correlation_id = %metadata.correlation_id,
             outcome = tracing::field::Empty,
@@ -333,7 +317,7 @@ impl CommandBus {
             .downcast::<O>()
             .map(|o| *o)
             .map_err(|_| CommandError::OutputType {
-                command: entry.command,
+                command: entry.message,
                 expected: std::any::type_name::<O>(),
                 actual: entry.handler.output_type(),
             })
@@ -358,7 +342,7 @@ pub struct CommandBusBuilder {
     retry: RetryPolicy,
     state: StateMap,
     state_cache: u64,
-    registrations: Vec<Pending<BoxedCommandHandler>>,
+    registrations: Vec<registry::Pending<BoxedCommandHandler>>,
     required: Vec<(TypeId, &'static str)>,
 }
 
@@ -526,37 +510,7 @@ impl CommandBusBuilder {
     /// Checks the handlers (no duplicates, required ones present, their state available) and
     /// builds the bus.
     pub fn build(self) -> Result<CommandBus, BusError> {
-        let mut handlers: HashMap<TypeId, Entry> = HashMap::new();
-        for (id, command, location, states, handler) in self.registrations {
-            if let Some(first) = handlers.get(&id) {
-                return Err(BusError::DuplicateHandler {
-                    message: command,
-                    first: first.location,
-                    second: location,
-                });
-            }
-            if let Some((_, state)) = states.iter().find(|(id, _)| !self.state.contains(*id)) {
-                return Err(BusError::MissingState {
-                    handler: location,
-                    state,
-                });
-            }
-            handlers.insert(
-                id,
-                Entry {
-                    command,
-                    location,
-                    handler,
-                },
-            );
-        }
-        if let Some((_, message)) = self
-            .required
-            .iter()
-            .find(|(id, _)| !handlers.contains_key(id))
-        {
-            return Err(BusError::MissingHandler { message });
-        }
+        let handlers = registry::check(self.registrations, &self.state, &self.required)?;
         Ok(CommandBus {
             inner: Arc::new(Inner {
                 handlers,

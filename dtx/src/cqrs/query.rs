@@ -227,14 +227,8 @@ impl<Q: Send + 'static, O: Send + 'static> ErasedQueryHandler for UncachedQueryH
     }
 }
 
-struct Entry {
-    query: &'static str,
-    location: Location,
-    handler: BoxedQueryHandler,
-}
-
 struct Inner {
-    handlers: HashMap<TypeId, Entry>,
+    handlers: HashMap<TypeId, registry::Entry<BoxedQueryHandler>>,
     ctx: QueryContext,
 }
 
@@ -264,7 +258,7 @@ pub struct QueryBus {
 
 impl fmt::Debug for QueryBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut handlers: Vec<&str> = self.inner.handlers.values().map(|e| e.query).collect();
+        let mut handlers: Vec<&str> = self.inner.handlers.values().map(|e| e.message).collect();
         handlers.sort_unstable();
         f.debug_struct("QueryBus")
             .field("handlers", &handlers)
@@ -307,7 +301,7 @@ impl QueryBus {
             .downcast::<O>()
             .map(|o| *o)
             .map_err(|_| QueryError::OutputType {
-                query: entry.query,
+                query: entry.message,
                 expected: std::any::type_name::<O>(),
                 actual: entry.handler.output_type(),
             })
@@ -332,7 +326,7 @@ impl QueryBus {
 #[derive(Default)]
 pub struct QueryBusBuilder {
     state: StateMap,
-    registrations: Vec<super::command::Pending<BoxedQueryHandler>>,
+    registrations: Vec<registry::Pending<BoxedQueryHandler>>,
     required: Vec<(TypeId, &'static str)>,
 }
 
@@ -420,37 +414,7 @@ impl QueryBusBuilder {
 
     /// Checks the handlers and builds the bus.
     pub fn build(self) -> Result<QueryBus, BusError> {
-        let mut handlers: HashMap<TypeId, Entry> = HashMap::new();
-        for (id, query, location, states, handler) in self.registrations {
-            if let Some(first) = handlers.get(&id) {
-                return Err(BusError::DuplicateHandler {
-                    message: query,
-                    first: first.location,
-                    second: location,
-                });
-            }
-            if let Some((_, state)) = states.iter().find(|(id, _)| !self.state.contains(*id)) {
-                return Err(BusError::MissingState {
-                    handler: location,
-                    state,
-                });
-            }
-            handlers.insert(
-                id,
-                Entry {
-                    query,
-                    location,
-                    handler,
-                },
-            );
-        }
-        if let Some((_, message)) = self
-            .required
-            .iter()
-            .find(|(id, _)| !handlers.contains_key(id))
-        {
-            return Err(BusError::MissingHandler { message });
-        }
+        let handlers = registry::check(self.registrations, &self.state, &self.required)?;
         Ok(QueryBus {
             inner: Arc::new(Inner {
                 handlers,

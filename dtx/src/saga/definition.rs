@@ -64,6 +64,7 @@ impl<E: Into<BoxError>> From<E> for StepError {
 /// What a step may return: nothing, or events to record in the saga's stream.
 #[diagnostic::on_unimplemented(
     message = "a saga step returns `Result<(), E>` or `Result<Events, E>`, not `Result<{Self}, E>`",
+    label = "`{Self}` is neither `()` nor events, so the step's result cannot be recorded",
     note = "return `()`, one event of a `#[derive(DomainEvent)]` enum, or a `Vec` of them"
 )]
 pub trait StepEvents {
@@ -175,7 +176,6 @@ pub(crate) struct StepDef<D> {
     pub(crate) name: &'static str,
     pub(crate) action: StepFn<D>,
     pub(crate) compensation: Option<StepFn<D>>,
-    pub(crate) compensation_name: Option<&'static str>,
     pub(crate) await_event: Option<(&'static str, Duration)>,
     pub(crate) max_retries: Option<u32>,
 }
@@ -186,7 +186,6 @@ impl<D> Clone for StepDef<D> {
             name: self.name,
             action: Arc::clone(&self.action),
             compensation: self.compensation.clone(),
-            compensation_name: self.compensation_name,
             await_event: self.await_event,
             max_retries: self.max_retries,
         }
@@ -350,7 +349,6 @@ impl<D: Send + 'static> SagaBuilder<D> {
             name,
             action: Arc::new(action),
             compensation: None,
-            compensation_name: None,
             await_event: None,
             max_retries: None,
         });
@@ -373,7 +371,6 @@ impl<D: Send + 'static> SagaBuilder<D> {
             }
             Some(s) => {
                 s.compensation = Some(Arc::new(compensation));
-                s.compensation_name = Some(step);
             }
             None => self.errors.push(format!(
                 "compensation for `{step}`, which is not a step (add the step first)"

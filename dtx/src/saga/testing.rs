@@ -55,7 +55,7 @@ type Log = Arc<Mutex<Vec<(Uuid, String)>>>;
 /// let id = test.start(Order::default()).await;
 /// test.run().await;
 /// test.assert_status(id, SagaStatus::Compensated).await;
-/// assert_eq!(test.ran(id), ["reserve", "release"]);
+/// assert_eq!(test.ran(id), ["reserve", "undo reserve"]);
 /// assert_eq!(test.attempts(id, "pay"), 3); // the first attempt and 2 retries
 /// # });
 /// ```
@@ -135,13 +135,9 @@ impl<S: Saga> SagaTest<S> {
         let mut definition = S::definition();
         for name in definition.step_names() {
             definition.wrap_step(name, |f| logged(f, Arc::clone(&log), name.to_owned()));
-            let label = definition
-                .steps
-                .iter()
-                .find(|s| s.name == name)
-                .and_then(|s| s.compensation_name)
-                .map_or_else(|| format!("undo {name}"), |_| format!("undo {name}"));
-            definition.wrap_compensation(name, |f| logged(f, Arc::clone(&log), label));
+            definition.wrap_compensation(name, |f| {
+                logged(f, Arc::clone(&log), format!("undo {name}"))
+            });
         }
         Self {
             definition,

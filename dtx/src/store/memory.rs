@@ -30,6 +30,7 @@ use uuid::Uuid;
 pub struct MemoryEventStore {
     inner: Arc<Mutex<Inner>>,
     limits: StoreLimits,
+    outbox: Option<crate::outbox::MemoryOutbox>,
 }
 
 #[derive(Default)]
@@ -52,6 +53,19 @@ impl MemoryEventStore {
             limits,
             ..Self::default()
         }
+    }
+
+    /// Writes an outbox message for every appended event into `outbox`, atomically with the
+    /// append (under the same lock), like `EVENT_STORE_ENABLE_OUTBOX` on PostgreSQL.
+    #[must_use]
+    pub fn with_outbox(mut self, outbox: crate::outbox::MemoryOutbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// The outbox appends write to, if enabled.
+    pub fn outbox(&self) -> Option<&crate::outbox::MemoryOutbox> {
+        self.outbox.as_ref()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -119,6 +133,9 @@ impl EventStore for MemoryEventStore {
             });
         }
 
+        if let Some(outbox) = &self.outbox {
+            outbox.push_events(stream, current + 1, &events);
+        }
         let now = Utc::now();
         let mut positions = Vec::with_capacity(events.len());
         for (offset, event) in (1u64..).zip(events) {

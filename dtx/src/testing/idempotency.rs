@@ -8,9 +8,7 @@
 //! dtx::idempotency_store_contract_tests!(dtx::idempotency::MemoryIdempotencyStore::new());
 //! ```
 //!
-//! The backend must accept results up to
-//! [`DEFAULT_MAX_RESPONSE_BYTES`](crate::idempotency::DEFAULT_MAX_RESPONSE_BYTES) and refuse
-//! larger ones.
+//! The backend must accept results up to [`DEFAULT_MAX_RESPONSE_BYTES`] and refuse larger ones.
 
 use crate::idempotency::{
     Claim, ClaimRequest, DEFAULT_MAX_RESPONSE_BYTES, Fingerprint, IdempotencyError, IdempotencyKey,

@@ -33,3 +33,6 @@ mod idempotent_all_forms;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/query_handler/pass/all_forms.rs"]
 mod query_handler_all_forms;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/saga/pass/all_options.rs"]
+mod saga_all_options;

@@ -1,0 +1,150 @@
+//! Outbox rows: `append_1_outbox` (an append writing its outbox row in the same statement vs a
+//! single-row INSERT), `outbox_latency` (append, then commit to publish through a relay woken by
+//! `LISTEN/NOTIFY`, vs a single-row INSERT) and `outbox_relay_throughput` (time per message relayed
+//! to the in-memory publisher vs a bare `UPDATE .. RETURNING` drain of the same rows).
+
+use crate::{AccountEvent, BoxError, Options, Stats, deposit, pair, payload, report, to_i64};
+use dtx::outbox::{MemoryPublisher, RelayOptions};
+use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId};
+use dtx_postgres::{PgEventStore, PgOutbox};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+
+fn encoded(stream: &StreamId, n: u64) -> NewEvent {
+    NewEvent::encode(
+        stream,
+        &AccountEvent::Deposited(deposit(n)),
+        EventMetadata::default(),
+    )
+    .expect("encodes")
+}
+
+#[expect(clippy::too_many_lines, reason = "three rows, each read top to bottom")]
+pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
+    let store = PgEventStore::new(pool.clone()).with_outbox(true);
+    let outbox = PgOutbox::new(pool.clone());
+    let n = options.iterations;
+    if options.wants("append_1_outbox") {
+        let stream = StreamId::new("Bench-outbox-1")?;
+        let row = pair(
+            n,
+            async |i| {
+                store
+                    .append(&stream, ExpectedVersion::Exact(i), vec![encoded(&stream, i)])
+                    .await
+                    .expect("append");
+            },
+            async |i| {
+                sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
+                    .bind("baseline-outbox-1")
+                    .bind(to_i64(i) + 1)
+                    .bind(payload(i))
+                    .execute(pool)
+                    .await
+                    .expect("insert");
+            },
+        )
+        .await;
+        report(options, "append_1_outbox", "insert_1_row", &row);
+    }
+
+    if options.wants("outbox_latency") {
+        sqlx::query("DELETE FROM outbox_events")
+            .execute(pool)
+            .await?;
+        let publisher = MemoryPublisher::new();
+        let relay = outbox.relay(
+            publisher.clone(),
+            RelayOptions {
+                poll_interval: Duration::from_secs(5),
+                ..RelayOptions::default()
+            },
+        );
+        let running = tokio::spawn(async move { relay.run(std::future::pending()).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stream = StreamId::new("Bench-outbox-latency")?;
+        let row = pair(
+            n / 2,
+            async |i| {
+                let target = publisher.count() + 1;
+                store
+                    .append(&stream, ExpectedVersion::Exact(i), vec![encoded(&stream, i)])
+                    .await
+                    .expect("append");
+                assert!(
+                    publisher.wait_for(target, Duration::from_secs(10)).await,
+                    "not published"
+                );
+            },
+            async |i| {
+                sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
+                    .bind("baseline-outbox-latency")
+                    .bind(to_i64(i) + 1)
+                    .bind(payload(i))
+                    .execute(pool)
+                    .await
+                    .expect("insert");
+            },
+        )
+        .await;
+        running.abort();
+        report(options, "outbox_latency", "insert_1_row", &row);
+    }
+
+    if options.wants("outbox_relay_throughput") {
+        const MESSAGES: u64 = 2000;
+        let mut dtx = Vec::new();
+        let mut bare = Vec::new();
+        for round in 0..3u64 {
+            for side in 0..2 {
+                sqlx::query("DELETE FROM outbox_events")
+                    .execute(pool)
+                    .await?;
+                for s in 0..20u64 {
+                    let stream = StreamId::new(format!("Bench-relay-{round}-{side}-{s}"))?;
+                    let events = (0..MESSAGES / 20).map(|k| encoded(&stream, k)).collect();
+                    store
+                        .append(&stream, ExpectedVersion::NoStream, events)
+                        .await?;
+                }
+                let started = Instant::now();
+                if side == 0 {
+                    let relay = outbox.relay(MemoryPublisher::new(), RelayOptions::default());
+                    relay.run_until_idle().await?;
+                    dtx.push(started.elapsed());
+                } else {
+                    loop {
+                        let rows = sqlx::query(
+                            "UPDATE outbox_events SET status = 'published', published_at = now()
+                             WHERE id IN (SELECT id FROM outbox_events WHERE status = 'pending'
+                                          ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
+                             RETURNING id, stream_key, payload::text",
+                        )
+                        .fetch_all(pool)
+                        .await?;
+                        if rows.is_empty() {
+                            break;
+                        }
+                    }
+                    bare.push(started.elapsed());
+                }
+            }
+        }
+        let per = u32::try_from(MESSAGES)?;
+        let row = (Stats::of(dtx, per), Stats::of(bare, per));
+        if !options.json {
+            println!(
+                "{:<22} {:.0} messages/s to the in-memory publisher",
+                "",
+                1e6 / row.0.p50_us
+            );
+        }
+        report(
+            options,
+            "outbox_relay_throughput",
+            "update_returning_drain",
+            &row,
+        );
+    }
+    Ok(())
+}

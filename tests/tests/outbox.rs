@@ -1,0 +1,546 @@
+//! The PostgreSQL outbox and relay: events written in the append's statement arrive in order per
+//! stream with their headers, transactions decide what is published, poison messages are
+//! dead-lettered alone, two relays keep per-stream order, `LISTEN/NOTIFY` wakes the relay, and
+//! every outbox statement is served by an index.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::similar_names,
+    reason = "tests"
+)]
+
+use async_trait::async_trait;
+use dtx::outbox::{
+    MemoryPublisher, NewOutboxMessage, OutboxMessage, PublishError, Publisher, RelayOptions,
+    headers,
+};
+use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId, Uuid};
+use dtx_postgres::{PgEventStore, PgOutbox};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+fn event(n: u64, metadata: EventMetadata) -> NewEvent {
+    let mut event = NewEvent::from_json("Happened", &serde_json::json!({ "n": n })).unwrap();
+    event.metadata = metadata;
+    event
+}
+
+fn fast() -> RelayOptions {
+    RelayOptions {
+        max_retries: 2,
+        base_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(20),
+        poll_interval: Duration::from_millis(50),
+        ..RelayOptions::default()
+    }
+}
+
+async fn outbox_store() -> (PgEventStore, PgOutbox) {
+    let store = tests::pg_store().await.with_outbox(true);
+    let outbox = PgOutbox::new(store.pool().clone());
+    (store, outbox)
+}
+
+/// Per key, the published sequences in publish order.
+fn by_key(messages: &[OutboxMessage]) -> HashMap<String, Vec<u64>> {
+    let mut keys: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in messages {
+        keys.entry(m.key.clone())
+            .or_default()
+            .push(m.sequence.unwrap());
+    }
+    keys
+}
+
+#[tokio::test]
+async fn every_appended_event_is_published_in_order_with_headers() {
+    let (store, outbox) = outbox_store().await;
+    let correlation = Uuid::now_v7();
+    let causation = Uuid::now_v7();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let metadata = EventMetadata::correlated(correlation)
+        .caused_by(causation)
+        .with_traceparent(traceparent);
+    for s in 0..20 {
+        let stream = StreamId::new(format!("Order-{s}")).unwrap();
+        // batches of 1 and of 4 events
+        store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![event(1, metadata.clone())],
+            )
+            .await
+            .unwrap();
+        let batch = (2..=5).map(|n| event(n, metadata.clone())).collect();
+        store
+            .append(&stream, ExpectedVersion::Exact(1), batch)
+            .await
+            .unwrap();
+    }
+    assert_eq!(outbox.counts().await.unwrap().pending, 100);
+    assert!(outbox.counts().await.unwrap().oldest_pending_age.is_some());
+
+    let publisher = MemoryPublisher::new();
+    let relay = outbox.relay(publisher.clone(), fast());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        relay
+            .run(async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    assert!(publisher.wait_for(100, Duration::from_secs(10)).await);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+
+    let published = publisher.published();
+    assert_eq!(published.len(), 100, "no duplicates without failures");
+    for (key, sequences) in by_key(&published) {
+        assert_eq!(sequences, [1, 2, 3, 4, 5], "{key}");
+    }
+    let stored = store
+        .read_stream(&StreamId::new("Order-3").unwrap(), 1, 10)
+        .await
+        .unwrap();
+    let first = published
+        .iter()
+        .find(|m| m.key == "Order-3" && m.sequence == Some(1))
+        .unwrap();
+    assert_eq!(first.message_id, stored[0].event_id);
+    assert_eq!(first.message_type, "Happened");
+    let payload: serde_json::Value = serde_json::from_str(&first.payload).unwrap();
+    assert_eq!(payload, serde_json::json!({ "n": 1 }));
+    let h = &first.headers;
+    assert_eq!(h[headers::EVENT_ID], stored[0].event_id.to_string());
+    assert_eq!(h[headers::EVENT_TYPE], "Happened");
+    assert_eq!(h[headers::STREAM_ID], "Order-3");
+    assert_eq!(h[headers::CORRELATION_ID], correlation.to_string());
+    assert_eq!(h[headers::CAUSATION_ID], causation.to_string());
+    assert_eq!(h[headers::TRACEPARENT], traceparent);
+
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.published, counts.dead), (0, 100, 0));
+    assert_eq!(counts.oldest_pending_age, None);
+}
+
+#[tokio::test]
+async fn plain_store_writes_no_outbox_rows_and_rollbacks_publish_nothing() {
+    let (store, outbox) = outbox_store().await;
+    let plain = PgEventStore::new(store.pool().clone());
+    let stream = StreamId::new("Plain-1").unwrap();
+    plain
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event(1, EventMetadata::default())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outbox.counts().await.unwrap().pending, 0);
+
+    // Rolled back: neither the events nor the messages exist.
+    let stream = StreamId::new("Tx-1").unwrap();
+    let mut tx = store.pool().begin().await.unwrap();
+    store
+        .append_in(
+            &mut tx,
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event(1, EventMetadata::default())],
+        )
+        .await
+        .unwrap();
+    let message = NewOutboxMessage::new("emails", "SendWelcome", &serde_json::json!({"to": "a"}))
+        .unwrap()
+        .with_header("x-tenant", "7");
+    outbox.enqueue(&mut tx, vec![message]).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(outbox.counts().await.unwrap().pending, 0);
+
+    // Committed: both, published together.
+    let mut tx = store.pool().begin().await.unwrap();
+    store
+        .append_in(
+            &mut tx,
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event(1, EventMetadata::default())],
+        )
+        .await
+        .unwrap();
+    let messages = (0..3)
+        .map(|n| NewOutboxMessage::new("emails", "SendWelcome", &n).unwrap())
+        .collect();
+    outbox.enqueue(&mut tx, messages).await.unwrap();
+    tx.commit().await.unwrap();
+    let publisher = MemoryPublisher::new();
+    let relay = outbox.relay(publisher.clone(), fast());
+    assert_eq!(relay.run_until_idle().await.unwrap(), 4);
+    let published = publisher.published();
+    let emails: Vec<&str> = published
+        .iter()
+        .filter(|m| m.key == "emails")
+        .map(|m| &*m.payload)
+        .collect();
+    assert_eq!(emails, ["0", "1", "2"]);
+    let email = published.iter().find(|m| m.key == "emails").unwrap();
+    assert_eq!(
+        email.headers[headers::EVENT_ID],
+        email.message_id.to_string()
+    );
+    assert_eq!(email.headers[headers::STREAM_ID], "emails");
+    assert_eq!(email.sequence, None);
+}
+
+#[tokio::test]
+async fn poison_message_is_dead_lettered_while_other_streams_flow() {
+    let (store, outbox) = outbox_store().await;
+    for s in ["Poison", "A", "B", "C"] {
+        let stream = StreamId::new(s).unwrap();
+        for n in 1..=3 {
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::Any,
+                    vec![event(n, EventMetadata::default())],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let publisher = MemoryPublisher::new();
+    publisher.reject_key("Poison");
+    let relay = outbox.relay(publisher.clone(), fast());
+
+    // Other streams flow from the first pass on, while the poison key is retried.
+    let first = relay.run_once().await.unwrap();
+    assert_eq!((first.published, first.failed), (9, 1));
+    for _ in 0..200 {
+        if outbox.counts().await.unwrap().dead == 1 {
+            break;
+        }
+        relay.run_once().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // More events keep flowing on the other streams while the poison key is dead.
+    store
+        .append(
+            &StreamId::new("A").unwrap(),
+            ExpectedVersion::Exact(3),
+            vec![event(4, EventMetadata::default())],
+        )
+        .await
+        .unwrap();
+    relay.run_until_idle().await.unwrap();
+
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!((counts.published, counts.dead, counts.pending), (10, 1, 2));
+    assert_eq!(publisher.rejections(), 3, "max_retries = 2: three attempts");
+    let dead = outbox.dead(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].key.as_str(), dead[0].sequence, dead[0].attempts),
+        ("Poison", Some(1), 3)
+    );
+    assert!(dead[0].last_error.as_deref().unwrap().contains("rejected"));
+    // The dead message's key stops: its later messages never overtake it.
+    assert!(publisher.published().iter().all(|m| m.key != "Poison"));
+
+    // Fixed and requeued: the key resumes, in order.
+    publisher.accept_key("Poison");
+    assert!(outbox.requeue(dead[0].id).await.unwrap());
+    assert!(
+        !outbox.requeue(dead[0].id).await.unwrap(),
+        "not dead any more"
+    );
+    relay.run_until_idle().await.unwrap();
+    let keys = by_key(&publisher.published());
+    assert_eq!(keys["Poison"], [1, 2, 3]);
+    assert_eq!(keys["A"], [1, 2, 3, 4]);
+    assert_eq!(outbox.counts().await.unwrap().pending, 0);
+}
+
+/// Counts what one relay published, into a publisher shared by both relays (whose log is in
+/// global publish order).
+struct Counted {
+    inner: MemoryPublisher,
+    count: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Publisher for Counted {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        // a broker round trip, so the relays' batches overlap in time
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        self.inner.publish(message).await?;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_keep_per_stream_order_over_10_000_events_on_100_streams() {
+    const STREAMS: u64 = 100;
+    const PER_STREAM: u64 = 100;
+    let (store, outbox) = outbox_store().await;
+    let shared = MemoryPublisher::new();
+    let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut relays = Vec::new();
+    for count in &counts {
+        let relay = outbox.relay(
+            Counted {
+                inner: shared.clone(),
+                count: Arc::clone(count),
+            },
+            fast(),
+        );
+        let mut stopped = stopped.clone();
+        relays.push(tokio::spawn(async move {
+            relay
+                .run(async move {
+                    stopped.wait_for(|s| *s).await.ok();
+                })
+                .await
+        }));
+    }
+    // Writers append while the relays run: 10 rounds of 10 events on each stream.
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for round in 0..PER_STREAM / 10 {
+                for s in (w..STREAMS).step_by(4) {
+                    let stream = StreamId::new(format!("S-{s}")).unwrap();
+                    let events = (1..=10)
+                        .map(|k| event(round * 10 + k, EventMetadata::default()))
+                        .collect();
+                    store
+                        .append(&stream, ExpectedVersion::Exact(round * 10), events)
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let total = usize::try_from(STREAMS * PER_STREAM).unwrap();
+    assert!(
+        shared.wait_for(total, Duration::from_mins(2)).await,
+        "published {} of {total}",
+        shared.count()
+    );
+    stop.send(true).unwrap();
+    for relay in relays {
+        relay.await.unwrap().unwrap();
+    }
+    let published = shared.published();
+    assert_eq!(published.len(), total, "a message was published twice");
+    let keys = by_key(&published);
+    assert_eq!(keys.len(), 100);
+    for (key, sequences) in keys {
+        assert!(
+            sequences.iter().copied().eq(1..=PER_STREAM),
+            "{key}: {sequences:?}"
+        );
+    }
+    let (a, b) = (
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+    );
+    println!("relay A published {a}, relay B {b}");
+    assert!(a > 0 && b > 0, "both relays worked: {a} / {b}");
+}
+
+#[tokio::test]
+async fn notify_wakes_an_idle_relay_long_before_its_poll() {
+    let (store, outbox) = outbox_store().await;
+    let publisher = MemoryPublisher::new();
+    let relay = outbox.relay(
+        publisher.clone(),
+        RelayOptions {
+            poll_interval: Duration::from_mins(1),
+            ..RelayOptions::default()
+        },
+    );
+    let running = tokio::spawn(async move { relay.run(std::future::pending()).await });
+    let pool = store.pool().clone();
+    let armed = async || -> bool {
+        sqlx::query_scalar("SELECT armed FROM outbox_wakeup")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if armed().await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(armed().await, "an idle relay arms the wake-up");
+    for n in 1..=3 {
+        let started = std::time::Instant::now();
+        store
+            .append(
+                &StreamId::new("Wake").unwrap(),
+                ExpectedVersion::Any,
+                vec![event(n, EventMetadata::default())],
+            )
+            .await
+            .unwrap();
+        assert!(
+            publisher
+                .wait_for(usize::try_from(n).unwrap(), Duration::from_secs(5))
+                .await
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        for _ in 0..100 {
+            if armed().await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    running.abort();
+}
+
+#[tokio::test]
+async fn busy_relays_mean_appends_do_not_notify() {
+    let (store, _outbox) = outbox_store().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(store.pool())
+        .await
+        .unwrap();
+    listener
+        .listen(dtx_postgres::outbox::NOTIFY_CHANNEL)
+        .await
+        .unwrap();
+    let stream = StreamId::new("Quiet").unwrap();
+    // Not armed (no idle relay): appends never notify.
+    for n in 1..=5 {
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![event(n, EventMetadata::default())],
+            )
+            .await
+            .unwrap();
+    }
+    assert!(listener.try_recv_timeout_none().await);
+    // Armed: exactly one notification for several appends.
+    sqlx::query("UPDATE outbox_wakeup SET armed = true")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    for n in 6..=10 {
+        store
+            .append(
+                &stream,
+                ExpectedVersion::Any,
+                vec![event(n, EventMetadata::default())],
+            )
+            .await
+            .unwrap();
+    }
+    let first = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
+    assert!(first.is_ok(), "the first append after arming notifies");
+    assert!(listener.try_recv_timeout_none().await, "and only the first");
+}
+
+/// `PgListener` without a notification within 200 ms.
+trait NoNotification {
+    async fn try_recv_timeout_none(&mut self) -> bool;
+}
+
+impl NoNotification for sqlx::postgres::PgListener {
+    async fn try_recv_timeout_none(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), self.recv())
+            .await
+            .is_err()
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_published_rows_in_bounded_batches() {
+    let (store, outbox) = outbox_store().await;
+    let stream = StreamId::new("Old").unwrap();
+    let events = (1..=25)
+        .map(|n| event(n, EventMetadata::default()))
+        .collect();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let relay = outbox.relay(MemoryPublisher::new(), fast());
+    relay.run_until_idle().await.unwrap();
+    // Too young for a retention of an hour.
+    assert_eq!(
+        outbox
+            .purge_published(Duration::from_hours(1), 10)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        outbox.purge_published(Duration::ZERO, 10).await.unwrap(),
+        25
+    );
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!((counts.published, counts.pending), (0, 0));
+}
+
+/// Every outbox statement (the append with the outbox, the relay's, the status API's) is
+/// served by an index, never a sequential scan.
+#[tokio::test]
+async fn indexes_serve_every_outbox_statement() {
+    let (store, outbox) = outbox_store().await;
+    let mut conn = store.pool().acquire().await.unwrap();
+    sqlx::raw_sql("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let statements = store
+        .statements()
+        .into_iter()
+        .filter(|(name, _)| *name == "append_outbox")
+        .chain(outbox.statements());
+    let mut checked = 0;
+    for (name, sql) in statements {
+        let params = (1..=30)
+            .filter(|n| sql.contains(&format!("${n}")))
+            .max()
+            .unwrap_or(0);
+        sqlx::raw_sql(&format!("PREPARE probe AS {sql}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let args = if params == 0 {
+            String::new()
+        } else {
+            format!("({})", vec!["NULL"; params].join(", "))
+        };
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE probe{args}"))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql("DEALLOCATE probe")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            !plan.contains("Seq Scan on outbox_events")
+                && !plan.contains("Seq Scan on event_store"),
+            "{name} scans a table:\n{plan}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 12);
+}

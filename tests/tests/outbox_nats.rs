@@ -1,0 +1,172 @@
+//! The outbox relay publishing to the real NATS `JetStream` server (`NATS_URL`, default
+//! `127.0.0.1:4222`), read back by a `JetStream` consumer: every event arrives, in order per
+//! stream, with its headers, and a message published twice is stored once (`Nats-Msg-Id`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::similar_names,
+    reason = "tests"
+)]
+
+use async_nats::jetstream::{self, consumer, stream};
+use dtx::outbox::{Publisher, RelayOptions, headers};
+use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId, Uuid};
+use dtx_postgres::PgOutbox;
+use dtx_postgres::nats::NatsPublisher;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const STREAMS: u64 = 10;
+const PER_STREAM: u64 = 20;
+
+/// Connects to the test NATS server, failing fast with a clear message when it is not there.
+async fn nats() -> async_nats::Client {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(3))
+        .connect(url.as_str());
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => panic!(
+            "NATS with JetStream at {url} is needed for this test (set NATS_URL; `nats-server -js`): {e}"
+        ),
+        Err(elapsed) => {
+            panic!("NATS with JetStream at {url} is needed for this test: connecting: {elapsed}")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_to_jetstream_in_order_with_headers_and_dedupe() {
+    let client = nats().await;
+    let js = jetstream::new(client.clone());
+    let name = format!("DTX_TEST_{}", Uuid::now_v7().simple());
+    let prefix = name.to_lowercase();
+    let nats_stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            duplicate_window: Duration::from_mins(2),
+            ..stream::Config::default()
+        })
+        .await
+        .unwrap();
+
+    let store = tests::pg_store().await.with_outbox(true);
+    let outbox = PgOutbox::new(store.pool().clone());
+    let correlation = Uuid::now_v7();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for round in 0..PER_STREAM / 5 {
+        for s in 0..STREAMS {
+            let stream = StreamId::new(format!("Order-{s}")).unwrap();
+            let events = (1..=5)
+                .map(|k| {
+                    let mut e =
+                        NewEvent::from_json("OrderEvent", &serde_json::json!({"n": round * 5 + k}))
+                            .unwrap();
+                    e.metadata =
+                        EventMetadata::correlated(correlation).with_traceparent(traceparent);
+                    e
+                })
+                .collect();
+            store
+                .append(&stream, ExpectedVersion::Exact(round * 5), events)
+                .await
+                .unwrap();
+        }
+    }
+    let publisher = NatsPublisher::new(client.clone(), prefix.clone());
+    let relay = outbox.relay(publisher.clone(), RelayOptions::default());
+    let published = relay.run_until_idle().await.unwrap();
+    assert_eq!(published, usize::try_from(STREAMS * PER_STREAM).unwrap());
+
+    // A message published again (a relay that died before marking it) is stored once.
+    let again = outbox_message(&store, &outbox).await;
+    publisher.publish(&again).await.unwrap();
+
+    let consumer = nats_stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            ..consumer::pull::Config::default()
+        })
+        .await
+        .unwrap();
+    let total = usize::try_from(STREAMS * PER_STREAM).unwrap();
+    let mut messages = consumer
+        .fetch()
+        .max_messages(total + 10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let mut per_stream: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut received = 0;
+    while let Some(message) = messages.next().await {
+        let message = message.unwrap();
+        received += 1;
+        let h = message.headers.as_ref().unwrap();
+        let get = |name: &str| h.get(name).map(|v| v.as_str().to_owned()).unwrap();
+        let stream_id = get(headers::STREAM_ID);
+        assert_eq!(message.subject.as_str(), format!("{prefix}.{stream_id}"));
+        assert_eq!(get("Nats-Msg-Id"), get(headers::EVENT_ID));
+        assert_eq!(get(headers::EVENT_TYPE), "OrderEvent");
+        assert_eq!(get(headers::CORRELATION_ID), correlation.to_string());
+        assert_eq!(get(headers::TRACEPARENT), traceparent);
+        let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        per_stream
+            .entry(stream_id)
+            .or_default()
+            .push(payload["n"].as_u64().unwrap());
+    }
+    assert_eq!(
+        received, total,
+        "every event once (the re-publish was deduplicated)"
+    );
+    assert_eq!(per_stream.len(), usize::try_from(STREAMS).unwrap());
+    for (stream, ns) in per_stream {
+        assert!(ns.iter().copied().eq(1..=PER_STREAM), "{stream}: {ns:?}");
+    }
+    js.delete_stream(&name).await.unwrap();
+}
+
+/// A published message, read back from the outbox table as the relay would hand it over.
+async fn outbox_message(
+    store: &dtx_postgres::PgEventStore,
+    outbox: &PgOutbox,
+) -> dtx::outbox::OutboxMessage {
+    sqlx::query(
+        "UPDATE outbox_events SET status = 'dead' WHERE id = (SELECT min(id) FROM outbox_events)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    outbox.dead(1).await.unwrap().remove(0)
+}
+
+#[tokio::test]
+async fn a_missing_jetstream_stream_is_an_error_the_relay_retries() {
+    let client = nats().await;
+    let store = tests::pg_store().await.with_outbox(true);
+    let outbox = PgOutbox::new(store.pool().clone());
+    store
+        .append(
+            &StreamId::new("Nowhere-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_json("E", &1).unwrap()],
+        )
+        .await
+        .unwrap();
+    let prefix = format!("dtx_nostream_{}", Uuid::now_v7().simple());
+    let relay = outbox.relay(NatsPublisher::new(client, prefix), RelayOptions::default());
+    let pass = relay.run_once().await.unwrap();
+    assert_eq!((pass.published, pass.failed, pass.dead), (0, 1, 0));
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.published),
+        (1, 0),
+        "kept for a retry, never lost"
+    );
+}

@@ -1,0 +1,24 @@
+use dtx::saga;
+use dtx::saga::{StepContext, StepError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Serialize, Deserialize)]
+struct Checkout {
+    charged: bool,
+}
+
+#[saga]
+impl Checkout {
+    #[step(compensate = refund)]
+    async fn charge(&mut self, _ctx: &StepContext) -> Result<(), StepError> {
+        self.charged = true;
+        Ok(())
+    }
+
+    async fn refund(&mut self, _ctx: &StepContext, reason: String) -> Result<(), StepError> {
+        self.charged = reason.is_empty();
+        Ok(())
+    }
+}
+
+fn main() {}

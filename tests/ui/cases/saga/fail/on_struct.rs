@@ -1,0 +1,10 @@
+use dtx::saga;
+use serde::{Deserialize, Serialize};
+
+#[saga]
+#[derive(Default, Serialize, Deserialize)]
+struct Checkout {
+    charged: bool,
+}
+
+fn main() {}

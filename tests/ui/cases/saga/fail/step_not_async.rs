@@ -1,0 +1,19 @@
+use dtx::saga;
+use dtx::saga::{StepContext, StepError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Serialize, Deserialize)]
+struct Checkout {
+    charged: bool,
+}
+
+#[saga]
+impl Checkout {
+    #[step]
+    fn charge(&mut self, _ctx: &StepContext) -> Result<(), StepError> {
+        self.charged = true;
+        Ok(())
+    }
+}
+
+fn main() {}
