@@ -4,7 +4,8 @@
 # PostgreSQL: uses DATABASE_URL, or the local server on 127.0.0.1:5432. When that server is
 # down it starts the local cluster; when PostgreSQL is not installed it installs it (Debian/
 # Ubuntu, as root or through sudo). Nothing has to be applied by hand: every test creates and
-# migrates its own database. Extra arguments go to `cargo test`.
+# migrates its own database. NATS (JetStream) likewise on 127.0.0.1:4222, or NATS_URL.
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,5 +60,25 @@ ensure_postgres() {
   log "PostgreSQL ready at ${DATABASE_URL%%@*}@…"
 }
 
+nats_up() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
+
+# NATS with JetStream on 127.0.0.1:4222, for the outbox's NATS tests (NATS_URL overrides it).
+ensure_nats() {
+  [ -n "${NATS_URL:-}" ] && return 0
+  nats_up && return 0
+  if ! command -v nats-server >/dev/null; then
+    command -v apt-get >/dev/null || { log "NATS is not running and cannot be installed here: start nats-server -js on 127.0.0.1:4222 or set NATS_URL"; exit 1; }
+    log "installing nats-server"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  fi
+  local dir="${TMPDIR:-/tmp}/dtx-nats"
+  mkdir -p "$dir"
+  log "starting nats-server with JetStream on 127.0.0.1:4222"
+  nohup nats-server -a 127.0.0.1 -p 4222 -js -sd "$dir" >"$dir/nats.log" 2>&1 &
+  for _ in $(seq 1 50); do nats_up && return 0; sleep 0.2; done
+  log "nats-server did not come up on 127.0.0.1:4222 (see $dir/nats.log)"; exit 1
+}
+
 ensure_postgres
+ensure_nats
 exec cargo test --workspace "$@"

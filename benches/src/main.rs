@@ -29,6 +29,7 @@ mod cqrs;
 mod idempotency;
 mod outbox;
 mod saga;
+mod trace;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -288,6 +289,7 @@ async fn main() -> Result<(), BoxError> {
     saga::saga_rows(&options, &pool).await?;
     idempotency::idempotency_rows(&options, &pool).await?;
     outbox::outbox_rows(&options, &pool).await?;
+    trace::trace_rows(&options).await;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod event;
 mod handler;
 mod idempotent;
 mod saga;
+mod trace;
 
 use proc_macro::TokenStream;
 
@@ -44,4 +45,10 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
     saga::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::trace`.
+#[proc_macro_attribute]
+pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
+    trace::expand(args.into(), item.into()).into()
 }

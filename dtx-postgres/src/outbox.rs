@@ -46,6 +46,10 @@
 //! is covered by the relay's check after arming and, at worst, by the fallback poll
 //! ([`RelayOptions::poll_interval`]).
 //!
+//! Measured with pgbench (8 clients, one-row outbox INSERT, PostgreSQL 15 on 2 cores): no
+//! trigger 9,500 tx/s; this trigger with the flag down 7,600–8,500 tx/s; a `pg_notify` in every
+//! transaction 3,650–3,900 tx/s.
+//!
 //! # Retention
 //!
 //! Published rows older than [`RelayOptions::retention`] are deleted by the relay in batches of

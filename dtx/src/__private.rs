@@ -670,3 +670,72 @@ pub fn idempotency_fingerprint<T: serde::Serialize + ?Sized>(
 ) -> Option<crate::idempotency::Fingerprint> {
     crate::idempotency::Fingerprint::of_json(value).ok()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Traced functions (`#[dtx::trace]`)
+
+pub use ::tracing;
+
+/// When a traced call started.
+#[inline]
+pub fn trace_start() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+/// Ends a traced call: an error is recorded on its span (`error`, `exception.message`,
+/// `otel.status_code = "ERROR"`, `otel.status_description`), and the duration and error metrics are recorded.
+#[inline]
+pub fn trace_finish(
+    span: &tracing::Span,
+    function: &'static str,
+    start: std::time::Instant,
+    error: Option<String>,
+) {
+    let failed = error.is_some();
+    if let Some(message) = error {
+        span.record("error", true);
+        span.record("exception.message", message.as_str());
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", message.as_str());
+    }
+    crate::telemetry::record_function(function, start.elapsed(), failed);
+}
+
+/// A traced function's return value, probed for an error by autoref specialisation:
+/// `(&&&TraceOutcome(&value)).__dtx_error()` picks [`TraceDisplayError`] for a `Result` whose
+/// error is `Display`, [`TraceDebugError`] for one whose error is `Debug`, else [`TraceNoError`].
+pub struct TraceOutcome<'a, T>(pub &'a T);
+
+/// An `Err` shown with `Display`.
+pub trait TraceDisplayError {
+    /// The error's message, if the value is an `Err`.
+    fn __dtx_error(&self) -> Option<String>;
+}
+
+impl<T, E: std::fmt::Display> TraceDisplayError for &&TraceOutcome<'_, Result<T, E>> {
+    fn __dtx_error(&self) -> Option<String> {
+        self.0.as_ref().err().map(ToString::to_string)
+    }
+}
+
+/// An `Err` shown with `Debug`.
+pub trait TraceDebugError {
+    /// The error's message, if the value is an `Err`.
+    fn __dtx_error(&self) -> Option<String>;
+}
+
+impl<T, E: std::fmt::Debug> TraceDebugError for &TraceOutcome<'_, Result<T, E>> {
+    fn __dtx_error(&self) -> Option<String> {
+        self.0.as_ref().err().map(|e| format!("{e:?}"))
+    }
+}
+
+/// Any other value: never an error.
+pub trait TraceNoError {
+    /// `None`.
+    fn __dtx_error(&self) -> Option<String> {
+        None
+    }
+}
+
+impl<T> TraceNoError for TraceOutcome<'_, T> {}

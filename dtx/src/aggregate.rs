@@ -298,8 +298,8 @@ impl<A: Aggregate> AggregateRoot<A> {
 
     /// Runs a command handler on the state and records the events it returns.
     ///
-    /// The handler's own error comes back as `Err(Ok(e))`; storage-independent dtx errors
-    /// (an invariant violation) as `Err(Err(e))`.
+    /// The handler's own error comes back as [`HandleError::Domain`]; an invariant violation
+    /// as [`HandleError::Dtx`]. Nothing is recorded in either case.
     pub fn handle<T, D>(
         &mut self,
         handler: impl FnOnce(&A) -> std::result::Result<T, D>,
@@ -409,7 +409,7 @@ impl<A: Aggregate> Repository<A> {
         Ok(root)
     }
 
-    /// Like [`Repository::load`], but a stream without events is [`Error::Invalid`]-free `None`.
+    /// Like [`Repository::load`], but `None` when the aggregate has no stored events.
     pub async fn find(&self, id: &A::Id) -> Result<Option<AggregateRoot<A>>> {
         let root = self.load(id).await?;
         Ok((root.version > 0).then_some(root))
@@ -445,13 +445,17 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// [`Repository::save`] with metadata (correlation, causation, traceparent) for every event.
+    /// Without a `traceparent`, the events get the current span's (see [`crate::telemetry`]).
     pub async fn save_with(
         &self,
         root: &mut AggregateRoot<A>,
-        metadata: EventMetadata,
+        mut metadata: EventMetadata,
     ) -> Result<Option<AppendResult>> {
         if root.pending.is_empty() {
             return Ok(None);
+        }
+        if metadata.traceparent.is_none() {
+            metadata.traceparent = crate::telemetry::current_traceparent();
         }
         let stream = A::stream_id(root.id())?;
         let events = root
@@ -464,7 +468,18 @@ impl<A: Aggregate> Repository<A> {
         } else {
             ExpectedVersion::Exact(root.version)
         };
-        let result = self.store.append(&stream, expected, events).await?;
+        let count = events.len();
+        let started = std::time::Instant::now();
+        let result = match self.store.append(&stream, expected, events).await {
+            Ok(result) => result,
+            Err(error) => {
+                if matches!(error, Error::Conflict { .. }) {
+                    crate::telemetry::record_append_conflict(A::TYPE);
+                }
+                return Err(error);
+            }
+        };
+        crate::telemetry::record_append(A::TYPE, count, started.elapsed());
         let before = root.version;
         root.version = result.last_version;
         root.pending.clear();

@@ -55,8 +55,10 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 pub mod outbox;
+pub(crate) mod retry;
 pub mod saga;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -392,3 +394,52 @@ pub use dtx_macros::idempotent;
 /// # }).unwrap();
 /// ```
 pub use dtx_macros::saga;
+
+/// Traces a function: a span, error recording, and duration and error metrics.
+///
+/// On a `fn` or `async fn`, free or a method. Each call runs inside an info-level `tracing`
+/// span named after the function. Unlike `tracing::instrument`, **no argument is recorded
+/// unless listed** in `fields(..)`, so tokens and payloads do not leak into traces; a listed
+/// argument is recorded with its `Debug` form. When the function returns an `Err`, the span
+/// gets `error = true`, `exception.message` (the error's `Display`, or `Debug` if it has no
+/// `Display`) and `otel.status_code = "ERROR"`, which `tracing-opentelemetry` maps to the
+/// OpenTelemetry status. Every call records the `dtx.function.duration` histogram and every
+/// `Err` the `dtx.function.errors` counter, labelled `code.function.name` (see
+/// [`telemetry`]; they are no-ops without the `otel` feature). Your crate needs neither
+/// `tracing` nor `opentelemetry` as a dependency.
+///
+/// Options: `name = ".."` (the span and metric name; default: the function's name),
+/// `fields(arg, ..)` (arguments to record), `crate = path`.
+///
+/// Write it as `#[dtx::trace]`: importing it with `use dtx::trace;` next to `use tracing::trace;`
+/// is a name clash (E0252), so it is in no prelude.
+///
+/// ```
+/// #[derive(Debug)]
+/// pub struct Card { pub number: String }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("card declined")]
+/// pub struct Declined;
+///
+/// // `card` is not recorded: only `order_id` is listed.
+/// #[dtx::trace(name = "payments.charge", fields(order_id))]
+/// async fn charge(order_id: u64, card: &Card, amount: u64) -> Result<u64, Declined> {
+///     if amount == 0 { return Err(Declined) }
+///     Ok(amount)
+/// }
+///
+/// #[dtx::trace]
+/// fn total(lines: &[u64]) -> u64 {
+///     lines.iter().sum()
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let card = Card { number: "4242".into() };
+/// assert_eq!(charge(7, &card, 30).await?, 30);
+/// assert!(charge(8, &card, 0).await.is_err(), "recorded as an error on the span");
+/// assert_eq!(total(&[1, 2, 3]), 6);
+/// # Ok::<(), Declined>(())
+/// # }).unwrap();
+/// ```
+pub use dtx_macros::trace;

@@ -178,13 +178,7 @@ impl RetryPolicy {
     /// The pause before attempt `attempt + 1`: a random duration up to
     /// `min(max_delay, base_delay * 2^(attempt-1))`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
-            .min(self.max_delay);
-        let nanos = ceiling.as_nanos().max(1);
-        let jitter = uuid::Uuid::new_v4().as_u128() % nanos;
-        Duration::from_nanos(u64::try_from(jitter).unwrap_or(u64::MAX))
+        crate::retry::full_jitter(self.base_delay, self.max_delay, attempt)
     }
 }
 
@@ -301,17 +295,25 @@ impl CommandBus {
             correlation_id = %metadata.correlation_id,
             outcome = tracing::field::Empty,
         );
+        crate::telemetry::set_parent(&span, metadata.traceparent.as_deref());
         let ctx = CommandContext {
             metadata,
             state: self.inner.state.clone(),
             bus: Some(self.clone()),
         };
+        let started = std::time::Instant::now();
         let result = entry
             .handler
             .handle(Box::new(command), ctx, &self.inner.env)
             .instrument(span.clone())
             .await;
-        span.record("outcome", outcome(&result));
+        let outcome = outcome(&result);
+        span.record("outcome", outcome);
+        crate::telemetry::record_command(
+            entry.message,
+            started.elapsed(),
+            (outcome != "ok").then_some(outcome),
+        );
         let output = result?;
         output
             .downcast::<O>()

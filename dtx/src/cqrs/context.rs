@@ -30,14 +30,15 @@ impl Default for CommandMetadata {
 }
 
 impl CommandMetadata {
-    /// A new command id that also starts a new correlation.
+    /// A new command id that also starts a new correlation; the `traceparent` is the current
+    /// span's (with feature `otel`, see [`crate::telemetry`]).
     pub fn new() -> Self {
         let command_id = Uuid::now_v7();
         Self {
             command_id,
             correlation_id: command_id,
             causation_id: None,
-            traceparent: None,
+            traceparent: crate::telemetry::current_traceparent(),
         }
     }
 
@@ -68,17 +69,20 @@ impl CommandMetadata {
     pub fn follow_up(&self) -> Self {
         Self {
             causation_id: Some(self.command_id),
-            traceparent: self.traceparent.clone(),
+            traceparent: crate::telemetry::current_traceparent()
+                .or_else(|| self.traceparent.clone()),
             ..Self::correlated(self.correlation_id)
         }
     }
 
-    /// The metadata stored with the events this command produces.
+    /// The metadata stored with the events this command produces: the `traceparent` is the
+    /// current span's (the handling span, with feature `otel`), else the command's.
     pub fn event_metadata(&self) -> crate::EventMetadata {
         crate::EventMetadata {
             correlation_id: Some(self.correlation_id),
             causation_id: Some(self.command_id),
-            traceparent: self.traceparent.clone(),
+            traceparent: crate::telemetry::current_traceparent()
+                .or_else(|| self.traceparent.clone()),
         }
     }
 }

@@ -254,10 +254,17 @@ async fn wait_for_claim<S: IdempotencyStore + ?Sized>(
     loop {
         match store.claim(request).await? {
             Claim::Claimed(lease) => return Ok(Claimed::Lease(lease)),
-            Claim::Completed(stored) => return Ok(Claimed::Stored(stored)),
-            Claim::Mismatch => return Err(IdempotencyError::KeyReused { key: digest }),
+            Claim::Completed(stored) => {
+                crate::telemetry::record_idempotency_replay();
+                return Ok(Claimed::Stored(stored));
+            }
+            Claim::Mismatch => {
+                crate::telemetry::record_idempotency_conflict("key_reused");
+                return Err(IdempotencyError::KeyReused { key: digest });
+            }
             Claim::InFlight { locked_until } => {
                 if Instant::now() >= deadline {
+                    crate::telemetry::record_idempotency_conflict("in_flight");
                     return Err(IdempotencyError::InFlight {
                         key: digest,
                         locked_until,

@@ -336,13 +336,21 @@ impl SagaOrchestrator {
             source,
         })?;
         let deadline = saga.deadline().unwrap_or(self.inner.settings.deadline);
-        Ok(SagaRecord::new(
+        let mut record = SagaRecord::new(
             S::NAME,
             data,
             now,
             Some(now + to_chrono(deadline)),
             correlation_id,
-        ))
+        );
+        // Every step continues the trace of the operation that started the saga.
+        if let Some(traceparent) = crate::telemetry::current_traceparent() {
+            record.received.insert(
+                crate::telemetry::SAGA_TRACEPARENT.to_owned(),
+                serde_json::Value::String(traceparent),
+            );
+        }
+        Ok(record)
     }
 
     /// Starts a saga: stores it, due now, and returns its id.
@@ -358,6 +366,7 @@ impl SagaOrchestrator {
     ) -> Result<Uuid, SagaError> {
         let record = self.prepare(&data, correlation_id)?;
         self.inner.store.insert(&record).await?;
+        crate::telemetry::record_saga_transition(S::NAME, SagaStatus::Running.as_str());
         tracing::info!(saga = S::NAME, saga_id = %record.id, "saga started");
         Ok(record.id)
     }
@@ -570,20 +579,13 @@ impl SagaWorker {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let settings = &self.orchestrator.inner.settings;
-        let ceiling = settings
-            .base_backoff
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
-            .min(settings.max_backoff);
-        let half = (ceiling.as_nanos() / 2).max(1);
-        // Jitter, but never less than half the ceiling: retries of one saga spread out without
-        // hammering the service they call.
-        let nanos = half + Uuid::new_v4().as_u128() % half;
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        crate::retry::equal_jitter(settings.base_backoff, settings.max_backoff, attempt)
     }
 
     fn start_compensating(record: &mut SagaRecord, reason: String) {
         tracing::info!(saga = %record.name, saga_id = %record.id, %reason, "compensating");
         record.status = SagaStatus::Compensating;
+        crate::telemetry::record_saga_transition(&record.name, SagaStatus::Compensating.as_str());
         record.attempts = 0;
         record.awaiting = None;
         record.last_error = Some(reason);
@@ -615,6 +617,10 @@ impl SagaWorker {
                     let step = record.step as usize;
                     if step >= saga.steps() {
                         record.status = SagaStatus::Completed;
+                        crate::telemetry::record_saga_transition(
+                            &record.name,
+                            SagaStatus::Completed.as_str(),
+                        );
                         record.last_error = None;
                         self.save(&mut record, false).await?;
                         tracing::info!(saga = %record.name, saga_id = %record.id, "saga completed");
@@ -638,6 +644,10 @@ impl SagaWorker {
                             record.last_error = None;
                             if let Some((event, timeout)) = saga.await_event(step) {
                                 record.status = SagaStatus::Waiting;
+                                crate::telemetry::record_saga_transition(
+                                    &record.name,
+                                    SagaStatus::Waiting.as_str(),
+                                );
                                 record.awaiting = Some(event.to_owned());
                                 record.next_run_at = now + to_chrono(timeout);
                                 self.save(&mut record, false).await?;
@@ -646,6 +656,10 @@ impl SagaWorker {
                             if record.step as usize >= saga.steps() {
                                 // The last step: completing is part of the same transition.
                                 record.status = SagaStatus::Completed;
+                                crate::telemetry::record_saga_transition(
+                                    &record.name,
+                                    SagaStatus::Completed.as_str(),
+                                );
                                 self.save(&mut record, false).await?;
                                 tracing::info!(saga = %record.name, saga_id = %record.id, "saga completed");
                                 return Ok(());
@@ -662,6 +676,10 @@ impl SagaWorker {
                             if error.retryable && attempt <= max {
                                 record.attempts = attempt;
                                 record.next_run_at = now + to_chrono(self.backoff(attempt));
+                                crate::telemetry::record_saga_step_retry(
+                                    &record.name,
+                                    saga.step_name(step),
+                                );
                                 record.last_error = Some(format!(
                                     "step `{}` attempt {attempt}: {error}",
                                     saga.step_name(step)
@@ -697,6 +715,10 @@ impl SagaWorker {
                 SagaStatus::Compensating => {
                     let Some(index) = record.completed.iter().rposition(|c| !c.compensated) else {
                         record.status = SagaStatus::Compensated;
+                        crate::telemetry::record_saga_transition(
+                            &record.name,
+                            SagaStatus::Compensated.as_str(),
+                        );
                         self.save(&mut record, false).await?;
                         tracing::info!(saga = %record.name, saga_id = %record.id, "saga compensated");
                         return Ok(());
@@ -736,8 +758,16 @@ impl SagaWorker {
                             if error.retryable && attempt <= max {
                                 record.attempts = attempt;
                                 record.next_run_at = now + to_chrono(self.backoff(attempt));
+                                crate::telemetry::record_saga_step_retry(
+                                    &record.name,
+                                    saga.step_name(step),
+                                );
                             } else {
                                 record.status = SagaStatus::Failed;
+                                crate::telemetry::record_saga_transition(
+                                    &record.name,
+                                    SagaStatus::Failed.as_str(),
+                                );
                                 record.attempts = attempt;
                                 tracing::error!(saga = %record.name, saga_id = %record.id, error = %error, "compensation failed; saga needs an operator");
                             }
@@ -791,6 +821,13 @@ impl SagaWorker {
             attempt,
             outcome = tracing::field::Empty,
         );
+        crate::telemetry::set_parent(
+            &span,
+            record
+                .received
+                .get(crate::telemetry::SAGA_TRACEPARENT)
+                .and_then(serde_json::Value::as_str),
+        );
         let run = saga.run(step, compensation, &record.data, &ctx);
         let result = match saga.step_timeout() {
             Some(timeout) => match tokio::time::timeout(timeout, run)
@@ -812,9 +849,13 @@ impl SagaWorker {
                 "this step returns events, but the orchestrator has no event store (`.events(..)`)",
             ));
         };
+        let traceparent = span.in_scope(crate::telemetry::current_traceparent);
         for (n, event) in events.iter_mut().enumerate() {
             event.event_id =
                 Uuid::new_v5(&record.id, format!("{}/{phase}/{n}", ctx.step).as_bytes());
+            if event.metadata.traceparent.is_none() {
+                event.metadata.traceparent.clone_from(&traceparent);
+            }
             event.metadata.correlation_id = record.correlation_id;
             event.metadata.causation_id = Some(record.id);
         }

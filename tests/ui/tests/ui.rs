@@ -1,5 +1,5 @@
 //! Compile-fail tests of `#[derive(DomainEvent)]`, `#[derive(Aggregate)]`, `#[command_handler]`,
-//! `#[query_handler]` and `#[idempotent]`.
+//! `#[query_handler]`, `#[idempotent]`, `#[saga]` and `#[dtx::trace]`.
 //!
 //! Every `cases/<macro>/fail/<rule>.rs` must fail to compile with the `.stderr` beside it;
 //! every `cases/<macro>/pass/<rule>.rs` must compile and run. After changing a message,
@@ -36,3 +36,6 @@ mod query_handler_all_forms;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/saga/pass/all_options.rs"]
 mod saga_all_options;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/trace/pass/with_tracing_trace.rs"]
+mod trace_with_tracing_trace;

@@ -1,0 +1,202 @@
+//! The runtime's metric instruments; see the table in the module docs.
+
+use std::time::Duration;
+
+#[cfg(feature = "otel")]
+mod instruments {
+    use opentelemetry::metrics::{Counter, Histogram};
+    use std::sync::OnceLock;
+
+    /// Every instrument, created once from the global meter.
+    pub(super) struct Instruments {
+        pub(super) commands_executed: Counter<u64>,
+        pub(super) commands_failed: Counter<u64>,
+        pub(super) command_duration: Histogram<f64>,
+        pub(super) append_duration: Histogram<f64>,
+        pub(super) append_batch_size: Histogram<u64>,
+        pub(super) append_conflicts: Counter<u64>,
+        pub(super) saga_transitions: Counter<u64>,
+        pub(super) saga_step_retries: Counter<u64>,
+        pub(super) idempotency_replays: Counter<u64>,
+        pub(super) idempotency_conflicts: Counter<u64>,
+        pub(super) function_duration: Histogram<f64>,
+        pub(super) function_errors: Counter<u64>,
+    }
+
+    pub(super) fn get() -> &'static Instruments {
+        static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
+        INSTRUMENTS.get_or_init(|| {
+            let meter = opentelemetry::global::meter("dtx");
+            let counter = |name: &'static str, description: &'static str| {
+                meter
+                    .u64_counter(name)
+                    .with_description(description)
+                    .build()
+            };
+            let seconds = |name: &'static str, description: &'static str| {
+                meter
+                    .f64_histogram(name)
+                    .with_unit("s")
+                    .with_description(description)
+                    .build()
+            };
+            Instruments {
+                commands_executed: counter("dtx.commands.executed", "Commands handled"),
+                commands_failed: counter("dtx.commands.failed", "Commands that returned an error"),
+                command_duration: seconds("dtx.command.duration", "Command handling time"),
+                append_duration: seconds("dtx.append.duration", "Event append latency"),
+                append_batch_size: meter
+                    .u64_histogram("dtx.append.batch_size")
+                    .with_unit("{event}")
+                    .with_description("Events per append")
+                    .build(),
+                append_conflicts: counter(
+                    "dtx.append.conflicts",
+                    "Appends refused by a version conflict",
+                ),
+                saga_transitions: counter("dtx.saga.transitions", "Sagas entering a status"),
+                saga_step_retries: counter(
+                    "dtx.saga.step.retries",
+                    "Saga steps scheduled again after a failure",
+                ),
+                idempotency_replays: counter(
+                    "dtx.idempotency.replays",
+                    "Idempotent calls answered from a stored result",
+                ),
+                idempotency_conflicts: counter(
+                    "dtx.idempotency.conflicts",
+                    "Idempotent calls refused",
+                ),
+                function_duration: seconds(
+                    "dtx.function.duration",
+                    "Duration of #[dtx::trace] functions",
+                ),
+                function_errors: counter(
+                    "dtx.function.errors",
+                    "Err returns of #[dtx::trace] functions",
+                ),
+            }
+        })
+    }
+}
+
+#[cfg(feature = "otel")]
+use opentelemetry::KeyValue;
+
+/// A command handler ran for `command` (its type name) in `duration`; `failure` is the outcome
+/// of an error (`invalid`, `rejected`, `conflict`, `not_applicable`, `error`), `None` on success.
+#[inline]
+pub fn record_command(command: &'static str, duration: Duration, failure: Option<&'static str>) {
+    #[cfg(feature = "otel")]
+    {
+        let i = instruments::get();
+        let attributes = [KeyValue::new("command", command)];
+        i.commands_executed.add(1, &attributes);
+        i.command_duration
+            .record(duration.as_secs_f64(), &attributes);
+        if let Some(outcome) = failure {
+            i.commands_failed.add(
+                1,
+                &[
+                    KeyValue::new("command", command),
+                    KeyValue::new("outcome", outcome),
+                ],
+            );
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (command, duration, failure);
+}
+
+/// `events` events of an `aggregate` type were appended in `duration`.
+#[inline]
+pub fn record_append(aggregate: &'static str, events: usize, duration: Duration) {
+    #[cfg(feature = "otel")]
+    {
+        let i = instruments::get();
+        let attributes = [KeyValue::new("aggregate", aggregate)];
+        i.append_duration
+            .record(duration.as_secs_f64(), &attributes);
+        i.append_batch_size
+            .record(u64::try_from(events).unwrap_or(u64::MAX), &attributes);
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (aggregate, events, duration);
+}
+
+/// An append to an `aggregate` stream met another writer's version.
+#[inline]
+pub fn record_append_conflict(aggregate: &'static str) {
+    #[cfg(feature = "otel")]
+    instruments::get()
+        .append_conflicts
+        .add(1, &[KeyValue::new("aggregate", aggregate)]);
+    #[cfg(not(feature = "otel"))]
+    let _ = aggregate;
+}
+
+/// A saga named `saga` entered `status` (`running` when it starts).
+#[inline]
+pub fn record_saga_transition(saga: &str, status: &'static str) {
+    #[cfg(feature = "otel")]
+    instruments::get().saga_transitions.add(
+        1,
+        &[
+            KeyValue::new("saga", saga.to_owned()),
+            KeyValue::new("status", status),
+        ],
+    );
+    #[cfg(not(feature = "otel"))]
+    let _ = (saga, status);
+}
+
+/// A failed step (or compensation) `step` of saga `saga` was scheduled again.
+#[inline]
+pub fn record_saga_step_retry(saga: &str, step: &'static str) {
+    #[cfg(feature = "otel")]
+    instruments::get().saga_step_retries.add(
+        1,
+        &[
+            KeyValue::new("saga", saga.to_owned()),
+            KeyValue::new("step", step),
+        ],
+    );
+    #[cfg(not(feature = "otel"))]
+    let _ = (saga, step);
+}
+
+/// An idempotent call returned a stored result.
+#[inline]
+pub fn record_idempotency_replay() {
+    #[cfg(feature = "otel")]
+    instruments::get().idempotency_replays.add(1, &[]);
+}
+
+/// An idempotent call was refused: `reason` is `key_reused` or `in_flight`.
+#[inline]
+pub fn record_idempotency_conflict(reason: &'static str) {
+    #[cfg(feature = "otel")]
+    instruments::get()
+        .idempotency_conflicts
+        .add(1, &[KeyValue::new("reason", reason)]);
+    #[cfg(not(feature = "otel"))]
+    let _ = reason;
+}
+
+/// A `#[dtx::trace]` function named `function` returned after `duration`, with an `Err` if
+/// `error`.
+#[inline]
+pub fn record_function(function: &'static str, duration: Duration, error: bool) {
+    #[cfg(feature = "otel")]
+    {
+        let i = instruments::get();
+        let attributes = [KeyValue::new("code.function.name", function)];
+        i.function_duration
+            .record(duration.as_secs_f64(), &attributes);
+        if error {
+            i.function_errors.add(1, &attributes);
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (function, duration, error);
+}
