@@ -558,11 +558,17 @@ impl OutboxRelay {
             .map_err(Error::storage)?;
         let mut purged: Option<Instant> = None;
         loop {
-            let pass = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                pass = self.run_once() => pass,
+            // A batch in flight always finishes (it is one transaction): shutdown is honoured
+            // between batches, so a graceful stop never leaves published rows unmarked.
+            let stop = tokio::select! {
+                biased;
+                () = &mut shutdown => true,
+                () = std::future::ready(()) => false,
             };
-            match pass {
+            if stop {
+                return Ok(());
+            }
+            match self.run_once().await {
                 Ok(pass) if !pass.is_idle() => continue,
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "outbox relay pass failed"),

@@ -511,3 +511,39 @@ async fn traced_functions_record_listed_fields_errors_and_metrics() {
     );
     assert_eq!(counter(&metrics, "dtx.function.errors", &price_name), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency replays and conflicts.
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct RefundError(#[from] dtx::idempotency::IdempotencyError);
+
+#[dtx::idempotent(key = key, fingerprint = amount)]
+async fn refund(key: &str, amount: u64) -> Result<u64, RefundError> {
+    Ok(amount)
+}
+
+#[tokio::test]
+async fn idempotency_replays_and_conflicts_are_counted() {
+    telemetry();
+    // Only this test makes idempotent calls.
+    let key = dtx::Uuid::now_v7().to_string();
+    assert_eq!(refund(&key, 5).await.unwrap(), 5);
+    assert_eq!(refund(&key, 5).await.unwrap(), 5, "replayed");
+    assert!(
+        refund(&key, 6).await.is_err(),
+        "the key with another amount"
+    );
+
+    let metrics = latest_metrics();
+    assert_eq!(counter(&metrics, "dtx.idempotency.replays", &[]), 1);
+    assert_eq!(
+        counter(
+            &metrics,
+            "dtx.idempotency.conflicts",
+            &[("reason", "key_reused")]
+        ),
+        1
+    );
+}

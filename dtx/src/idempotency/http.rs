@@ -358,6 +358,7 @@ where
                 Claim::Completed(stored) => match decode(&stored) {
                     Ok(mut response) => {
                         tracing::debug!(key = %digest, "idempotent response replayed");
+                        crate::telemetry::record_idempotency_replay();
                         response
                             .headers_mut()
                             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
@@ -376,6 +377,7 @@ where
                 },
                 Claim::InFlight { locked_until } => {
                     tracing::debug!(key = %digest, "idempotency key in flight");
+                    crate::telemetry::record_idempotency_conflict("in_flight");
                     let mut response = config.problem(
                         StatusCode::CONFLICT,
                         "A request is outstanding for this Idempotency-Key",
@@ -391,6 +393,7 @@ where
                 }
                 Claim::Mismatch => {
                     tracing::debug!(key = %digest, "idempotency key reused with another payload");
+                    crate::telemetry::record_idempotency_conflict("key_reused");
                     Ok(config
                         .problem(
                             StatusCode::UNPROCESSABLE_ENTITY,

@@ -533,11 +533,17 @@ impl SagaWorker {
     ) -> Result<(), SagaError> {
         tokio::pin!(shutdown);
         loop {
-            let claimed = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                claimed = self.run_once() => claimed,
+            // Sagas in flight always finish their current transition: shutdown is honoured
+            // between claims, so a graceful stop never strands a leased saga.
+            let stop = tokio::select! {
+                biased;
+                () = &mut shutdown => true,
+                () = std::future::ready(()) => false,
             };
-            match claimed {
+            if stop {
+                return Ok(());
+            }
+            match self.run_once().await {
                 Ok(0) => {}
                 Ok(_) => continue,
                 Err(error) => tracing::warn!(%error, "claiming sagas failed"),

@@ -94,6 +94,14 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(parent) = traceparent.and_then(parse_traceparent) {
         use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        // Already the contextual parent (metadata made inside the caller's span): keep the
+        // local link rather than marking it remote.
+        let current = tracing::Span::current().context();
+        if current.span().span_context().span_id() == parent.span_id()
+            && current.span().span_context().trace_id() == parent.trace_id()
+        {
+            return;
+        }
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
     }
     #[cfg(not(feature = "otel"))]
