@@ -76,9 +76,9 @@ impl Default for CachePolicy {
     }
 }
 
-/// Options of one query execution.
+/// Options of one query execution: `QueryOptions { cache: true, ..QueryOptions::default() }`,
+/// as in the seed API's `execute(query, { cache: true })`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct QueryOptions {
     /// Use (and fill) the handler's cache, if it has a cache policy. `false` always runs the
     /// handler and leaves the cache alone.
