@@ -62,6 +62,7 @@ use sqlx::{PgConnection, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// The channel relays listen on.
 pub const NOTIFY_CHANNEL: &str = "dtx_outbox";
@@ -426,12 +427,19 @@ impl OutboxRelay {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
         let mut tx = self.outbox.pool.begin().await.map_err(Error::storage)?;
+        let claim = tracing::debug_span!(
+            "dtx.outbox.claim",
+            keys = tracing::field::Empty,
+            messages = tracing::field::Empty,
+        );
         let keys: Vec<String> = sqlx::query_scalar(&sql.claim_keys)
             .bind(to_i64(batch))
             .bind(to_i64(batch.saturating_mul(4)))
             .fetch_all(&mut *tx)
+            .instrument(claim.clone())
             .await
             .map_err(Error::storage)?;
+        claim.record("keys", keys.len());
         if keys.is_empty() {
             tx.commit().await.map_err(Error::storage)?;
             return Ok(RelayPass::default());
@@ -440,8 +448,10 @@ impl OutboxRelay {
             .bind(&keys)
             .bind(to_i64(batch))
             .fetch_all(&mut *tx)
+            .instrument(claim.clone())
             .await
             .map_err(Error::storage)?;
+        claim.record("messages", rows.len());
 
         // Each key's rows in order, up to its first dead or not yet due row.
         let mut per_key: Vec<(String, Vec<OutboxMessage>)> = Vec::new();
@@ -474,8 +484,25 @@ impl OutboxRelay {
                     failed: None,
                 };
                 for message in messages {
-                    match publisher.publish(&message).await {
-                        Ok(()) => outcome.published.push(message.id),
+                    // Each publish continues the trace of the write that produced the message.
+                    let span = tracing::info_span!(
+                        "dtx.outbox.publish",
+                        stream = %message.key,
+                        message_type = %message.message_type,
+                    );
+                    dtx::telemetry::set_parent(
+                        &span,
+                        message
+                            .headers
+                            .get(dtx::outbox::headers::TRACEPARENT)
+                            .map(String::as_str),
+                    );
+                    match publisher.publish(&message).instrument(span).await {
+                        Ok(()) => {
+                            let lag = (chrono::Utc::now() - message.created_at).to_std();
+                            dtx::telemetry::record_outbox_published(lag.unwrap_or_default());
+                            outcome.published.push(message.id);
+                        }
                         Err(error) => {
                             outcome.failed = Some((message, error.to_string()));
                             break;
@@ -513,6 +540,7 @@ impl OutboxRelay {
             if dead {
                 tracing::warn!(key = %message.key, id = message.id, attempts, %error, "outbox message dead-lettered; its key stops until it is requeued");
                 pass.dead += 1;
+                dtx::telemetry::record_outbox_dead_letter();
             } else {
                 tracing::debug!(key = %message.key, id = message.id, attempts, %error, "publish failed; retrying later");
             }

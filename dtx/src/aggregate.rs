@@ -14,6 +14,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::str::FromStr;
 use std::sync::Arc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// A typed aggregate id: shown in stream ids, parsed back, compared and hashed.
@@ -386,6 +387,22 @@ impl<A: Aggregate> Repository<A> {
     /// ignored (with a warning for the latter) and the stream is replayed from the start.
     pub async fn load(&self, id: &A::Id) -> Result<AggregateRoot<A>> {
         let stream = A::stream_id(id)?;
+        let span = tracing::debug_span!(
+            "dtx.load",
+            aggregate = A::TYPE,
+            stream = %stream,
+            version = tracing::field::Empty,
+        );
+        let root = self
+            .load_stream(id, &stream)
+            .instrument(span.clone())
+            .await?;
+        span.record("version", root.version);
+        Ok(root)
+    }
+
+    async fn load_stream(&self, id: &A::Id, stream: &StreamId) -> Result<AggregateRoot<A>> {
+        let stream = stream.clone();
         let mut root = match self.usable_snapshot(&stream).await? {
             Some((state, version)) => AggregateRoot::from_state(state, version),
             None => AggregateRoot::new(id.clone()),
@@ -405,7 +422,6 @@ impl<A: Aggregate> Repository<A> {
                 break;
             }
         }
-        tracing::debug!(aggregate = A::TYPE, stream = %stream, version = root.version, "loaded aggregate");
         Ok(root)
     }
 
@@ -470,7 +486,19 @@ impl<A: Aggregate> Repository<A> {
         };
         let count = events.len();
         let started = std::time::Instant::now();
-        let result = match self.store.append(&stream, expected, events).await {
+        let span = tracing::debug_span!(
+            "dtx.append",
+            aggregate = A::TYPE,
+            stream = %stream,
+            expected = %expected,
+            events = count,
+        );
+        let result = match self
+            .store
+            .append(&stream, expected, events)
+            .instrument(span)
+            .await
+        {
             Ok(result) => result,
             Err(error) => {
                 if matches!(error, Error::Conflict { .. }) {

@@ -534,9 +534,24 @@ impl MemoryOutbox {
             if failed_keys.contains(&message.key) {
                 continue;
             }
-            let outcome = publisher.publish(message).await;
+            let span = tracing::info_span!(
+                "dtx.outbox.publish",
+                stream = %message.key,
+                message_type = %message.message_type,
+            );
+            crate::telemetry::set_parent(
+                &span,
+                message
+                    .headers
+                    .get(headers::TRACEPARENT)
+                    .map(String::as_str),
+            );
+            let outcome = tracing::Instrument::instrument(publisher.publish(message), span).await;
             if outcome.is_err() {
                 failed_keys.insert(message.key.clone());
+            } else {
+                let lag = (Utc::now() - message.created_at).to_std();
+                crate::telemetry::record_outbox_published(lag.unwrap_or_default());
             }
             outcomes.insert(message.id, outcome);
         }
@@ -550,6 +565,7 @@ impl MemoryOutbox {
                     row.message.last_error = Some(error.to_string());
                     if options.is_dead(row.message.attempts) {
                         tracing::warn!(key = %row.message.key, id = row.message.id, %error, "outbox message dead-lettered");
+                        crate::telemetry::record_outbox_dead_letter();
                         row.status = OutboxStatus::Dead;
                     } else {
                         row.next_attempt =

@@ -562,13 +562,7 @@ async fn cached_queries_run_once_until_ttl_or_invalidation() {
     assert_eq!((other, ran()), (64, 2), "the key is the query value");
 
     let fresh: u64 = bus
-        .execute_with(
-            Square(7),
-            QueryOptions {
-                cache: false,
-                ..QueryOptions::default()
-            },
-        )
+        .execute_with(Square(7), QueryOptions { cache: false })
         .await
         .unwrap();
     assert_eq!((fresh, ran()), (49, 3), "uncached runs the handler");

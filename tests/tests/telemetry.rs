@@ -1,6 +1,7 @@
 //! OpenTelemetry export of dtx's spans and metrics (feature `otel`), checked with the SDK's
 //! in-memory exporters: one trace from the caller's span through command dispatch, handling,
-//! the stored events and a saga's steps; the metrics with their values; `#[dtx::trace]`.
+//! the stored events, a saga's steps and the outbox publishing the step's event; the metrics
+//! with their values; `#[dtx::trace]`.
 //!
 //! A test binary of its own: it installs the global subscriber and meter provider, and the
 //! tests share them (each uses its own command, aggregate, saga and function names).
@@ -172,7 +173,8 @@ impl TracedShipment {
 #[tokio::test]
 async fn one_operation_is_one_trace_with_its_metrics() {
     telemetry();
-    let store: SharedEventStore = Arc::new(MemoryEventStore::new());
+    let outbox = dtx::outbox::MemoryOutbox::new();
+    let store: SharedEventStore = Arc::new(MemoryEventStore::new().with_outbox(outbox.clone()));
     let bus = CommandBus::builder()
         .store(Arc::clone(&store))
         .registry()
@@ -300,8 +302,43 @@ async fn one_operation_is_one_trace_with_its_metrics() {
             .contains(&trace.to_string())
     );
 
+    // The outbox publishes the step's event (and the orders' events) in the same trace: each
+    // publish span is a child of the span that wrote the message.
+    let publisher = dtx::outbox::MemoryPublisher::new();
+    let sent = outbox
+        .publish_pending(&publisher, &dtx::outbox::RelayOptions::default())
+        .await;
+    assert_eq!(sent, 3, "two order events and the step's event");
+    let spans = finished_spans();
+    let step_spans: Vec<&SpanData> = spans.iter().filter(|s| s.name == "dtx.saga.step").collect();
+    let publish_spans: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == "dtx.outbox.publish" && s.span_context.trace_id() == trace)
+        .collect();
+    assert_eq!(publish_spans.len(), 3, "{spans:#?}");
+    let step_ids: Vec<SpanId> = step_spans
+        .iter()
+        .map(|s| s.span_context.span_id())
+        .collect();
+    assert!(
+        publish_spans
+            .iter()
+            .any(|p| step_ids.contains(&p.parent_span_id)),
+        "the step's event is published under the step's span"
+    );
+    let handle_ids: Vec<SpanId> = handles.iter().map(|h| h.span_context.span_id()).collect();
+    assert_eq!(
+        publish_spans
+            .iter()
+            .filter(|p| handle_ids.contains(&p.parent_span_id))
+            .count(),
+        2,
+        "the orders' events are published under their handling spans"
+    );
+
     // Metrics.
     let metrics = latest_metrics();
+    assert_eq!(histogram(&metrics, "dtx.outbox.lag", &[]).0, 3);
     let place = std::any::type_name::<PlaceOrder>();
     let add = std::any::type_name::<AddLine>();
     assert_eq!(

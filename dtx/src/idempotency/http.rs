@@ -319,7 +319,7 @@ where
                 .finish();
             let request = ClaimRequest::new(scope, key, fingerprint).with_policy(config.policy);
             let digest = request.digest();
-            let claim = match config.store.claim(&request).await {
+            let claim = match super::traced_claim(&*config.store, &request).await {
                 Ok(claim) => claim,
                 Err(error) => {
                     tracing::warn!(key = %digest, %error, "idempotency store unavailable; refusing the request");

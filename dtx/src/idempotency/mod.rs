@@ -435,6 +435,32 @@ pub enum Claim {
     Mismatch,
 }
 
+/// Claims a key inside a `dtx.idempotency.claim` span that records the outcome (`claimed`,
+/// `replay`, `in_flight`, `mismatch`, `error`) and the key's digest — never the key itself.
+pub(crate) async fn traced_claim<S: IdempotencyStore + ?Sized>(
+    store: &S,
+    request: &ClaimRequest,
+) -> Result<Claim, IdempotencyError> {
+    use tracing::Instrument;
+    let span = tracing::debug_span!(
+        "dtx.idempotency.claim",
+        key = %request.digest(),
+        outcome = tracing::field::Empty,
+    );
+    let claim = store.claim(request).instrument(span.clone()).await;
+    span.record(
+        "outcome",
+        match &claim {
+            Ok(Claim::Claimed(_)) => "claimed",
+            Ok(Claim::Completed(_)) => "replay",
+            Ok(Claim::InFlight { .. }) => "in_flight",
+            Ok(Claim::Mismatch) => "mismatch",
+            Err(_) => "error",
+        },
+    );
+    claim
+}
+
 /// Proof of a claim: completes or releases the record only while it is still this claim's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

@@ -17,6 +17,8 @@ mod instruments {
         pub(super) append_conflicts: Counter<u64>,
         pub(super) saga_transitions: Counter<u64>,
         pub(super) saga_step_retries: Counter<u64>,
+        pub(super) outbox_lag: Histogram<f64>,
+        pub(super) outbox_dead_letters: Counter<u64>,
         pub(super) idempotency_replays: Counter<u64>,
         pub(super) idempotency_conflicts: Counter<u64>,
         pub(super) function_duration: Histogram<f64>,
@@ -58,6 +60,14 @@ mod instruments {
                 saga_step_retries: counter(
                     "dtx.saga.step.retries",
                     "Saga steps scheduled again after a failure",
+                ),
+                outbox_lag: seconds(
+                    "dtx.outbox.lag",
+                    "Time from writing an outbox message to its broker's acknowledgement",
+                ),
+                outbox_dead_letters: counter(
+                    "dtx.outbox.dead_letters",
+                    "Outbox messages dead-lettered after their retries",
                 ),
                 idempotency_replays: counter(
                     "dtx.idempotency.replays",
@@ -163,6 +173,22 @@ pub fn record_saga_step_retry(saga: &str, step: &'static str) {
     );
     #[cfg(not(feature = "otel"))]
     let _ = (saga, step);
+}
+
+/// An outbox message of `stream` reached its broker `lag` after it was written.
+#[inline]
+pub fn record_outbox_published(lag: Duration) {
+    #[cfg(feature = "otel")]
+    instruments::get().outbox_lag.record(lag.as_secs_f64(), &[]);
+    #[cfg(not(feature = "otel"))]
+    let _ = lag;
+}
+
+/// An outbox message was dead-lettered.
+#[inline]
+pub fn record_outbox_dead_letter() {
+    #[cfg(feature = "otel")]
+    instruments::get().outbox_dead_letters.add(1, &[]);
 }
 
 /// An idempotent call returned a stored result.

@@ -20,7 +20,12 @@
 //! |---|---|---|
 //! | `dtx.command` | [`crate::cqrs::CommandBus::execute_with`] | `command`, `command_id`, `correlation_id`, `outcome` |
 //! | `dtx.command.handle` | one attempt of an aggregate command (debug level) | `aggregate`, `aggregate_id`, `attempt` |
+//! | `dtx.load` | loading an aggregate: snapshot + later events (debug level) | `aggregate`, `stream`, `version` |
+//! | `dtx.append` | appending an aggregate's events (debug level) | `aggregate`, `stream`, `expected`, `events` |
 //! | `dtx.saga.step` | one run of a saga step or compensation | `saga`, `saga_id`, `step`, `phase`, `attempt`, `outcome` |
+//! | `dtx.idempotency.claim` | claiming an idempotency key (debug level) | `key` (a digest, never the key), `outcome`: `claimed`, `replay`, `in_flight`, `mismatch`, `error` |
+//! | `dtx.outbox.claim` | a relay claiming a batch under per-key locks (debug level) | `keys`, `messages` |
+//! | `dtx.outbox.publish` | publishing one outbox message, child of the trace stored in its `traceparent` header | `stream`, `message_type` |
 //! | the function's name | [`#[dtx::trace]`](crate::trace) | the listed `fields(..)`, `error`, `exception.message`, `otel.status_code` |
 //!
 //! # Metrics
@@ -35,6 +40,8 @@
 //! | `dtx.append.conflicts` | counter | `aggregate` | an append met another writer's version |
 //! | `dtx.saga.transitions` | counter | `saga`, `status` | a saga started (`running`) or changed status |
 //! | `dtx.saga.step.retries` | counter | `saga`, `step` | a failed step or compensation was scheduled again |
+//! | `dtx.outbox.lag` | histogram (s) | – | from writing an outbox message to its broker's acknowledgement |
+//! | `dtx.outbox.dead_letters` | counter | – | an outbox message was dead-lettered |
 //! | `dtx.idempotency.replays` | counter | — | an idempotent call returned a stored result |
 //! | `dtx.idempotency.conflicts` | counter | `reason` (`key_reused`, `in_flight`) | an idempotent call was refused |
 //! | `dtx.function.duration` | histogram (s) | `code.function.name` | a `#[dtx::trace]` function returned |
