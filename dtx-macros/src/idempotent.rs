@@ -46,9 +46,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// On error: the errors, and the user's function unchanged, so its callers keep compiling.
 fn fallback(item: TokenStream, errors: &darling::Error) -> TokenStream {
-    let mut tokens = errors.clone().write_errors();
-    tokens.extend(item);
-    tokens
+    crate::common::fallback(item, errors, &[])
 }
 
 fn parse(args: TokenStream, item: TokenStream) -> darling::Result<Model> {

@@ -61,3 +61,35 @@ pub(crate) fn respan(tokens: impl quote::ToTokens, span: proc_macro2::Span) -> T
         })
         .collect()
 }
+
+/// Removes dtx's helper attributes (`#[command]`, `#[step]`, ...) from the methods of an `impl`.
+pub(crate) fn strip_method_attributes(imp: &mut syn::ItemImpl, helpers: &[&str]) {
+    for member in &mut imp.items {
+        if let syn::ImplItem::Fn(f) = member {
+            f.attrs
+                .retain(|a| !helpers.iter().any(|h| a.path().is_ident(h)));
+        }
+    }
+}
+
+/// What an attribute macro emits on error: the errors, each at its own span, and the user's
+/// item unchanged (minus dtx's helper attributes on its methods), so the rest of the crate keeps
+/// compiling and the IDE keeps working.
+pub(crate) fn fallback(
+    item: TokenStream,
+    errors: &darling::Error,
+    helpers: &[&str],
+) -> TokenStream {
+    use quote::ToTokens;
+    let mut tokens = errors.clone().write_errors();
+    match syn::parse2::<syn::Item>(item.clone()) {
+        Ok(mut parsed) => {
+            if let syn::Item::Impl(imp) = &mut parsed {
+                strip_method_attributes(imp, helpers);
+            }
+            parsed.to_tokens(&mut tokens);
+        }
+        Err(_) => tokens.extend(item),
+    }
+    tokens
+}

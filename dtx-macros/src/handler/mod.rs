@@ -7,7 +7,7 @@ mod query;
 mod signature;
 
 use proc_macro2::{Delimiter, Group, Span, TokenStream};
-use quote::{ToTokens, quote};
+use quote::quote;
 
 /// Which bus a handler registers with.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,24 +57,9 @@ fn runtime_call(
     quote!(#path #args)
 }
 
-/// On error: the errors, and the user's item unchanged (minus dtx's helper attributes), so the
-/// rest of the crate keeps compiling and the IDE keeps working.
+/// On error: the errors and the user's item without `#[command]` attributes.
 fn fallback(item: TokenStream, errors: &darling::Error) -> TokenStream {
-    let mut tokens = errors.clone().write_errors();
-    match syn::parse2::<syn::Item>(item.clone()) {
-        Ok(mut parsed) => {
-            if let syn::Item::Impl(imp) = &mut parsed {
-                for member in &mut imp.items {
-                    if let syn::ImplItem::Fn(f) = member {
-                        f.attrs.retain(|a| !a.path().is_ident("command"));
-                    }
-                }
-            }
-            parsed.to_tokens(&mut tokens);
-        }
-        Err(_) => tokens.extend(item),
-    }
-    tokens
+    crate::common::fallback(item, errors, &["command"])
 }
 
 #[cfg(test)]

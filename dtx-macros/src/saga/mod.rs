@@ -4,7 +4,7 @@ use darling::FromMeta;
 use darling::ast::NestedMeta;
 use darling::util::SpannedValue;
 use proc_macro2::{Literal, Span, TokenStream};
-use quote::{ToTokens, format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned};
 use std::collections::{HashMap, HashSet};
 use syn::spanned::Spanned;
 
@@ -48,23 +48,11 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// The errors plus the user's item without `#[step]` attributes.
 fn fallback(item: TokenStream, errors: &darling::Error) -> TokenStream {
-    let mut tokens = errors.clone().write_errors();
-    match syn::parse2::<syn::ItemImpl>(item.clone()) {
-        Ok(mut imp) => {
-            strip_steps(&mut imp);
-            imp.to_tokens(&mut tokens);
-        }
-        Err(_) => tokens.extend(item),
-    }
-    tokens
+    crate::common::fallback(item, errors, &["step"])
 }
 
 fn strip_steps(imp: &mut syn::ItemImpl) {
-    for member in &mut imp.items {
-        if let syn::ImplItem::Fn(f) = member {
-            f.attrs.retain(|a| !a.path().is_ident("step"));
-        }
-    }
+    crate::common::strip_method_attributes(imp, &["step"]);
 }
 
 /// What a checked method is, for its messages: a step, or the compensation of one.
