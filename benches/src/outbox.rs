@@ -1,7 +1,10 @@
 //! Outbox rows: `append_1_outbox` (an append writing its outbox row in the same statement vs a
 //! single-row INSERT), `outbox_latency` (append, then commit to publish through a relay woken by
 //! `LISTEN/NOTIFY`, vs a single-row INSERT) and `outbox_relay_throughput` (time per message relayed
-//! to the in-memory publisher vs a bare `UPDATE .. RETURNING` drain of the same rows).
+//! to the in-memory publisher vs a bare `UPDATE .. RETURNING` drain of the same rows), and
+//! `outbox_relay_throughput_kafka` (the same relayed to Kafka, `KAFKA_BROKERS` or
+//! `127.0.0.1:9092`, vs the bare drain producing each drained batch with `rskafka`; skipped when no
+//! broker answers).
 
 use crate::{AccountEvent, BoxError, Options, Stats, deposit, pair, payload, report, to_i64};
 use dtx::outbox::{MemoryPublisher, RelayOptions};
@@ -146,5 +149,129 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
             &row,
         );
     }
+    if options.wants("outbox_relay_throughput_kafka") {
+        relay_throughput_kafka(options, pool, &store, &outbox).await?;
+    }
+    Ok(())
+}
+
+/// `outbox_relay_throughput_kafka`: 2000 messages of 20 streams relayed to a fresh 3-partition
+/// topic, vs the bare `UPDATE .. RETURNING` drain producing each batch, one produce per partition.
+#[expect(clippy::too_many_lines, reason = "one row, read top to bottom")]
+async fn relay_throughput_kafka(
+    options: &Options,
+    pool: &PgPool,
+    store: &PgEventStore,
+    outbox: &PgOutbox,
+) -> Result<(), BoxError> {
+    use dtx_postgres::kafka::KafkaPublisher;
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    use rskafka::record::Record;
+    use sqlx::Row;
+
+    const MESSAGES: u64 = 2000;
+    const PARTITIONS: i32 = 3;
+    let brokers: Vec<String> = std::env::var("KAFKA_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let topic = format!("dtx_bench_{}", dtx::Uuid::now_v7().simple());
+    let publisher = match KafkaPublisher::connect_with_timeout(
+        brokers.clone(),
+        topic.clone(),
+        Duration::from_secs(3),
+    )
+    .await
+    {
+        Ok(publisher) => publisher.with_timeout(Duration::from_secs(10)),
+        Err(e) => {
+            eprintln!("outbox_relay_throughput_kafka skipped (no Kafka broker): {e}");
+            return Ok(());
+        }
+    };
+    let client = rskafka::client::ClientBuilder::new(brokers).build().await?;
+    client
+        .controller_client()?
+        .create_topic(topic.clone(), PARTITIONS, 1, 5_000)
+        .await?;
+    let mut partitions = Vec::new();
+    for p in 0..PARTITIONS {
+        partitions.push(
+            client
+                .partition_client(topic.clone(), p, UnknownTopicHandling::Retry)
+                .await?,
+        );
+    }
+    let mut dtx = Vec::new();
+    let mut bare = Vec::new();
+    for round in 0..3u64 {
+        for side in 0..2 {
+            sqlx::query("DELETE FROM outbox_events")
+                .execute(pool)
+                .await?;
+            for s in 0..20u64 {
+                let stream = StreamId::new(format!("Bench-kafka-{round}-{side}-{s}"))?;
+                let events = (0..MESSAGES / 20).map(|k| encoded(&stream, k)).collect();
+                store
+                    .append(&stream, ExpectedVersion::NoStream, events)
+                    .await?;
+            }
+            let started = Instant::now();
+            if side == 0 {
+                let relay = outbox.relay(publisher.clone(), RelayOptions::default());
+                relay.run_until_idle().await?;
+                dtx.push(started.elapsed());
+            } else {
+                loop {
+                    let rows = sqlx::query(
+                        "UPDATE outbox_events SET status = 'published', published_at = now()
+                         WHERE id IN (SELECT id FROM outbox_events WHERE status = 'pending'
+                                      ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
+                         RETURNING id, stream_key, payload::text",
+                    )
+                    .fetch_all(pool)
+                    .await?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    let mut batches: Vec<Vec<Record>> = vec![Vec::new(); partitions.len()];
+                    for row in rows {
+                        let key: String = row.try_get("stream_key")?;
+                        let payload: String = row.try_get("payload")?;
+                        let p = KafkaPublisher::partition_for(&key, PARTITIONS.unsigned_abs());
+                        batches[p as usize].push(Record {
+                            key: Some(key.into_bytes()),
+                            value: Some(payload.into_bytes()),
+                            headers: std::collections::BTreeMap::new(),
+                            timestamp: rskafka::chrono::Utc::now(),
+                        });
+                    }
+                    for (partition, records) in partitions.iter().zip(batches) {
+                        partition
+                            .produce(records, Compression::NoCompression)
+                            .await?;
+                    }
+                }
+                bare.push(started.elapsed());
+            }
+        }
+    }
+    let per = u32::try_from(MESSAGES)?;
+    let row = (Stats::of(dtx, per), Stats::of(bare, per));
+    if !options.json {
+        println!("{:<22} {:.0} messages/s to Kafka", "", 1e6 / row.0.p50_us);
+    }
+    report(
+        options,
+        "outbox_relay_throughput_kafka",
+        "drain_and_produce_batches",
+        &row,
+    );
+    client
+        .controller_client()?
+        .delete_topic(topic, 5_000)
+        .await
+        .ok();
     Ok(())
 }

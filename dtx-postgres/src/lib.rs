@@ -16,6 +16,8 @@
 //! ```
 
 mod idempotency;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod migrate;
 #[cfg(feature = "nats")]
 pub mod nats;

@@ -5,7 +5,8 @@
 //! broker client implements, the relay settings ([`RelayOptions`]), the embedded
 //! [`MemoryOutbox`] (fed atomically by [`crate::MemoryEventStore::with_outbox`]) and the
 //! [`MemoryPublisher`]. The PostgreSQL outbox and its relay live in `dtx-postgres`
-//! (`PgOutbox`, `OutboxRelay`), with a NATS `JetStream` publisher behind its `nats` feature.
+//! (`PgOutbox`, `OutboxRelay`), with a NATS `JetStream` publisher behind its `nats` feature and a
+//! Kafka publisher behind its `kafka` feature.
 //!
 //! Delivery is at least once: a message published just before its relay dies is published again.
 //! Every message carries its id in the [`headers::EVENT_ID`] header for consumers to dedupe on.
