@@ -149,6 +149,9 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
             &row,
         );
     }
+    if options.wants("append_8_writers_outbox") {
+        eight_writers(options, pool).await?;
+    }
     if options.wants("outbox_relay_throughput_kafka") {
         relay_throughput_kafka(options, pool, &store, &outbox).await?;
     }
@@ -273,5 +276,102 @@ async fn relay_throughput_kafka(
         .delete_topic(topic, 5_000)
         .await
         .ok();
+    Ok(())
+}
+
+/// `append_8_writers_outbox`: events per second from 8 concurrent writers appending one event
+/// at a time with the outbox on and a relay publishing (wake-ups on), against 8 concurrent
+/// writers of raw single-row INSERTs, each side for the same time on its own 10-connection pool.
+async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
+    const WRITERS: u64 = 8;
+    let run_for = Duration::from_secs(3);
+    let wide = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    sqlx::query("DELETE FROM outbox_events")
+        .execute(&wide)
+        .await?;
+    let store = PgEventStore::new(wide.clone()).with_outbox(true);
+    let relay = PgOutbox::new(wide.clone()).relay(MemoryPublisher::new(), RelayOptions::default());
+    let relaying = tokio::spawn(async move { relay.run(std::future::pending()).await });
+
+    let until = Instant::now() + run_for;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = StreamId::new(format!("Bench-8w-{w}-{}", uuid::Uuid::now_v7()))
+                    .expect("stream id");
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    store
+                        .append(
+                            &stream,
+                            ExpectedVersion::Exact(n),
+                            vec![encoded(&stream, n)],
+                        )
+                        .await
+                        .expect("append");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut appended = 0;
+    for writer in writers {
+        appended += writer.await?;
+    }
+    relaying.abort();
+
+    let until = Instant::now() + run_for;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let wide = wide.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
+                        .bind(format!("baseline-8w-{w}"))
+                        .bind(to_i64(n) + 1_000_000 * to_i64(w + 1))
+                        .bind(payload(n))
+                        .execute(&wide)
+                        .await
+                        .expect("insert");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut inserted = 0;
+    for writer in writers {
+        inserted += writer.await?;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "rates")]
+    let (dtx, base) = (
+        appended as f64 / run_for.as_secs_f64(),
+        inserted as f64 / run_for.as_secs_f64(),
+    );
+    if options.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": "append_8_writers_outbox",
+                "events_per_s": dtx.round(),
+                "baseline": "insert_1_row_8_writers",
+                "baseline_per_s": base.round(),
+                "ratio": (dtx / base * 100.0).round() / 100.0,
+            })
+        );
+    } else {
+        println!(
+            "{:<22} {dtx:>10.0} events/s   {:<26} {base:>10.0} rows/s   {:>6.2}",
+            "append_8_writers_outbox",
+            "insert_1_row_8_writers",
+            dtx / base
+        );
+    }
     Ok(())
 }
