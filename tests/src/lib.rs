@@ -230,3 +230,38 @@ pub async fn generic_plans<'a>(
     }
     plans
 }
+
+/// Appends `per_stream` events (in batches of 5, payload `{"n": 1..}`) to each of the streams
+/// `Order-0` .. `Order-{streams - 1}`, all with this correlation id and `traceparent`: the
+/// workload the broker tests publish and read back.
+///
+/// # Panics
+/// When an append fails.
+pub async fn append_order_streams(
+    store: &PgEventStore,
+    streams: u64,
+    per_stream: u64,
+    correlation: uuid::Uuid,
+    traceparent: &str,
+) {
+    use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId};
+    for round in 0..per_stream / 5 {
+        for s in 0..streams {
+            let stream = StreamId::new(format!("Order-{s}")).expect("a stream id");
+            let events = (1..=5)
+                .map(|k| {
+                    let mut e =
+                        NewEvent::from_json("OrderEvent", &serde_json::json!({"n": round * 5 + k}))
+                            .expect("json");
+                    e.metadata =
+                        EventMetadata::correlated(correlation).with_traceparent(traceparent);
+                    e
+                })
+                .collect();
+            store
+                .append(&stream, ExpectedVersion::Exact(round * 5), events)
+                .await
+                .expect("append");
+        }
+    }
+}

@@ -11,7 +11,7 @@
 
 use async_nats::jetstream::{self, consumer, stream};
 use dtx::outbox::{Publisher, RelayOptions, headers};
-use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId, Uuid};
+use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId, Uuid};
 use dtx_postgres::PgOutbox;
 use dtx_postgres::nats::NatsPublisher;
 use futures_util::StreamExt;
@@ -58,25 +58,7 @@ async fn relay_publishes_to_jetstream_in_order_with_headers_and_dedupe() {
     let outbox = PgOutbox::new(store.pool().clone());
     let correlation = Uuid::now_v7();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    for round in 0..PER_STREAM / 5 {
-        for s in 0..STREAMS {
-            let stream = StreamId::new(format!("Order-{s}")).unwrap();
-            let events = (1..=5)
-                .map(|k| {
-                    let mut e =
-                        NewEvent::from_json("OrderEvent", &serde_json::json!({"n": round * 5 + k}))
-                            .unwrap();
-                    e.metadata =
-                        EventMetadata::correlated(correlation).with_traceparent(traceparent);
-                    e
-                })
-                .collect();
-            store
-                .append(&stream, ExpectedVersion::Exact(round * 5), events)
-                .await
-                .unwrap();
-        }
-    }
+    tests::append_order_streams(&store, STREAMS, PER_STREAM, correlation, traceparent).await;
     let publisher = NatsPublisher::new(client.clone(), prefix.clone());
     let relay = outbox.relay(publisher.clone(), RelayOptions::default());
     let published = relay.run_until_idle().await.unwrap();
