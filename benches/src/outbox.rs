@@ -100,16 +100,13 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
         let mut bare = Vec::new();
         for round in 0..3u64 {
             for side in 0..2 {
-                sqlx::query("DELETE FROM outbox_events")
-                    .execute(pool)
-                    .await?;
-                for s in 0..20u64 {
-                    let stream = StreamId::new(format!("Bench-relay-{round}-{side}-{s}"))?;
-                    let events = (0..MESSAGES / 20).map(|k| encoded(&stream, k)).collect();
-                    store
-                        .append(&stream, ExpectedVersion::NoStream, events)
-                        .await?;
-                }
+                refill(
+                    pool,
+                    &store,
+                    &format!("Bench-relay-{round}-{side}"),
+                    MESSAGES,
+                )
+                .await?;
                 let started = Instant::now();
                 if side == 0 {
                     let relay = outbox.relay(MemoryPublisher::new(), RelayOptions::default());
@@ -210,16 +207,13 @@ async fn relay_throughput_kafka(
     let mut bare = Vec::new();
     for round in 0..3u64 {
         for side in 0..2 {
-            sqlx::query("DELETE FROM outbox_events")
-                .execute(pool)
-                .await?;
-            for s in 0..20u64 {
-                let stream = StreamId::new(format!("Bench-kafka-{round}-{side}-{s}"))?;
-                let events = (0..MESSAGES / 20).map(|k| encoded(&stream, k)).collect();
-                store
-                    .append(&stream, ExpectedVersion::NoStream, events)
-                    .await?;
-            }
+            refill(
+                pool,
+                store,
+                &format!("Bench-kafka-{round}-{side}"),
+                MESSAGES,
+            )
+            .await?;
             let started = Instant::now();
             if side == 0 {
                 let relay = outbox.relay(publisher.clone(), RelayOptions::default());
@@ -372,6 +366,27 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
             "insert_1_row_8_writers",
             dtx / base
         );
+    }
+    Ok(())
+}
+
+/// Empties the outbox and appends `messages` events over 20 streams named `{prefix}-{n}`: the
+/// backlog the relay throughput rows drain.
+async fn refill(
+    pool: &PgPool,
+    store: &PgEventStore,
+    prefix: &str,
+    messages: u64,
+) -> Result<(), BoxError> {
+    sqlx::query("DELETE FROM outbox_events")
+        .execute(pool)
+        .await?;
+    for s in 0..20u64 {
+        let stream = StreamId::new(format!("{prefix}-{s}"))?;
+        let events = (0..messages / 20).map(|k| encoded(&stream, k)).collect();
+        store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await?;
     }
     Ok(())
 }
