@@ -4,7 +4,10 @@
 //! to the in-memory publisher vs a bare `UPDATE .. RETURNING` drain of the same rows), and
 //! `outbox_relay_throughput_kafka` (the same relayed to Kafka, `KAFKA_BROKERS` or
 //! `127.0.0.1:9092`, vs the bare drain producing each drained batch with `rskafka`; skipped when no
-//! broker answers).
+//! broker answers), `outbox_relay_throughput_nats` (the same to NATS `JetStream`, `NATS_URL` or
+//! `127.0.0.1:4222`, vs the bare drain publishing each batch pipelined, all acks awaited), and
+//! `append_8_writers` / `append_8_writers_outbox` (8 concurrent writers, without and with the
+//! outbox and a relay, vs 8 concurrent raw INSERT writers).
 
 use crate::{AccountEvent, BoxError, Options, Stats, deposit, pair, payload, report, to_i64};
 use dtx::outbox::{MemoryPublisher, RelayOptions};
@@ -12,6 +15,17 @@ use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId};
 use dtx_postgres::{PgEventStore, PgOutbox};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
+
+/// The baseline of the relay throughput rows: the same rows drained without dtx, 100 at a time,
+/// deleted and returned with their events' payloads in one statement.
+const BARE_DRAIN: &str = "WITH batch AS (
+        SELECT stream_key, id FROM outbox_events ORDER BY stream_key, id LIMIT 100
+        FOR UPDATE SKIP LOCKED),
+    done AS (
+        DELETE FROM outbox_events o USING batch b WHERE o.stream_key = b.stream_key AND o.id = b.id
+        RETURNING o.stream_key, o.sequence)
+    SELECT d.stream_key, e.event_id, e.data::text AS payload
+    FROM done d JOIN event_store e ON e.stream_id = d.stream_key AND e.version = d.sequence";
 
 fn encoded(stream: &StreamId, n: u64) -> NewEvent {
     NewEvent::encode(
@@ -114,14 +128,7 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
                     dtx.push(started.elapsed());
                 } else {
                     loop {
-                        let rows = sqlx::query(
-                            "UPDATE outbox_events SET status = 'published', published_at = now()
-                             WHERE id IN (SELECT id FROM outbox_events WHERE status = 'pending'
-                                          ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
-                             RETURNING id, stream_key, payload::text",
-                        )
-                        .fetch_all(pool)
-                        .await?;
+                        let rows = sqlx::query(BARE_DRAIN).fetch_all(pool).await?;
                         if rows.is_empty() {
                             break;
                         }
@@ -146,11 +153,14 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
             &row,
         );
     }
-    if options.wants("append_8_writers_outbox") {
+    if options.wants("append_8_writers") {
         eight_writers(options, pool).await?;
     }
     if options.wants("outbox_relay_throughput_kafka") {
         relay_throughput_kafka(options, pool, &store, &outbox).await?;
+    }
+    if options.wants("outbox_relay_throughput_nats") {
+        relay_throughput_nats(options, pool, &store, &outbox).await?;
     }
     Ok(())
 }
@@ -221,14 +231,7 @@ async fn relay_throughput_kafka(
                 dtx.push(started.elapsed());
             } else {
                 loop {
-                    let rows = sqlx::query(
-                        "UPDATE outbox_events SET status = 'published', published_at = now()
-                         WHERE id IN (SELECT id FROM outbox_events WHERE status = 'pending'
-                                      ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
-                         RETURNING id, stream_key, payload::text",
-                    )
-                    .fetch_all(pool)
-                    .await?;
+                    let rows = sqlx::query(BARE_DRAIN).fetch_all(pool).await?;
                     if rows.is_empty() {
                         break;
                     }
@@ -273,12 +276,82 @@ async fn relay_throughput_kafka(
     Ok(())
 }
 
-/// `append_8_writers_outbox`: events per second from 8 concurrent writers appending one event
-/// at a time with the outbox on and a relay publishing (wake-ups on), against 8 concurrent
-/// writers of raw single-row INSERTs, each side for the same time on its own 10-connection pool.
-async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
+/// What one side of the 8-writer rows writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// Raw single-row INSERTs (the baseline).
+    Raw,
+    /// One-event appends.
+    Append,
+    /// One-event appends with the outbox (a relay publishing, wake-ups on).
+    Outbox,
+    /// The same appends with no relay running: what the writes alone cost.
+    OutboxWrites,
+}
+
+/// Events per second from 8 writers of one kind for `run_for`.
+async fn eight_writers_rate(
+    wide: &PgPool,
+    writer: Writer,
+    round: usize,
+    run_for: Duration,
+) -> Result<f64, BoxError> {
     const WRITERS: u64 = 8;
-    let run_for = Duration::from_secs(3);
+    let plain = PgEventStore::new(wide.clone());
+    let outbox = plain.clone().with_outbox(true);
+    let until = Instant::now() + run_for;
+    let run = uuid::Uuid::now_v7();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = if matches!(writer, Writer::Outbox | Writer::OutboxWrites) {
+                outbox.clone()
+            } else {
+                plain.clone()
+            };
+            let wide = wide.clone();
+            tokio::spawn(async move {
+                let stream =
+                    StreamId::new(format!("Bench-8w-{round}-{w}-{run}")).expect("stream id");
+                let baseline = format!("baseline-8w-{run}-{w}");
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    if writer == Writer::Raw {
+                        sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
+                            .bind(&baseline)
+                            .bind(to_i64(n) + 1)
+                            .bind(payload(n))
+                            .execute(&wide)
+                            .await
+                            .expect("insert");
+                    } else {
+                        store
+                            .append(&stream, ExpectedVersion::Exact(n), vec![encoded(&stream, n)])
+                            .await
+                            .expect("append");
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut written = 0;
+    for task in tasks {
+        written += task.await?;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "a rate")]
+    Ok(written as f64 / run_for.as_secs_f64())
+}
+
+/// `append_8_writers` and `append_8_writers_outbox`: events per second from 8 concurrent writers
+/// appending one event at a time, without and with the outbox (then a relay publishes to the
+/// in-memory publisher, wake-ups on), against 8 concurrent writers of raw single-row INSERTs;
+/// and `append_8_writers_outbox_writes`, the outbox writes with no relay running (the backlog is
+/// published after that side, untimed). Three rounds of 2 s per side, the order of the sides
+/// rotating, all on one 10-connection pool; each row reports the median rates.
+async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
+    const ROUNDS: usize = 3;
+    let run_for = Duration::from_secs(2);
     let wide = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .connect_with((*pool.connect_options()).clone())
@@ -286,87 +359,141 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
     sqlx::query("DELETE FROM outbox_events")
         .execute(&wide)
         .await?;
-    let store = PgEventStore::new(wide.clone()).with_outbox(true);
     let relay = PgOutbox::new(wide.clone()).relay(MemoryPublisher::new(), RelayOptions::default());
-    let relaying = tokio::spawn(async move { relay.run(std::future::pending()).await });
-
-    let until = Instant::now() + run_for;
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let stream = StreamId::new(format!("Bench-8w-{w}-{}", uuid::Uuid::now_v7()))
-                    .expect("stream id");
-                let mut n = 0u64;
-                while Instant::now() < until {
-                    store
-                        .append(
-                            &stream,
-                            ExpectedVersion::Exact(n),
-                            vec![encoded(&stream, n)],
-                        )
-                        .await
-                        .expect("append");
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let mut appended = 0;
-    for writer in writers {
-        appended += writer.await?;
+    let sides = [
+        Writer::Raw,
+        Writer::Append,
+        Writer::Outbox,
+        Writer::OutboxWrites,
+    ];
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..sides.len() {
+            let side = (round + k) % sides.len();
+            let relaying = (sides[side] == Writer::Outbox).then(|| {
+                let relay = relay.clone();
+                tokio::spawn(async move { relay.run(std::future::pending()).await })
+            });
+            rates[side].push(eight_writers_rate(&wide, sides[side], round, run_for).await?);
+            if let Some(relaying) = relaying {
+                relaying.abort();
+            }
+            relay.run_until_idle().await?;
+        }
     }
-    relaying.abort();
-
-    let until = Instant::now() + run_for;
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let wide = wide.clone();
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < until {
-                    sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
-                        .bind(format!("baseline-8w-{w}"))
-                        .bind(to_i64(n) + 1_000_000 * to_i64(w + 1))
-                        .bind(payload(n))
-                        .execute(&wide)
-                        .await
-                        .expect("insert");
-                    n += 1;
-                }
-                n
-            })
-        })
-        .collect();
-    let mut inserted = 0;
-    for writer in writers {
-        inserted += writer.await?;
+    let [raw, plain, outbox, writes] = rates.map(|mut r| {
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    });
+    for (name, rate) in [
+        ("append_8_writers", plain),
+        ("append_8_writers_outbox", outbox),
+        ("append_8_writers_outbox_writes", writes),
+    ] {
+        if options.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "name": name,
+                    "events_per_s": rate.round(),
+                    "baseline": "insert_1_row_8_writers",
+                    "baseline_per_s": raw.round(),
+                    "ratio": (rate / raw * 100.0).round() / 100.0,
+                })
+            );
+        } else {
+            println!(
+                "{name:<30} {rate:>6.0} events/s   {:<26} {raw:>8.0} rows/s   {:>6.2}",
+                "insert_1_row_8_writers",
+                rate / raw
+            );
+        }
     }
-    #[allow(clippy::cast_precision_loss, reason = "rates")]
-    let (dtx, base) = (
-        appended as f64 / run_for.as_secs_f64(),
-        inserted as f64 / run_for.as_secs_f64(),
+    Ok(())
+}
+
+/// `outbox_relay_throughput_nats`: 2000 messages of 20 streams relayed to a fresh `JetStream`
+/// stream, vs the bare drain publishing each batch pipelined and awaiting all acks.
+async fn relay_throughput_nats(
+    options: &Options,
+    pool: &PgPool,
+    store: &PgEventStore,
+    outbox: &PgOutbox,
+) -> Result<(), BoxError> {
+    use async_nats::jetstream;
+    use dtx_postgres::nats::NatsPublisher;
+    use sqlx::Row;
+
+    const MESSAGES: u64 = 2000;
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
+    let client = match tokio::time::timeout(Duration::from_secs(3), async_nats::connect(&url)).await
+    {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            eprintln!("outbox_relay_throughput_nats skipped (no NATS server): {e}");
+            return Ok(());
+        }
+        Err(e) => {
+            eprintln!("outbox_relay_throughput_nats skipped (no NATS server): {e}");
+            return Ok(());
+        }
+    };
+    let js = jetstream::new(client.clone());
+    let name = format!("DTX_BENCH_{}", uuid::Uuid::now_v7().simple());
+    let prefix = name.to_lowercase();
+    js.create_stream(jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        ..jetstream::stream::Config::default()
+    })
+    .await?;
+    let publisher = NatsPublisher::new(client, prefix);
+    let mut dtx = Vec::new();
+    let mut bare = Vec::new();
+    for round in 0..3u64 {
+        for side in 0..2 {
+            refill(pool, store, &format!("Bench-nats-{round}-{side}"), MESSAGES).await?;
+            let started = Instant::now();
+            if side == 0 {
+                let relay = outbox.relay(publisher.clone(), RelayOptions::default());
+                relay.run_until_idle().await?;
+                dtx.push(started.elapsed());
+            } else {
+                loop {
+                    let rows = sqlx::query(BARE_DRAIN).fetch_all(pool).await?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    let mut acks = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        let key: String = row.try_get("stream_key")?;
+                        let id: uuid::Uuid = row.try_get("event_id")?;
+                        let payload: String = row.try_get("payload")?;
+                        let message = jetstream::message::PublishMessage::build()
+                            .payload(payload.into_bytes().into())
+                            .message_id(id.to_string());
+                        acks.push(js.send_publish(publisher.subject(&key), message).await?);
+                    }
+                    for ack in acks {
+                        ack.await?;
+                    }
+                }
+                bare.push(started.elapsed());
+            }
+        }
+    }
+    let per = u32::try_from(MESSAGES)?;
+    let row = (Stats::of(dtx, per), Stats::of(bare, per));
+    if !options.json {
+        println!("{:<22} {:.0} messages/s to NATS", "", 1e6 / row.0.p50_us);
+    }
+    report(
+        options,
+        "outbox_relay_throughput_nats",
+        "drain_and_publish_pipelined",
+        &row,
     );
-    if options.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "name": "append_8_writers_outbox",
-                "events_per_s": dtx.round(),
-                "baseline": "insert_1_row_8_writers",
-                "baseline_per_s": base.round(),
-                "ratio": (dtx / base * 100.0).round() / 100.0,
-            })
-        );
-    } else {
-        println!(
-            "{:<22} {dtx:>10.0} events/s   {:<26} {base:>10.0} rows/s   {:>6.2}",
-            "append_8_writers_outbox",
-            "insert_1_row_8_writers",
-            dtx / base
-        );
-    }
+    js.delete_stream(&name).await.ok();
     Ok(())
 }
 

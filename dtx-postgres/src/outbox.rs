@@ -2,31 +2,41 @@
 //!
 //! # Writing
 //!
-//! [`crate::PgEventStore::with_outbox`] adds one more data-modifying CTE to the append statement:
-//! the outbox rows come off the inserted event rows, so an append with the outbox is still one
-//! statement and one round trip. [`PgOutbox::enqueue`] adds other messages inside the caller's
-//! transaction.
+//! [`crate::PgEventStore::with_outbox`] adds one more data-modifying CTE to the append statement,
+//! so an append with the outbox is still one statement and one round trip. Every append pays for
+//! that row, so it is kept small: an event's `outbox_events` row holds its stream and version
+//! only, and the relay reads the event itself (payload, id, type, metadata for the headers) from
+//! `event_store` when it publishes. The table has a single index, its primary key
+//! `(stream_key, id)`, and holds only the backlog: a relay deletes what it has published (keeping
+//! a copy in `outbox_published` for [`RelayOptions::retention`]). [`PgOutbox::enqueue`] adds
+//! other messages, with their own payload and headers, inside the caller's transaction.
 //!
 //! # Order per stream key, with any number of relays
 //!
 //! A relay works in one transaction per batch:
 //!
-//! 1. it picks the keys whose oldest unpublished row is pending and due, oldest first, and takes
-//!    a **transaction-scoped advisory lock** per key with `pg_try_advisory_xact_lock` (keys
-//!    another relay holds are passed over, so two relays share the work instead of waiting);
-//! 2. it reads the unpublished rows of the keys it locked, in id order, and publishes each key's
-//!    rows in order (different keys concurrently), stopping a key at its first failure;
-//! 3. it marks what was published, records failures (backoff or dead letter) and commits, which
-//!    releases the locks.
+//! 1. it walks the keys that have rows with a skip scan of the primary key (one index probe per
+//!    key, which also yields the key's first row), going on from where its previous pass
+//!    stopped, so every key gets its turn; a key is claimable when its first row is pending and
+//!    due, and the relay takes a **transaction-scoped advisory lock** on it with
+//!    `pg_try_advisory_xact_lock` (keys another relay holds are passed over, so two relays share
+//!    the work instead of waiting);
+//! 2. it reads the first rows of the keys it locked, in id order, an equal share of the batch per
+//!    key, and publishes each key's rows in order (different keys concurrently), stopping a key
+//!    at its first failure;
+//! 3. it deletes what was published, records failures (backoff or dead letter) and commits,
+//!    which releases the locks.
 //!
 //! Advisory locks rather than `FOR UPDATE SKIP LOCKED` on rows: skipping a locked row lets
 //! another relay take the *next* row of the same key and publish it first. Locking the key keeps
 //! the whole key with one relay. Because the locks live as long as the relay's transaction, a
 //! relay that dies (even by SIGKILL) releases them at once when its connection drops, and its
-//! unmarked rows are still pending: they are published again by the next relay. Duplicates are
-//! thus limited to the batch in flight, and every message carries its id (`dtx-event-id`,
-//! `Nats-Msg-Id`) for deduplication. The cost is a transaction held open while a batch is
-//! published (milliseconds).
+//! rows are still there: they are published again by the next relay. Duplicates are thus limited
+//! to the batch in flight, and every message carries its id (`dtx-event-id`, `Nats-Msg-Id`) for
+//! deduplication. The cost is a transaction held open while a batch is published
+//! (milliseconds). The relay's commits do not wait for the WAL flush (`synchronous_commit = off`
+//! for its transactions only): a server crash can lose the record that a batch was published, and
+//! then the batch is published again.
 //!
 //! # Poison messages
 //!
@@ -38,21 +48,28 @@
 //! # Wake-ups
 //!
 //! A transaction with a pending `NOTIFY` takes a global lock at commit that serialises every
-//! committing transaction, so appends do not `NOTIFY` each time. A relay that runs out of work
-//! *arms* a one-row flag (`outbox_wakeup`); a statement-level trigger on `outbox_events` disarms
-//! it and notifies, so only the first outbox write after the relays went idle pays for a
-//! `NOTIFY`. While the relays are busy (the common case under load) appends only read the
-//! unarmed flag. A wake-up lost in the instant between a relay's last empty claim and its arming
-//! is covered by the relay's check after arming and, at worst, by the fallback poll
-//! ([`RelayOptions::poll_interval`]).
+//! committing transaction, so outbox writes must not notify while a relay is busy anyway. An
+//! idle relay **arms** the wake-up by holding an advisory lock (`pg_advisory_lock`, on its
+//! listening connection) and releases it when it is busy again. Every outbox write tries the
+//! same lock in shared mode, in its own statement (`pg_try_advisory_xact_lock_shared`): that only
+//! fails while a relay holds it, and then the write notifies. No table is read or written for
+//! this, and a busy relay means no `NOTIFY` at all.
 //!
-//! Measured with pgbench (8 clients, one-row outbox INSERT, PostgreSQL 15 on 2 cores): no
-//! trigger 9,500 tx/s; this trigger with the flag down 7,600–8,500 tx/s; a `pg_notify` in every
-//! transaction 3,650–3,900 tx/s.
+//! A write that found the relay busy holds the shared lock until it commits, so a relay that
+//! goes idle and arms waits for such writes to commit (and writes arriving meanwhile already
+//! notify); its last look for work after arming therefore sees them. The wake-up cannot be lost
+//! in the instant between a relay's last empty pass and its arming, which a flag read by the
+//! writes cannot promise. The poll ([`RelayOptions::poll_interval`]) remains as a fallback for
+//! a relay that could not listen.
+//!
+//! Measured with pgbench (8 clients, one-event appends with the outbox row, PostgreSQL 15 on 2
+//! cores): the lock check costs 0–4 % of the throughput where reading a one-row flag table costs
+//! 6–9 % and a `pg_notify` in every transaction halves it.
 //!
 //! # Retention
 //!
-//! Published rows older than [`RelayOptions::retention`] are deleted by the relay in batches of
+//! Published messages are copied to `outbox_published` (when [`RelayOptions::retention`] is not
+//! zero) and deleted from there after the retention, in batches of
 //! [`RelayOptions::retention_batch`] rows per statement (see [`PgOutbox::purge_published`]).
 
 use dtx::outbox::{NewOutboxMessage, OutboxCounts, OutboxMessage, Publisher, RelayOptions};
@@ -71,13 +88,22 @@ pub const NOTIFY_CHANNEL: &str = "dtx_outbox";
 /// so that they never collide with an application's own single-key advisory locks.
 const LOCK_CLASS: i32 = 0x6474_786f; // "dtxo"
 
+/// The advisory lock an armed (idle, listening) relay holds: class `"dtxw"`, id 0.
+const WAKE_CLASS: i32 = 0x6474_7877; // "dtxw"
+
+/// The wake-up check of every outbox write, as one SQL expression: a shared try-lock on the wake
+/// key fails only while a relay holds it (armed), and then the write notifies. See the module
+/// docs (Wake-ups).
+pub(crate) const WAKE_CHECK: &str = "(SELECT CASE WHEN pg_try_advisory_xact_lock_shared(1685354615, 0) \
+     THEN false ELSE (SELECT true FROM pg_notify('dtx_outbox', '')) END)";
+
 struct OutboxSql {
     enqueue: String,
     claim_keys: String,
     claim_rows: String,
     mark_published: String,
+    archive_published: String,
     mark_failed: String,
-    arm: String,
     counts: String,
     dead: String,
     requeue: String,
@@ -85,77 +111,110 @@ struct OutboxSql {
     purge: String,
 }
 
-const MESSAGE_COLUMNS: &str = "id, stream_key, sequence, event_id, event_type, payload::text AS payload, \
-     headers::text AS headers, attempts, last_error, created_at";
+/// The columns of a message as [`message`] reads them: an event's row is completed from
+/// `event_store` (`e`), a message's row carries its own.
+const MESSAGE_COLUMNS: &str = "o.id, o.stream_key, o.sequence, \
+     COALESCE(o.event_id, e.event_id) AS event_id, COALESCE(o.event_type, e.event_type) AS event_type, \
+     COALESCE(o.payload, e.data)::text AS payload, o.headers::text AS headers, \
+     e.correlation_id, e.causation_id, e.traceparent, o.attempts, o.last_error, o.created_at";
 
 impl OutboxSql {
     fn new(schema: Option<&str>) -> Self {
         let prefix = schema.map(|s| format!("{s}.")).unwrap_or_default();
         let outbox = format!("{prefix}outbox_events");
-        let wakeup = format!("{prefix}outbox_wakeup");
+        let published = format!("{prefix}outbox_published");
+        let events = format!("{prefix}event_store");
+        let event_join = format!(
+            "LEFT JOIN {events} e ON e.stream_id = o.stream_key AND e.version = o.sequence"
+        );
         Self {
             enqueue: format!(
-                "INSERT INTO {outbox} (stream_key, event_id, event_type, payload, headers)
-                 SELECT m.key, m.id, m.type, m.payload::jsonb, m.headers::jsonb
-                 FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[])
-                      WITH ORDINALITY AS m(key, id, type, payload, headers, ord)
-                 ORDER BY m.ord"
+                "WITH ins AS (
+                    INSERT INTO {outbox} (stream_key, id, event_id, event_type, payload, headers)
+                    SELECT m.key, nextval('{prefix}event_store_global_position_seq'), m.id, m.type,
+                           m.payload::jsonb, m.headers::jsonb
+                    FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[])
+                         WITH ORDINALITY AS m(key, id, type, payload, headers, ord)
+                    ORDER BY m.ord
+                    RETURNING id)
+                 SELECT count(*) AS added, {WAKE_CHECK} AS woke FROM ins"
             ),
-            // Keys whose oldest unpublished row is pending and due, oldest first; the advisory
-            // lock is tried only on the rows the outer LIMIT still needs (a volatile filter
-            // above a LIMIT subquery is never pushed down into it).
+            // A skip scan over the keys after the relay's cursor: each step is one probe of the
+            // primary key, and yields the head (first row) of the next key's queue. A key is
+            // claimable when its head is pending and due; the advisory lock is tried on those
+            // only, and only for the heads the LIMIT lets through.
             claim_keys: format!(
-                "SELECT k.stream_key FROM (
-                    SELECT p.stream_key, min(p.id) AS first FROM {outbox} p
-                    WHERE p.status = 'pending' AND p.next_attempt_at <= now()
-                    GROUP BY p.stream_key
-                    HAVING NOT EXISTS (
-                        SELECT 1 FROM {outbox} b
-                        WHERE b.stream_key = p.stream_key AND b.status <> 'published'
-                          AND b.id < min(p.id))
-                    ORDER BY first LIMIT $2
-                 ) k
-                 WHERE pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(k.stream_key))
-                 LIMIT $1"
+                "WITH RECURSIVE heads AS (
+                    (SELECT stream_key, status, next_attempt_at FROM {outbox}
+                     WHERE stream_key > $1 ORDER BY stream_key, id LIMIT 1)
+                    UNION ALL
+                    SELECT n.stream_key, n.status, n.next_attempt_at FROM heads h
+                    CROSS JOIN LATERAL (
+                        SELECT stream_key, status, next_attempt_at FROM {outbox}
+                        WHERE stream_key > h.stream_key ORDER BY stream_key, id LIMIT 1) n
+                 )
+                 SELECT stream_key,
+                        CASE WHEN status = 'pending' AND next_attempt_at <= now()
+                             THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(stream_key))
+                             ELSE false END AS locked
+                 FROM (SELECT * FROM heads LIMIT $2) h"
             ),
+            // The first rows of each locked key, in order, at most $2 per key.
             claim_rows: format!(
-                "SELECT {MESSAGE_COLUMNS}, status, next_attempt_at <= now() AS due FROM {outbox}
-                 WHERE stream_key = ANY($1) AND status <> 'published'
-                 ORDER BY id LIMIT $2"
+                "SELECT {MESSAGE_COLUMNS}, o.status, o.next_attempt_at <= now() AS due
+                 FROM UNNEST($1::text[]) AS k(key)
+                 CROSS JOIN LATERAL (
+                     SELECT * FROM {outbox} WHERE stream_key = k.key ORDER BY id LIMIT $2) o
+                 {event_join}
+                 ORDER BY o.stream_key, o.id"
             ),
             mark_published: format!(
-                "UPDATE {outbox} SET status = 'published', published_at = now()
-                 WHERE id = ANY($1)"
+                "DELETE FROM {outbox} WHERE stream_key = ANY($1) AND id = ANY($2)"
+            ),
+            archive_published: format!(
+                "WITH done AS (
+                    DELETE FROM {outbox} WHERE stream_key = ANY($1) AND id = ANY($2)
+                    RETURNING stream_key, id, sequence, event_id, event_type, payload, headers,
+                              attempts, created_at)
+                 INSERT INTO {published} (stream_key, id, sequence, event_id, event_type, payload,
+                                          headers, attempts, created_at)
+                 SELECT * FROM done"
             ),
             mark_failed: format!(
-                "UPDATE {outbox} SET attempts = $2, last_error = $3, status = $4,
-                     next_attempt_at = now() + make_interval(secs => $5)
-                 WHERE id = $1"
+                "UPDATE {outbox} SET attempts = $3, last_error = $4, status = $5,
+                     next_attempt_at = now() + make_interval(secs => $6)
+                 WHERE stream_key = $1 AND id = $2"
             ),
-            arm: format!("UPDATE {wakeup} SET armed = true WHERE NOT armed"),
+            // The status queries read the backlog (what is not yet published) or the archive
+            // whole: they are for operators, not for the hot path, which has no index to spare.
             counts: format!(
-                "SELECT (SELECT count(*) FROM {outbox} WHERE status = 'pending') AS pending,
-                        (SELECT count(*) FROM {outbox} WHERE status = 'published') AS published,
-                        (SELECT count(*) FROM {outbox} WHERE status = 'dead') AS dead,
-                        (SELECT extract(epoch FROM now() - created_at)::float8 FROM {outbox}
-                         WHERE status = 'pending' ORDER BY id LIMIT 1) AS lag"
+                "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+                        count(*) FILTER (WHERE status = 'dead') AS dead,
+                        extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS lag,
+                        (SELECT count(*) FROM {published}) AS published
+                 FROM {outbox}"
             ),
             dead: format!(
-                "SELECT {MESSAGE_COLUMNS} FROM {outbox} WHERE status = 'dead' ORDER BY id LIMIT $1"
+                "SELECT {MESSAGE_COLUMNS} FROM {outbox} o {event_join}
+                 WHERE o.status = 'dead' ORDER BY o.id LIMIT $1"
             ),
             requeue: format!(
-                "UPDATE {outbox} SET status = 'pending', attempts = 0, next_attempt_at = now()
-                 WHERE id = $1 AND status = 'dead'"
+                "WITH back AS (
+                    UPDATE {outbox} SET status = 'pending', attempts = 0, next_attempt_at = now()
+                    WHERE id = $1 AND status = 'dead' RETURNING id)
+                 SELECT count(*) AS requeued, {WAKE_CHECK} AS woke FROM back"
             ),
             requeue_all: format!(
-                "UPDATE {outbox} SET status = 'pending', attempts = 0, next_attempt_at = now()
-                 WHERE status = 'dead'"
+                "WITH back AS (
+                    UPDATE {outbox} SET status = 'pending', attempts = 0, next_attempt_at = now()
+                    WHERE status = 'dead' RETURNING id)
+                 SELECT count(*) AS requeued, {WAKE_CHECK} AS woke FROM back"
             ),
             purge: format!(
-                "DELETE FROM {outbox} WHERE id IN (
-                    SELECT id FROM {outbox}
-                    WHERE status = 'published' AND published_at < now() - make_interval(secs => $1)
-                    ORDER BY published_at LIMIT $2)"
+                "DELETE FROM {published} WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM {published}
+                    WHERE published_at < now() - make_interval(secs => $1)
+                    LIMIT $2))"
             ),
         }
     }
@@ -179,28 +238,76 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn message(row: &PgRow) -> Result<OutboxMessage> {
+/// A stored message: its row, completed from `event_store` for an event. `Err` inside: the
+/// row's event is no longer stored, a failure the relay records like a failed publish.
+fn message(row: &PgRow) -> Result<std::result::Result<OutboxMessage, (OutboxMessage, String)>> {
     fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
         row: &'r PgRow,
         column: &str,
     ) -> Result<T> {
         row.try_get(column).map_err(Error::storage)
     }
-    let headers: String = get(row, "headers")?;
-    let headers: BTreeMap<String, String> =
-        serde_json::from_str(&headers).map_err(Error::storage)?;
-    Ok(OutboxMessage {
+    let key: String = get(row, "stream_key")?;
+    let sequence = get::<Option<i64>>(row, "sequence")?.and_then(|s| u64::try_from(s).ok());
+    let message_id: Option<uuid::Uuid> = get(row, "event_id")?;
+    let message_type: Option<String> = get(row, "event_type")?;
+    let payload: Option<String> = get(row, "payload")?;
+    let headers = if let Some(headers) = get::<Option<String>>(row, "headers")? {
+        // a message: the headers it was enqueued with
+        serde_json::from_str(&headers).map_err(Error::storage)?
+    } else {
+        // an event: the headers of its metadata
+        let mut all = BTreeMap::new();
+        if let Some(id) = message_id {
+            all.insert(dtx::outbox::headers::EVENT_ID.to_owned(), id.to_string());
+        }
+        if let Some(kind) = &message_type {
+            all.insert(dtx::outbox::headers::EVENT_TYPE.to_owned(), kind.clone());
+        }
+        all.insert(dtx::outbox::headers::STREAM_ID.to_owned(), key.clone());
+        for (name, column) in [
+            (dtx::outbox::headers::CORRELATION_ID, "correlation_id"),
+            (dtx::outbox::headers::CAUSATION_ID, "causation_id"),
+        ] {
+            if let Some(id) = get::<Option<uuid::Uuid>>(row, column)? {
+                all.insert(name.to_owned(), id.to_string());
+            }
+        }
+        if let Some(traceparent) = get::<Option<String>>(row, "traceparent")? {
+            all.insert(dtx::outbox::headers::TRACEPARENT.to_owned(), traceparent);
+        }
+        all
+    };
+    let missing = payload.is_none();
+    let message = OutboxMessage {
         id: get(row, "id")?,
-        key: get(row, "stream_key")?,
-        sequence: get::<Option<i64>>(row, "sequence")?.and_then(|s| u64::try_from(s).ok()),
-        message_id: get(row, "event_id")?,
-        message_type: get(row, "event_type")?,
-        payload: get::<String>(row, "payload")?.into_boxed_str(),
+        sequence,
+        message_id: message_id.unwrap_or_default(),
+        message_type: message_type.unwrap_or_default(),
+        payload: payload
+            .unwrap_or_else(|| "null".to_owned())
+            .into_boxed_str(),
         headers,
         attempts: u32::try_from(get::<i32>(row, "attempts")?).unwrap_or(0),
         last_error: get(row, "last_error")?,
         created_at: get(row, "created_at")?,
-    })
+        key,
+    };
+    if missing {
+        let error = format!(
+            "event {} of stream `{}` is no longer in the event store",
+            sequence.unwrap_or_default(),
+            message.key
+        );
+        return Ok(Err((message, error)));
+    }
+    Ok(Ok(message))
+}
+
+/// Reads a count column.
+fn count(row: &PgRow, name: &str) -> Result<u64> {
+    let n: i64 = row.try_get(name).map_err(Error::storage)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 impl PgOutbox {
@@ -232,8 +339,8 @@ impl PgOutbox {
             ("outbox_claim_keys", &sql.claim_keys),
             ("outbox_claim_rows", &sql.claim_rows),
             ("outbox_mark_published", &sql.mark_published),
+            ("outbox_archive_published", &sql.archive_published),
             ("outbox_mark_failed", &sql.mark_failed),
-            ("outbox_arm", &sql.arm),
             ("outbox_counts", &sql.counts),
             ("outbox_dead", &sql.dead),
             ("outbox_requeue", &sql.requeue),
@@ -271,26 +378,24 @@ impl PgOutbox {
             .bind(&types)
             .bind(&payloads)
             .bind(&headers)
-            .execute(conn)
+            .fetch_one(conn)
             .await
             .map_err(Error::storage)?;
         Ok(())
     }
 
-    /// Counts by status and the outbox lag (age of the oldest pending message).
+    /// Counts by status and the outbox lag (age of the oldest pending message). It reads the
+    /// whole backlog and archive: an operator's query, not one for every request.
     pub async fn counts(&self) -> Result<OutboxCounts> {
         let row = sqlx::query(&self.sql.counts)
             .fetch_one(&self.pool)
             .await
             .map_err(Error::storage)?;
-        let count = |name: &str| -> Result<u64> {
-            Ok(u64::try_from(row.try_get::<i64, _>(name).map_err(Error::storage)?).unwrap_or(0))
-        };
         let lag: Option<f64> = row.try_get("lag").map_err(Error::storage)?;
         Ok(OutboxCounts {
-            pending: count("pending")?,
-            published: count("published")?,
-            dead: count("dead")?,
+            pending: count(&row, "pending")?,
+            published: count(&row, "published")?,
+            dead: count(&row, "dead")?,
             oldest_pending_age: lag.map(|s| Duration::from_secs_f64(s.max(0.0))),
         })
     }
@@ -302,39 +407,44 @@ impl PgOutbox {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.iter().map(message).collect()
+        rows.iter()
+            .map(|row| Ok(message(row)?.unwrap_or_else(|(message, _)| message)))
+            .collect()
     }
 
-    /// Puts a dead message back to pending (attempts reset); its key resumes in order. `false`
-    /// if no dead message has this id.
+    /// Puts a dead message back to pending (attempts reset) and wakes an idle relay; its key
+    /// resumes in order. `false` if no dead message has this id.
     pub async fn requeue(&self, id: i64) -> Result<bool> {
-        let done = sqlx::query(&self.sql.requeue)
+        let row = sqlx::query(&self.sql.requeue)
             .bind(id)
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(Error::storage)?;
-        self.wake().await;
-        Ok(done.rows_affected() == 1)
+        Ok(count(&row, "requeued")? == 1)
     }
 
     /// Puts every dead message back to pending; returns how many.
     pub async fn requeue_all_dead(&self) -> Result<u64> {
-        let done = sqlx::query(&self.sql.requeue_all)
-            .execute(&self.pool)
+        let row = sqlx::query(&self.sql.requeue_all)
+            .fetch_one(&self.pool)
             .await
             .map_err(Error::storage)?;
-        self.wake().await;
-        Ok(done.rows_affected())
+        count(&row, "requeued")
     }
 
-    async fn wake(&self) {
-        let sent = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(NOTIFY_CHANNEL)
-            .execute(&self.pool)
-            .await;
-        if let Err(error) = sent {
-            tracing::debug!(%error, "outbox wake-up not sent; relays find the work by polling");
-        }
+    /// Whether an idle relay is armed, that is listening and holding the wake lock: while it
+    /// is, every outbox write notifies.
+    pub async fn armed(&self) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND classid = $1::int8::oid AND objid = 0 AND objsubid = 2)",
+        )
+        .bind(i64::from(WAKE_CLASS))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(Error::storage)
     }
 
     /// Deletes published messages older than `older_than`, `batch` rows per statement (each its
@@ -361,6 +471,7 @@ impl PgOutbox {
             outbox: self.clone(),
             publisher: Arc::new(publisher),
             options,
+            cursor: Arc::default(),
         }
     }
 }
@@ -391,6 +502,9 @@ pub struct OutboxRelay {
     outbox: PgOutbox,
     publisher: Arc<dyn Publisher>,
     options: RelayOptions,
+    /// The last key the previous pass looked at: the next one goes on after it, so every key
+    /// gets its turn however many keys have work.
+    cursor: Arc<std::sync::Mutex<String>>,
 }
 
 impl std::fmt::Debug for OutboxRelay {
@@ -403,9 +517,14 @@ impl std::fmt::Debug for OutboxRelay {
 
 /// The outcome of publishing one key's share of a batch.
 struct KeyOutcome {
-    published: Vec<i64>,
+    published: Vec<(String, i64)>,
     failed: Option<(OutboxMessage, String)>,
 }
+
+/// The statement that opens a relay's transaction. Its commit does not wait for the WAL flush:
+/// what it records is that messages were published, and if a server crash loses that record
+/// the messages are published again, which at-least-once delivery allows.
+const RELAY_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 impl OutboxRelay {
     /// The relay's settings.
@@ -418,6 +537,60 @@ impl OutboxRelay {
         &self.outbox
     }
 
+    /// Finds up to `batch` keys with work, after the cursor and then from the start, and
+    /// locks them (in `tx`); moves the cursor on.
+    async fn claim_keys(&self, tx: &mut PgConnection, batch: usize) -> Result<Vec<String>> {
+        let sql = &*self.outbox.sql;
+        let cursor = self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut keys = Vec::new();
+        let mut next = String::new();
+        let heads = sqlx::query(&sql.claim_keys)
+            .bind(&cursor)
+            .bind(to_i64(batch))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
+        for head in &heads {
+            let key: String = head.try_get("stream_key").map_err(Error::storage)?;
+            if head.try_get("locked").map_err(Error::storage)? {
+                keys.push(key.clone());
+            }
+            next = key;
+        }
+        if heads.len() < batch {
+            // The end of the keys: start from the first one again next time, and now take the
+            // keys up to the cursor that this pass has room for.
+            next.clear();
+            if !cursor.is_empty() {
+                let heads = sqlx::query(&sql.claim_keys)
+                    .bind("")
+                    .bind(to_i64(batch - heads.len()))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(Error::storage)?;
+                for head in &heads {
+                    let key: String = head.try_get("stream_key").map_err(Error::storage)?;
+                    if key > cursor {
+                        break;
+                    }
+                    if head.try_get("locked").map_err(Error::storage)? {
+                        keys.push(key.clone());
+                    }
+                    next = key;
+                }
+            }
+        }
+        *self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(keys)
+    }
+
     /// Claims one batch, publishes it and records the outcome, in one transaction.
     #[expect(
         clippy::too_many_lines,
@@ -426,36 +599,41 @@ impl OutboxRelay {
     pub async fn run_once(&self) -> Result<RelayPass> {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
-        let mut tx = self.outbox.pool.begin().await.map_err(Error::storage)?;
+        let mut tx = self
+            .outbox
+            .pool
+            .begin_with(RELAY_BEGIN)
+            .await
+            .map_err(Error::storage)?;
         let claim = tracing::debug_span!(
             "dtx.outbox.claim",
             keys = tracing::field::Empty,
             messages = tracing::field::Empty,
         );
-        let keys: Vec<String> = sqlx::query_scalar(&sql.claim_keys)
-            .bind(to_i64(batch))
-            .bind(to_i64(batch.saturating_mul(4)))
-            .fetch_all(&mut *tx)
+        let keys = self
+            .claim_keys(&mut tx, batch)
             .instrument(claim.clone())
-            .await
-            .map_err(Error::storage)?;
+            .await?;
         claim.record("keys", keys.len());
         if keys.is_empty() {
             tx.commit().await.map_err(Error::storage)?;
             return Ok(RelayPass::default());
         }
+        // Each key gets an equal share of the batch (a busy key cannot starve the others).
+        let share = batch.div_ceil(keys.len());
         let rows = sqlx::query(&sql.claim_rows)
             .bind(&keys)
-            .bind(to_i64(batch))
+            .bind(to_i64(share))
             .fetch_all(&mut *tx)
             .instrument(claim.clone())
             .await
             .map_err(Error::storage)?;
         claim.record("messages", rows.len());
 
-        // Each key's rows in order, up to its first dead or not yet due row.
+        // Each key's rows in order, up to its first dead, not yet due or unreadable row.
         let mut per_key: Vec<(String, Vec<OutboxMessage>)> = Vec::new();
         let mut blocked = std::collections::HashSet::new();
+        let mut failed = Vec::new();
         for row in &rows {
             let key: String = row.try_get("stream_key").map_err(Error::storage)?;
             if blocked.contains(&key) {
@@ -467,10 +645,17 @@ impl OutboxRelay {
                 blocked.insert(key);
                 continue;
             }
-            let message = message(row)?;
-            match per_key.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, messages)) => messages.push(message),
-                None => per_key.push((key, vec![message])),
+            let message = match message(row)? {
+                Ok(message) => message,
+                Err(unreadable) => {
+                    failed.push(unreadable);
+                    blocked.insert(key);
+                    continue;
+                }
+            };
+            match per_key.last_mut() {
+                Some((k, messages)) if *k == key => messages.push(message),
+                _ => per_key.push((key, vec![message])),
             }
         }
 
@@ -501,7 +686,7 @@ impl OutboxRelay {
                         Ok(()) => {
                             let lag = (chrono::Utc::now() - message.created_at).to_std();
                             dtx::telemetry::record_outbox_published(lag.unwrap_or_default());
-                            outcome.published.push(message.id);
+                            outcome.published.push((message.key, message.id));
                         }
                         Err(error) => {
                             outcome.failed = Some((message, error.to_string()));
@@ -513,20 +698,28 @@ impl OutboxRelay {
             });
         }
         let mut pass = RelayPass::default();
-        let mut published = Vec::new();
-        let mut failed = Vec::new();
+        let (mut published_keys, mut published_ids) = (Vec::new(), Vec::new());
         while let Some(done) = running.join_next().await {
             let outcome = done.map_err(Error::storage)?;
-            published.extend(outcome.published);
+            for (key, id) in outcome.published {
+                published_keys.push(key);
+                published_ids.push(id);
+            }
             failed.extend(outcome.failed);
         }
-        pass.published = published.len();
-        if !published.is_empty() {
-            sqlx::query(&sql.mark_published)
-                .bind(&published)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::storage)?;
+        pass.published = published_ids.len();
+        if !published_ids.is_empty() {
+            let keep = self.options.retention.is_none_or(|r| !r.is_zero());
+            sqlx::query(if keep {
+                &sql.archive_published
+            } else {
+                &sql.mark_published
+            })
+            .bind(&published_keys)
+            .bind(&published_ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
         }
         for (message, error) in failed {
             let attempts = message.attempts + 1;
@@ -546,6 +739,7 @@ impl OutboxRelay {
             }
             pass.failed += 1;
             sqlx::query(&sql.mark_failed)
+                .bind(&message.key)
                 .bind(message.id)
                 .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
                 .bind(&error)
@@ -572,9 +766,19 @@ impl OutboxRelay {
         }
     }
 
-    /// Runs until `shutdown` completes: publishes while there is work, then arms the wake-up
-    /// flag and waits for a `NOTIFY` (or [`RelayOptions::poll_interval`] at most). Deletes
-    /// published rows past [`RelayOptions::retention`] about once a minute.
+    /// One pass, with a failure logged (and counted as idle): [`run`](Self::run) keeps going.
+    async fn pass_logged(&self) -> RelayPass {
+        self.run_once().await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "outbox relay pass failed");
+            RelayPass::default()
+        })
+    }
+
+    /// Runs until `shutdown` completes: publishes while there is work (a pass that filled its
+    /// batch, or found a single message, is followed at once by the next; one that found
+    /// several, after [`RelayOptions::linger`]), then arms the wake-up and waits for a `NOTIFY` (or
+    /// [`RelayOptions::poll_interval`] at most). Deletes published rows past
+    /// [`RelayOptions::retention`] about once a minute.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
         let mut listener = PgListener::connect_with(&self.outbox.pool)
@@ -584,24 +788,37 @@ impl OutboxRelay {
             .listen(NOTIFY_CHANNEL)
             .await
             .map_err(Error::storage)?;
+        let batch = self.options.batch_size.max(1);
         let mut purged: Option<Instant> = None;
         loop {
-            // A batch in flight always finishes (it is one transaction): shutdown is honoured
-            // between batches, so a graceful stop never leaves published rows unmarked.
-            let stop = tokio::select! {
-                biased;
-                () = &mut shutdown => true,
-                () = std::future::ready(()) => false,
-            };
-            if stop {
-                return Ok(());
-            }
-            match self.run_once().await {
-                Ok(pass) if !pass.is_idle() => continue,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "outbox relay pass failed"),
+            // Busy: passes until one finds nothing. A batch in flight always finishes (it is one
+            // transaction), so a graceful stop never leaves published rows unmarked.
+            loop {
+                let stop = tokio::select! {
+                    biased;
+                    () = &mut shutdown => true,
+                    () = std::future::ready(()) => false,
+                };
+                if stop {
+                    return Ok(());
+                }
+                let pass = self.pass_logged().await;
+                if pass.is_idle() {
+                    break;
+                }
+                let handled = pass.published + pass.failed;
+                if handled > 1 && handled < batch {
+                    // Writes keep coming: let the next batch fill a little instead of claiming a
+                    // handful at a time. (A lone message is followed by a look at once, so a
+                    // quiet outbox publishes each write as soon as it commits.)
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(self.options.linger) => {}
+                    }
+                }
             }
             if let Some(retention) = self.options.retention
+                && !retention.is_zero()
                 && purged.is_none_or(|at| at.elapsed() > Duration::from_secs(60))
             {
                 purged = Some(Instant::now());
@@ -613,28 +830,66 @@ impl OutboxRelay {
                     tracing::warn!(%error, "outbox retention failed");
                 }
             }
-            // Idle: arm the wake-up, then look once more for rows that committed before it.
-            if let Err(error) = sqlx::query(&self.outbox.sql.arm)
-                .execute(&self.outbox.pool)
-                .await
-            {
-                tracing::warn!(%error, "arming the outbox wake-up failed; polling");
-            }
-            match self.run_once().await {
-                Ok(pass) if !pass.is_idle() => continue,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "outbox relay pass failed"),
-            }
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                woken = listener.recv() => {
-                    if let Err(error) = woken {
-                        tracing::warn!(%error, "outbox listener failed; polling");
-                        tokio::time::sleep(self.options.poll_interval).await;
+            // Idle: arm the wake-up, so that every outbox write from now on notifies, then look
+            // once more. Arming waits for the writes that found it unarmed (they hold the wake
+            // lock until they commit), so that last look sees all of them: no write is missed.
+            let armed = arm(&mut listener).await;
+            let pass = self.pass_logged().await;
+            if pass.is_idle() {
+                tokio::select! {
+                    () = &mut shutdown => {
+                        disarm(&mut listener, armed).await;
+                        return Ok(());
                     }
+                    woken = listener.recv() => {
+                        if let Err(error) = woken {
+                            tracing::warn!(%error, "outbox listener failed; polling");
+                            tokio::time::sleep(self.options.poll_interval).await;
+                        }
+                    }
+                    () = tokio::time::sleep(self.options.poll_interval) => {}
                 }
-                () = tokio::time::sleep(self.options.poll_interval) => {}
             }
+            // Busy again: writes stop notifying.
+            disarm(&mut listener, armed).await;
         }
+    }
+}
+
+/// Takes the wake lock on the listener's connection; `false` if another relay holds it (that
+/// relay is armed and its wake-ups reach every relay) or the connection failed.
+async fn arm(listener: &mut PgListener) -> bool {
+    let timeout = sqlx::query("SET lock_timeout = '250ms'")
+        .execute(&mut *listener)
+        .await;
+    if let Err(error) = timeout {
+        tracing::warn!(%error, "arming the outbox wake-up failed; polling");
+        return false;
+    }
+    match sqlx::query("SELECT pg_advisory_lock($1, 0)")
+        .bind(WAKE_CLASS)
+        .execute(&mut *listener)
+        .await
+    {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::debug!(%error, "the outbox wake-up is armed by another relay");
+            false
+        }
+    }
+}
+
+/// Releases the wake lock if [`arm`] took it.
+async fn disarm(listener: &mut PgListener, armed: bool) {
+    if !armed {
+        return;
+    }
+    let released = sqlx::query("SELECT pg_advisory_unlock($1, 0)")
+        .bind(WAKE_CLASS)
+        .execute(&mut *listener)
+        .await;
+    if let Err(error) = released {
+        // The connection is gone, and the lock with it.
+        tracing::debug!(%error, "disarming the outbox wake-up failed");
     }
 }

@@ -42,9 +42,14 @@ impl std::fmt::Debug for PgEventStore {
 
 /// The statements, built once with the (validated, quoted) schema.
 struct Sql {
-    append: String,
-    /// `append` plus one more data-modifying CTE writing an `outbox_events` row per event.
-    append_outbox: String,
+    /// Appends one event (scalar parameters).
+    append_one: String,
+    /// Appends a batch (`UNNEST` of arrays).
+    append_many: String,
+    /// `append_one` plus the event's `outbox_events` row, in the same statement.
+    append_one_outbox: String,
+    /// `append_many` plus an `outbox_events` row per event, in the same statement.
+    append_many_outbox: String,
     stored: String,
     head: String,
     read_stream: String,
@@ -65,57 +70,58 @@ impl Sql {
         let snapshots = format!("{prefix}event_snapshots");
         let outbox = format!("{prefix}outbox_events");
         // The happy path: one statement that reads the stream head through the primary key,
-        // checks the expectation and inserts the whole batch. Stored event ids are only
-        // looked up (`stored`) when it inserts nothing or hits the event-id constraint.
-        let append = format!(
-                "WITH head AS (
-                    SELECT version, commit_order FROM {events}
-                    WHERE stream_id = $1 ORDER BY version DESC LIMIT 1
-                ), state AS (
-                    SELECT COALESCE((SELECT version FROM head), 0) AS current,
-                           GREATEST(pg_current_xact_id()::text::bigint,
-                                    COALESCE((SELECT commit_order FROM head), 0)) AS commit_order
-                ), ins AS (
-                    INSERT INTO {events} (stream_id, version, commit_order, event_id, event_type,
-                                          schema_version, data, correlation_id, causation_id, traceparent)
-                    SELECT $1, s.current + e.ord, s.commit_order,
-                           e.event_id, e.event_type, e.schema_version, e.data::jsonb,
-                           e.correlation_id, e.causation_id, e.traceparent
-                    FROM state s,
-                         UNNEST($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::uuid[], $8::uuid[], $9::text[])
-                           WITH ORDINALITY AS e(event_id, event_type, schema_version, data,
-                                                correlation_id, causation_id, traceparent, ord)
-                    WHERE $2::bigint IS NULL OR s.current = $2
-                    ORDER BY e.ord
-                    RETURNING version, global_position{{returning}}
-                ){{outbox}}
-                SELECT s.current, s.commit_order,
-                       (SELECT array_agg(global_position ORDER BY version) FROM ins) AS positions
-                FROM state s"
-            );
+        // checks the expectation and inserts the batch, returning a row per stored event (none
+        // when the expectation does not hold). Stored event ids are only looked up (`stored`)
+        // when it inserts nothing or hits the event-id constraint. One event binds scalars;
+        // more go through `UNNEST` (the planner and executor do measurably less for the first).
+        let head = format!(
+            "(SELECT COALESCE(max(version), 0) AS current,
+                     GREATEST(pg_current_xact_id()::text::bigint, COALESCE(max(commit_order), 0))
+                       AS commit_order
+              FROM (SELECT version, commit_order FROM {events}
+                    WHERE stream_id = $1 ORDER BY version DESC LIMIT 1) last) h"
+        );
+        let columns = "stream_id, version, commit_order, event_id, event_type, schema_version, \
+                       data, correlation_id, causation_id, traceparent";
+        let one = format!(
+            "INSERT INTO {events} ({columns})
+             SELECT $1, h.current + 1, h.commit_order, $3::uuid, $4::text, $5::int4, $6::text::jsonb,
+                    $7::uuid, $8::uuid, $9::text
+             FROM {head}
+             WHERE $2::bigint IS NULL OR h.current = $2"
+        );
+        let many = format!(
+            "INSERT INTO {events} ({columns})
+             SELECT $1, h.current + e.ord, h.commit_order, e.event_id, e.event_type,
+                    e.schema_version, e.data::jsonb, e.correlation_id, e.causation_id, e.traceparent
+             FROM {head},
+                  UNNEST($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::uuid[], $8::uuid[],
+                         $9::text[])
+                    WITH ORDINALITY AS e(event_id, event_type, schema_version, data,
+                                         correlation_id, causation_id, traceparent, ord)
+             WHERE $2::bigint IS NULL OR h.current = $2
+             ORDER BY e.ord"
+        );
+        let returning = "RETURNING version, global_position, commit_order";
+        // With the outbox, one more data-modifying CTE writes an outbox row per event: only the
+        // ordering key, the position (its order) and the version (the relay reads the event
+        // itself from this table), so
+        // the append is still one statement and its extra write is as small as it can be. The
+        // last column wakes an idle relay: see `dtx_postgres::outbox` (Wake-ups).
+        let with_outbox = |insert: &str| {
+            format!(
+                "WITH ins AS ({insert} {returning}),
+                 outbox AS (INSERT INTO {outbox} (stream_key, id, sequence)
+                            SELECT $1, global_position, version FROM ins)
+                 SELECT version, global_position, commit_order, {wake} AS woke FROM ins",
+                wake = crate::outbox::WAKE_CHECK,
+            )
+        };
         Self {
-            append: append.replace("{returning}", "").replace("{outbox}", ""),
-            // The outbox rows come off the inserted rows (the payload already parsed), in version
-            // order, in the same statement: still one round trip.
-            append_outbox: append
-                .replace(
-                    "{returning}",
-                    ", event_id, event_type, data, correlation_id, causation_id, traceparent",
-                )
-                .replace(
-                    "{outbox}",
-                    &format!(
-                        ", outbox AS (
-                    INSERT INTO {outbox} (stream_key, sequence, event_id, event_type, payload, headers)
-                    SELECT $1, i.version, i.event_id, i.event_type, i.data,
-                           jsonb_strip_nulls(jsonb_build_object(
-                               'dtx-event-id', i.event_id::text, 'dtx-event-type', i.event_type,
-                               'dtx-stream-id', $1::text, 'dtx-correlation-id', i.correlation_id::text,
-                               'dtx-causation-id', i.causation_id::text, 'traceparent', i.traceparent))
-                    FROM ins i ORDER BY i.version
-                )"
-                    ),
-                ),
+            append_one: format!("{one} {returning}"),
+            append_many: format!("{many} {returning}"),
+            append_one_outbox: with_outbox(&one),
+            append_many_outbox: with_outbox(&many),
             // One index probe per id (the LATERAL subquery with LIMIT is never flattened into a
             // hash join, whatever the statistics say).
             stored: format!(
@@ -185,6 +191,7 @@ impl Batch {
             batch.types.push(e.event_type);
             batch
                 .versions
+                // checked by `StoreLimits::check`
                 .push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
             batch.data.push(String::from(Box::<str>::from(e.data)));
             batch.correlation.push(e.metadata.correlation_id);
@@ -198,10 +205,8 @@ impl Batch {
 /// How an append attempt ended.
 enum Attempt {
     Done(AppendResult),
-    /// Nothing was inserted: the stream is at `current`, not at the expected version.
-    WrongVersion {
-        current: u64,
-    },
+    /// Nothing was inserted: the stream is not at the expected version.
+    WrongVersion,
     /// Another writer took the version first (unique violation on the stream's version).
     LostRace,
     /// Some event id is stored already (unique violation on the event id).
@@ -250,11 +255,13 @@ impl PgEventStore {
     }
 
     /// Every statement this store issues, by name, for `EXPLAIN` checks and audits.
-    pub fn statements(&self) -> [(&'static str, &str); 9] {
+    pub fn statements(&self) -> [(&'static str, &str); 11] {
         let sql = &*self.sql;
         [
-            ("append", &sql.append),
-            ("append_outbox", &sql.append_outbox),
+            ("append_one", &sql.append_one),
+            ("append_many", &sql.append_many),
+            ("append_one_outbox", &sql.append_one_outbox),
+            ("append_many_outbox", &sql.append_many_outbox),
             ("stored_events", &sql.stored),
             ("stream_version", &sql.head),
             ("read_stream", &sql.read_stream),
@@ -291,9 +298,17 @@ impl PgEventStore {
             .await?
         {
             Attempt::Done(result) => Ok(result),
-            Attempt::WrongVersion { current } => {
-                self.settle(stream, expected, &batch.ids, current).await
+            Attempt::WrongVersion => {
+                // The head as the caller's transaction sees it (it may hold its own appends).
+                let current = sqlx::query_scalar::<_, i64>(&self.sql.head)
+                    .bind(stream.as_str())
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| classify(stream, e))?;
+                self.settle(stream, expected, &batch.ids, to_u64(current))
+                    .await
             }
+            // The statement failed, so the caller's transaction is aborted: ask the pool.
             Attempt::LostRace | Attempt::StoredId => {
                 let current = self.stream_version(stream).await?;
                 self.settle(stream, expected, &batch.ids, current).await
@@ -311,12 +326,28 @@ impl PgEventStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
-        let sql = if self.outbox {
-            &self.sql.append_outbox
+        let sql = &*self.sql;
+        let query = if let [id] = batch.ids.as_slice() {
+            sqlx::query(if self.outbox {
+                &sql.append_one_outbox
+            } else {
+                &sql.append_one
+            })
+            .bind(stream.as_str())
+            .bind(expected.required().map(to_i64))
+            .bind(id)
+            .bind(&batch.types[0])
+            .bind(batch.versions[0])
+            .bind(&batch.data[0])
+            .bind(batch.correlation[0])
+            .bind(batch.causation[0])
+            .bind(&batch.traceparent[0])
         } else {
-            &self.sql.append
-        };
-        let row = sqlx::query(sql)
+            sqlx::query(if self.outbox {
+                &sql.append_many_outbox
+            } else {
+                &sql.append_many
+            })
             .bind(stream.as_str())
             .bind(expected.required().map(to_i64))
             .bind(&batch.ids)
@@ -326,10 +357,9 @@ impl PgEventStore {
             .bind(&batch.correlation)
             .bind(&batch.causation)
             .bind(&batch.traceparent)
-            .fetch_one(executor)
-            .await;
-        let row = match row {
-            Ok(row) => row,
+        };
+        let rows = match query.fetch_all(executor).await {
+            Ok(rows) => rows,
             Err(error) => {
                 return match unique_violation(&error) {
                     Some("event_store_stream_version") => Ok(Attempt::LostRace),
@@ -338,7 +368,17 @@ impl PgEventStore {
                 };
             }
         };
-        attempt(&row)
+        if rows.is_empty() {
+            return Ok(Attempt::WrongVersion);
+        }
+        let mut stored = Vec::with_capacity(rows.len());
+        for row in &rows {
+            stored.push((
+                to_u64(row.try_get("version").map_err(Error::storage)?),
+                position(row)?,
+            ));
+        }
+        Ok(Attempt::Done(result(stored, false)))
     }
 
     /// Decides an append that inserted nothing: a retry of stored events is an idempotent
@@ -387,27 +427,6 @@ fn position(row: &PgRow) -> Result<GlobalPosition> {
         commit: to_u64(row.try_get("commit_order").map_err(Error::storage)?),
         sequence: to_u64(row.try_get("global_position").map_err(Error::storage)?),
     })
-}
-
-fn attempt(row: &PgRow) -> Result<Attempt> {
-    let current = to_u64(row.try_get("current").map_err(Error::storage)?);
-    let positions: Option<Vec<i64>> = row.try_get("positions").map_err(Error::storage)?;
-    let Some(positions) = positions else {
-        return Ok(Attempt::WrongVersion { current });
-    };
-    let commit = to_u64(row.try_get("commit_order").map_err(Error::storage)?);
-    Ok(Attempt::Done(AppendResult {
-        first_version: current + 1,
-        last_version: current + positions.len() as u64,
-        positions: positions
-            .into_iter()
-            .map(|sequence| GlobalPosition {
-                commit,
-                sequence: to_u64(sequence),
-            })
-            .collect(),
-        deduplicated: false,
-    }))
 }
 
 fn result(mut rows: Vec<(u64, GlobalPosition)>, deduplicated: bool) -> AppendResult {
@@ -523,8 +542,9 @@ impl EventStore for PgEventStore {
                     races += 1;
                     continue;
                 }
-                Attempt::WrongVersion { current } => current,
-                Attempt::LostRace | Attempt::StoredId => self.stream_version(stream).await?,
+                Attempt::WrongVersion | Attempt::LostRace | Attempt::StoredId => {
+                    self.stream_version(stream).await?
+                }
             };
             let settled = self.settle(stream, expected, &batch.ids, current).await;
             if let Ok(result) = &settled {

@@ -375,6 +375,19 @@ pub async fn batch_limits(store: SharedEventStore) {
             .await,
         Err(Error::Invalid { what: "batch", .. })
     ));
+    for schema_version in [0, u32::MAX] {
+        let mut unversioned = event(1);
+        unversioned.schema_version = schema_version;
+        assert!(matches!(
+            store
+                .append(&s, ExpectedVersion::Any, vec![unversioned])
+                .await,
+            Err(Error::Invalid {
+                what: "schema version",
+                ..
+            })
+        ));
+    }
     assert!(StreamId::new("").is_err());
     assert!(StreamId::new("a\nb").is_err());
     assert_eq!(store.stream_version(&s).await.unwrap(), 0, "nothing stored");

@@ -19,7 +19,6 @@ const RELAYS: usize = 2;
 const KILLS: usize = 8;
 const STREAMS: u64 = 20;
 const WRITERS: u64 = 4;
-const APPENDS_PER_WRITER: u64 = 150;
 /// The relay processes' batch size.
 const BATCH: usize = 20;
 
@@ -52,12 +51,15 @@ async fn relays_killed_with_sigkill_lose_nothing_and_keep_order() {
     let outbox = dtx_postgres::PgOutbox::new(pool.clone());
     let mut relays: Vec<Child> = (0..RELAYS).map(|_| spawn_relay(&url)).collect();
 
+    // The writers append until the last kill, so that every kill meets a relay with work.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let store = store.clone();
+        let writing = std::sync::Arc::clone(&writing);
         writers.push(tokio::spawn(async move {
             let mut rng = 0x9e37_79b9_u64 + w;
-            for _ in 0..APPENDS_PER_WRITER {
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
@@ -89,6 +91,7 @@ async fn relays_killed_with_sigkill_lose_nothing_and_keep_order() {
         relays[victim].wait().unwrap();
         relays[victim] = spawn_relay(&url);
     }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
     for writer in writers {
         writer.await.unwrap();
     }

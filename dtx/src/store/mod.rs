@@ -353,6 +353,13 @@ impl StoreLimits {
         let mut total = 0usize;
         for event in events {
             check_name("event type", &event.event_type, 255)?;
+            if event.schema_version == 0 || i32::try_from(event.schema_version).is_err() {
+                return Err(Error::Invalid {
+                    what: "schema version",
+                    value: event.schema_version.to_string(),
+                    reason: "must be between 1 and 2147483647",
+                });
+            }
             let bytes = event.data.get().len();
             if bytes > self.max_event_bytes {
                 return Err(Error::PayloadTooLarge {
