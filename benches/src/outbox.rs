@@ -1,7 +1,7 @@
 //! Outbox rows: `append_1_outbox` (an append writing its outbox row in the same statement vs a
 //! single-row INSERT), `outbox_latency` (append, then commit to publish through a relay woken by
 //! `LISTEN/NOTIFY`, vs a single-row INSERT) and `outbox_relay_throughput` (time per message relayed
-//! to the in-memory publisher vs a bare `UPDATE .. RETURNING` drain of the same rows), and
+//! to the in-memory publisher vs a bare `DELETE .. RETURNING` drain of the same rows (`BARE_DRAIN`)), and
 //! `outbox_relay_throughput_kafka` (the same relayed to Kafka, `KAFKA_BROKERS` or
 //! `127.0.0.1:9092`, vs the bare drain producing each drained batch with `rskafka`; skipped when no
 //! broker answers), `outbox_relay_throughput_nats` (the same to NATS `JetStream`, `NATS_URL` or
@@ -149,7 +149,7 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
         report(
             options,
             "outbox_relay_throughput",
-            "update_returning_drain",
+            "delete_returning_drain",
             &row,
         );
     }
@@ -166,7 +166,7 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
 }
 
 /// `outbox_relay_throughput_kafka`: 2000 messages of 20 streams relayed to a fresh 3-partition
-/// topic, vs the bare `UPDATE .. RETURNING` drain producing each batch, one produce per partition.
+/// topic, vs the bare `DELETE .. RETURNING` drain producing each batch, one produce per partition.
 #[expect(clippy::too_many_lines, reason = "one row, read top to bottom")]
 async fn relay_throughput_kafka(
     options: &Options,

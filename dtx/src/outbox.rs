@@ -256,7 +256,7 @@ pub struct RelayOptions {
     /// `LISTEN/NOTIFY` (default 1 s).
     pub poll_interval: Duration,
     /// How long a busy relay waits after a pass that found several messages but did not fill its
-    /// batch before it claims the next one (default 2 ms): under a steady stream of writes,
+    /// batch before it claims the next one (default 5 ms): under a steady stream of writes,
     /// batches of many messages cost the database far less than many batches of a few. A pass
     /// that filled its batch, or found a single message, is followed at once.
     pub linger: Duration,
@@ -275,7 +275,7 @@ impl Default for RelayOptions {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(5),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_batch: 1000,
         }
