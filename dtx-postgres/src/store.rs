@@ -16,8 +16,10 @@ const ANY_RETRIES: usize = 100;
 
 /// The PostgreSQL event store.
 ///
-/// - An append of any number of events is **one SQL statement** (one round trip): it checks the
-///   expected version and already-stored event ids and inserts the batch through `UNNEST`.
+/// - An append of any number of events is **one SQL statement** (one round trip): it reads the
+///   stream head, checks the expected version and inserts the event (scalar parameters) or the
+///   batch (`UNNEST` of arrays); a unique violation on the event id tells a retry of stored
+///   events, which is then settled as an idempotent success.
 /// - The global feed is gap-free: see [`EventStore::read_all`] and the `event_store` migration.
 /// - A connection lost after the statement was sent is [`Error::OutcomeUnknown`], never retried
 ///   silently; retrying the same events is safe (it succeeds as a duplicate).
@@ -105,9 +107,9 @@ impl Sql {
         let returning = "RETURNING version, global_position, commit_order";
         // With the outbox, one more data-modifying CTE writes an outbox row per event: only the
         // ordering key, the position (its order) and the version (the relay reads the event
-        // itself from this table), so
-        // the append is still one statement and its extra write is as small as it can be. The
-        // last column wakes an idle relay: see `dtx_postgres::outbox` (Wake-ups).
+        // itself from this table), so the append is still one statement and its extra write is
+        // as small as it can be. The last column wakes an idle relay: see `crate::outbox`
+        // (Wake-ups).
         let with_outbox = |insert: &str| {
             format!(
                 "WITH ins AS ({insert} {returning}),
