@@ -10,10 +10,11 @@
 //! outbox and a relay, vs 8 concurrent raw INSERT writers).
 
 use crate::{AccountEvent, BoxError, Options, Stats, deposit, pair, payload, report, to_i64};
-use dtx::outbox::{MemoryPublisher, RelayOptions};
+use dtx::outbox::{MemoryPublisher, Publisher, RelayOptions};
 use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId};
 use dtx_postgres::{PgEventStore, PgOutbox};
 use sqlx::PgPool;
+use sqlx::postgres::PgRow;
 use std::time::{Duration, Instant};
 
 /// The baseline of the relay throughput rows: the same rows drained without dtx, 100 at a time,
@@ -36,7 +37,6 @@ fn encoded(stream: &StreamId, n: u64) -> NewEvent {
     .expect("encodes")
 }
 
-#[expect(clippy::too_many_lines, reason = "three rows, each read top to bottom")]
 pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
     let store = PgEventStore::new(pool.clone()).with_outbox(true);
     let outbox = PgOutbox::new(pool.clone());
@@ -109,47 +109,20 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
     }
 
     if options.wants("outbox_relay_throughput") {
-        const MESSAGES: u64 = 2000;
-        let mut dtx = Vec::new();
-        let mut bare = Vec::new();
-        for round in 0..3u64 {
-            for side in 0..2 {
-                refill(
-                    pool,
-                    &store,
-                    &format!("Bench-relay-{round}-{side}"),
-                    MESSAGES,
-                )
-                .await?;
-                let started = Instant::now();
-                if side == 0 {
-                    let relay = outbox.relay(MemoryPublisher::new(), RelayOptions::default());
-                    relay.run_until_idle().await?;
-                    dtx.push(started.elapsed());
-                } else {
-                    loop {
-                        let rows = sqlx::query(BARE_DRAIN).fetch_all(pool).await?;
-                        if rows.is_empty() {
-                            break;
-                        }
-                    }
-                    bare.push(started.elapsed());
-                }
-            }
-        }
-        let per = u32::try_from(MESSAGES)?;
-        let row = (Stats::of(dtx, per), Stats::of(bare, per));
-        if !options.json {
-            println!(
-                "{:<22} {:.0} messages/s to the in-memory publisher",
-                "",
-                1e6 / row.0.p50_us
-            );
-        }
-        report(
+        let row = relay_vs_drain(
+            pool,
+            &store,
+            &outbox,
+            "Bench-relay",
+            MemoryPublisher::new(),
+            async |_| Ok(()),
+        )
+        .await?;
+        report_throughput(
             options,
             "outbox_relay_throughput",
             "delete_returning_drain",
+            "the in-memory publisher",
             &row,
         );
     }
@@ -167,7 +140,6 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
 
 /// `outbox_relay_throughput_kafka`: 2000 messages of 20 streams relayed to a fresh 3-partition
 /// topic, vs the bare `DELETE .. RETURNING` drain producing each batch, one produce per partition.
-#[expect(clippy::too_many_lines, reason = "one row, read top to bottom")]
 async fn relay_throughput_kafka(
     options: &Options,
     pool: &PgPool,
@@ -179,7 +151,6 @@ async fn relay_throughput_kafka(
     use rskafka::record::Record;
     use sqlx::Row;
 
-    const MESSAGES: u64 = 2000;
     const PARTITIONS: i32 = 3;
     let brokers: Vec<String> = std::env::var("KAFKA_BROKERS")
         .unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
@@ -213,59 +184,39 @@ async fn relay_throughput_kafka(
                 .await?,
         );
     }
-    let mut dtx = Vec::new();
-    let mut bare = Vec::new();
-    for round in 0..3u64 {
-        for side in 0..2 {
-            refill(
-                pool,
-                store,
-                &format!("Bench-kafka-{round}-{side}"),
-                MESSAGES,
-            )
-            .await?;
-            let started = Instant::now();
-            if side == 0 {
-                let relay = outbox.relay(publisher.clone(), RelayOptions::default());
-                relay.run_until_idle().await?;
-                dtx.push(started.elapsed());
-            } else {
-                loop {
-                    let rows = sqlx::query(BARE_DRAIN).fetch_all(pool).await?;
-                    if rows.is_empty() {
-                        break;
-                    }
-                    let mut batches: Vec<Vec<Record>> = vec![Vec::new(); partitions.len()];
-                    for row in rows {
-                        let key: String = row.try_get("stream_key")?;
-                        let payload: String = row.try_get("payload")?;
-                        let p = KafkaPublisher::partition_for(&key, PARTITIONS.unsigned_abs());
-                        batches[p as usize].push(Record {
-                            key: Some(key.into_bytes()),
-                            value: Some(payload.into_bytes()),
-                            headers: std::collections::BTreeMap::new(),
-                            timestamp: rskafka::chrono::Utc::now(),
-                        });
-                    }
-                    for (partition, records) in partitions.iter().zip(batches) {
-                        partition
-                            .produce(records, Compression::NoCompression)
-                            .await?;
-                    }
-                }
-                bare.push(started.elapsed());
+    let row = relay_vs_drain(
+        pool,
+        store,
+        outbox,
+        "Bench-kafka",
+        publisher,
+        async |rows| {
+            let mut batches: Vec<Vec<Record>> = vec![Vec::new(); partitions.len()];
+            for row in rows {
+                let key: String = row.try_get("stream_key")?;
+                let payload: String = row.try_get("payload")?;
+                let p = KafkaPublisher::partition_for(&key, PARTITIONS.unsigned_abs());
+                batches[p as usize].push(Record {
+                    key: Some(key.into_bytes()),
+                    value: Some(payload.into_bytes()),
+                    headers: std::collections::BTreeMap::new(),
+                    timestamp: rskafka::chrono::Utc::now(),
+                });
             }
-        }
-    }
-    let per = u32::try_from(MESSAGES)?;
-    let row = (Stats::of(dtx, per), Stats::of(bare, per));
-    if !options.json {
-        println!("{:<22} {:.0} messages/s to Kafka", "", 1e6 / row.0.p50_us);
-    }
-    report(
+            for (partition, records) in partitions.iter().zip(batches) {
+                partition
+                    .produce(records, Compression::NoCompression)
+                    .await?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    report_throughput(
         options,
         "outbox_relay_throughput_kafka",
         "drain_and_produce_batches",
+        "Kafka",
         &row,
     );
     client
@@ -424,7 +375,6 @@ async fn relay_throughput_nats(
     use dtx_postgres::nats::NatsPublisher;
     use sqlx::Row;
 
-    const MESSAGES: u64 = 2000;
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
     let client = match tokio::time::timeout(Duration::from_secs(3), async_nats::connect(&url)).await
     {
@@ -448,53 +398,82 @@ async fn relay_throughput_nats(
     })
     .await?;
     let publisher = NatsPublisher::new(client, prefix);
-    let mut dtx = Vec::new();
-    let mut bare = Vec::new();
-    for round in 0..3u64 {
-        for side in 0..2 {
-            refill(pool, store, &format!("Bench-nats-{round}-{side}"), MESSAGES).await?;
-            let started = Instant::now();
-            if side == 0 {
-                let relay = outbox.relay(publisher.clone(), RelayOptions::default());
-                relay.run_until_idle().await?;
-                dtx.push(started.elapsed());
-            } else {
-                loop {
-                    let rows = sqlx::query(BARE_DRAIN).fetch_all(pool).await?;
-                    if rows.is_empty() {
-                        break;
-                    }
-                    let mut acks = Vec::with_capacity(rows.len());
-                    for row in rows {
-                        let key: String = row.try_get("stream_key")?;
-                        let id: uuid::Uuid = row.try_get("event_id")?;
-                        let payload: String = row.try_get("payload")?;
-                        let message = jetstream::message::PublishMessage::build()
-                            .payload(payload.into_bytes().into())
-                            .message_id(id.to_string());
-                        acks.push(js.send_publish(publisher.subject(&key), message).await?);
-                    }
-                    for ack in acks {
-                        ack.await?;
-                    }
-                }
-                bare.push(started.elapsed());
-            }
+    let subjects = publisher.clone();
+    let row = relay_vs_drain(pool, store, outbox, "Bench-nats", publisher, async |rows| {
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get("stream_key")?;
+            let id: uuid::Uuid = row.try_get("event_id")?;
+            let payload: String = row.try_get("payload")?;
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload.into_bytes().into())
+                .message_id(id.to_string());
+            acks.push(js.send_publish(subjects.subject(&key), message).await?);
         }
-    }
-    let per = u32::try_from(MESSAGES)?;
-    let row = (Stats::of(dtx, per), Stats::of(bare, per));
-    if !options.json {
-        println!("{:<22} {:.0} messages/s to NATS", "", 1e6 / row.0.p50_us);
-    }
-    report(
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    })
+    .await?;
+    report_throughput(
         options,
         "outbox_relay_throughput_nats",
         "drain_and_publish_pipelined",
+        "NATS",
         &row,
     );
     js.delete_stream(&name).await.ok();
     Ok(())
+}
+
+/// The relay throughput rows: three rounds of relaying a fresh backlog of 2000 messages (20
+/// streams) through `publisher`, against draining one with `BARE_DRAIN` and handing each drained
+/// batch to `bare`; the time per message of each side.
+async fn relay_vs_drain(
+    pool: &PgPool,
+    store: &PgEventStore,
+    outbox: &PgOutbox,
+    prefix: &str,
+    publisher: impl Publisher + Clone,
+    mut bare: impl AsyncFnMut(Vec<PgRow>) -> Result<(), BoxError>,
+) -> Result<(Stats, Stats), BoxError> {
+    const MESSAGES: u64 = 2000;
+    let (mut relayed, mut drained) = (Vec::new(), Vec::new());
+    for round in 0..3u64 {
+        refill(pool, store, &format!("{prefix}-{round}-relay"), MESSAGES).await?;
+        let started = Instant::now();
+        let relay = outbox.relay(publisher.clone(), RelayOptions::default());
+        relay.run_until_idle().await?;
+        relayed.push(started.elapsed());
+
+        refill(pool, store, &format!("{prefix}-{round}-bare"), MESSAGES).await?;
+        let started = Instant::now();
+        loop {
+            let rows = sqlx::query(BARE_DRAIN).fetch_all(pool).await?;
+            if rows.is_empty() {
+                break;
+            }
+            bare(rows).await?;
+        }
+        drained.push(started.elapsed());
+    }
+    let per = u32::try_from(MESSAGES)?;
+    Ok((Stats::of(relayed, per), Stats::of(drained, per)))
+}
+
+/// Reports a relay throughput row, with its messages per second in the table.
+fn report_throughput(
+    options: &Options,
+    name: &str,
+    baseline: &str,
+    to: &str,
+    row: &(Stats, Stats),
+) {
+    if !options.json {
+        println!("{:<22} {:.0} messages/s to {to}", "", 1e6 / row.0.p50_us);
+    }
+    report(options, name, baseline, row);
 }
 
 /// Empties the outbox and appends `messages` events over 20 streams named `{prefix}-{n}`: the
