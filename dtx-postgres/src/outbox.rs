@@ -139,19 +139,21 @@ impl OutboxSql {
                     RETURNING id)
                  SELECT count(*) AS added, {WAKE_CHECK} AS woke FROM ins"
             ),
-            // A skip scan over the keys after the relay's cursor: each step is one probe of the
-            // primary key, and yields the head (first row) of the next key's queue. A key is
-            // claimable when its head is pending and due; the advisory lock is tried on those
-            // only, and only for the heads the LIMIT lets through.
+            // A skip scan over the keys after the relay's cursor ($1), up to $3 if given: each
+            // step is one probe of the primary key, and yields the head (first row) of the next
+            // key's queue. A key is claimable when its head is pending and due; the advisory lock
+            // is tried on those only, and only for the heads the LIMIT lets through.
             claim_keys: format!(
                 "WITH RECURSIVE heads AS (
                     (SELECT stream_key, status, next_attempt_at FROM {outbox}
-                     WHERE stream_key > $1 ORDER BY stream_key, id LIMIT 1)
+                     WHERE stream_key > $1 AND ($3::text IS NULL OR stream_key <= $3)
+                     ORDER BY stream_key, id LIMIT 1)
                     UNION ALL
                     SELECT n.stream_key, n.status, n.next_attempt_at FROM heads h
                     CROSS JOIN LATERAL (
                         SELECT stream_key, status, next_attempt_at FROM {outbox}
-                        WHERE stream_key > h.stream_key ORDER BY stream_key, id LIMIT 1) n
+                        WHERE stream_key > h.stream_key AND ($3::text IS NULL OR stream_key <= $3)
+                        ORDER BY stream_key, id LIMIT 1) n
                  )
                  SELECT stream_key,
                         CASE WHEN status = 'pending' AND next_attempt_at <= now()
@@ -553,6 +555,7 @@ impl OutboxRelay {
         let heads = sqlx::query(&sql.claim_keys)
             .bind(&cursor)
             .bind(to_i64(batch))
+            .bind(None::<&str>)
             .fetch_all(&mut *tx)
             .await
             .map_err(Error::storage)?;
@@ -571,14 +574,12 @@ impl OutboxRelay {
                 let heads = sqlx::query(&sql.claim_keys)
                     .bind("")
                     .bind(to_i64(batch - heads.len()))
+                    .bind(&cursor)
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(Error::storage)?;
                 for head in &heads {
                     let key: String = head.try_get("stream_key").map_err(Error::storage)?;
-                    if key > cursor {
-                        break;
-                    }
                     if head.try_get("locked").map_err(Error::storage)? {
                         keys.push(key.clone());
                     }

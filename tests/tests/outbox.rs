@@ -446,6 +446,43 @@ async fn an_event_gone_from_the_store_is_dead_lettered_with_a_clear_error() {
     );
 }
 
+/// Passes go round the keys: with 30 streams of 5 events and batches of 4, every stream has had
+/// its first event published after 8 passes, however the keys sort.
+#[tokio::test]
+async fn passes_go_round_every_key_with_work() {
+    let (store, outbox) = outbox_store().await;
+    for s in 0..30 {
+        let stream = StreamId::new(format!("Round-{s:02}")).unwrap();
+        let events = (1..=5)
+            .map(|n| event(n, EventMetadata::default()))
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+    }
+    let publisher = MemoryPublisher::new();
+    let relay = outbox.relay(
+        publisher.clone(),
+        RelayOptions {
+            batch_size: 4,
+            ..fast()
+        },
+    );
+    for _ in 0..8 {
+        assert_eq!(relay.run_once().await.unwrap().published, 4);
+    }
+    let keys = by_key(&publisher.published());
+    assert_eq!(keys.len(), 30, "every stream had a turn: {keys:?}");
+    for (key, sequences) in &keys {
+        assert_eq!(sequences[0], 1, "{key} in order");
+    }
+    assert_eq!(relay.run_until_idle().await.unwrap(), 150 - 32);
+    for (key, sequences) in by_key(&publisher.published()) {
+        assert!(sequences.iter().copied().eq(1..=5), "{key}: {sequences:?}");
+    }
+}
+
 /// Takes the wake lock on its own connection, as an armed relay does.
 async fn arm_by_hand(pool: &sqlx::PgPool) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     let mut conn = pool.acquire().await.unwrap();
