@@ -544,7 +544,6 @@ impl OutboxRelay {
     /// Finds up to `batch` keys with work, after the cursor and then from the start, and
     /// locks them (in `tx`); moves the cursor on.
     async fn claim_keys(&self, tx: &mut PgConnection, batch: usize) -> Result<Vec<String>> {
-        let sql = &*self.outbox.sql;
         let cursor = self
             .cursor
             .lock()
@@ -552,10 +551,40 @@ impl OutboxRelay {
             .clone();
         let mut keys = Vec::new();
         let mut next = String::new();
-        let heads = sqlx::query(&sql.claim_keys)
-            .bind(&cursor)
-            .bind(to_i64(batch))
-            .bind(None::<&str>)
+        let scanned = self
+            .scan_heads(tx, &cursor, batch, None, &mut keys, &mut next)
+            .await?;
+        if scanned < batch {
+            // The end of the keys: start from the first one again next time, and now take the
+            // keys up to the cursor that this pass has room for.
+            next.clear();
+            if !cursor.is_empty() {
+                self.scan_heads(tx, "", batch - scanned, Some(&cursor), &mut keys, &mut next)
+                    .await?;
+            }
+        }
+        *self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(keys)
+    }
+
+    /// Looks at up to `limit` key heads after `after` (up to `upto`), adding the keys it locked
+    /// to `keys` and leaving the last key it looked at in `last`; returns how many it looked at.
+    async fn scan_heads(
+        &self,
+        tx: &mut PgConnection,
+        after: &str,
+        limit: usize,
+        upto: Option<&str>,
+        keys: &mut Vec<String>,
+        last: &mut String,
+    ) -> Result<usize> {
+        let heads = sqlx::query(&self.outbox.sql.claim_keys)
+            .bind(after)
+            .bind(to_i64(limit))
+            .bind(upto)
             .fetch_all(&mut *tx)
             .await
             .map_err(Error::storage)?;
@@ -564,34 +593,9 @@ impl OutboxRelay {
             if head.try_get("locked").map_err(Error::storage)? {
                 keys.push(key.clone());
             }
-            next = key;
+            *last = key;
         }
-        if heads.len() < batch {
-            // The end of the keys: start from the first one again next time, and now take the
-            // keys up to the cursor that this pass has room for.
-            next.clear();
-            if !cursor.is_empty() {
-                let heads = sqlx::query(&sql.claim_keys)
-                    .bind("")
-                    .bind(to_i64(batch - heads.len()))
-                    .bind(&cursor)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(Error::storage)?;
-                for head in &heads {
-                    let key: String = head.try_get("stream_key").map_err(Error::storage)?;
-                    if head.try_get("locked").map_err(Error::storage)? {
-                        keys.push(key.clone());
-                    }
-                    next = key;
-                }
-            }
-        }
-        *self
-            .cursor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
-        Ok(keys)
+        Ok(heads.len())
     }
 
     /// Claims one batch, publishes it and records the outcome, in one transaction.
