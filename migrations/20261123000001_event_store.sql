@@ -21,6 +21,10 @@ CREATE TABLE event_store (
     causation_id    UUID,
     traceparent     TEXT,
     recorded_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- true when the append put the event in the transactional outbox
+    -- (PgEventStore::with_outbox): the row is its own outbox record, and the outbox relay
+    -- publishes it, reading the feed below like any subscriber (see outbox_feed)
+    outbox          BOOLEAN     NOT NULL DEFAULT false,
     -- serves stream reads, the head lookup of every append, and optimistic concurrency
     CONSTRAINT event_store_stream_version PRIMARY KEY (stream_id, version),
     -- serves idempotent retries: an event id is stored once

@@ -1,13 +1,18 @@
--- dtx transactional outbox: the messages not yet published, one row each, written in the same
--- statement as the events they carry (PgEventStore::with_outbox) or in the caller's transaction
--- (PgOutbox::enqueue). A relay deletes a row when it has published it (keeping a copy in
--- outbox_published when a retention is set), so this table only ever holds the backlog.
+-- dtx transactional outbox.
 --
--- Every append pays for this row, so it is as small and cheap as it can be: an event's row holds
--- its stream, position and version only (the relay reads the event from event_store); the table
--- has one index, no sequence of its own and no CHECK constraint (those are parsed again for every
--- insert statement: 11 % of the append throughput under 8 writers, with event_store's). Messages
--- that are not events carry their id, type, payload and headers here.
+-- Events appended with the outbox enabled (PgEventStore::with_outbox) are marked in event_store
+-- (outbox = true) by the append statement itself: the event row is its own outbox record, and
+-- committing the append is committing its outbox record. A relay publishes them by reading the
+-- gap-free global feed (commit_order, global_position) below the oldest running transaction,
+-- from the checkpoint in outbox_feed; it advances the checkpoint in the transaction that records
+-- the batch as published. The append thus writes no second row, and the relay deletes nothing.
+--
+-- outbox_events holds everything that is not published straight from the feed: messages added
+-- with PgOutbox::enqueue in the caller's transaction (they carry their own payload and headers),
+-- and events the relay set aside ("parked") because their publish failed (retries with backoff,
+-- then the dead-letter status) or their stream already had rows here. A relay deletes a row once
+-- published (keeping a copy in outbox_published when a retention is set), so this table only
+-- ever holds a backlog, normally empty.
 CREATE TABLE outbox_events (
     -- the ordering key: the stream id for events, the caller's key for other messages
     stream_key      TEXT        NOT NULL,
@@ -30,7 +35,6 @@ CREATE TABLE outbox_events (
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     last_error      TEXT,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
-    -- an event's row has a sequence and no payload; a message's row the reverse
     -- serves everything the relay does: finding the keys with work (a skip scan over the keys,
     -- whose first row is the head of the key's queue), reading a key's rows in order, deleting
     -- what was published
@@ -52,3 +56,15 @@ CREATE TABLE outbox_published (
     published_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX outbox_published_at ON outbox_published USING brin (published_at);
+
+-- The outbox relay's checkpoint in the global feed: the last (commit_order, global_position) it
+-- published or set aside, and how many events it published from the feed. One relay at a time
+-- reads the feed (it holds an advisory lock for its batch); the others work outbox_events.
+CREATE TABLE outbox_feed (
+    feed            TEXT        PRIMARY KEY,
+    commit_order    BIGINT      NOT NULL,
+    global_position BIGINT      NOT NULL,
+    published       BIGINT      NOT NULL,
+    updated_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+INSERT INTO outbox_feed (feed, commit_order, global_position, published) VALUES ('events', 0, 0, 0);

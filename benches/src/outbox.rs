@@ -1,7 +1,8 @@
-//! Outbox rows: `append_1_outbox` (an append writing its outbox row in the same statement vs a
-//! single-row INSERT), `outbox_latency` (append, then commit to publish through a relay woken by
-//! `LISTEN/NOTIFY`, vs a single-row INSERT) and `outbox_relay_throughput` (time per message relayed
-//! to the in-memory publisher vs a bare `DELETE .. RETURNING` drain of the same rows (`BARE_DRAIN`)), and
+//! Outbox rows: `append_1_outbox` (an append putting its event in the outbox in the same
+//! statement vs a single-row INSERT), `outbox_latency` (append, then commit to publish through a
+//! relay woken by `LISTEN/NOTIFY`, vs a single-row INSERT) and `outbox_relay_throughput` (time per
+//! message relayed to the in-memory publisher vs a bare read of the same events from the feed with
+//! a checkpoint (`BARE_DRAIN`)), and
 //! `outbox_relay_throughput_kafka` (the same relayed to Kafka, `KAFKA_BROKERS` or
 //! `127.0.0.1:9092`, vs the bare drain producing each drained batch with `rskafka`; skipped when no
 //! broker answers), `outbox_relay_throughput_nats` (the same to NATS `JetStream`, `NATS_URL` or
@@ -13,20 +14,41 @@ use crate::{AccountEvent, BoxError, Options, Stats, deposit, pair, payload, repo
 use dtx::outbox::{MemoryPublisher, Publisher, RelayOptions};
 use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId};
 use dtx_postgres::{PgEventStore, PgOutbox};
-use sqlx::PgPool;
 use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
 use std::time::{Duration, Instant};
 
-/// The baseline of the relay throughput rows: the same rows drained without dtx, 100 at a time,
-/// deleted and returned with their events' payloads in one statement.
+/// The baseline of the relay throughput rows: the same events read without dtx, 100 at a time,
+/// from the global feed after the last position read ($1, $2), which the same statement records
+/// in a checkpoint row (`bench_feed`, created by [`relay_vs_drain`]).
 const BARE_DRAIN: &str = "WITH batch AS (
-        SELECT stream_key, id FROM outbox_events ORDER BY stream_key, id LIMIT 100
-        FOR UPDATE SKIP LOCKED),
-    done AS (
-        DELETE FROM outbox_events o USING batch b WHERE o.stream_key = b.stream_key AND o.id = b.id
-        RETURNING o.stream_key, o.sequence)
-    SELECT d.stream_key, e.event_id, e.data::text AS payload
-    FROM done d JOIN event_store e ON e.stream_id = d.stream_key AND e.version = d.sequence";
+        SELECT stream_id AS stream_key, event_id, data::text AS payload, commit_order,
+               global_position
+        FROM event_store
+        WHERE (commit_order, global_position) > ($1, $2)
+          AND commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+          AND outbox
+        ORDER BY commit_order, global_position LIMIT 100),
+    moved AS (
+        UPDATE bench_feed SET (commit_order, global_position) = (
+            SELECT commit_order, global_position FROM batch
+            ORDER BY commit_order DESC, global_position DESC LIMIT 1)
+        WHERE EXISTS (SELECT 1 FROM batch))
+    SELECT * FROM batch ORDER BY commit_order, global_position";
+
+/// Moves the bare drain's checkpoint to the end of the feed.
+const BARE_SKIP: &str = "UPDATE bench_feed SET (commit_order, global_position) = (
+        SELECT COALESCE(max(commit_order), 0), COALESCE(max(global_position), 0) FROM event_store)
+    RETURNING commit_order, global_position";
+
+/// Publishes whatever the outbox holds (untimed), so that a row starts from an empty outbox.
+async fn catch_up(outbox: &PgOutbox) -> Result<(), BoxError> {
+    outbox
+        .relay(MemoryPublisher::new(), RelayOptions::default())
+        .run_until_idle()
+        .await?;
+    Ok(())
+}
 
 fn encoded(stream: &StreamId, n: u64) -> NewEvent {
     NewEvent::encode(
@@ -66,9 +88,7 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
     }
 
     if options.wants("outbox_latency") {
-        sqlx::query("DELETE FROM outbox_events")
-            .execute(pool)
-            .await?;
+        catch_up(&outbox).await?;
         let publisher = MemoryPublisher::new();
         let relay = outbox.relay(
             publisher.clone(),
@@ -121,7 +141,7 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
         report_throughput(
             options,
             "outbox_relay_throughput",
-            "delete_returning_drain",
+            "bare_feed_drain",
             "the in-memory publisher",
             &row,
         );
@@ -139,7 +159,7 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
 }
 
 /// `outbox_relay_throughput_kafka`: 2000 messages of 20 streams relayed to a fresh 3-partition
-/// topic, vs the bare `DELETE .. RETURNING` drain producing each batch, one produce per partition.
+/// topic, vs the bare feed drain producing each batch, one produce per partition.
 async fn relay_throughput_kafka(
     options: &Options,
     pool: &PgPool,
@@ -298,18 +318,16 @@ async fn eight_writers_rate(
 /// appending one event at a time, without and with the outbox (then a relay publishes to the
 /// in-memory publisher, wake-ups on), against 8 concurrent writers of raw single-row INSERTs;
 /// and `append_8_writers_outbox_writes`, the outbox writes with no relay running (the backlog is
-/// published after that side, untimed). Three rounds of 2 s per side, the order of the sides
+/// published after that side, untimed). Five rounds of 2 s per side, the order of the sides
 /// rotating, all on one 10-connection pool; each row reports the median rates.
 async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
-    const ROUNDS: usize = 3;
+    const ROUNDS: usize = 5;
     let run_for = Duration::from_secs(2);
     let wide = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .connect_with((*pool.connect_options()).clone())
         .await?;
-    sqlx::query("DELETE FROM outbox_events")
-        .execute(&wide)
-        .await?;
+    catch_up(&PgOutbox::new(wide.clone())).await?;
     let relay = PgOutbox::new(wide.clone()).relay(MemoryPublisher::new(), RelayOptions::default());
     let sides = [
         Writer::Raw,
@@ -439,21 +457,37 @@ async fn relay_vs_drain(
     mut bare: impl AsyncFnMut(Vec<PgRow>) -> Result<(), BoxError>,
 ) -> Result<(Stats, Stats), BoxError> {
     const MESSAGES: u64 = 2000;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS bench_feed (commit_order BIGINT NOT NULL, global_position BIGINT NOT NULL);
+         INSERT INTO bench_feed SELECT 0, 0 WHERE NOT EXISTS (SELECT 1 FROM bench_feed)",
+    )
+    .execute(pool)
+    .await?;
     let (mut relayed, mut drained) = (Vec::new(), Vec::new());
     for round in 0..3u64 {
-        refill(pool, store, &format!("{prefix}-{round}-relay"), MESSAGES).await?;
+        catch_up(outbox).await?;
+        refill(store, &format!("{prefix}-{round}-relay"), MESSAGES).await?;
         let started = Instant::now();
         let relay = outbox.relay(publisher.clone(), RelayOptions::default());
         relay.run_until_idle().await?;
         relayed.push(started.elapsed());
 
-        refill(pool, store, &format!("{prefix}-{round}-bare"), MESSAGES).await?;
+        let mut last: (i64, i64) = sqlx::query_as(BARE_SKIP).fetch_one(pool).await?;
+        refill(store, &format!("{prefix}-{round}-bare"), MESSAGES).await?;
         let started = Instant::now();
         loop {
-            let rows = sqlx::query(BARE_DRAIN).fetch_all(pool).await?;
-            if rows.is_empty() {
+            let rows = sqlx::query(BARE_DRAIN)
+                .bind(last.0)
+                .bind(last.1)
+                .fetch_all(pool)
+                .await?;
+            let Some(end) = rows.last() else {
                 break;
-            }
+            };
+            last = (
+                end.try_get("commit_order")?,
+                end.try_get("global_position")?,
+            );
             bare(rows).await?;
         }
         drained.push(started.elapsed());
@@ -476,17 +510,9 @@ fn report_throughput(
     report(options, name, baseline, row);
 }
 
-/// Empties the outbox and appends `messages` events over 20 streams named `{prefix}-{n}`: the
-/// backlog the relay throughput rows drain.
-async fn refill(
-    pool: &PgPool,
-    store: &PgEventStore,
-    prefix: &str,
-    messages: u64,
-) -> Result<(), BoxError> {
-    sqlx::query("DELETE FROM outbox_events")
-        .execute(pool)
-        .await?;
+/// Appends `messages` events over 20 streams named `{prefix}-{n}`: the backlog the relay
+/// throughput rows drain.
+async fn refill(store: &PgEventStore, prefix: &str, messages: u64) -> Result<(), BoxError> {
     for s in 0..20u64 {
         let stream = StreamId::new(format!("{prefix}-{s}"))?;
         let events = (0..messages / 20).map(|k| encoded(&stream, k)).collect();

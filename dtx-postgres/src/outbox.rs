@@ -2,41 +2,61 @@
 //!
 //! # Writing
 //!
-//! [`crate::PgEventStore::with_outbox`] adds one more data-modifying CTE to the append statement,
-//! so an append with the outbox is still one statement and one round trip. Every append pays for
-//! that row, so it is kept small: an event's `outbox_events` row holds its stream and version
-//! only, and the relay reads the event itself (payload, id, type, metadata for the headers) from
-//! `event_store` when it publishes. The table has a single index, its primary key
-//! `(stream_key, id)`, and holds only the backlog: a relay deletes what it has published (keeping
-//! a copy in `outbox_published` for [`RelayOptions::retention`]). [`PgOutbox::enqueue`] adds
-//! other messages, with their own payload and headers, inside the caller's transaction.
+//! [`crate::PgEventStore::with_outbox`] marks the appended event rows for the relay
+//! (`event_store.outbox = true`) in the append statement itself: the event row is its own outbox
+//! record, so the append with the outbox is still one statement and one round trip, and it
+//! writes nothing more than the events. [`PgOutbox::enqueue`] adds other messages, with their
+//! own payload and headers, to `outbox_events` inside the caller's transaction.
+//!
+//! # Reading: the feed, then the backlog table
+//!
+//! A relay pass has two steps, each one transaction.
+//!
+//! 1. **The feed.** The relay tries the feed's advisory lock (one relay at a time reads the
+//!    feed, the others go on to step 2) and reads the next batch of the gap-free global feed
+//!    after the checkpoint (`outbox_feed`): rows in
+//!    `(commit_order, global_position)` order below the oldest transaction still running, the
+//!    same rule as [`dtx::EventStore::read_all`], so no event is ever passed over because it
+//!    committed late. For each outbox event it tries the stream's advisory lock. It publishes
+//!    each stream's events in order (different streams concurrently), then, in one statement,
+//!    sets aside in `outbox_events` every event it could not publish now, and moves the
+//!    checkpoint past the batch; the commit makes both durable together. Set aside are: an event
+//!    whose publish failed (with its failure, to be retried with backoff) and the later events of
+//!    its stream; the events of a stream that already has rows in `outbox_events` (a dead letter,
+//!    a retry, a message); the events of a stream another relay holds.
+//! 2. **The backlog table** (`outbox_events`, normally empty), when it has rows: the relay walks
+//!    the keys that have rows with a skip scan of its primary key (one index probe per key,
+//!    which also yields the key's first row), going on from where its previous pass stopped, so
+//!    every key gets its turn; a key is claimable when its first row is pending and due, and the
+//!    relay takes the same per-key advisory lock with `pg_try_advisory_xact_lock` (keys another
+//!    relay holds are passed over). It reads the first rows of the keys it locked in id order,
+//!    an equal share of the batch per key, publishes each key's rows in order, deletes what was
+//!    published, records failures (backoff or dead letter) and commits.
 //!
 //! # Order per stream key, with any number of relays
 //!
-//! A relay works in one transaction per batch:
+//! Within a stream the feed's order is version order, and a stream's events are never split
+//! between the two paths out of order: an event goes to the backlog table when its stream has
+//! rows there, and the table's order within a key is the id order, which for events is their
+//! global position. Per-key advisory locks rather than `FOR UPDATE SKIP LOCKED` on rows:
+//! skipping a locked row lets another relay take the *next* row of the same key and publish it
+//! first. Locking the key keeps the whole key with one relay.
 //!
-//! 1. it walks the keys that have rows with a skip scan of the primary key (one index probe per
-//!    key, which also yields the key's first row), going on from where its previous pass
-//!    stopped, so every key gets its turn; a key is claimable when its first row is pending and
-//!    due, and the relay takes a **transaction-scoped advisory lock** on it with
-//!    `pg_try_advisory_xact_lock` (keys another relay holds are passed over, so two relays share
-//!    the work instead of waiting);
-//! 2. it reads the first rows of the keys it locked, in id order, an equal share of the batch per
-//!    key, and publishes each key's rows in order (different keys concurrently), stopping a key
-//!    at its first failure;
-//! 3. it deletes what was published, records failures (backoff or dead letter) and commits,
-//!    which releases the locks.
+//! The locks live as long as the relay's transaction, so a relay that dies (even by SIGKILL)
+//! releases them, and the feed's checkpoint, at once when its connection drops; what it was
+//! publishing is still behind the checkpoint or in the table, and is published again by the next
+//! relay. Duplicates are thus limited to the batch in flight, and every message carries its id
+//! (`dtx-event-id`, `Nats-Msg-Id`) for deduplication. The cost is a transaction held open while
+//! a batch is published (milliseconds). The relay's commits do not wait for the WAL flush
+//! (`synchronous_commit = off` for its transactions only): a server crash can lose the record
+//! that a batch was published, and then the batch is published again.
 //!
-//! Advisory locks rather than `FOR UPDATE SKIP LOCKED` on rows: skipping a locked row lets
-//! another relay take the *next* row of the same key and publish it first. Locking the key keeps
-//! the whole key with one relay. Because the locks live as long as the relay's transaction, a
-//! relay that dies (even by SIGKILL) releases them at once when its connection drops, and its
-//! rows are still there: they are published again by the next relay. Duplicates are thus limited
-//! to the batch in flight, and every message carries its id (`dtx-event-id`, `Nats-Msg-Id`) for
-//! deduplication. The cost is a transaction held open while a batch is published
-//! (milliseconds). The relay's commits do not wait for the WAL flush (`synchronous_commit = off`
-//! for its transactions only): a server crash can lose the record that a batch was published, and
-//! then the batch is published again.
+//! The price of reading the feed: an event is published once every transaction that began
+//! before it committed has ended (the feed cannot know what such a transaction will still write).
+//! A long-running write transaction anywhere in the database cluster holds publishing back for
+//! as long as it runs, as it holds back every reader of the feed; the relay then looks again
+//! every few milliseconds ([`RelayPass::waiting`]) and never skips. Keep write transactions
+//! short.
 //!
 //! # Poison messages
 //!
@@ -49,15 +69,17 @@
 //!
 //! A transaction with a pending `NOTIFY` takes a global lock at commit that serialises every
 //! committing transaction, so outbox writes must not notify while a relay is busy anyway. An
-//! idle relay **arms** the wake-up by holding an advisory lock (`pg_advisory_lock`, on its
-//! listening connection) and releases it when it is busy again. Every outbox write tries the
+//! idle relay **arms** the wake-up by holding an advisory lock (`pg_advisory_lock`, on a
+//! connection of its own outside the pool, so a relay dropped while armed leaves no lock behind)
+//! and releases it when it is busy again. Every outbox write tries the
 //! same lock in shared mode, in its own statement (`pg_try_advisory_xact_lock_shared`): that only
 //! fails while a relay holds it, and then the write notifies. No table is read or written for
 //! this, and a busy relay means no `NOTIFY` at all.
 //!
 //! A write that found the relay busy holds the shared lock until it commits, so a relay that
 //! goes idle and arms waits for such writes to commit (and writes arriving meanwhile already
-//! notify); its last look for work after arming therefore sees them. The wake-up cannot be lost
+//! notify); its last look for work after arming therefore sees them (or finds them waiting for
+//! an older transaction, and keeps looking). The wake-up cannot be lost
 //! in the instant between a relay's last empty pass and its arming, which a flag read by the
 //! writes cannot promise. The poll ([`RelayOptions::poll_interval`]) remains as a fallback for
 //! a relay that could not listen.
@@ -68,14 +90,15 @@
 //!
 //! # Retention
 //!
-//! Published messages are copied to `outbox_published` (when [`RelayOptions::retention`] is not
-//! zero) and deleted from there after the retention, in batches of
+//! Events published from the feed stay where they are, in the event store. Messages published
+//! from the backlog table are copied to `outbox_published` (when [`RelayOptions::retention`] is
+//! not zero) and deleted from there after the retention, in batches of
 //! [`RelayOptions::retention_batch`] rows per statement (see [`PgOutbox::purge_published`]).
 
 use dtx::outbox::{NewOutboxMessage, OutboxCounts, OutboxMessage, Publisher, RelayOptions};
 use dtx::{Error, Result};
-use sqlx::postgres::{PgListener, PgPool, PgRow};
-use sqlx::{PgConnection, Row};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgRow};
+use sqlx::{ConnectOptions, Executor, PgConnection, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +111,9 @@ pub const NOTIFY_CHANNEL: &str = "dtx_outbox";
 /// so that they never collide with an application's own single-key advisory locks.
 const LOCK_CLASS: i32 = 0x6474_786f; // "dtxo"
 
+/// The advisory lock of the relay reading the feed: class `"dtxf"`, id 0.
+const FEED_CLASS: i32 = 0x6474_7866; // "dtxf"
+
 /// The advisory lock an armed (idle, listening) relay holds: class `"dtxw"`, id 0.
 const WAKE_CLASS: i32 = 0x6474_7877; // "dtxw"
 
@@ -98,6 +124,9 @@ pub(crate) const WAKE_CHECK: &str = "(SELECT CASE WHEN pg_try_advisory_xact_lock
      THEN false ELSE (SELECT true FROM pg_notify('dtx_outbox', '')) END)";
 
 struct OutboxSql {
+    feed_lock: String,
+    feed_read: String,
+    feed_advance: String,
     enqueue: String,
     claim_keys: String,
     claim_rows: String,
@@ -119,15 +148,71 @@ const MESSAGE_COLUMNS: &str = "o.id, o.stream_key, o.sequence, \
      e.correlation_id, e.causation_id, e.traceparent, o.attempts, o.last_error, o.created_at";
 
 impl OutboxSql {
+    #[expect(clippy::too_many_lines, reason = "the statements, one after the other")]
     fn new(schema: Option<&str>) -> Self {
         let prefix = schema.map(|s| format!("{s}.")).unwrap_or_default();
         let outbox = format!("{prefix}outbox_events");
         let published = format!("{prefix}outbox_published");
         let events = format!("{prefix}event_store");
+        let feed = format!("{prefix}outbox_feed");
         let event_join = format!(
             "LEFT JOIN {events} e ON e.stream_id = o.stream_key AND e.version = o.sequence"
         );
         Self {
+            // The feed's lock, taken for this relay's batch (another relay holding it is reading
+            // the feed: this one works the backlog table only); and whether that table has any
+            // row at all. An advisory lock rather than a row lock on the checkpoint: it assigns
+            // the relay's transaction no id, so the relay does not hold back the feed's horizon
+            // (for every reader) while it publishes.
+            feed_lock: format!(
+                "SELECT pg_try_advisory_xact_lock({FEED_CLASS}, 0) AS leader,
+                        EXISTS (SELECT 1 FROM {outbox}) AS backlog"
+            ),
+            // The next events of the global feed after the checkpoint, at most $1, in feed order
+            // (read after the lock, so the checkpoint is the one the previous batch committed);
+            // `ready` when below the oldest running transaction (the rows after the first one
+            // that is not only tell that events wait for it). For each ready outbox event: the
+            // advisory lock on its stream, and whether the stream has rows in the backlog table
+            // (then the event is set aside behind them).
+            feed_read: format!(
+                "SELECT e.stream_id AS stream_key, e.global_position AS id,
+                        e.version AS sequence, e.commit_order, e.outbox,
+                        e.commit_order < h.horizon AS ready,
+                        e.event_id, e.event_type, CASE WHEN e.outbox THEN e.data::text END AS payload,
+                        NULL::text AS headers, e.correlation_id, e.causation_id, e.traceparent,
+                        0 AS attempts, NULL::text AS last_error, e.recorded_at AS created_at,
+                        CASE WHEN e.outbox AND e.commit_order < h.horizon
+                             THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(e.stream_id))
+                        END AS locked,
+                        CASE WHEN e.outbox AND e.commit_order < h.horizon
+                             THEN EXISTS (SELECT 1 FROM {outbox} o WHERE o.stream_key = e.stream_id)
+                        END AS parked
+                 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) h,
+                      {feed} f
+                 CROSS JOIN LATERAL (
+                     SELECT * FROM {events}
+                     WHERE (commit_order, global_position) > (f.commit_order, f.global_position)
+                     ORDER BY commit_order, global_position LIMIT $1) e
+                 WHERE f.feed = 'events'
+                 ORDER BY e.commit_order, e.global_position"
+            ),
+            // Sets events aside in the backlog table (with their failure, if any) and moves the
+            // checkpoint on, in one statement.
+            feed_advance: format!(
+                "WITH parked AS (
+                    INSERT INTO {outbox} (stream_key, id, sequence, status, attempts,
+                                          next_attempt_at, last_error, created_at)
+                    SELECT p.key, p.id, p.sequence, p.status, p.attempts,
+                           now() + make_interval(secs => p.delay), p.error, p.created_at
+                    FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int4[],
+                                $6::float8[], $7::text[], $8::timestamptz[])
+                         AS p(key, id, sequence, status, attempts, delay, error, created_at)
+                    ON CONFLICT DO NOTHING
+                    RETURNING 1)
+                 UPDATE {feed} SET commit_order = $9, global_position = $10,
+                                   published = published + $11, updated_at = now()
+                 WHERE feed = 'events'"
+            ),
             enqueue: format!(
                 "WITH ins AS (
                     INSERT INTO {outbox} (stream_key, id, event_id, event_type, payload, headers)
@@ -191,12 +276,25 @@ impl OutboxSql {
             ),
             // The status queries read the backlog (what is not yet published) or the archive
             // whole: they are for operators, not for the hot path, which has no index to spare.
+            // Pending: the backlog table's pending rows and the outbox events after the feed's
+            // checkpoint. Published: the events published from the feed, and the archive.
             counts: format!(
-                "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
-                        count(*) FILTER (WHERE status = 'dead') AS dead,
-                        extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS lag,
-                        (SELECT count(*) FROM {published}) AS published
-                 FROM {outbox}"
+                "WITH f AS (SELECT commit_order, global_position, published FROM {feed}
+                            WHERE feed = 'events'),
+                      fed AS (SELECT count(*) AS n, min(e.recorded_at) AS oldest
+                              FROM {events} e, f
+                              WHERE (e.commit_order, e.global_position)
+                                    > (f.commit_order, f.global_position)
+                                AND e.outbox),
+                      o AS (SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+                                   count(*) FILTER (WHERE status = 'dead') AS dead,
+                                   min(created_at) FILTER (WHERE status = 'pending') AS oldest
+                            FROM {outbox})
+                 SELECT o.pending + fed.n AS pending, o.dead,
+                        extract(epoch FROM now() - LEAST(o.oldest, fed.oldest))::float8 AS lag,
+                        (SELECT count(*) FROM {published})
+                          + COALESCE((SELECT published FROM f), 0) AS published
+                 FROM o, fed"
             ),
             dead: format!(
                 "SELECT {MESSAGE_COLUMNS} FROM {outbox} o {event_join}
@@ -336,9 +434,12 @@ impl PgOutbox {
     }
 
     /// Every statement the outbox and its relays issue, by name, for `EXPLAIN` checks.
-    pub fn statements(&self) -> [(&'static str, &str); 11] {
+    pub fn statements(&self) -> [(&'static str, &str); 14] {
         let sql = &*self.sql;
         [
+            ("outbox_feed_lock", &sql.feed_lock),
+            ("outbox_feed_read", &sql.feed_read),
+            ("outbox_feed_advance", &sql.feed_advance),
             ("outbox_enqueue", &sql.enqueue),
             ("outbox_claim_keys", &sql.claim_keys),
             ("outbox_claim_rows", &sql.claim_rows),
@@ -388,8 +489,11 @@ impl PgOutbox {
         Ok(())
     }
 
-    /// Counts by status and the outbox lag (age of the oldest pending message). It reads the
-    /// whole backlog and archive: an operator's query, not one for every request.
+    /// Counts by status and the outbox lag (age of the oldest pending message). Pending counts
+    /// the outbox events after the feed's checkpoint and the backlog table's pending rows;
+    /// published, the events published from the feed and the archived messages. It reads the
+    /// feed after the checkpoint, the whole backlog table and the archive: an operator's query,
+    /// not one for every request.
     pub async fn counts(&self) -> Result<OutboxCounts> {
         let row = sqlx::query(&self.sql.counts)
             .fetch_one(&self.pool)
@@ -489,12 +593,26 @@ pub struct RelayPass {
     pub failed: usize,
     /// Of those, messages dead-lettered now.
     pub dead: usize,
+    /// Events taken from the global feed: published, set aside in the backlog table, or passed
+    /// over (events appended without the outbox).
+    pub from_feed: usize,
+    /// Whether committed outbox events wait in the feed for an older transaction that is still
+    /// running (the feed never passes a position such a transaction could still fill).
+    pub waiting: bool,
 }
 
 impl RelayPass {
     /// Whether the pass did anything.
     pub fn is_idle(&self) -> bool {
-        self.published == 0 && self.failed == 0
+        self.published == 0 && self.failed == 0 && self.from_feed == 0
+    }
+
+    fn add(&mut self, other: Self) {
+        self.published += other.published;
+        self.failed += other.failed;
+        self.dead += other.dead;
+        self.from_feed += other.from_feed;
+        self.waiting |= other.waiting;
     }
 }
 
@@ -598,12 +716,247 @@ impl OutboxRelay {
         Ok(heads.len())
     }
 
-    /// Claims one batch, publishes it and records the outcome, in one transaction.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one claim-publish-mark transaction, read top to bottom"
-    )]
+    /// One pass: a batch from the global feed (if no other relay is reading it), then a batch
+    /// from the backlog table (if it has rows), each in its own transaction.
+    ///
+    /// The pass runs as a task of its own, so dropping this future (an aborted relay task, a
+    /// timeout) never cuts a transaction short between its statements: with sqlx, a `BEGIN`
+    /// cancelled in flight leaves the connection inside a transaction when it goes back to the
+    /// pool. The pass finishes, and the future only stops waiting for it.
     pub async fn run_once(&self) -> Result<RelayPass> {
+        let relay = self.clone();
+        tokio::spawn(async move { relay.pass().await })
+            .await
+            .map_err(Error::storage)?
+    }
+
+    async fn pass(&self) -> Result<RelayPass> {
+        let (mut pass, backlog) = self.feed_pass().await?;
+        if backlog {
+            pass.add(self.table_pass().await?);
+        }
+        Ok(pass)
+    }
+
+    /// Publishes the next batch of the global feed in one transaction, holding the feed's
+    /// checkpoint row: each stream's events in order, concurrently across streams. An event
+    /// whose publish fails is set aside in the backlog table with its failure (retried from
+    /// there with backoff), and so are the stream's later events in the batch; so is an event
+    /// whose stream has rows in that table or is held by another relay. Returns whether the
+    /// backlog table may have work.
+    async fn feed_pass(&self) -> Result<(RelayPass, bool)> {
+        let sql = &*self.outbox.sql;
+        let batch = self.options.batch_size.max(1);
+        let mut pass = RelayPass::default();
+        let mut tx = self
+            .outbox
+            .pool
+            .begin_with(RELAY_BEGIN)
+            .await
+            .map_err(Error::storage)?;
+        let lock = sqlx::query(&sql.feed_lock)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
+        let backlog: bool = lock.try_get("backlog").map_err(Error::storage)?;
+        if !lock.try_get::<bool, _>("leader").map_err(Error::storage)? {
+            // Another relay is reading the feed.
+            tx.commit().await.map_err(Error::storage)?;
+            return Ok((pass, backlog));
+        }
+        let rows = sqlx::query(&sql.feed_read)
+            .bind(to_i64(batch))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
+
+        // The outbox events of the batch in feed order, and the keys set aside.
+        let mut events: Vec<OutboxMessage> = Vec::new();
+        let mut aside = std::collections::HashSet::new();
+        let mut last = (0, 0);
+        for row in &rows {
+            if !row.try_get::<bool, _>("ready").map_err(Error::storage)? {
+                pass.waiting = true;
+                break;
+            }
+            pass.from_feed += 1;
+            last = (
+                row.try_get("commit_order").map_err(Error::storage)?,
+                row.try_get("id").map_err(Error::storage)?,
+            );
+            if !row.try_get::<bool, _>("outbox").map_err(Error::storage)? {
+                continue;
+            }
+            let message = match message(row)? {
+                Ok(message) | Err((message, _)) => message,
+            };
+            let locked: bool = row.try_get("locked").map_err(Error::storage)?;
+            let parked: bool = row.try_get("parked").map_err(Error::storage)?;
+            if !locked || parked {
+                aside.insert(message.key.clone());
+            }
+            events.push(message);
+        }
+        if pass.from_feed == 0 {
+            tx.commit().await.map_err(Error::storage)?;
+            return Ok((pass, backlog));
+        }
+
+        let mut per_key: Vec<(String, Vec<OutboxMessage>)> = Vec::new();
+        for message in events.iter().filter(|m| !aside.contains(&m.key)) {
+            match per_key.iter_mut().find(|(k, _)| *k == message.key) {
+                Some((_, messages)) => messages.push(message.clone()),
+                None => per_key.push((message.key.clone(), vec![message.clone()])),
+            }
+        }
+        let (published, failed) = self.publish(per_key).await?;
+        pass.published = published.len();
+        let published: std::collections::HashSet<i64> = published.into_iter().collect();
+        let mut failures = std::collections::HashMap::with_capacity(failed.len());
+        for (message, error) in failed {
+            aside.insert(message.key);
+            failures.insert(message.id, error);
+        }
+        // A key that failed is set aside from its failure on.
+        let set_aside: Vec<_> = events
+            .into_iter()
+            .filter(|m| aside.contains(&m.key) && !published.contains(&m.id))
+            .map(|m| {
+                let error = failures.remove(&m.id);
+                (m, error)
+            })
+            .collect();
+        let parked = !set_aside.is_empty();
+        self.advance(&mut tx, set_aside, last, &mut pass).await?;
+        tx.commit().await.map_err(Error::storage)?;
+        Ok((pass, backlog || parked))
+    }
+
+    /// Writes the events set aside to the backlog table (a failed one with its failure: retried
+    /// with backoff, or dead) and moves the feed's checkpoint to `last`, in one statement.
+    async fn advance(
+        &self,
+        tx: &mut PgConnection,
+        set_aside: Vec<(OutboxMessage, Option<String>)>,
+        last: (i64, i64),
+        pass: &mut RelayPass,
+    ) -> Result<()> {
+        let n = set_aside.len();
+        let mut keys = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        let mut sequences = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut delays = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        for (message, error) in set_aside {
+            let (tries, status, delay) = match &error {
+                Some(error) => {
+                    let failure = self.failure(&message, error);
+                    pass.failed += 1;
+                    pass.dead += usize::from(failure.1 == "dead");
+                    failure
+                }
+                None => (0, "pending", Duration::ZERO),
+            };
+            keys.push(message.key);
+            ids.push(message.id);
+            sequences.push(message.sequence.and_then(|s| i64::try_from(s).ok()));
+            statuses.push(status);
+            attempts.push(i32::try_from(tries).unwrap_or(i32::MAX));
+            delays.push(delay.as_secs_f64());
+            errors.push(error);
+            created.push(message.created_at);
+        }
+        sqlx::query(&self.outbox.sql.feed_advance)
+            .bind(&keys)
+            .bind(&ids)
+            .bind(&sequences)
+            .bind(&statuses)
+            .bind(&attempts)
+            .bind(&delays)
+            .bind(&errors)
+            .bind(&created)
+            .bind(last.0)
+            .bind(last.1)
+            .bind(to_i64(pass.published))
+            .execute(tx)
+            .await
+            .map_err(Error::storage)?;
+        Ok(())
+    }
+
+    /// Publishes each key's messages in order, the keys concurrently; a key stops at its first
+    /// failure. Returns the ids published and the failures.
+    async fn publish(
+        &self,
+        per_key: Vec<(String, Vec<OutboxMessage>)>,
+    ) -> Result<(Vec<i64>, Vec<(OutboxMessage, String)>)> {
+        let mut running = tokio::task::JoinSet::new();
+        for (_, messages) in per_key {
+            let publisher = Arc::clone(&self.publisher);
+            running.spawn(async move {
+                let mut outcome = KeyOutcome {
+                    published: Vec::with_capacity(messages.len()),
+                    failed: None,
+                };
+                for message in messages {
+                    // Each publish continues the trace of the write that produced the message.
+                    let span = tracing::info_span!(
+                        "dtx.outbox.publish",
+                        stream = %message.key,
+                        message_type = %message.message_type,
+                    );
+                    dtx::telemetry::set_parent(
+                        &span,
+                        message
+                            .headers
+                            .get(dtx::outbox::headers::TRACEPARENT)
+                            .map(String::as_str),
+                    );
+                    match publisher.publish(&message).instrument(span).await {
+                        Ok(()) => {
+                            let lag = (chrono::Utc::now() - message.created_at).to_std();
+                            dtx::telemetry::record_outbox_published(lag.unwrap_or_default());
+                            outcome.published.push(message.id);
+                        }
+                        Err(error) => {
+                            outcome.failed = Some((message, error.to_string()));
+                            break;
+                        }
+                    }
+                }
+                outcome
+            });
+        }
+        let mut published = Vec::new();
+        let mut failed = Vec::new();
+        while let Some(done) = running.join_next().await {
+            let outcome = done.map_err(Error::storage)?;
+            published.extend(outcome.published);
+            failed.extend(outcome.failed);
+        }
+        Ok((published, failed))
+    }
+
+    /// What a failed attempt makes of a message: its attempts, status and retry delay (logged,
+    /// and counted when it is dead-lettered).
+    fn failure(&self, message: &OutboxMessage, error: &str) -> (u32, &'static str, Duration) {
+        let attempts = message.attempts + 1;
+        if self.options.is_dead(attempts) {
+            tracing::warn!(key = %message.key, id = message.id, attempts, %error, "outbox message dead-lettered; its key stops until it is requeued");
+            dtx::telemetry::record_outbox_dead_letter();
+            (attempts, "dead", Duration::ZERO)
+        } else {
+            tracing::debug!(key = %message.key, id = message.id, attempts, %error, "publish failed; retrying later");
+            (attempts, "pending", self.options.backoff(attempts))
+        }
+    }
+
+    /// Claims one batch of the backlog table, publishes it and records the outcome, in one
+    /// transaction.
+    async fn table_pass(&self) -> Result<RelayPass> {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
         let mut tx = self
@@ -670,57 +1023,13 @@ impl OutboxRelay {
             }
         }
 
-        // Keys in parallel, each key's messages one after the other.
-        let mut running = tokio::task::JoinSet::new();
-        for (_, messages) in per_key {
-            let publisher = Arc::clone(&self.publisher);
-            running.spawn(async move {
-                let mut outcome = KeyOutcome {
-                    published: Vec::with_capacity(messages.len()),
-                    failed: None,
-                };
-                for message in messages {
-                    // Each publish continues the trace of the write that produced the message.
-                    let span = tracing::info_span!(
-                        "dtx.outbox.publish",
-                        stream = %message.key,
-                        message_type = %message.message_type,
-                    );
-                    dtx::telemetry::set_parent(
-                        &span,
-                        message
-                            .headers
-                            .get(dtx::outbox::headers::TRACEPARENT)
-                            .map(String::as_str),
-                    );
-                    match publisher.publish(&message).instrument(span).await {
-                        Ok(()) => {
-                            let lag = (chrono::Utc::now() - message.created_at).to_std();
-                            dtx::telemetry::record_outbox_published(lag.unwrap_or_default());
-                            outcome.published.push(message.id);
-                        }
-                        Err(error) => {
-                            outcome.failed = Some((message, error.to_string()));
-                            break;
-                        }
-                    }
-                }
-                outcome
-            });
-        }
-        let mut pass = RelayPass::default();
-        let mut published = Vec::new();
-        while let Some(done) = running.join_next().await {
-            let outcome = done.map_err(Error::storage)?;
-            published.extend(
-                outcome
-                    .published
-                    .iter()
-                    .filter_map(|id| row_refs.remove(id)),
-            );
-            failed.extend(outcome.failed);
-        }
-        pass.published = published.len();
+        let (ids, failures) = self.publish(per_key).await?;
+        failed.extend(failures);
+        let published: Vec<String> = ids.iter().filter_map(|id| row_refs.remove(id)).collect();
+        let mut pass = RelayPass {
+            published: published.len(),
+            ..RelayPass::default()
+        };
         if !published.is_empty() {
             let keep = self.options.retention.is_none_or(|r| !r.is_zero());
             sqlx::query(if keep {
@@ -734,21 +1043,8 @@ impl OutboxRelay {
             .map_err(Error::storage)?;
         }
         for (message, error) in failed {
-            let attempts = message.attempts + 1;
-            let dead = self.options.is_dead(attempts);
-            let status = if dead { "dead" } else { "pending" };
-            let delay = if dead {
-                Duration::ZERO
-            } else {
-                self.options.backoff(attempts)
-            };
-            if dead {
-                tracing::warn!(key = %message.key, id = message.id, attempts, %error, "outbox message dead-lettered; its key stops until it is requeued");
-                pass.dead += 1;
-                dtx::telemetry::record_outbox_dead_letter();
-            } else {
-                tracing::debug!(key = %message.key, id = message.id, attempts, %error, "publish failed; retrying later");
-            }
+            let (attempts, status, delay) = self.failure(&message, &error);
+            pass.dead += usize::from(status == "dead");
             pass.failed += 1;
             sqlx::query(&sql.mark_failed)
                 .bind(&message.key)
@@ -766,15 +1062,22 @@ impl OutboxRelay {
     }
 
     /// Runs passes until one finds nothing to do (for tests and examples); returns how many
-    /// messages it published.
+    /// messages it published. Committed events that wait in the feed for an older transaction
+    /// still running are waited for.
     pub async fn run_until_idle(&self) -> Result<usize> {
         let mut total = 0;
+        let mut wait = WaitForFeed::default();
         loop {
             let pass = self.run_once().await?;
-            if pass.is_idle() {
-                return Ok(total);
-            }
             total += pass.published;
+            if pass.is_idle() {
+                if !pass.waiting {
+                    return Ok(total);
+                }
+                wait.sleep().await;
+            } else {
+                wait = WaitForFeed::default();
+            }
         }
     }
 
@@ -793,6 +1096,7 @@ impl OutboxRelay {
     /// [`RelayOptions::retention`] about once a minute.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
+        let mut wake = WakeLock::new(&self.outbox.pool);
         let mut listener = PgListener::connect_with(&self.outbox.pool)
             .await
             .map_err(Error::storage)?;
@@ -802,6 +1106,7 @@ impl OutboxRelay {
             .map_err(Error::storage)?;
         let batch = self.options.batch_size.max(1);
         let mut purged: Option<Instant> = None;
+        let mut waiting = WaitForFeed::default();
         loop {
             // Busy: passes until one finds nothing. A batch in flight always finishes (it is one
             // transaction), so a graceful stop never leaves published rows unmarked.
@@ -816,8 +1121,17 @@ impl OutboxRelay {
                 }
                 let pass = self.pass_logged().await;
                 if pass.is_idle() {
-                    break;
+                    if !pass.waiting {
+                        break;
+                    }
+                    // Committed events wait for an older transaction: look again shortly.
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = waiting.sleep() => {}
+                    }
+                    continue;
                 }
+                waiting = WaitForFeed::default();
                 let handled = pass.published + pass.failed;
                 if handled > 1 && handled < batch {
                     // Writes keep coming: let the next batch fill a little instead of claiming a
@@ -845,12 +1159,12 @@ impl OutboxRelay {
             // Idle: arm the wake-up, so that every outbox write from now on notifies, then look
             // once more. Arming waits for the writes that found it unarmed (they hold the wake
             // lock until they commit), so that last look sees all of them: no write is missed.
-            let armed = arm(&mut listener).await;
+            let armed = wake.arm().await;
             let pass = self.pass_logged().await;
-            if pass.is_idle() {
+            if pass.is_idle() && !pass.waiting {
                 tokio::select! {
                     () = &mut shutdown => {
-                        disarm(&mut listener, armed).await;
+                        wake.disarm(armed).await;
                         return Ok(());
                     }
                     woken = listener.recv() => {
@@ -863,45 +1177,98 @@ impl OutboxRelay {
                 }
             }
             // Busy again: writes stop notifying.
-            disarm(&mut listener, armed).await;
+            wake.disarm(armed).await;
         }
     }
 }
 
-/// Takes the wake lock on the listener's connection; `false` if another relay holds it (that
-/// relay is armed and its wake-ups reach every relay) or the connection failed.
-async fn arm(listener: &mut PgListener) -> bool {
-    let timeout = sqlx::query("SET lock_timeout = '250ms'")
-        .execute(&mut *listener)
-        .await;
-    if let Err(error) = timeout {
-        tracing::warn!(%error, "arming the outbox wake-up failed; polling");
-        return false;
-    }
-    match sqlx::query("SELECT pg_advisory_lock($1, 0)")
-        .bind(WAKE_CLASS)
-        .execute(&mut *listener)
-        .await
-    {
-        Ok(_) => true,
-        Err(error) => {
-            tracing::debug!(%error, "the outbox wake-up is armed by another relay");
-            false
-        }
+/// The pause before looking again at a feed whose committed events wait for an older
+/// transaction: 1 ms, doubling up to 50 ms while it lasts.
+struct WaitForFeed(Duration);
+
+impl Default for WaitForFeed {
+    fn default() -> Self {
+        Self(Duration::from_millis(1))
     }
 }
 
-/// Releases the wake lock if [`arm`] took it.
-async fn disarm(listener: &mut PgListener, armed: bool) {
-    if !armed {
-        return;
+impl WaitForFeed {
+    async fn sleep(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_millis(50));
     }
-    let released = sqlx::query("SELECT pg_advisory_unlock($1, 0)")
-        .bind(WAKE_CLASS)
-        .execute(&mut *listener)
-        .await;
-    if let Err(error) = released {
-        // The connection is gone, and the lock with it.
-        tracing::debug!(%error, "disarming the outbox wake-up failed");
+}
+
+/// The connection an idle relay holds the wake lock on: a connection of its own, outside the
+/// pool, so that the lock can never stay behind on a pooled connection. A relay dropped while
+/// armed (its task aborted) drops this connection, and the server releases the lock with it.
+struct WakeLock {
+    options: PgConnectOptions,
+    conn: Option<PgConnection>,
+}
+
+impl WakeLock {
+    fn new(pool: &PgPool) -> Self {
+        Self {
+            options: (*pool.connect_options()).clone(),
+            conn: None,
+        }
+    }
+
+    /// Takes the wake lock; `false` if another relay holds it (that relay is armed and its
+    /// wake-ups reach every relay) or the connection failed (the relay then polls).
+    async fn arm(&mut self) -> bool {
+        if self.conn.is_none() {
+            match self.options.connect().await {
+                Ok(mut conn) => {
+                    // Arming waits for the writes that found the relay busy, but not for
+                    // another relay that is armed.
+                    if let Err(error) = conn.execute("SET lock_timeout = '250ms'").await {
+                        tracing::warn!(%error, "arming the outbox wake-up failed; polling");
+                        return false;
+                    }
+                    self.conn = Some(conn);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "arming the outbox wake-up failed; polling");
+                    return false;
+                }
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        match sqlx::query("SELECT pg_advisory_lock($1, 0)")
+            .bind(WAKE_CLASS)
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => true,
+            Err(sqlx::Error::Database(error)) => {
+                tracing::debug!(%error, "the outbox wake-up is armed by another relay");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "arming the outbox wake-up failed; polling");
+                self.conn = None;
+                false
+            }
+        }
+    }
+
+    /// Releases the wake lock if [`arm`](Self::arm) took it.
+    async fn disarm(&mut self, armed: bool) {
+        let (true, Some(conn)) = (armed, self.conn.as_mut()) else {
+            return;
+        };
+        let released = sqlx::query("SELECT pg_advisory_unlock($1, 0)")
+            .bind(WAKE_CLASS)
+            .execute(&mut *conn)
+            .await;
+        if let Err(error) = released {
+            // The connection is gone, and the lock with it.
+            tracing::debug!(%error, "disarming the outbox wake-up failed");
+            self.conn = None;
+        }
     }
 }

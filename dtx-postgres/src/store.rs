@@ -48,9 +48,9 @@ struct Sql {
     append_one: String,
     /// Appends a batch (`UNNEST` of arrays).
     append_many: String,
-    /// `append_one` plus the event's `outbox_events` row, in the same statement.
+    /// `append_one` with the row marked for the outbox relay, and its wake-up check.
     append_one_outbox: String,
-    /// `append_many` plus an `outbox_events` row per event, in the same statement.
+    /// `append_many` with the rows marked for the outbox relay, and its wake-up check.
     append_many_outbox: String,
     stored: String,
     head: String,
@@ -70,7 +70,6 @@ impl Sql {
         let prefix = schema.map(|s| format!("{s}.")).unwrap_or_default();
         let events = format!("{prefix}event_store");
         let snapshots = format!("{prefix}event_snapshots");
-        let outbox = format!("{prefix}outbox_events");
         // The happy path: one statement that reads the stream head through the primary key,
         // checks the expectation and inserts the batch, returning a row per stored event (none
         // when the expectation does not hold). Stored event ids are only looked up (`stored`)
@@ -85,45 +84,51 @@ impl Sql {
         );
         let columns = "stream_id, version, commit_order, event_id, event_type, schema_version, \
                        data, correlation_id, causation_id, traceparent";
-        let one = format!(
-            "INSERT INTO {events} ({columns})
-             SELECT $1, h.current + 1, h.commit_order, $3::uuid, $4::text, $5::int4, $6::text::jsonb,
-                    $7::uuid, $8::uuid, $9::text
-             FROM {head}
-             WHERE $2::bigint IS NULL OR h.current = $2"
-        );
-        let many = format!(
-            "INSERT INTO {events} ({columns})
-             SELECT $1, h.current + e.ord, h.commit_order, e.event_id, e.event_type,
-                    e.schema_version, e.data::jsonb, e.correlation_id, e.causation_id, e.traceparent
-             FROM {head},
-                  UNNEST($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::uuid[], $8::uuid[],
-                         $9::text[])
-                    WITH ORDINALITY AS e(event_id, event_type, schema_version, data,
-                                         correlation_id, causation_id, traceparent, ord)
-             WHERE $2::bigint IS NULL OR h.current = $2
-             ORDER BY e.ord"
-        );
-        let returning = "RETURNING version, global_position, commit_order";
-        // With the outbox, one more data-modifying CTE writes an outbox row per event: only the
-        // ordering key, the position (its order) and the version (the relay reads the event
-        // itself from this table), so the append is still one statement and its extra write is
-        // as small as it can be. The last column wakes an idle relay: see `crate::outbox`
-        // (Wake-ups).
-        let with_outbox = |insert: &str| {
+        // With the outbox the rows are marked for the relay (`outbox = true`): the event row is
+        // its own outbox record, so the append writes nothing more. See `crate::outbox`.
+        let one = |outbox: bool| {
+            let (column, value) = if outbox {
+                (", outbox", ", true")
+            } else {
+                ("", "")
+            };
             format!(
-                "WITH ins AS ({insert} {returning}),
-                 outbox AS (INSERT INTO {outbox} (stream_key, id, sequence)
-                            SELECT $1, global_position, version FROM ins)
-                 SELECT version, global_position, commit_order, {wake} AS woke FROM ins",
-                wake = crate::outbox::WAKE_CHECK,
+                "INSERT INTO {events} ({columns}{column})
+                 SELECT $1, h.current + 1, h.commit_order, $3::uuid, $4::text, $5::int4,
+                        $6::text::jsonb, $7::uuid, $8::uuid, $9::text{value}
+                 FROM {head}
+                 WHERE $2::bigint IS NULL OR h.current = $2"
             )
         };
+        let many = |outbox: bool| {
+            let (column, value) = if outbox {
+                (", outbox", ", true")
+            } else {
+                ("", "")
+            };
+            format!(
+                "INSERT INTO {events} ({columns}{column})
+                 SELECT $1, h.current + e.ord, h.commit_order, e.event_id, e.event_type,
+                        e.schema_version, e.data::jsonb, e.correlation_id, e.causation_id,
+                        e.traceparent{value}
+                 FROM {head},
+                      UNNEST($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::uuid[],
+                             $8::uuid[], $9::text[])
+                        WITH ORDINALITY AS e(event_id, event_type, schema_version, data,
+                                             correlation_id, causation_id, traceparent, ord)
+                 WHERE $2::bigint IS NULL OR h.current = $2
+                 ORDER BY e.ord"
+            )
+        };
+        let returning = "RETURNING version, global_position, commit_order";
+        // The last column of an outbox append wakes an idle relay: see `crate::outbox`
+        // (Wake-ups). It is an uncorrelated subquery, evaluated once per statement.
+        let returning_outbox = format!("{returning}, {} AS woke", crate::outbox::WAKE_CHECK);
         Self {
-            append_one: format!("{one} {returning}"),
-            append_many: format!("{many} {returning}"),
-            append_one_outbox: with_outbox(&one),
-            append_many_outbox: with_outbox(&many),
+            append_one: format!("{} {returning}", one(false)),
+            append_many: format!("{} {returning}", many(false)),
+            append_one_outbox: format!("{} {returning_outbox}", one(true)),
+            append_many_outbox: format!("{} {returning_outbox}", many(true)),
             // One index probe per id (the LATERAL subquery with LIMIT is never flattened into a
             // hash join, whatever the statistics say).
             stored: format!(
@@ -226,17 +231,17 @@ impl PgEventStore {
         }
     }
 
-    /// Writes an `outbox_events` row for every appended event, in the append's own statement
-    /// (`EVENT_STORE_ENABLE_OUTBOX`, see [`dtx::DtxConfig::outbox_enabled`]); an
-    /// [`crate::OutboxRelay`] publishes them. Off by default: the plain append stays as lean as
-    /// it is.
+    /// Puts every appended event in the outbox, in the append's own statement
+    /// (`EVENT_STORE_ENABLE_OUTBOX`, see [`dtx::DtxConfig::outbox_enabled`]): the event row is
+    /// marked for publishing and is its own outbox record, which an [`crate::OutboxRelay`]
+    /// publishes in order per stream. Off by default.
     #[must_use]
     pub fn with_outbox(mut self, enabled: bool) -> Self {
         self.outbox = enabled;
         self
     }
 
-    /// Whether appends write outbox rows.
+    /// Whether appends put their events in the outbox.
     pub fn outbox_enabled(&self) -> bool {
         self.outbox
     }

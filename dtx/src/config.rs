@@ -29,7 +29,7 @@ pub struct DtxConfig {
     /// Snapshot an aggregate every N events (`0` = never), unless the aggregate sets its own
     /// policy.
     pub snapshot_frequency: u64,
-    /// Whether every append also writes an outbox message per event, in the same statement
+    /// Whether every append also puts its events in the outbox, in the same statement
     /// (see [`crate::outbox`]).
     pub outbox_enabled: bool,
     /// Retries of a failing saga step or compensation before the saga compensates (or, for a

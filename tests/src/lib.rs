@@ -265,3 +265,26 @@ pub async fn append_order_streams(
         }
     }
 }
+
+/// Runs relay passes until one does some work (publishes, fails or dead-letters a message), at
+/// most for ten seconds, and returns that pass.
+///
+/// A single pass may do nothing: the feed waits while an older transaction anywhere in the
+/// cluster (another test, autovacuum) is still running, so a test must not assert on the first.
+///
+/// # Panics
+/// When a pass fails, or no pass did any work within ten seconds.
+pub async fn pass_with_work(relay: &dtx_postgres::OutboxRelay) -> dtx_postgres::RelayPass {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pass = relay.run_once().await.expect("relay pass");
+        if pass.published + pass.failed + pass.dead > 0 {
+            return pass;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no relay pass did any work in 10 s: {pass:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
