@@ -738,6 +738,16 @@ impl OutboxRelay {
         Ok(pass)
     }
 
+    /// Begins a pass's transaction: its commit need not wait for the WAL flush (see
+    /// `RELAY_BEGIN`).
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.outbox
+            .pool
+            .begin_with(RELAY_BEGIN)
+            .await
+            .map_err(Error::storage)
+    }
+
     /// Publishes the next batch of the global feed in one transaction, holding the feed's
     /// checkpoint row: each stream's events in order, concurrently across streams. An event
     /// whose publish fails is set aside in the backlog table with its failure (retried from
@@ -748,12 +758,7 @@ impl OutboxRelay {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
         let mut pass = RelayPass::default();
-        let mut tx = self
-            .outbox
-            .pool
-            .begin_with(RELAY_BEGIN)
-            .await
-            .map_err(Error::storage)?;
+        let mut tx = self.begin().await?;
         let lock = sqlx::query(&sql.feed_lock)
             .fetch_one(&mut *tx)
             .await
@@ -903,24 +908,8 @@ impl OutboxRelay {
                 };
                 for message in messages {
                     // Each publish continues the trace of the write that produced the message.
-                    let span = tracing::info_span!(
-                        "dtx.outbox.publish",
-                        stream = %message.key,
-                        message_type = %message.message_type,
-                    );
-                    dtx::telemetry::set_parent(
-                        &span,
-                        message
-                            .headers
-                            .get(dtx::outbox::headers::TRACEPARENT)
-                            .map(String::as_str),
-                    );
-                    match publisher.publish(&message).instrument(span).await {
-                        Ok(()) => {
-                            let lag = (chrono::Utc::now() - message.created_at).to_std();
-                            dtx::telemetry::record_outbox_published(lag.unwrap_or_default());
-                            outcome.published.push(message.id);
-                        }
+                    match dtx::outbox::publish_traced(&*publisher, &message).await {
+                        Ok(()) => outcome.published.push(message.id),
                         Err(error) => {
                             outcome.failed = Some((message, error.to_string()));
                             break;
@@ -959,12 +948,7 @@ impl OutboxRelay {
     async fn table_pass(&self) -> Result<RelayPass> {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
-        let mut tx = self
-            .outbox
-            .pool
-            .begin_with(RELAY_BEGIN)
-            .await
-            .map_err(Error::storage)?;
+        let mut tx = self.begin().await?;
         let claim = tracing::debug_span!(
             "dtx.outbox.claim",
             keys = tracing::field::Empty,

@@ -86,12 +86,15 @@ impl Sql {
                        data, correlation_id, causation_id, traceparent";
         // With the outbox the rows are marked for the relay (`outbox = true`): the event row is
         // its own outbox record, so the append writes nothing more. See `crate::outbox`.
-        let one = |outbox: bool| {
-            let (column, value) = if outbox {
+        let marked = |outbox: bool| {
+            if outbox {
                 (", outbox", ", true")
             } else {
                 ("", "")
-            };
+            }
+        };
+        let one = |outbox: bool| {
+            let (column, value) = marked(outbox);
             format!(
                 "INSERT INTO {events} ({columns}{column})
                  SELECT $1, h.current + 1, h.commit_order, $3::uuid, $4::text, $5::int4,
@@ -101,11 +104,7 @@ impl Sql {
             )
         };
         let many = |outbox: bool| {
-            let (column, value) = if outbox {
-                (", outbox", ", true")
-            } else {
-                ("", "")
-            };
+            let (column, value) = marked(outbox);
             format!(
                 "INSERT INTO {events} ({columns}{column})
                  SELECT $1, h.current + e.ord, h.commit_order, e.event_id, e.event_type,

@@ -240,6 +240,57 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
     }
 }
 
+/// Publishes one message as every relay does: inside a `dtx.outbox.publish` span that continues
+/// the trace of the write that produced the message (its `traceparent` header), recording the
+/// outbox lag when the broker has it.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use dtx::outbox::{MemoryPublisher, OutboxMessage, publish_traced};
+///
+/// let publisher = MemoryPublisher::new();
+/// let message = OutboxMessage {
+///     id: 1,
+///     key: "Order-1".into(),
+///     sequence: Some(1),
+///     message_id: uuid::Uuid::now_v7(),
+///     message_type: "OrderPlaced".into(),
+///     payload: r#"{"total":3}"#.into(),
+///     headers: Default::default(),
+///     attempts: 0,
+///     last_error: None,
+///     created_at: chrono::Utc::now(),
+/// };
+/// publish_traced(&publisher, &message).await?;
+/// assert_eq!(publisher.published().len(), 1);
+/// # Ok::<(), dtx::outbox::PublishError>(())
+/// # }).unwrap();
+/// ```
+///
+/// # Errors
+/// The publisher's error, as it returned it.
+pub async fn publish_traced<P: Publisher + ?Sized>(
+    publisher: &P,
+    message: &OutboxMessage,
+) -> Result<(), PublishError> {
+    let span = tracing::info_span!(
+        "dtx.outbox.publish",
+        stream = %message.key,
+        message_type = %message.message_type,
+    );
+    crate::telemetry::set_parent(
+        &span,
+        message
+            .headers
+            .get(headers::TRACEPARENT)
+            .map(String::as_str),
+    );
+    tracing::Instrument::instrument(publisher.publish(message), span).await?;
+    let lag = (Utc::now() - message.created_at).to_std();
+    crate::telemetry::record_outbox_published(lag.unwrap_or_default());
+    Ok(())
+}
+
 /// How a relay claims, publishes, retries and cleans up.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -548,24 +599,9 @@ impl MemoryOutbox {
             if failed_keys.contains(&message.key) {
                 continue;
             }
-            let span = tracing::info_span!(
-                "dtx.outbox.publish",
-                stream = %message.key,
-                message_type = %message.message_type,
-            );
-            crate::telemetry::set_parent(
-                &span,
-                message
-                    .headers
-                    .get(headers::TRACEPARENT)
-                    .map(String::as_str),
-            );
-            let outcome = tracing::Instrument::instrument(publisher.publish(message), span).await;
+            let outcome = publish_traced(publisher, message).await;
             if outcome.is_err() {
                 failed_keys.insert(message.key.clone());
-            } else {
-                let lag = (Utc::now() - message.created_at).to_std();
-                crate::telemetry::record_outbox_published(lag.unwrap_or_default());
             }
             outcomes.insert(message.id, outcome);
         }
