@@ -28,6 +28,18 @@ fn event(n: u64, metadata: EventMetadata) -> NewEvent {
     event
 }
 
+/// Appends event 1 to a new stream `name`.
+async fn first_event(store: &PgEventStore, name: &str) {
+    store
+        .append(
+            &StreamId::new(name).unwrap(),
+            ExpectedVersion::NoStream,
+            vec![event(1, EventMetadata::default())],
+        )
+        .await
+        .unwrap();
+}
+
 fn fast() -> RelayOptions {
     RelayOptions {
         max_retries: 2,
@@ -433,14 +445,7 @@ async fn events_behind_an_open_transaction_wait_for_it_and_are_never_skipped() {
         )
         .await
         .unwrap();
-    store
-        .append(
-            &StreamId::new("Late").unwrap(),
-            ExpectedVersion::NoStream,
-            vec![event(1, EventMetadata::default())],
-        )
-        .await
-        .unwrap();
+    first_event(&store, "Late").await;
     let publisher = MemoryPublisher::new();
     let relay = outbox.relay(
         publisher.clone(),
@@ -502,14 +507,7 @@ impl Publisher for Held {
 #[tokio::test]
 async fn a_relay_publishing_does_not_hold_back_the_feed_for_other_readers() {
     let (store, outbox) = outbox_store().await;
-    store
-        .append(
-            &StreamId::new("First").unwrap(),
-            ExpectedVersion::NoStream,
-            vec![event(1, EventMetadata::default())],
-        )
-        .await
-        .unwrap();
+    first_event(&store, "First").await;
     let publisher = Held::default();
     let relay = outbox.relay(publisher.clone(), fast());
     let entered = publisher.entered.notified();
@@ -526,14 +524,7 @@ async fn a_relay_publishing_does_not_hold_back_the_feed_for_other_readers() {
     });
     entered.await;
     let plain = PgEventStore::new(store.pool().clone());
-    plain
-        .append(
-            &StreamId::new("Meanwhile").unwrap(),
-            ExpectedVersion::NoStream,
-            vec![event(1, EventMetadata::default())],
-        )
-        .await
-        .unwrap();
+    first_event(&plain, "Meanwhile").await;
     let feed = store
         .read_all(dtx::GlobalPosition::START, 10)
         .await
