@@ -596,8 +596,8 @@ pub struct RelayPass {
     /// Events taken from the global feed: published, set aside in the backlog table, or passed
     /// over (events appended without the outbox).
     pub from_feed: usize,
-    /// Whether committed outbox events wait in the feed for an older transaction that is still
-    /// running (the feed never passes a position such a transaction could still fill).
+    /// Whether committed events wait in the feed for an older transaction that is still running
+    /// (the feed never passes a position such a transaction could still fill).
     pub waiting: bool,
 }
 
@@ -641,6 +641,19 @@ impl std::fmt::Debug for OutboxRelay {
 struct KeyOutcome {
     published: Vec<i64>,
     failed: Option<(OutboxMessage, String)>,
+    /// The key's messages after its failure, not tried.
+    unsent: Vec<OutboxMessage>,
+}
+
+/// What [`OutboxRelay::publish`] made of a batch.
+#[derive(Default)]
+struct Published {
+    /// The ids of the messages published.
+    ids: Vec<i64>,
+    /// Each failed key's first failure.
+    failed: Vec<(OutboxMessage, String)>,
+    /// The messages after a failure, in their keys' order: not tried.
+    unsent: Vec<OutboxMessage>,
 }
 
 /// The statement that opens a relay's transaction. Its commit does not wait for the WAL flush:
@@ -749,7 +762,7 @@ impl OutboxRelay {
     }
 
     /// Publishes the next batch of the global feed in one transaction, holding the feed's
-    /// checkpoint row: each stream's events in order, concurrently across streams. An event
+    /// advisory lock: each stream's events in order, concurrently across streams. An event
     /// whose publish fails is set aside in the backlog table with its failure (retried from
     /// there with backoff), and so are the stream's later events in the batch; so is an event
     /// whose stream has rows in that table or is held by another relay. Returns whether the
@@ -775,9 +788,11 @@ impl OutboxRelay {
             .await
             .map_err(Error::storage)?;
 
-        // The outbox events of the batch in feed order, and the keys set aside.
+        // The outbox events of the batch in feed order, and the keys set aside; a row that
+        // cannot become a message is set aside with its error at once.
         let mut events: Vec<OutboxMessage> = Vec::new();
         let mut aside = std::collections::HashSet::new();
+        let mut set_aside: Vec<(OutboxMessage, Option<String>)> = Vec::new();
         let mut last = (0, 0);
         for row in &rows {
             if !row.try_get::<bool, _>("ready").map_err(Error::storage)? {
@@ -792,15 +807,20 @@ impl OutboxRelay {
             if !row.try_get::<bool, _>("outbox").map_err(Error::storage)? {
                 continue;
             }
-            let message = match message(row)? {
-                Ok(message) | Err((message, _)) => message,
-            };
             let locked: bool = row.try_get("locked").map_err(Error::storage)?;
             let parked: bool = row.try_get("parked").map_err(Error::storage)?;
-            if !locked || parked {
-                aside.insert(message.key.clone());
+            match message(row)? {
+                Ok(message) => {
+                    if !locked || parked {
+                        aside.insert(message.key.clone());
+                    }
+                    events.push(message);
+                }
+                Err((message, error)) => {
+                    aside.insert(message.key.clone());
+                    set_aside.push((message, Some(error)));
+                }
             }
-            events.push(message);
         }
         if pass.from_feed == 0 {
             tx.commit().await.map_err(Error::storage)?;
@@ -808,29 +828,26 @@ impl OutboxRelay {
         }
 
         let mut per_key: Vec<(String, Vec<OutboxMessage>)> = Vec::new();
-        for message in events.iter().filter(|m| !aside.contains(&m.key)) {
-            match per_key.iter_mut().find(|(k, _)| *k == message.key) {
-                Some((_, messages)) => messages.push(message.clone()),
-                None => per_key.push((message.key.clone(), vec![message.clone()])),
+        for message in events {
+            if aside.contains(&message.key) {
+                set_aside.push((message, None));
+            } else if let Some((_, messages)) = per_key.iter_mut().find(|(k, _)| *k == message.key)
+            {
+                messages.push(message);
+            } else {
+                per_key.push((message.key.clone(), vec![message]));
             }
         }
-        let (published, failed) = self.publish(per_key).await?;
-        pass.published = published.len();
-        let published: std::collections::HashSet<i64> = published.into_iter().collect();
-        let mut failures = std::collections::HashMap::with_capacity(failed.len());
-        for (message, error) in failed {
-            aside.insert(message.key);
-            failures.insert(message.id, error);
-        }
+        let outcome = self.publish(per_key).await?;
+        pass.published = outcome.ids.len();
         // A key that failed is set aside from its failure on.
-        let set_aside: Vec<_> = events
-            .into_iter()
-            .filter(|m| aside.contains(&m.key) && !published.contains(&m.id))
-            .map(|m| {
-                let error = failures.remove(&m.id);
-                (m, error)
-            })
-            .collect();
+        set_aside.extend(
+            outcome
+                .failed
+                .into_iter()
+                .map(|(m, error)| (m, Some(error))),
+        );
+        set_aside.extend(outcome.unsent.into_iter().map(|m| (m, None)));
         let parked = !set_aside.is_empty();
         self.advance(&mut tx, set_aside, last, &mut pass).await?;
         tx.commit().await.map_err(Error::storage)?;
@@ -893,11 +910,8 @@ impl OutboxRelay {
     }
 
     /// Publishes each key's messages in order, the keys concurrently; a key stops at its first
-    /// failure. Returns the ids published and the failures.
-    async fn publish(
-        &self,
-        per_key: Vec<(String, Vec<OutboxMessage>)>,
-    ) -> Result<(Vec<i64>, Vec<(OutboxMessage, String)>)> {
+    /// failure.
+    async fn publish(&self, per_key: Vec<(String, Vec<OutboxMessage>)>) -> Result<Published> {
         let mut running = tokio::task::JoinSet::new();
         for (_, messages) in per_key {
             let publisher = Arc::clone(&self.publisher);
@@ -905,8 +919,10 @@ impl OutboxRelay {
                 let mut outcome = KeyOutcome {
                     published: Vec::with_capacity(messages.len()),
                     failed: None,
+                    unsent: Vec::new(),
                 };
-                for message in messages {
+                let mut messages = messages.into_iter();
+                for message in messages.by_ref() {
                     // Each publish continues the trace of the write that produced the message.
                     match dtx::outbox::publish_traced(&*publisher, &message).await {
                         Ok(()) => outcome.published.push(message.id),
@@ -916,17 +932,18 @@ impl OutboxRelay {
                         }
                     }
                 }
+                outcome.unsent.extend(messages);
                 outcome
             });
         }
-        let mut published = Vec::new();
-        let mut failed = Vec::new();
+        let mut published = Published::default();
         while let Some(done) = running.join_next().await {
             let outcome = done.map_err(Error::storage)?;
-            published.extend(outcome.published);
-            failed.extend(outcome.failed);
+            published.ids.extend(outcome.published);
+            published.failed.extend(outcome.failed);
+            published.unsent.extend(outcome.unsent);
         }
-        Ok((published, failed))
+        Ok(published)
     }
 
     /// What a failed attempt makes of a message: its attempts, status and retry delay (logged,
@@ -1007,9 +1024,14 @@ impl OutboxRelay {
             }
         }
 
-        let (ids, failures) = self.publish(per_key).await?;
-        failed.extend(failures);
-        let published: Vec<String> = ids.iter().filter_map(|id| row_refs.remove(id)).collect();
+        // Rows after a key's failure stay as they are, behind it.
+        let outcome = self.publish(per_key).await?;
+        failed.extend(outcome.failed);
+        let published: Vec<String> = outcome
+            .ids
+            .iter()
+            .filter_map(|id| row_refs.remove(id))
+            .collect();
         let mut pass = RelayPass {
             published: published.len(),
             ..RelayPass::default()
