@@ -310,15 +310,15 @@ pub struct RelayOptions {
     pub poll_interval: Duration,
     /// How long a busy relay waits after a pass that found several messages but did not fill its
     /// batch before it claims the next one (default 20 ms): under a steady stream of writes,
-    /// batches of many messages cost the database far less than many batches of a few (with 8
-    /// writers, 20 ms rather than 5 ms cut the relay's share of the database from about 15 % to
-    /// a few percent). A pass that filled its batch, or found a single message, is followed at
-    /// once, so a lone message is never held back.
+    /// batches of many messages cost the database far less than many batches of a few. A pass
+    /// that filled its batch, or found a single message, is followed at once, so a lone message
+    /// is never held back.
     pub linger: Duration,
     /// How long published messages are kept before they are deleted (default 7 days; `None`
     /// keeps them; zero deletes a message as soon as it is published and keeps no copy). On
     /// PostgreSQL this is the archive of the messages the relay takes from its backlog table;
-    /// the events it publishes straight from the feed stay in the event store.
+    /// the events it publishes straight from the feed stay in the event store. In memory it is
+    /// the [`MemoryOutbox`]'s archive of published messages.
     pub retention: Option<Duration>,
     /// Rows one retention statement deletes (default 1000), so no delete holds long locks.
     pub retention_batch: usize,
@@ -468,6 +468,12 @@ impl Publisher for MemoryPublisher {
 /// [`MemoryOutbox::enqueue`]), published by [`MemoryOutbox::publish_pending`] or
 /// [`MemoryOutbox::run`], with the same ordering, retry and dead-letter rules as the PostgreSQL
 /// relay. Clones share the same messages.
+///
+/// Published messages leave the queue at once (a pass only ever looks at what is still to be
+/// published) for an archive kept as [`RelayOptions::retention`] says: none with a zero
+/// retention, otherwise until [`MemoryOutbox::run`] purges them after the retention or
+/// [`MemoryOutbox::purge_published`] is called. A long-running embedded relay thus holds only
+/// its backlog and the retention's worth of messages.
 #[derive(Clone, Default)]
 pub struct MemoryOutbox {
     inner: Arc<Mutex<OutboxState>>,
@@ -477,7 +483,10 @@ pub struct MemoryOutbox {
 #[derive(Default)]
 struct OutboxState {
     next_id: i64,
+    /// The messages not yet published (pending or dead), in id order.
     rows: Vec<MemoryRow>,
+    /// The published messages kept, with when they were published, oldest first.
+    archive: std::collections::VecDeque<(std::time::Instant, OutboxMessage)>,
 }
 
 struct MemoryRow {
@@ -574,11 +583,7 @@ impl MemoryOutbox {
             let state = self.lock();
             let mut blocked = HashSet::new();
             let mut batch = Vec::new();
-            for row in state
-                .rows
-                .iter()
-                .filter(|r| r.status != OutboxStatus::Published)
-            {
+            for row in &state.rows {
                 if batch.len() >= options.batch_size {
                     break;
                 }
@@ -606,10 +611,18 @@ impl MemoryOutbox {
             outcomes.insert(message.id, outcome);
         }
         let tried = outcomes.len();
+        let keep = options.retention.is_none_or(|r| !r.is_zero());
+        let published_at = std::time::Instant::now();
         let mut state = self.lock();
+        let state = &mut *state;
         for row in &mut state.rows {
             match outcomes.remove(&row.message.id) {
-                Some(Ok(())) => row.status = OutboxStatus::Published,
+                Some(Ok(())) => {
+                    row.status = OutboxStatus::Published;
+                    if keep {
+                        state.archive.push_back((published_at, row.message.clone()));
+                    }
+                }
                 Some(Err(error)) => {
                     row.message.attempts += 1;
                     row.message.last_error = Some(error.to_string());
@@ -625,11 +638,13 @@ impl MemoryOutbox {
                 None => {}
             }
         }
+        state.rows.retain(|r| r.status != OutboxStatus::Published);
         tried
     }
 
     /// Publishes until `shutdown` completes, woken by every write, polling
-    /// [`RelayOptions::poll_interval`] for retries.
+    /// [`RelayOptions::poll_interval`] for retries. Deletes published messages past
+    /// [`RelayOptions::retention`] about once a minute.
     pub async fn run(
         &self,
         publisher: &dyn Publisher,
@@ -637,12 +652,19 @@ impl MemoryOutbox {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut purged = std::time::Instant::now();
         loop {
             let woken = self.wake.notified();
             let tried = tokio::select! {
                 () = &mut shutdown => return,
                 tried = self.publish_pending(publisher, options) => tried,
             };
+            if let Some(retention) = options.retention
+                && purged.elapsed() > Duration::from_secs(60)
+            {
+                purged = std::time::Instant::now();
+                self.purge_published_before(retention);
+            }
             if tried > 0 {
                 continue;
             }
@@ -657,7 +679,10 @@ impl MemoryOutbox {
     /// Counts by status and the outbox lag.
     pub fn counts(&self) -> OutboxCounts {
         let state = self.lock();
-        let mut counts = OutboxCounts::default();
+        let mut counts = OutboxCounts {
+            published: u64::try_from(state.archive.len()).unwrap_or(u64::MAX),
+            ..OutboxCounts::default()
+        };
         let now = Utc::now();
         for row in &state.rows {
             match row.status {
@@ -670,7 +695,8 @@ impl MemoryOutbox {
                             .or(Some(Duration::ZERO));
                     }
                 }
-                OutboxStatus::Published => counts.published += 1,
+                // published messages leave the queue for the archive counted above
+                OutboxStatus::Published => {}
                 OutboxStatus::Dead => counts.dead += 1,
             }
         }
@@ -706,13 +732,23 @@ impl MemoryOutbox {
         true
     }
 
-    /// Deletes published messages (all of them: the in-memory outbox keeps no history); returns
-    /// how many.
+    /// Deletes every published message kept (see [`RelayOptions::retention`]); returns how many.
     pub fn purge_published(&self) -> usize {
+        self.purge_published_before(Duration::ZERO)
+    }
+
+    /// Deletes the published messages kept for longer than `retention`; returns how many.
+    pub fn purge_published_before(&self, retention: Duration) -> usize {
         let mut state = self.lock();
-        let before = state.rows.len();
-        state.rows.retain(|r| r.status != OutboxStatus::Published);
-        before - state.rows.len()
+        let before = state.archive.len();
+        while state
+            .archive
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() >= retention)
+        {
+            state.archive.pop_front();
+        }
+        before - state.archive.len()
     }
 }
 
@@ -773,6 +809,48 @@ mod tests {
             .collect();
         assert_eq!(a, [Some(1), Some(2), Some(3)]);
         assert_eq!(outbox.purge_published(), 6);
+    }
+
+    #[tokio::test]
+    async fn published_messages_leave_the_queue_and_are_kept_as_long_as_the_retention_says() {
+        let messages = |n: usize| {
+            (0..n)
+                .map(|i| NewOutboxMessage::new(format!("K-{}", i % 10), "Sent", &i).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let publisher = MemoryPublisher::new();
+
+        let kept = MemoryOutbox::new();
+        kept.enqueue(messages(1000));
+        let options = RelayOptions {
+            batch_size: 1000,
+            ..RelayOptions::default()
+        };
+        assert_eq!(kept.publish_pending(&publisher, &options).await, 1000);
+        let counts = kept.counts();
+        assert_eq!((counts.pending, counts.published), (0, 1000));
+        assert_eq!(
+            kept.lock().rows.len(),
+            0,
+            "the queue holds only what is unpublished"
+        );
+        assert_eq!(kept.purge_published_before(Duration::from_secs(3600)), 0);
+        assert_eq!(kept.purge_published(), 1000);
+        assert_eq!(kept.counts().published, 0);
+
+        let unkept = MemoryOutbox::new();
+        unkept.enqueue(messages(100));
+        let options = RelayOptions {
+            retention: Some(Duration::ZERO),
+            ..RelayOptions::default()
+        };
+        assert_eq!(unkept.publish_pending(&publisher, &options).await, 100);
+        assert_eq!(
+            unkept.counts().published,
+            0,
+            "a zero retention keeps nothing"
+        );
+        assert_eq!(publisher.published().len(), 1100);
     }
 
     #[test]
