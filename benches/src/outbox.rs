@@ -7,8 +7,10 @@
 //! `127.0.0.1:9092`, vs the bare drain producing each drained batch with `rskafka`; skipped when no
 //! broker answers), `outbox_relay_throughput_nats` (the same to NATS `JetStream`, `NATS_URL` or
 //! `127.0.0.1:4222`, vs the bare drain publishing each batch pipelined, all acks awaited), and
-//! `append_8_writers` / `append_8_writers_outbox` (8 concurrent writers, without and with the
-//! outbox and a relay, vs 8 concurrent raw INSERT writers).
+//! `append_8_writers` / `append_8_writers_outbox` / `append_8_writers_outbox_writes` /
+//! `append_8_writers_notify_each` (8 concurrent writers: without the outbox, with it and a relay,
+//! with it and no relay, with it and a `NOTIFY` in every append; vs 8 concurrent raw INSERT
+//! writers).
 
 use crate::{AccountEvent, BoxError, Options, Stats, deposit, pair, payload, report, to_i64};
 use dtx::outbox::{MemoryPublisher, Publisher, RelayOptions};
@@ -258,6 +260,10 @@ enum Writer {
     Outbox,
     /// The same appends with no relay running: what the writes alone cost.
     OutboxWrites,
+    /// The same appends while a relay stays armed, so that every one of them sends a `NOTIFY`
+    /// (and takes the lock that serialises committing notifiers): what waking the relay on every
+    /// write would cost.
+    NotifyEach,
 }
 
 /// Events per second from 8 writers of one kind for `run_for`.
@@ -274,7 +280,10 @@ async fn eight_writers_rate(
     let run = uuid::Uuid::now_v7();
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let store = if matches!(writer, Writer::Outbox | Writer::OutboxWrites) {
+            let store = if matches!(
+                writer,
+                Writer::Outbox | Writer::OutboxWrites | Writer::NotifyEach
+            ) {
                 outbox.clone()
             } else {
                 plain.clone()
@@ -317,8 +326,9 @@ async fn eight_writers_rate(
 /// `append_8_writers` and `append_8_writers_outbox`: events per second from 8 concurrent writers
 /// appending one event at a time, without and with the outbox (then a relay publishes to the
 /// in-memory publisher, wake-ups on), against 8 concurrent writers of raw single-row INSERTs;
-/// and `append_8_writers_outbox_writes`, the outbox writes with no relay running (the backlog is
-/// published after that side, untimed). Five rounds of 2 s per side, the order of the sides
+/// `append_8_writers_outbox_writes`, the outbox writes with no relay running (the backlog is
+/// published after that side, untimed); and `append_8_writers_notify_each`, the same writes
+/// while the wake-up stays armed, so that every append notifies. Five rounds of 2 s per side, the order of the sides
 /// rotating, all on one 10-connection pool; each row reports the median rates.
 async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
     const ROUNDS: usize = 5;
@@ -334,8 +344,9 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
         Writer::Append,
         Writer::Outbox,
         Writer::OutboxWrites,
+        Writer::NotifyEach,
     ];
-    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut rates: [Vec<f64>; 5] = Default::default();
     for round in 0..ROUNDS {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();
@@ -343,14 +354,28 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
                 let relay = relay.clone();
                 tokio::spawn(async move { relay.run(std::future::pending()).await })
             });
+            // An armed relay's wake lock, held by hand (the relay's own key): every outbox write
+            // then notifies.
+            let armed = if sides[side] == Writer::NotifyEach {
+                let mut conn = wide.acquire().await?.detach();
+                sqlx::query("SELECT pg_advisory_lock(1685354615, 0)")
+                    .execute(&mut conn)
+                    .await?;
+                Some(conn)
+            } else {
+                None
+            };
             rates[side].push(eight_writers_rate(&wide, sides[side], round, run_for).await?);
             if let Some(relaying) = relaying {
                 relaying.abort();
             }
+            if let Some(conn) = armed {
+                sqlx::Connection::close(conn).await?;
+            }
             relay.run_until_idle().await?;
         }
     }
-    let [raw, plain, outbox, writes] = rates.map(|mut r| {
+    let [raw, plain, outbox, writes, notify_each] = rates.map(|mut r| {
         r.sort_by(f64::total_cmp);
         r[r.len() / 2]
     });
@@ -358,6 +383,7 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
         ("append_8_writers", plain),
         ("append_8_writers_outbox", outbox),
         ("append_8_writers_outbox_writes", writes),
+        ("append_8_writers_notify_each", notify_each),
     ] {
         if options.json {
             println!(
