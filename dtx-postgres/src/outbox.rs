@@ -160,13 +160,14 @@ impl OutboxSql {
         );
         Self {
             // The feed's lock, taken for this relay's batch (another relay holding it is reading
-            // the feed: this one works the backlog table only); and whether that table has any
-            // row at all. An advisory lock rather than a row lock on the checkpoint: it assigns
+            // the feed: this one works the backlog table only); whether that table has any row at
+            // all; and whether the feed's checkpoint is there. An advisory lock rather than a row lock on the checkpoint: it assigns
             // the relay's transaction no id, so the relay does not hold back the feed's horizon
             // (for every reader) while it publishes.
             feed_lock: format!(
                 "SELECT pg_try_advisory_xact_lock({FEED_CLASS}, 0) AS leader,
-                        EXISTS (SELECT 1 FROM {outbox}) AS backlog"
+                        EXISTS (SELECT 1 FROM {outbox}) AS backlog,
+                        EXISTS (SELECT 1 FROM {feed} WHERE feed = 'events') AS checkpoint"
             ),
             // The next events of the global feed after the checkpoint, at most $1, in feed order
             // (read after the lock, so the checkpoint is the one the previous batch committed);
@@ -781,6 +782,17 @@ impl OutboxRelay {
             // Another relay is reading the feed.
             tx.commit().await.map_err(Error::storage)?;
             return Ok((pass, backlog));
+        }
+        if !lock
+            .try_get::<bool, _>("checkpoint")
+            .map_err(Error::storage)?
+        {
+            // Starting over from the first event would publish the whole store again: stop.
+            return Err(Error::storage(
+                "the outbox feed's checkpoint (row 'events' of outbox_feed) is missing: \
+                 no event is published from the feed until it is restored \
+                 (the dtx migrations create it)",
+            ));
         }
         let rows = sqlx::query(&sql.feed_read)
             .bind(to_i64(batch))

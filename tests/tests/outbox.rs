@@ -606,6 +606,39 @@ async fn relays_aborted_at_any_moment_leave_no_transaction_or_lock_behind() {
     assert_eq!(outbox.counts().await.unwrap().pending, 0);
 }
 
+/// A relay that finds the feed's checkpoint gone stops with an error naming it (starting over
+/// would publish the whole store again), loses nothing, and goes on once it is restored.
+#[tokio::test]
+async fn a_missing_feed_checkpoint_is_an_error_and_nothing_is_lost() {
+    let (store, outbox) = outbox_store().await;
+    first_event(&store, "Kept").await;
+    let saved: (i64, i64, i64) = sqlx::query_as(
+        "DELETE FROM outbox_feed WHERE feed = 'events'
+         RETURNING commit_order, global_position, published",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let publisher = MemoryPublisher::new();
+    let relay = outbox.relay(publisher.clone(), fast());
+    let error = relay.run_once().await.unwrap_err().to_string();
+    assert!(error.contains("outbox_feed"), "{error}");
+    assert!(publisher.published().is_empty());
+
+    sqlx::query(
+        "INSERT INTO outbox_feed (feed, commit_order, global_position, published)
+         VALUES ('events', $1, $2, $3)",
+    )
+    .bind(saved.0)
+    .bind(saved.1)
+    .bind(saved.2)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(relay.run_until_idle().await.unwrap(), 1);
+    assert_eq!(publisher.published()[0].key, "Kept");
+}
+
 /// An event set aside after a failed publish and then deleted from the store is dead-lettered
 /// with an error naming it, never skipped silently.
 #[tokio::test]
