@@ -294,7 +294,8 @@ impl OutboxSql {
                  SELECT o.pending + fed.n AS pending, o.dead,
                         extract(epoch FROM now() - LEAST(o.oldest, fed.oldest))::float8 AS lag,
                         (SELECT count(*) FROM {published})
-                          + COALESCE((SELECT published FROM f), 0) AS published
+                          + COALESCE((SELECT published FROM f), 0) AS published,
+                        EXISTS (SELECT 1 FROM f) AS checkpoint
                  FROM o, fed"
             ),
             dead: format!(
@@ -407,6 +408,14 @@ fn message(row: &PgRow) -> Result<std::result::Result<OutboxMessage, (OutboxMess
     Ok(Ok(message))
 }
 
+/// The error of a relay or status query that finds the feed's checkpoint row gone.
+fn missing_checkpoint() -> Error {
+    Error::storage(
+        "the outbox feed's checkpoint (row 'events' of outbox_feed) is missing: no event is \
+         published from the feed until it is restored (the dtx migrations create it)",
+    )
+}
+
 /// Reads a count column.
 fn count(row: &PgRow, name: &str) -> Result<u64> {
     let n: i64 = row.try_get(name).map_err(Error::storage)?;
@@ -500,6 +509,12 @@ impl PgOutbox {
             .fetch_one(&self.pool)
             .await
             .map_err(Error::storage)?;
+        if !row
+            .try_get::<bool, _>("checkpoint")
+            .map_err(Error::storage)?
+        {
+            return Err(missing_checkpoint());
+        }
         let lag: Option<f64> = row.try_get("lag").map_err(Error::storage)?;
         Ok(OutboxCounts {
             pending: count(&row, "pending")?,
@@ -788,11 +803,7 @@ impl OutboxRelay {
             .map_err(Error::storage)?
         {
             // Starting over from the first event would publish the whole store again: stop.
-            return Err(Error::storage(
-                "the outbox feed's checkpoint (row 'events' of outbox_feed) is missing: \
-                 no event is published from the feed until it is restored \
-                 (the dtx migrations create it)",
-            ));
+            return Err(missing_checkpoint());
         }
         let rows = sqlx::query(&sql.feed_read)
             .bind(to_i64(batch))

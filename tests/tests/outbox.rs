@@ -525,12 +525,25 @@ async fn a_relay_publishing_does_not_hold_back_the_feed_for_other_readers() {
     entered.await;
     let plain = PgEventStore::new(store.pool().clone());
     first_event(&plain, "Meanwhile").await;
-    let feed = store
-        .read_all(dtx::GlobalPosition::START, 10)
-        .await
-        .unwrap();
-    let streams: Vec<&str> = feed.iter().map(|e| e.stream_id.as_str()).collect();
-    assert_eq!(streams, ["First", "Meanwhile"]);
+    // While the relay is still held, the feed shows the event committed meanwhile (looked for
+    // a while: another test's open transaction can hold every feed back for a moment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let feed = store
+            .read_all(dtx::GlobalPosition::START, 10)
+            .await
+            .unwrap();
+        let streams: Vec<&str> = feed.iter().map(|e| e.stream_id.as_str()).collect();
+        if streams == ["First", "Meanwhile"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held relay holds back the feed: {streams:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!publishing.is_finished(), "the relay is still publishing");
     publisher.release.add_permits(1);
     assert_eq!(publishing.await.unwrap().unwrap().published, 1);
 }
@@ -624,6 +637,11 @@ async fn a_missing_feed_checkpoint_is_an_error_and_nothing_is_lost() {
     let error = relay.run_once().await.unwrap_err().to_string();
     assert!(error.contains("outbox_feed"), "{error}");
     assert!(publisher.published().is_empty());
+    let error = outbox.counts().await.unwrap_err().to_string();
+    assert!(
+        error.contains("outbox_feed"),
+        "counts do not report an empty outbox: {error}"
+    );
 
     sqlx::query(
         "INSERT INTO outbox_feed (feed, commit_order, global_position, published)
