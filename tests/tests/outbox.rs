@@ -230,8 +230,10 @@ async fn poison_message_is_dead_lettered_while_other_streams_flow() {
     let relay = outbox.relay(publisher.clone(), fast());
 
     // Other streams flow while the poison key is retried: its first failure sets it aside.
+    // (Looked for up to 10 s each: a pass may wait for another test's open transaction.)
     let mut failed = 0;
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         let pass = relay.run_once().await.unwrap();
         failed += pass.failed;
         if publisher.published().len() == 9 && failed > 0 {
@@ -241,7 +243,8 @@ async fn poison_message_is_dead_lettered_while_other_streams_flow() {
     }
     assert_eq!(publisher.published().len(), 9);
     assert!(failed >= 1);
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         if outbox.counts().await.unwrap().dead == 1 {
             break;
         }
