@@ -354,13 +354,10 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
                 let relay = relay.clone();
                 tokio::spawn(async move { relay.run(std::future::pending()).await })
             });
-            // An armed relay's wake lock, held by hand (the relay's own key): every outbox write
-            // then notifies.
+            // An armed relay's wake lock, held by hand: every outbox write then notifies.
             let armed = if sides[side] == Writer::NotifyEach {
                 let mut conn = wide.acquire().await?.detach();
-                sqlx::query("SELECT pg_advisory_lock(1685354615, 0)")
-                    .execute(&mut conn)
-                    .await?;
+                dtx_postgres::outbox::hold_wake_lock(&mut conn).await?;
                 Some(conn)
             } else {
                 None

@@ -123,6 +123,22 @@ const WAKE_CLASS: i32 = 0x6474_7877; // "dtxw"
 pub(crate) const WAKE_CHECK: &str = "(SELECT CASE WHEN pg_try_advisory_xact_lock_shared(1685354615, 0) \
      THEN false ELSE (SELECT true FROM pg_notify('dtx_outbox', '')) END)";
 
+/// Takes the wake lock an idle relay holds while it listens, on `conn`: a session lock, released
+/// when the connection closes (or with `pg_advisory_unlock_all()`). While it is held every outbox
+/// write sends a `NOTIFY`, as if a relay were armed; this is how a relay arms, and how tests and
+/// benchmarks of the wake-ups arm one by hand. It waits while writes that found no relay armed
+/// are still running (they hold the lock in shared mode until they commit).
+///
+/// # Errors
+/// The database's, as sqlx reports it (a `lock_timeout` set on `conn` ends the wait with one).
+pub async fn hold_wake_lock(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_lock($1, 0)")
+        .bind(WAKE_CLASS)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 struct OutboxSql {
     feed_lock: String,
     feed_read: String,
@@ -1267,12 +1283,8 @@ impl WakeLock {
         let Some(conn) = self.conn.as_mut() else {
             return false;
         };
-        match sqlx::query("SELECT pg_advisory_lock($1, 0)")
-            .bind(WAKE_CLASS)
-            .execute(&mut *conn)
-            .await
-        {
-            Ok(_) => true,
+        match hold_wake_lock(conn).await {
+            Ok(()) => true,
             Err(sqlx::Error::Database(error)) => {
                 tracing::debug!(%error, "the outbox wake-up is armed by another relay");
                 false
@@ -1299,5 +1311,14 @@ impl WakeLock {
             tracing::debug!(%error, "disarming the outbox wake-up failed");
             self.conn = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_wake_check_tries_the_wake_lock_relays_hold() {
+        let key = format!("pg_try_advisory_xact_lock_shared({}, 0)", super::WAKE_CLASS);
+        assert!(super::WAKE_CHECK.contains(&key), "{}", super::WAKE_CHECK);
     }
 }

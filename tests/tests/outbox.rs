@@ -757,8 +757,7 @@ async fn passes_go_round_every_key_with_work() {
 /// Takes the wake lock on its own connection, as an armed relay does.
 async fn arm_by_hand(pool: &sqlx::PgPool) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock(1685354615, 0)")
-        .execute(&mut *conn)
+    dtx_postgres::outbox::hold_wake_lock(&mut conn)
         .await
         .unwrap();
     conn
