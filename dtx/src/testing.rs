@@ -166,6 +166,19 @@ pub async fn expected_version_rules(store: SharedEventStore) {
         .await
         .unwrap();
     assert_eq!((r.first_version, r.last_version), (3, 4));
+    // A stale expectation on a longer stream, with one event and with several: nothing stored.
+    for batch in [vec![event(5)], vec![event(5), event(6)]] {
+        match store.append(&s, ExpectedVersion::Exact(2), batch).await {
+            Err(Error::Conflict {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, ExpectedVersion::Exact(2));
+                assert_eq!(actual, 4);
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(store.stream_version(&s).await.unwrap(), 4);
     let fresh = stream("expect-any");
     let r = store
         .append(&fresh, ExpectedVersion::Any, vec![event(1)])
@@ -288,10 +301,20 @@ pub async fn idempotent_retry(store: SharedEventStore) {
         .append(&s, ExpectedVersion::NoStream, batch.clone())
         .await
         .unwrap();
-    store
-        .append(&s, ExpectedVersion::Exact(3), vec![event(4)])
+    let fourth = event(4);
+    let appended = store
+        .append(&s, ExpectedVersion::Exact(3), vec![fourth.clone()])
         .await
         .unwrap();
+    let again = store
+        .append(&s, ExpectedVersion::Exact(3), vec![fourth])
+        .await
+        .unwrap();
+    assert!(again.deduplicated, "a retried `Exact` append is a success");
+    assert_eq!(
+        (again.last_version, again.positions),
+        (4, appended.positions)
+    );
 
     let again = store
         .append(&s, ExpectedVersion::NoStream, batch.clone())

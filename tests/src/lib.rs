@@ -202,9 +202,10 @@ pub async fn generic_plans<'a>(
     pool: &sqlx::PgPool,
     statements: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Vec<(&'a str, String)> {
-    let mut conn = pool.acquire().await.expect("a connection");
+    // Detached: the settings below leave with the connection instead of going back to the pool.
+    let mut conn = pool.acquire().await.expect("a connection").detach();
     sqlx::raw_sql("SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .expect("settings");
     let mut plans = Vec::new();
@@ -214,16 +215,20 @@ pub async fn generic_plans<'a>(
             .max()
             .unwrap_or(0);
         sqlx::raw_sql(&format!("PREPARE probe AS {sql}"))
-            .execute(&mut *conn)
+            .execute(&mut conn)
             .await
             .unwrap_or_else(|e| panic!("{name} does not prepare: {e}"));
-        let args = vec!["NULL"; params].join(", ");
-        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE probe({args})"))
-            .fetch_all(&mut *conn)
+        let args = if params == 0 {
+            String::new()
+        } else {
+            format!("({})", vec!["NULL"; params].join(", "))
+        };
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE probe{args}"))
+            .fetch_all(&mut conn)
             .await
             .expect("a plan");
         sqlx::raw_sql("DEALLOCATE probe")
-            .execute(&mut *conn)
+            .execute(&mut conn)
             .await
             .expect("deallocate");
         plans.push((name, plan.join("\n")));

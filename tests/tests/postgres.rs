@@ -339,6 +339,59 @@ async fn migrations_match_sqlx_cli_and_run_in_a_schema() {
     );
 }
 
+/// Inside a caller's transaction, a stale `Exact` or `NoStream` append is a conflict naming the
+/// stream's real version, whether the stream is longer (the unique constraint fails the statement
+/// and aborts the transaction) or shorter (nothing inserted); rolled back, nothing of it is
+/// stored, and the stream's events are intact.
+#[tokio::test]
+async fn stale_appends_in_a_transaction_are_conflicts_and_store_nothing() {
+    let store = tests::pg_store().await;
+    let stream = StreamId::new(format!("stale-{}", Uuid::now_v7())).unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            (1..=3).map(event).collect(),
+        )
+        .await
+        .unwrap();
+    for (expected, events) in [
+        (ExpectedVersion::NoStream, vec![event(9)]),
+        (ExpectedVersion::Exact(1), vec![event(9)]),
+        (ExpectedVersion::Exact(2), vec![event(9), event(10)]),
+        (ExpectedVersion::Exact(7), vec![event(9)]),
+    ] {
+        let mut tx = store.pool().begin().await.unwrap();
+        match store.append_in(&mut tx, &stream, expected, events).await {
+            Err(Error::Conflict {
+                stream: named,
+                expected: reported,
+                actual,
+            }) => {
+                assert_eq!(named, stream);
+                assert_eq!(reported, expected);
+                assert_eq!(actual, 3, "{expected}");
+            }
+            other => panic!("{expected}: expected a conflict, got {other:?}"),
+        }
+        tx.rollback().await.unwrap();
+    }
+    let stored = store.read_stream(&stream, 1, 100).await.unwrap();
+    let amounts: Vec<String> = stored.iter().map(|e| e.data.to_string()).collect();
+    assert_eq!(
+        amounts,
+        [r#"{"amount": 1}"#, r#"{"amount": 2}"#, r#"{"amount": 3}"#]
+    );
+    // The expectation that holds still appends, in a transaction as on its own.
+    let mut tx = store.pool().begin().await.unwrap();
+    let appended = store
+        .append_in(&mut tx, &stream, ExpectedVersion::Exact(3), vec![event(4)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((appended.first_version, appended.last_version), (4, 4));
+}
+
 /// Every statement the store issues is served by an index, never a sequential scan.
 #[tokio::test]
 async fn indexes_serve_every_statement() {
