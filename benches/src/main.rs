@@ -293,7 +293,7 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `append_1` and `append_100`.
+/// `append_1`, `append_100` and the server-CPU rows of one-event appends.
 async fn append_rows(
     options: &Options,
     pool: &PgPool,
@@ -349,6 +349,96 @@ async fn append_rows(
         )
         .await;
         report(options, "append_100", "insert_100_rows_unnest", &row);
+    }
+    append_server_cpu(options, pool).await
+}
+
+/// The CPU time the server process behind a connection has used so far (Linux, a server on this
+/// machine: `/proc/<pid>/schedstat`, in nanoseconds), or `None` when it cannot be read.
+fn backend_cpu(pid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    let nanos = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
+/// `append_1_server_cpu`, `append_1_any_server_cpu` and `append_1_outbox_server_cpu`: the
+/// server's own CPU time per one-event append (`Exact`, `Any`, `Exact` with the outbox), against
+/// the raw single-row INSERT, both on one connection (`synchronous_commit = off`) whose server
+/// process is read from `/proc`.
+/// Wall-clock rows on this shared machine drift by tens of percent; the CPU a backend spends on a
+/// statement does not wait on the disk or on other processes, so it shows what a change of the
+/// append statement costs or saves. Samples of 50 calls, the sides alternating.
+async fn append_server_cpu(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
+    const BATCH: u32 = 50;
+    // Without waiting for the WAL flush: the flush is the same for both sides, and its
+    // kernel work (charged to the waiting backend) varies more than the statements themselves.
+    let one = PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("SET synchronous_commit = off").await?;
+                Ok(())
+            })
+        })
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&one)
+        .await?;
+    if backend_cpu(pid).is_none() {
+        eprintln!("append_*_server_cpu skipped (the server process is not readable here)");
+        return Ok(());
+    }
+    let plain = PgEventStore::new(one.clone());
+    let outbox = plain.clone().with_outbox(true);
+    let rows = [
+        ("append_1_server_cpu", &plain, false),
+        ("append_1_any_server_cpu", &plain, true),
+        ("append_1_outbox_server_cpu", &outbox, false),
+    ];
+    let samples = (options.iterations / 10).max(10);
+    for (name, store, any) in rows {
+        if !options.wants(name) {
+            continue;
+        }
+        let stream = StreamId::new(format!("Bench-cpu-{name}"))?;
+        let baseline = format!("baseline-cpu-{name}");
+        let (mut dtx, mut raw) = (Vec::new(), Vec::new());
+        let mut n = 0u64;
+        for sample in 0..samples + 2 {
+            let start = backend_cpu(pid).ok_or("backend gone")?;
+            for k in n..n + u64::from(BATCH) {
+                let event = NewEvent::encode(
+                    &stream,
+                    &AccountEvent::Deposited(deposit(k)),
+                    EventMetadata::default(),
+                )?;
+                let expected = if any {
+                    ExpectedVersion::Any
+                } else {
+                    ExpectedVersion::Exact(k)
+                };
+                store.append(&stream, expected, vec![event]).await?;
+            }
+            let middle = backend_cpu(pid).ok_or("backend gone")?;
+            for k in n..n + u64::from(BATCH) {
+                sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
+                    .bind(&baseline)
+                    .bind(to_i64(k) + 1)
+                    .bind(payload(k))
+                    .execute(&one)
+                    .await?;
+            }
+            let end = backend_cpu(pid).ok_or("backend gone")?;
+            n += u64::from(BATCH);
+            // The first two samples warm the caches and the prepared statements.
+            if sample >= 2 {
+                dtx.push(middle.saturating_sub(start));
+                raw.push(end.saturating_sub(middle));
+            }
+        }
+        let row = (Stats::of(dtx, BATCH), Stats::of(raw, BATCH));
+        report(options, name, "insert_1_row_server_cpu", &row);
     }
     Ok(())
 }

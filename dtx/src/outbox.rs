@@ -295,8 +295,8 @@ pub async fn publish_traced<P: Publisher + ?Sized>(
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     /// Most messages claimed at once (default 100). Part of a relay's cost is paid per batch
-    /// (a transaction, its checkpoint or marks): under thousands of appends a second a larger
-    /// batch (say 500) leaves more of the database to the writers.
+    /// (a transaction, its checkpoint or marks), so under thousands of appends a second a larger
+    /// batch (say 500) spends less of the database on relaying.
     pub batch_size: usize,
     /// Failed attempts retried before a message is dead-lettered (default 5): a message is tried
     /// at most `max_retries + 1` times.
