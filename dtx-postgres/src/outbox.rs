@@ -120,8 +120,14 @@ const WAKE_CLASS: i32 = 0x6474_7877; // "dtxw"
 /// The wake-up check of every outbox write, as one SQL expression: a shared try-lock on the wake
 /// key fails only while a relay holds it (armed), and then the write notifies. See the module
 /// docs (Wake-ups).
-pub(crate) const WAKE_CHECK: &str = "(SELECT CASE WHEN pg_try_advisory_xact_lock_shared(1685354615, 0) \
-     THEN false ELSE (SELECT true FROM pg_notify('dtx_outbox', '')) END)";
+///
+/// A plain `CASE` rather than a subquery: it costs the server no executor nodes to set up (a
+/// subquery with a `pg_notify` in a `FROM` cost about a tenth of a raw INSERT's server CPU on
+/// every append, measured by `append_1_outbox_server_cpu`). In a `RETURNING` list it runs once
+/// per row: the first row takes the shared lock, the others find their own transaction holding
+/// it; and a `NOTIFY` repeated in one transaction is delivered once.
+pub(crate) const WAKE_CHECK: &str = "CASE WHEN pg_try_advisory_xact_lock_shared(1685354615, 0) \
+     THEN false ELSE pg_notify('dtx_outbox', '') IS NOT NULL END";
 
 /// Takes the wake lock an idle relay holds while it listens, on `conn`: a session lock, released
 /// when the connection closes (or with `pg_advisory_unlock_all()`). While it is held every outbox

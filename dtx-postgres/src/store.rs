@@ -146,8 +146,7 @@ impl Sql {
 /// One event binds scalars; more go through `UNNEST` (the planner and executor do measurably
 /// less for the first). With the outbox the rows are marked for the relay (`outbox = true`):
 /// the event row is its own outbox record, so the append writes nothing more, and the last
-/// column it returns wakes an idle relay (see `crate::outbox`, Wake-ups; an uncorrelated
-/// subquery, evaluated once per statement).
+/// column it returns wakes an idle relay (see `crate::outbox`, Wake-ups, and `WAKE_CHECK`).
 fn append_statement(events: &str, shape: Shape, outbox: bool, many: bool) -> String {
     const XID: &str = "pg_current_xact_id()::text::bigint";
     // The version before the first event (empty: none), the commit order, where they come

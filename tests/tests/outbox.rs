@@ -796,6 +796,28 @@ async fn appends_notify_only_while_a_relay_is_armed() {
     append(6).await;
     let first = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
     assert!(first.is_ok(), "an append while armed notifies");
+    // Every append statement notifies, a batch once for all its events.
+    let other = StreamId::new("Quiet-batch").unwrap();
+    let batch = (8..=10)
+        .map(|n| event(n, EventMetadata::default()))
+        .collect();
+    store
+        .append(&other, ExpectedVersion::NoStream, batch)
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
+    assert!(woken.is_ok(), "a batch appended while armed notifies");
+    assert!(listener.try_recv_timeout_none().await, "once");
+    store
+        .append(
+            &other,
+            ExpectedVersion::Exact(3),
+            vec![event(11, EventMetadata::default())],
+        )
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
+    assert!(woken.is_ok(), "an `Exact` append while armed notifies");
     // Disarmed (the relay is busy again): quiet.
     drop(armed.detach());
     for _ in 0..100 {
