@@ -308,7 +308,8 @@ enum Attempt {
     Done(AppendResult),
     /// Nothing was inserted: the stream is not at the expected version.
     WrongVersion,
-    /// Another writer took the version first (unique violation on the stream's version).
+    /// The version is taken (unique violation on the stream's version): the stream had moved
+    /// past an `Exact`/`NoStream` expectation, or another writer took it first.
     LostRace,
     /// Some event id is stored already (unique violation on the event id).
     StoredId,
