@@ -78,7 +78,7 @@ async fn main() -> Result<(), BoxError> {
 
     println!("3. an invalid line is refused before its handler runs, every broken rule listed");
     match commands
-        .execute_with::<_, Committed>(
+        .execute_with(
             AddLine {
                 order_id,
                 line: line(" ", 0, 100),
@@ -100,7 +100,7 @@ async fn main() -> Result<(), BoxError> {
                 line: line(&format!("SKU-CLERK-{n}"), 1, 500),
             };
             let metadata = meta();
-            tokio::spawn(async move { commands.execute_with::<_, Committed>(cmd, metadata).await })
+            tokio::spawn(async move { commands.execute_with(cmd, metadata).await })
         })
         .collect();
     let mut attempts = 0;
@@ -117,7 +117,7 @@ async fn main() -> Result<(), BoxError> {
             order_id,
             line: line(&format!("SKU-BULK-{n}"), 1, 10),
         };
-        match commands.execute_with::<_, Committed>(cmd, meta()).await {
+        match commands.execute_with(cmd, meta()).await {
             Ok(_) => {}
             Err(CommandError::Dtx(Error::Invariant { violation, .. })) => break violation,
             Err(other) => return Err(other.into()),
@@ -131,7 +131,7 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     println!("   confirmed at version {}", confirmed.version);
     match commands
-        .execute_with::<_, Committed>(ConfirmOrder { order_id }, meta())
+        .execute_with(ConfirmOrder { order_id }, meta())
         .await
     {
         Err(e) if e.domain::<examples::order::OrderError>().is_some() => {

@@ -1,5 +1,7 @@
+use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use dtx::UnitOfWork;
 use dtx::idempotency::{
     Claim, ClaimRequest, DEFAULT_MAX_RESPONSE_BYTES, Fingerprint, IdempotencyError, IdempotencyKey,
     IdempotencyRecord, IdempotencyStatus, IdempotencyStore, Lease, Scope,
@@ -30,9 +32,9 @@ const CLAIM_ATTEMPTS: usize = 10;
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-/// use dtx::idempotency::{Claim, ClaimRequest, Fingerprint, IdempotencyKey, Scope};
-/// use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId};
-/// use dtx_postgres::{PgEventStore, PgIdempotencyStore};
+/// use dtx::idempotency::{Claim, ClaimRequest, Fingerprint, IdempotencyKey, IdempotencyStore, Scope};
+/// use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId, UnitOfWork};
+/// use dtx_postgres::{PgEventStore, PgIdempotencyStore, PgUnitOfWork};
 ///
 /// let (events, keys) = (PgEventStore::new(pool.clone()), PgIdempotencyStore::new(pool.clone()));
 /// let request = ClaimRequest::new(
@@ -40,14 +42,14 @@ const CLAIM_ATTEMPTS: usize = 10;
 ///     IdempotencyKey::new("0b7e6c1a-charge")?,
 ///     Fingerprint::of(br#"{"amount":100}"#),
 /// );
-/// let mut tx = pool.begin().await?;
-/// match keys.claim_in(&mut tx, &request).await? {
+/// let mut uow = PgUnitOfWork::begin(&pool).await?;
+/// match keys.claim_in(&mut uow, &request).await? {
 ///     Claim::Claimed(lease) => {
 ///         let stream = StreamId::new("Payment-1")?;
 ///         let event = NewEvent::from_json("Charged", &serde_json::json!({"amount": 100}))?;
-///         events.append_in(&mut tx, &stream, ExpectedVersion::NoStream, vec![event]).await?;
-///         keys.complete_in(&mut tx, &lease, b"charged").await?;
-///         tx.commit().await?; // the events and the stored result, or neither
+///         events.append_in(&mut uow, &stream, ExpectedVersion::NoStream, vec![event]).await?;
+///         keys.complete_in(&mut uow, &lease, b"charged").await?;
+///         uow.commit().await?; // the events and the stored result, or neither
 ///     }
 ///     Claim::Completed(result) => { /* a retry: answer with `result` */ }
 ///     Claim::InFlight { .. } | Claim::Mismatch => { /* refuse */ }
@@ -214,32 +216,6 @@ impl PgIdempotencyStore {
         ]
     }
 
-    /// Claims a key on the caller's connection, typically inside the transaction that will
-    /// also append the command's events and [`complete_in`](Self::complete_in) the record.
-    ///
-    /// Inside a transaction the claim's row is locked until it commits: a concurrent claim of
-    /// the same key waits for the commit and then gets the stored result (or, after a
-    /// rollback, claims the key itself). At `REPEATABLE READ` or `SERIALIZABLE`, a key
-    /// committed by a concurrent transaction is a serialization failure: roll back and retry.
-    pub async fn claim_in(
-        &self,
-        conn: &mut PgConnection,
-        request: &ClaimRequest,
-    ) -> Result<Claim, IdempotencyError> {
-        self.claim_on(Some(conn), request).await
-    }
-
-    /// Completes a claim on the caller's connection (in the transaction of
-    /// [`claim_in`](Self::claim_in)); it takes effect when that transaction commits.
-    pub async fn complete_in(
-        &self,
-        conn: &mut PgConnection,
-        lease: &Lease,
-        response: &[u8],
-    ) -> Result<(), IdempotencyError> {
-        self.complete_on(conn, lease, response).await
-    }
-
     /// One run of the claim statement; `None` when a concurrent claim committed the row after
     /// this statement's snapshot was taken (run it again).
     async fn claim_once<'c, E>(
@@ -383,6 +359,30 @@ impl IdempotencyStore for PgIdempotencyStore {
 
     async fn complete(&self, lease: &Lease, response: &[u8]) -> Result<(), IdempotencyError> {
         self.complete_on(&self.pool, lease, response).await
+    }
+
+    /// Inside the unit of work's transaction the claim's row is locked until it commits: a
+    /// concurrent claim of the same key waits for the commit and then gets the stored result
+    /// (or, after a rollback, claims the key itself). At `REPEATABLE READ` or `SERIALIZABLE`,
+    /// a key committed by a concurrent transaction is a serialization failure: roll back and
+    /// retry.
+    async fn claim_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        request: &ClaimRequest,
+    ) -> Result<Claim, IdempotencyError> {
+        let conn = PgUnitOfWork::of(uow).map_err(IdempotencyError::storage)?;
+        self.claim_on(Some(conn), request).await
+    }
+
+    async fn complete_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        lease: &Lease,
+        response: &[u8],
+    ) -> Result<(), IdempotencyError> {
+        let conn = PgUnitOfWork::of(uow).map_err(IdempotencyError::storage)?;
+        self.complete_on(conn, lease, response).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), IdempotencyError> {

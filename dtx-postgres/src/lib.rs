@@ -26,12 +26,14 @@ mod saga;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod uow;
 
 pub use idempotency::PgIdempotencyStore;
 pub use migrate::{MIGRATOR, migrate, migrate_in_schema};
 pub use outbox::{OutboxRelay, PgOutbox, RelayPass};
 pub use saga::PgSagaStore;
 pub use store::PgEventStore;
+pub use uow::PgUnitOfWork;
 
 /// The `sqlx` version dtx-postgres is built on, for pools and transactions.
 pub use sqlx;

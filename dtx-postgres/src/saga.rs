@@ -1,7 +1,9 @@
 //! The PostgreSQL saga store: `saga_state`, claimed with `FOR UPDATE SKIP LOCKED` and leases.
 
+use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use dtx::UnitOfWork;
 use dtx::saga::{CompletedStep, Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore};
 use dtx::{Error, Result};
 use sqlx::postgres::{PgPool, PgRow};
@@ -32,12 +34,6 @@ impl PgSagaStore {
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// Stores a new saga inside the caller's transaction, so that it starts if and only if the
-    /// caller's other writes commit. Make the record with `SagaOrchestrator::prepare`.
-    pub async fn insert_in(&self, conn: &mut PgConnection, record: &SagaRecord) -> Result<()> {
-        insert(conn, record).await
     }
 
     /// Every statement this store issues, for `EXPLAIN` checks.
@@ -156,6 +152,10 @@ impl SagaStore for PgSagaStore {
     async fn insert(&self, record: &SagaRecord) -> Result<()> {
         let mut conn = self.pool.acquire().await.map_err(Error::storage)?;
         insert(&mut conn, record).await
+    }
+
+    async fn insert_in(&self, uow: &mut dyn UnitOfWork, record: &SagaRecord) -> Result<()> {
+        insert(PgUnitOfWork::of(uow)?, record).await
     }
 
     async fn claim(

@@ -1,5 +1,7 @@
+use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use dtx::UnitOfWork;
 use dtx::error::BoxError;
 use dtx::{
     AppendResult, Error, EventData, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
@@ -380,8 +382,8 @@ impl PgEventStore {
         &self.pool
     }
 
-    /// Appends inside the caller's transaction (or on any connection), so the events commit or
-    /// roll back with the caller's other writes.
+    /// Appends on the unit of work's connection ([`EventStore::append_in`]), so the events
+    /// commit or roll back with its other writes.
     ///
     /// A conflict is [`Error::Conflict`] for every expectation, [`ExpectedVersion::Any`]
     /// included (a lost race cannot be retried inside the caller's transaction), and it usually
@@ -389,7 +391,7 @@ impl PgEventStore {
     /// detected by its unique constraint, which fails the statement. Roll back and retry the
     /// whole transaction. A connection failure after the statement was sent is
     /// [`Error::OutcomeUnknown`].
-    pub async fn append_in(
+    async fn append_on(
         &self,
         conn: &mut PgConnection,
         stream: &StreamId,
@@ -673,29 +675,8 @@ impl EventStore for PgEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<EventData>> {
-        let rows = sqlx::query(&self.sql.read_stream_data)
-            .bind(stream.as_str())
-            .bind(to_i64(from_version))
-            .bind(limit(max_count))
-            .fetch_all(&self.pool)
+        self.read_data_on(&self.pool, stream, from_version, max_count)
             .await
-            .map_err(Error::storage)?;
-        rows.iter()
-            .map(|row| {
-                Ok(EventData {
-                    version: to_u64(row.try_get(0).map_err(Error::storage)?),
-                    event_type: row.try_get(1).map_err(Error::storage)?,
-                    schema_version: u32::try_from(
-                        row.try_get::<i32, _>(2).map_err(Error::storage)?,
-                    )
-                    .unwrap_or(0),
-                    data: row
-                        .try_get::<String, _>(3)
-                        .map_err(Error::storage)?
-                        .into_boxed_str(),
-                })
-            })
-            .collect()
     }
 
     async fn read_all(
@@ -740,13 +721,95 @@ impl EventStore for PgEventStore {
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
+        self.save_snapshot_on(&self.pool, stream, snapshot).await
+    }
+
+    async fn append_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.append_on(PgUnitOfWork::of(uow)?, stream, expected, events)
+            .await
+    }
+
+    async fn read_stream_data_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        self.read_data_on(PgUnitOfWork::of(uow)?, stream, from_version, max_count)
+            .await
+    }
+
+    async fn save_snapshot_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<()> {
+        self.save_snapshot_on(PgUnitOfWork::of(uow)?, stream, snapshot)
+            .await
+    }
+}
+
+/// Reads and writes on a given connection (the pool's, or a unit of work's transaction).
+impl PgEventStore {
+    async fn read_data_on<'c, E>(
+        &self,
+        executor: E,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+    {
+        let rows = sqlx::query(&self.sql.read_stream_data)
+            .bind(stream.as_str())
+            .bind(to_i64(from_version))
+            .bind(limit(max_count))
+            .fetch_all(executor)
+            .await
+            .map_err(Error::storage)?;
+        rows.iter()
+            .map(|row| {
+                Ok(EventData {
+                    version: to_u64(row.try_get(0).map_err(Error::storage)?),
+                    event_type: row.try_get(1).map_err(Error::storage)?,
+                    schema_version: u32::try_from(
+                        row.try_get::<i32, _>(2).map_err(Error::storage)?,
+                    )
+                    .unwrap_or(0),
+                    data: row
+                        .try_get::<String, _>(3)
+                        .map_err(Error::storage)?
+                        .into_boxed_str(),
+                })
+            })
+            .collect()
+    }
+
+    async fn save_snapshot_on<'c, E>(
+        &self,
+        executor: E,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<()>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+    {
         sqlx::query(&self.sql.save_snapshot)
             .bind(stream.as_str())
             .bind(&snapshot.aggregate_type)
             .bind(to_i64(snapshot.version))
             .bind(hash_to_i64(snapshot.schema_hash))
             .bind(snapshot.state.get())
-            .execute(&self.pool)
+            .execute(executor)
             .await
             .map_err(Error::storage)?;
         Ok(())

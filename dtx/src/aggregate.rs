@@ -7,6 +7,7 @@ use crate::event::{DomainEvent, EventMetadata};
 use crate::store::{
     AppendResult, EventStore, ExpectedVersion, NewEvent, SharedEventStore, Snapshot, StreamId,
 };
+use crate::uow::UnitOfWork;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -394,24 +395,48 @@ impl<A: Aggregate> Repository<A> {
             version = tracing::field::Empty,
         );
         let root = self
-            .load_stream(id, &stream)
+            .load_stream(id, &stream, None)
             .instrument(span.clone())
             .await?;
         span.record("version", root.version);
         Ok(root)
     }
 
-    async fn load_stream(&self, id: &A::Id, stream: &StreamId) -> Result<AggregateRoot<A>> {
+    /// [`Repository::load`] as `uow` sees the aggregate: with the events saved in it and not
+    /// committed yet.
+    pub async fn load_in(&self, uow: &mut dyn UnitOfWork, id: &A::Id) -> Result<AggregateRoot<A>> {
+        let stream = A::stream_id(id)?;
+        let span = tracing::debug_span!("dtx.load", aggregate = A::TYPE, stream = %stream);
+        self.load_stream(id, &stream, Some(uow))
+            .instrument(span)
+            .await
+    }
+
+    async fn load_stream(
+        &self,
+        id: &A::Id,
+        stream: &StreamId,
+        mut uow: Option<&mut dyn UnitOfWork>,
+    ) -> Result<AggregateRoot<A>> {
         let stream = stream.clone();
         let mut root = match self.usable_snapshot(&stream).await? {
             Some((state, version)) => AggregateRoot::from_state(state, version),
             None => AggregateRoot::new(id.clone()),
         };
         loop {
-            let events = self
-                .store
-                .read_stream_data(&stream, root.version + 1, READ_PAGE)
-                .await?;
+            let from = root.version + 1;
+            let events = match uow.as_deref_mut() {
+                Some(uow) => {
+                    self.store
+                        .read_stream_data_in(uow, &stream, from, READ_PAGE)
+                        .await?
+                }
+                None => {
+                    self.store
+                        .read_stream_data(&stream, from, READ_PAGE)
+                        .await?
+                }
+            };
             let page = events.len();
             for recorded in &events {
                 let event: A::Event = recorded.decode(&stream)?;
@@ -465,6 +490,38 @@ impl<A: Aggregate> Repository<A> {
     pub async fn save_with(
         &self,
         root: &mut AggregateRoot<A>,
+        metadata: EventMetadata,
+    ) -> Result<Option<AppendResult>> {
+        self.save_to(None, root, metadata).await
+    }
+
+    /// [`Repository::save`] as part of a unit of work: the events (and a snapshot, when one is
+    /// due) commit with the unit of work's other writes.
+    ///
+    /// On [`Error::Conflict`] roll the unit of work back and run it again.
+    pub async fn save_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        root: &mut AggregateRoot<A>,
+    ) -> Result<Option<AppendResult>> {
+        self.save_to(Some(uow), root, EventMetadata::default())
+            .await
+    }
+
+    /// [`Repository::save_in`] with metadata for every event.
+    pub async fn save_in_with(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        root: &mut AggregateRoot<A>,
+        metadata: EventMetadata,
+    ) -> Result<Option<AppendResult>> {
+        self.save_to(Some(uow), root, metadata).await
+    }
+
+    async fn save_to(
+        &self,
+        mut uow: Option<&mut dyn UnitOfWork>,
+        root: &mut AggregateRoot<A>,
         mut metadata: EventMetadata,
     ) -> Result<Option<AppendResult>> {
         if root.pending.is_empty() {
@@ -493,12 +550,11 @@ impl<A: Aggregate> Repository<A> {
             expected = %expected,
             events = count,
         );
-        let result = match self
-            .store
-            .append(&stream, expected, events)
-            .instrument(span)
-            .await
-        {
+        let append = match uow.as_deref_mut() {
+            Some(uow) => self.store.append_in(uow, &stream, expected, events),
+            None => self.store.append(&stream, expected, events),
+        };
+        let result = match append.instrument(span).await {
             Ok(result) => result,
             Err(error) => {
                 if matches!(error, Error::Conflict { .. }) {
@@ -514,19 +570,27 @@ impl<A: Aggregate> Repository<A> {
         if let Some(every) = self.snapshot_every
             && before / every != root.version / every
         {
-            self.snapshot(&stream, root).await;
+            self.snapshot(uow, &stream, root).await?;
         }
         Ok(Some(result))
     }
 
-    async fn snapshot(&self, stream: &StreamId, root: &AggregateRoot<A>) {
+    /// Stores a snapshot. Outside a unit of work a failure is only logged (the events are
+    /// committed; it costs a longer replay later); inside one it is returned, because it may
+    /// have aborted the transaction.
+    async fn snapshot(
+        &self,
+        uow: Option<&mut dyn UnitOfWork>,
+        stream: &StreamId,
+        root: &AggregateRoot<A>,
+    ) -> Result<()> {
         let state = match root.state.snapshot() {
             Some(Ok(state)) => state,
             Some(Err(error)) => {
                 tracing::warn!(stream = %stream, %error, "cannot serialise snapshot; skipped");
-                return;
+                return Ok(());
             }
-            None => return,
+            None => return Ok(()),
         };
         let snapshot = Snapshot {
             aggregate_type: A::TYPE.to_owned(),
@@ -534,9 +598,12 @@ impl<A: Aggregate> Repository<A> {
             schema_hash: A::STATE_SCHEMA,
             state,
         };
-        // The events are committed; a failed snapshot only costs a longer replay later.
+        if let Some(uow) = uow {
+            return self.store.save_snapshot_in(uow, stream, snapshot).await;
+        }
         if let Err(error) = self.store.save_snapshot(stream, snapshot).await {
             tracing::warn!(stream = %stream, %error, "cannot store snapshot; skipped");
         }
+        Ok(())
     }
 }

@@ -121,6 +121,15 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A store was given the unit of work of another backend (a memory store inside a
+    /// PostgreSQL transaction, say), or a backend that cannot join one.
+    #[error("a {expected} store cannot join a {actual} unit of work")]
+    UnitOfWork {
+        /// The backend the store belongs to.
+        expected: &'static str,
+        /// The backend of the unit of work it was given.
+        actual: &'static str,
+    },
     /// The storage backend failed before anything was written.
     #[error("storage error: {0}")]
     Storage(#[source] BoxError),

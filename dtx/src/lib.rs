@@ -61,6 +61,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod uow;
 
 #[doc(hidden)]
 pub mod __private;
@@ -76,6 +77,7 @@ pub use store::{
     AppendResult, EventData, EventStore, ExpectedVersion, GlobalPosition, MemoryEventStore,
     NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
 };
+pub use uow::{MemoryUnitOfWork, UnitOfWork};
 /// The UUID type of event, command and correlation ids.
 pub use uuid::Uuid;
 
@@ -228,7 +230,7 @@ pub use dtx_macros::Aggregate;
 /// let _: Committed = bus.execute(OpenAccount { account_id: id, owner: "ada".into() }).await?;
 /// let renamed: Committed = bus.execute(Rename { account_id: id, owner: "grace".into() }).await?;
 /// assert_eq!(renamed.version, 2);
-/// let again = bus.execute::<_, Committed>(Rename { account_id: id, owner: "grace".into() }).await;
+/// let again = bus.execute(Rename { account_id: id, owner: "grace".into() }).await;
 /// assert!(again.unwrap_err().domain::<Unchanged>().is_some());
 /// let greeting: String = bus.execute(Greet("dtx".into())).await?;
 /// assert_eq!(greeting, "hello, dtx");

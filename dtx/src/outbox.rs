@@ -38,7 +38,10 @@ use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+mod uow;
 use std::time::Duration;
+pub use uow::Outbox;
 use uuid::Uuid;
 
 /// The header names every outbox message carries (when the value is known).
@@ -489,6 +492,54 @@ struct OutboxState {
     archive: std::collections::VecDeque<(std::time::Instant, OutboxMessage)>,
 }
 
+impl OutboxState {
+    fn push(&mut self, message: OutboxMessage) {
+        self.rows.push(MemoryRow {
+            message,
+            status: OutboxStatus::Pending,
+            next_attempt: std::time::Instant::now(),
+        });
+    }
+
+    fn push_events(&mut self, stream: &StreamId, first_version: u64, events: &[NewEvent]) {
+        let now = Utc::now();
+        for (version, event) in (first_version..).zip(events) {
+            self.next_id += 1;
+            self.push(OutboxMessage {
+                id: self.next_id,
+                key: stream.to_string(),
+                sequence: Some(version),
+                message_id: event.event_id,
+                message_type: event.event_type.clone(),
+                payload: event.data.get().into(),
+                headers: event_headers(stream, event),
+                attempts: 0,
+                last_error: None,
+                created_at: now,
+            });
+        }
+    }
+
+    fn push_messages(&mut self, messages: Vec<NewOutboxMessage>) {
+        let now = Utc::now();
+        for new in messages {
+            self.next_id += 1;
+            self.push(OutboxMessage {
+                id: self.next_id,
+                headers: new.all_headers(),
+                key: new.key,
+                sequence: None,
+                message_id: new.message_id,
+                message_type: new.message_type,
+                payload: new.payload.get().into(),
+                attempts: 0,
+                last_error: None,
+                created_at: now,
+            });
+        }
+    }
+}
+
 struct MemoryRow {
     message: OutboxMessage,
     status: OutboxStatus,
@@ -513,61 +564,16 @@ impl MemoryOutbox {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&self, state: &mut OutboxState, message: OutboxMessage) {
-        let _ = self;
-        state.rows.push(MemoryRow {
-            message,
-            status: OutboxStatus::Pending,
-            next_attempt: std::time::Instant::now(),
-        });
-    }
-
     /// Adds the outbox messages of appended events (called by the event store while it holds its
     /// append lock, so outbox order is append order).
     pub(crate) fn push_events(&self, stream: &StreamId, first_version: u64, events: &[NewEvent]) {
-        let now = Utc::now();
-        let mut state = self.lock();
-        for (version, event) in (first_version..).zip(events) {
-            state.next_id += 1;
-            let message = OutboxMessage {
-                id: state.next_id,
-                key: stream.to_string(),
-                sequence: Some(version),
-                message_id: event.event_id,
-                message_type: event.event_type.clone(),
-                payload: event.data.get().into(),
-                headers: event_headers(stream, event),
-                attempts: 0,
-                last_error: None,
-                created_at: now,
-            };
-            self.push(&mut state, message);
-        }
-        drop(state);
+        self.lock().push_events(stream, first_version, events);
         self.wake.notify_one();
     }
 
     /// Adds messages.
     pub fn enqueue(&self, messages: Vec<NewOutboxMessage>) {
-        let now = Utc::now();
-        let mut state = self.lock();
-        for new in messages {
-            state.next_id += 1;
-            let message = OutboxMessage {
-                id: state.next_id,
-                headers: new.all_headers(),
-                key: new.key,
-                sequence: None,
-                message_id: new.message_id,
-                message_type: new.message_type,
-                payload: new.payload.get().into(),
-                attempts: 0,
-                last_error: None,
-                created_at: now,
-            };
-            self.push(&mut state, message);
-        }
-        drop(state);
+        self.lock().push_messages(messages);
         self.wake.notify_one();
     }
 

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
 
+use dtx::UnitOfWork as _;
 use dtx::idempotency::{
     Claim, ClaimRequest, Fingerprint, IdempotencyKey, IdempotencyStatus, IdempotencyStore, Scope,
 };
@@ -43,7 +44,9 @@ async fn claim_and_events_commit_or_roll_back_together() {
     let stream = StreamId::new(format!("Payment-{}", Uuid::now_v7())).unwrap();
     let event = || NewEvent::from_json("Charged", &serde_json::json!({"amount": 100})).unwrap();
 
-    let mut tx = events.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(events.pool())
+        .await
+        .unwrap();
     let Claim::Claimed(lease) = keys.claim_in(&mut tx, &request).await.unwrap() else {
         panic!("a fresh key is claimed")
     };
@@ -63,7 +66,9 @@ async fn claim_and_events_commit_or_roll_back_together() {
         "no record"
     );
 
-    let mut tx = events.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(events.pool())
+        .await
+        .unwrap();
     let Claim::Claimed(lease) = keys.claim_in(&mut tx, &request).await.unwrap() else {
         panic!("the rolled-back key is free")
     };
@@ -87,7 +92,9 @@ async fn duplicate_waits_for_the_claiming_transaction() {
     let keys = pg().await;
     let key = IdempotencyKey::new(Uuid::new_v4().to_string()).unwrap();
     let request = charge(&key);
-    let mut tx = keys.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(keys.pool())
+        .await
+        .unwrap();
     let Claim::Claimed(lease) = keys.claim_in(&mut tx, &request).await.unwrap() else {
         panic!("claimed")
     };
@@ -107,7 +114,9 @@ async fn duplicate_waits_for_the_claiming_transaction() {
     // After a rollback the waiting duplicate claims the key itself.
     let key = IdempotencyKey::new(Uuid::new_v4().to_string()).unwrap();
     let request = charge(&key);
-    let mut tx = keys.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(keys.pool())
+        .await
+        .unwrap();
     assert!(matches!(
         keys.claim_in(&mut tx, &request).await.unwrap(),
         Claim::Claimed(_)

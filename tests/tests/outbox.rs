@@ -11,6 +11,7 @@
 )]
 
 use async_trait::async_trait;
+use dtx::UnitOfWork as _;
 use dtx::outbox::{
     MemoryPublisher, NewOutboxMessage, OutboxMessage, PublishError, Publisher, RelayOptions,
     headers,
@@ -157,7 +158,9 @@ async fn plain_store_writes_no_outbox_rows_and_rollbacks_publish_nothing() {
 
     // Rolled back: neither the events nor the messages exist.
     let stream = StreamId::new("Tx-1").unwrap();
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+        .await
+        .unwrap();
     store
         .append_in(
             &mut tx,
@@ -170,12 +173,17 @@ async fn plain_store_writes_no_outbox_rows_and_rollbacks_publish_nothing() {
     let message = NewOutboxMessage::new("emails", "SendWelcome", &serde_json::json!({"to": "a"}))
         .unwrap()
         .with_header("x-tenant", "7");
-    outbox.enqueue(&mut tx, vec![message]).await.unwrap();
+    outbox
+        .enqueue(tx.connection(), vec![message])
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(outbox.counts().await.unwrap().pending, 0);
 
     // Committed: both, published together.
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+        .await
+        .unwrap();
     store
         .append_in(
             &mut tx,
@@ -188,7 +196,7 @@ async fn plain_store_writes_no_outbox_rows_and_rollbacks_publish_nothing() {
     let messages = (0..3)
         .map(|n| NewOutboxMessage::new("emails", "SendWelcome", &n).unwrap())
         .collect();
-    outbox.enqueue(&mut tx, messages).await.unwrap();
+    outbox.enqueue(tx.connection(), messages).await.unwrap();
     tx.commit().await.unwrap();
     let publisher = MemoryPublisher::new();
     let relay = outbox.relay(publisher.clone(), fast());
@@ -438,7 +446,9 @@ async fn notify_wakes_an_idle_relay_long_before_its_poll() {
 #[tokio::test]
 async fn events_behind_an_open_transaction_wait_for_it_and_are_never_skipped() {
     let (store, outbox) = outbox_store().await;
-    let mut open = store.pool().begin().await.unwrap();
+    let mut open = dtx_postgres::PgUnitOfWork::begin(store.pool())
+        .await
+        .unwrap();
     store
         .append_in(
             &mut open,
@@ -715,12 +725,14 @@ async fn an_event_gone_from_the_store_is_dead_lettered_with_a_clear_error() {
 #[tokio::test]
 async fn passes_go_round_every_key_with_work() {
     let (store, outbox) = outbox_store().await;
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+        .await
+        .unwrap();
     for k in 0..30 {
         let messages = (1..=5)
             .map(|n| NewOutboxMessage::new(format!("Round-{k:02}"), "Happened", &n).unwrap())
             .collect();
-        outbox.enqueue(&mut tx, messages).await.unwrap();
+        outbox.enqueue(tx.connection(), messages).await.unwrap();
     }
     tx.commit().await.unwrap();
     let publisher = MemoryPublisher::new();
@@ -840,10 +852,12 @@ async fn appends_notify_only_while_a_relay_is_armed() {
 #[tokio::test]
 async fn arming_waits_for_writes_that_found_the_relay_busy() {
     let (store, outbox) = outbox_store().await;
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+        .await
+        .unwrap();
     outbox
         .enqueue(
-            &mut tx,
+            tx.connection(),
             vec![NewOutboxMessage::new("In-flight", "Sent", &serde_json::json!({})).unwrap()],
         )
         .await
@@ -904,11 +918,13 @@ async fn retention_deletes_published_rows_in_bounded_batches() {
         .append(&stream, ExpectedVersion::NoStream, events)
         .await
         .unwrap();
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+        .await
+        .unwrap();
     let messages = (1..=25)
         .map(|n| NewOutboxMessage::new("mail", "Sent", &n).unwrap())
         .collect();
-    outbox.enqueue(&mut tx, messages).await.unwrap();
+    outbox.enqueue(tx.connection(), messages).await.unwrap();
     tx.commit().await.unwrap();
     let relay = outbox.relay(MemoryPublisher::new(), fast());
     assert_eq!(relay.run_until_idle().await.unwrap(), 30);

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
 
+use dtx::UnitOfWork as _;
 use dtx::{
     Error, EventStore, ExpectedVersion, GlobalPosition, NewEvent, Repository, StreamId,
     testing::Ledger,
@@ -74,7 +75,9 @@ async fn global_feed_never_skips_late_commits() {
         let store = Arc::clone(&store);
         let e = event(0);
         held_id = e.event_id;
-        let mut tx = store.pool().begin().await.unwrap();
+        let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+            .await
+            .unwrap();
         store
             .append_in(
                 &mut tx,
@@ -111,7 +114,9 @@ async fn global_feed_never_skips_late_commits() {
                     committed.extend(ids);
                     continue;
                 }
-                let mut tx = store.pool().begin().await.unwrap();
+                let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+                    .await
+                    .unwrap();
                 match store
                     .append_in(&mut tx, &stream, ExpectedVersion::Any, batch)
                     .await
@@ -361,7 +366,9 @@ async fn stale_appends_in_a_transaction_are_conflicts_and_store_nothing() {
         (ExpectedVersion::Exact(2), vec![event(9), event(10)]),
         (ExpectedVersion::Exact(7), vec![event(9)]),
     ] {
-        let mut tx = store.pool().begin().await.unwrap();
+        let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+            .await
+            .unwrap();
         match store.append_in(&mut tx, &stream, expected, events).await {
             Err(Error::Conflict {
                 stream: named,
@@ -383,7 +390,9 @@ async fn stale_appends_in_a_transaction_are_conflicts_and_store_nothing() {
         [r#"{"amount": 1}"#, r#"{"amount": 2}"#, r#"{"amount": 3}"#]
     );
     // The expectation that holds still appends, in a transaction as on its own.
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(store.pool())
+        .await
+        .unwrap();
     let appended = store
         .append_in(&mut tx, &stream, ExpectedVersion::Exact(3), vec![event(4)])
         .await

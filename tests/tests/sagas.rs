@@ -16,10 +16,11 @@ mod postgres {
 /// commits, together with the caller's events.
 #[tokio::test]
 async fn start_inside_the_callers_transaction() {
+    use dtx::saga::SagaStore as _;
     use dtx::saga::testing::contract::Fulfil;
     use dtx::saga::{Saga, SagaOrchestrator, SagaStatus, WorkerOptions};
     use dtx::testing::Credited;
-    use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId};
+    use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId, UnitOfWork as _};
     use std::sync::Arc;
 
     let events = tests::pg_store().await;
@@ -34,7 +35,9 @@ async fn start_inside_the_callers_transaction() {
 
     // Rolled back: neither the events nor the saga exist.
     let record = sagas.prepare(&Fulfil::default(), None).unwrap();
-    let mut tx = events.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(events.pool())
+        .await
+        .unwrap();
     events
         .append_in(&mut tx, &stream, ExpectedVersion::NoStream, vec![event()])
         .await
@@ -49,7 +52,9 @@ async fn start_inside_the_callers_transaction() {
 
     // Committed: both exist, and a worker runs the saga.
     let record = sagas.prepare(&Fulfil::default(), None).unwrap();
-    let mut tx = events.pool().begin().await.unwrap();
+    let mut tx = dtx_postgres::PgUnitOfWork::begin(events.pool())
+        .await
+        .unwrap();
     events
         .append_in(&mut tx, &stream, ExpectedVersion::NoStream, vec![event()])
         .await

@@ -214,7 +214,7 @@ async fn one_operation_is_one_trace_with_its_metrics() {
             .await
             .unwrap();
         let missing = bus
-            .execute::<_, Committed>(AddLine {
+            .execute(AddLine {
                 order_id: OrderId::new(),
                 line,
             })

@@ -83,7 +83,7 @@ async fn dispatch_and_handling_are_traced() {
         .unwrap();
     let missing = OrderId::new();
     let _ = bus
-        .execute::<_, Committed>(AddLine {
+        .execute(AddLine {
             order_id: missing,
             line,
         })

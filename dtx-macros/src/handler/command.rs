@@ -329,8 +329,14 @@ fn expand_free(handler: &FreeHandler) -> TokenStream {
         &format_ident!("__DTX_REGISTRATION"),
     );
     let validate_traits = validate_traits(krate);
+    let command_impl = command_impl(
+        krate,
+        command,
+        &quote_spanned!(output.span()=> <#output as #krate::__private::HandlerResult>::Ok),
+    );
     let generated = crate::common::dummy_const(&quote! {
         #validate_traits
+        #command_impl
         #handler
         #states_fn
         #registration
@@ -368,11 +374,7 @@ fn expand_aggregate(handlers: &AggregateHandlers) -> TokenStream {
                 quote!(__dtx_command),
             )
         };
-        let state = if method.create {
-            quote!()
-        } else {
-            quote!(__dtx_state,)
-        };
+        let state = (!method.create).then(|| quote!(__dtx_state,));
         // The decision is bound at the return type, where rustc reports it if it is not a
         // `Result` of this aggregate's events.
         let decision = syn::Ident::new("__dtx_decision", output.span());
@@ -399,6 +401,7 @@ fn expand_aggregate(handlers: &AggregateHandlers) -> TokenStream {
         } else {
             (quote!(aggregate_update), quote!(__dtx_state: &#aggregate,))
         };
+        let command_impl = command_impl(krate, command, &quote!(#krate::cqrs::Committed));
         let build = format_ident!("__dtx_handler_{}", ident);
         let handler = quote! {
             fn #build() -> #krate::__private::BoxedCommandHandler {
@@ -432,6 +435,7 @@ fn expand_aggregate(handlers: &AggregateHandlers) -> TokenStream {
             ),
         );
         quote! {
+            #command_impl
             #handler
             #states_fn
             #registration
@@ -445,6 +449,17 @@ fn expand_aggregate(handlers: &AggregateHandlers) -> TokenStream {
     quote! {
         #item
         #generated
+    }
+}
+
+/// `impl Command for C`: what executing the command returns, so that `CommandBus::execute`
+/// is typed by it.
+fn command_impl(krate: &syn::Path, command: &syn::Type, output: &TokenStream) -> TokenStream {
+    quote! {
+        #[automatically_derived]
+        impl #krate::cqrs::Command for #command {
+            type Output = #output;
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use super::context::{CommandContext, CommandMetadata, StateMap};
 use super::registry::{self, CommandRegistration, Location};
 use crate::error::BoxError;
+use crate::uow::UnitOfWork;
 use crate::{
     Aggregate, AggregateRoot, DtxConfig, Error, MemoryEventStore, Repository, SharedEventStore,
     StreamId,
@@ -77,16 +78,6 @@ pub enum CommandError {
         /// The state type.
         state: &'static str,
     },
-    /// The caller asked for another output type than the handler returns.
-    #[error("command `{command}` returns `{actual}`, not `{expected}`")]
-    OutputType {
-        /// The command type.
-        command: &'static str,
-        /// The type asked for.
-        expected: &'static str,
-        /// The type the handler returns.
-        actual: &'static str,
-    },
 }
 
 impl CommandError {
@@ -97,6 +88,29 @@ impl CommandError {
             _ => None,
         }
     }
+}
+
+/// A command type and what executing it returns.
+///
+/// `#[command_handler]` implements it for every command it handles (the output of an
+/// aggregate handler is [`Committed`], that of a function handler the `Ok` type it returns),
+/// so [`CommandBus::execute`] returns the handler's output type, checked at compile time. For a
+/// handler registered by hand with [`CommandBusBuilder::handler`], implement it yourself:
+///
+/// ```
+/// struct Greet(String);
+/// impl dtx::cqrs::Command for Greet {
+///     type Output = String;
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a command: no `#[command_handler]` handles it",
+    label = "no handler declares what executing `{Self}` returns",
+    note = "write a `#[command_handler]` for `{Self}`, or for a handler registered by hand `impl dtx::cqrs::Command for {Self} {{ type Output = ..; }}`"
+)]
+pub trait Command: Send + 'static {
+    /// What the command's handler returns on success.
+    type Output: Send + 'static;
 }
 
 /// A decision of an aggregate command handler: the current state and the command in, events
@@ -203,9 +217,8 @@ pub trait ErasedCommandHandler: Send + Sync + 'static {
         command: Box<dyn Any + Send>,
         ctx: CommandContext,
         env: &Env,
+        uow: Option<&mut dyn UnitOfWork>,
     ) -> Result<Box<dyn Any + Send>, CommandError>;
-
-    fn output_type(&self) -> &'static str;
 }
 
 /// A boxed [`ErasedCommandHandler`].
@@ -227,6 +240,9 @@ struct Inner {
 ///
 /// #[derive(Debug)]
 /// struct Greet(String);
+/// impl dtx::cqrs::Command for Greet {
+///     type Output = String;
+/// }
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let bus = CommandBus::builder()
@@ -270,20 +286,55 @@ impl CommandBus {
         self.inner.handlers.contains_key(&TypeId::of::<C>())
     }
 
-    /// Executes a command with fresh metadata (a new command id and correlation).
-    pub async fn execute<C: Send + 'static, O: 'static>(
-        &self,
-        command: C,
-    ) -> Result<O, CommandError> {
-        self.execute_with(command, CommandMetadata::new()).await
+    /// Executes a command with fresh metadata (a new command id and correlation); returns what
+    /// its handler returns ([`Command::Output`]).
+    pub async fn execute<C: Command>(&self, command: C) -> Result<C::Output, CommandError> {
+        self.dispatch(command, CommandMetadata::new(), None).await
     }
 
     /// Executes a command with the caller's metadata (correlation, causation, traceparent).
-    pub async fn execute_with<C: Send + 'static, O: 'static>(
+    pub async fn execute_with<C: Command>(
         &self,
         command: C,
         metadata: CommandMetadata,
-    ) -> Result<O, CommandError> {
+    ) -> Result<C::Output, CommandError> {
+        self.dispatch(command, metadata, None).await
+    }
+
+    /// Executes a command as part of a unit of work: an aggregate command's events (and
+    /// snapshot) commit with the unit of work's other writes, or not at all.
+    ///
+    /// It makes one attempt: a version conflict is [`CommandError::Conflict`] (or
+    /// [`CommandError::AlreadyExists`] for a creating command) and the unit of work must be
+    /// rolled back and run again, because a failed write may have aborted its transaction.
+    /// The aggregate is loaded as the unit of work sees it, with what it saved before.
+    /// A function handler runs as with [`CommandBus::execute`]: what it writes through its own
+    /// state does not join the unit of work.
+    pub async fn execute_in<C: Command>(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        command: C,
+    ) -> Result<C::Output, CommandError> {
+        self.dispatch(command, CommandMetadata::new(), Some(uow))
+            .await
+    }
+
+    /// [`CommandBus::execute_in`] with the caller's metadata.
+    pub async fn execute_in_with<C: Command>(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        command: C,
+        metadata: CommandMetadata,
+    ) -> Result<C::Output, CommandError> {
+        self.dispatch(command, metadata, Some(uow)).await
+    }
+
+    async fn dispatch<C: Command>(
+        &self,
+        command: C,
+        metadata: CommandMetadata,
+        uow: Option<&mut dyn UnitOfWork>,
+    ) -> Result<C::Output, CommandError> {
         let name = std::any::type_name::<C>();
         let Some(entry) = self.inner.handlers.get(&TypeId::of::<C>()) else {
             return Err(CommandError::NoHandler { command: name });
@@ -304,7 +355,7 @@ impl CommandBus {
         let started = std::time::Instant::now();
         let result = entry
             .handler
-            .handle(Box::new(command), ctx, &self.inner.env)
+            .handle(Box::new(command), ctx, &self.inner.env, uow)
             .instrument(span.clone())
             .await;
         let outcome = outcome(&result);
@@ -315,14 +366,11 @@ impl CommandBus {
             (outcome != "ok").then_some(outcome),
         );
         let output = result?;
-        output
-            .downcast::<O>()
-            .map(|o| *o)
-            .map_err(|_| CommandError::OutputType {
-                command: entry.message,
-                expected: std::any::type_name::<O>(),
-                actual: entry.handler.output_type(),
-            })
+        // Registration ties a handler to `C::Output` (the macros implement `Command` beside
+        // the handler; the builder requires `C: Command<Output = O>`).
+        Ok(*output
+            .downcast::<C::Output>()
+            .unwrap_or_else(|_| unreachable!("the handler of `{name}` returns `C::Output`")))
     }
 }
 
@@ -433,7 +481,7 @@ impl CommandBusBuilder {
     #[track_caller]
     pub fn handler<C, O, E, F, Fut>(mut self, handler: F) -> Self
     where
-        C: Send + 'static,
+        C: Command<Output = O>,
         O: Send + 'static,
         E: Into<BoxError> + 'static,
         F: Fn(C, CommandContext) -> Fut + Send + Sync + 'static,
@@ -445,7 +493,7 @@ impl CommandBusBuilder {
             line: caller.line(),
             handler: std::any::type_name::<F>(),
         };
-        let handler = crate::__private::command_fn(move |cmd: C, ctx: CommandContext| {
+        let handler = super::handler::command_fn(move |cmd: C, ctx: CommandContext| {
             let fut = handler(cmd, ctx);
             async move {
                 fut.await.map_err(|e| CommandError::Domain {
@@ -476,7 +524,7 @@ impl CommandBusBuilder {
     ) -> Self
     where
         A: Aggregate,
-        C: Send + Sync + 'static,
+        C: Command<Output = Committed> + Sync,
         T: IntoEvents<A::Event> + 'static,
         E: Into<BoxError> + 'static,
     {
@@ -486,10 +534,10 @@ impl CommandBusBuilder {
             line: caller.line(),
             handler: std::any::type_name::<A>(),
         };
-        let handler = crate::__private::aggregate_update::<A, C, _>(
+        let handler = super::handler::aggregate_update::<A, C, _>(
             target,
             |_| Ok(()),
-            move |state, cmd, _ctx| crate::__private::decided::<A, C, _>(decide(state, cmd)),
+            move |state, cmd, _ctx| super::handler::decided::<A, C, _>(decide(state, cmd)),
         );
         self.registrations.push((
             TypeId::of::<C>(),
@@ -579,11 +627,42 @@ pub(crate) async fn run_aggregate<A, C>(
     ctx: &CommandContext,
     create: bool,
     decide: &Decide<A, C>,
+    uow: Option<&mut dyn UnitOfWork>,
 ) -> Result<Committed, CommandError>
 where
     A: Aggregate,
 {
     let repo = Repository::<A>::shared(Arc::clone(&env.store), &env.config);
+    if let Some(uow) = uow {
+        // One attempt: a failed write may have aborted the unit of work's transaction.
+        let span = tracing::debug_span!(
+            "dtx.command.handle",
+            aggregate = A::TYPE,
+            aggregate_id = %id,
+            attempt = 1,
+        );
+        let saved = attempt_once(&repo, env, command, &id, ctx, create, Mode::In(uow), decide)
+            .instrument(span)
+            .await;
+        return match saved {
+            Ok(committed) => Ok(committed),
+            Err(AttemptError::Command(error)) => Err(error),
+            Err(AttemptError::Store(Error::Conflict { .. })) if create => {
+                Err(CommandError::AlreadyExists {
+                    aggregate: A::TYPE,
+                    id: id.to_string(),
+                })
+            }
+            Err(AttemptError::Store(error @ Error::Conflict { .. })) => {
+                Err(CommandError::Conflict {
+                    command: std::any::type_name::<C>(),
+                    attempts: 1,
+                    source: error,
+                })
+            }
+            Err(AttemptError::Store(error)) => Err(error.into()),
+        };
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -593,7 +672,12 @@ where
             aggregate_id = %id,
             attempt,
         );
-        let saved = attempt_once(&repo, env, command, &id, ctx, create, attempt == 1, decide)
+        let mode = if attempt == 1 {
+            Mode::First
+        } else {
+            Mode::Retry
+        };
+        let saved = attempt_once(&repo, env, command, &id, ctx, create, mode, decide)
             .instrument(span)
             .await;
         match saved {
@@ -639,7 +723,17 @@ impl From<Error> for AttemptError {
     }
 }
 
-/// One attempt: the command's own errors come back as `Ok(Err(..))` so that only store
+/// How an attempt reads and writes.
+enum Mode<'u> {
+    /// The first attempt of [`CommandBus::execute`]: it may decide from the bus's cached state.
+    First,
+    /// A retry after a conflict: it reloads from the store.
+    Retry,
+    /// The one attempt of [`CommandBus::execute_in`]: through the unit of work, never cached.
+    In(&'u mut dyn UnitOfWork),
+}
+
+/// One attempt: the command's own errors and the store's are told apart so that only store
 /// conflicts are retried.
 #[allow(
     clippy::too_many_arguments,
@@ -652,13 +746,18 @@ async fn attempt_once<A, C>(
     id: &A::Id,
     ctx: &CommandContext,
     create: bool,
-    trust_cache: bool,
+    mode: Mode<'_>,
     decide: &Decide<A, C>,
 ) -> Result<Committed, AttemptError>
 where
     A: Aggregate,
 {
     let stream = A::stream_id(id)?;
+    let (trust_cache, mut uow) = match mode {
+        Mode::First => (true, None),
+        Mode::Retry => (false, None),
+        Mode::In(uow) => (false, Some(uow)),
+    };
     let cached = env
         .states
         .as_ref()
@@ -673,7 +772,10 @@ where
     } else if let Some((state, version)) = cached {
         AggregateRoot::from_state(state, version)
     } else {
-        let root = repo.load(id).await?;
+        let root = match uow.as_deref_mut() {
+            Some(uow) => repo.load_in(uow, id).await?,
+            None => repo.load(id).await?,
+        };
         if root.version() == 0 {
             return Err(AttemptError::Command(CommandError::NotFound {
                 aggregate: A::TYPE,
@@ -685,9 +787,16 @@ where
     let events = decide(root.state(), command, ctx).map_err(AttemptError::Command)?;
     root.record(events)?;
     let events = root.pending().len();
-    repo.save_with(&mut root, ctx.metadata.event_metadata())
-        .await?;
-    if let Some(states) = &env.states {
+    let metadata = ctx.metadata.event_metadata();
+    let in_uow = uow.is_some();
+    if let Some(uow) = uow {
+        // The unit of work may still roll back: the bus's cache learns nothing from it (the
+        // entry was invalidated above, so the next command reads the store).
+        repo.save_in_with(uow, &mut root, metadata).await?;
+    } else {
+        repo.save_with(&mut root, metadata).await?;
+    }
+    if !in_uow && let Some(states) = &env.states {
         states.insert(
             stream.clone(),
             Arc::new((root.state().clone(), root.version())),

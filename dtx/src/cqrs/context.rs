@@ -144,10 +144,7 @@ impl CommandContext {
     }
 
     /// Executes a follow-up command, caused by this one and in the same correlation.
-    pub async fn execute<C: Send + 'static, O: 'static>(
-        &self,
-        command: C,
-    ) -> Result<O, CommandError> {
+    pub async fn execute<C: super::Command>(&self, command: C) -> Result<C::Output, CommandError> {
         match &self.bus {
             Some(bus) => bus.execute_with(command, self.metadata.follow_up()).await,
             None => Err(CommandError::NoHandler {

@@ -15,12 +15,14 @@
 
 pub(crate) mod command;
 pub(crate) mod context;
+pub(crate) mod handler;
 pub(crate) mod query;
 mod registry;
 mod validate;
 
 pub use command::{
-    BusError, CommandBus, CommandBusBuilder, CommandError, Committed, IntoEvents, RetryPolicy,
+    BusError, Command, CommandBus, CommandBusBuilder, CommandError, Committed, IntoEvents,
+    RetryPolicy,
 };
 pub use context::{CommandContext, CommandMetadata, State};
 pub use query::{CachePolicy, QueryBus, QueryBusBuilder, QueryContext, QueryError, QueryOptions};

@@ -145,9 +145,8 @@ pub trait ErasedQueryHandler: Send + Sync + 'static {
 #[doc(hidden)]
 pub type BoxedQueryHandler = Box<dyn ErasedQueryHandler>;
 
-pub(crate) type QueryFn<Q, O> = Box<
-    dyn Fn(Q, QueryContext) -> crate::__private::BoxFuture<Result<O, QueryError>> + Send + Sync,
->;
+pub(crate) type QueryFn<Q, O> =
+    Box<dyn Fn(Q, QueryContext) -> super::handler::BoxFuture<Result<O, QueryError>> + Send + Sync>;
 
 /// A query handler from a function, with an optional cache.
 pub(crate) struct FnQueryHandler<Q, O> {
@@ -373,7 +372,7 @@ impl QueryBusBuilder {
         Fut: std::future::Future<Output = Result<O, E>> + Send + 'static,
     {
         let location = manual_location::<F>();
-        let run = crate::__private::query_run::<Q, O, E, F, Fut>(handler);
+        let run = super::handler::query_run::<Q, O, E, F, Fut>(handler);
         self.push::<Q>(location, Box::new(UncachedQueryHandler { run }))
     }
 
@@ -389,8 +388,8 @@ impl QueryBusBuilder {
         Fut: std::future::Future<Output = Result<O, E>> + Send + 'static,
     {
         let location = manual_location::<F>();
-        let run = crate::__private::query_run::<Q, O, E, F, Fut>(handler);
-        self.push::<Q>(location, crate::__private::cached(policy, run))
+        let run = super::handler::query_run::<Q, O, E, F, Fut>(handler);
+        self.push::<Q>(location, super::handler::cached(policy, run))
     }
 
     fn push<Q: 'static>(mut self, location: Location, handler: BoxedQueryHandler) -> Self {

@@ -2,6 +2,7 @@ use super::{
     Claim, ClaimRequest, DEFAULT_MAX_RESPONSE_BYTES, Fingerprint, IdempotencyError, IdempotencyKey,
     IdempotencyRecord, IdempotencyStatus, IdempotencyStore, Lease, Scope,
 };
+use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -94,6 +95,122 @@ impl MemoryIdempotencyStore {
     }
 }
 
+impl MemoryIdempotencyStore {
+    fn check_size(&self, lease: &Lease, response: &[u8]) -> Result<(), IdempotencyError> {
+        if response.len() > self.max_response_bytes {
+            return Err(IdempotencyError::ResponseTooLarge {
+                key: lease.digest(),
+                bytes: response.len(),
+                max: self.max_response_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn order(&self) -> (u8, usize) {
+        (rank::IDEMPOTENCY, address(&self.records))
+    }
+
+    fn staged<'u>(&self, uow: &'u mut MemoryUnitOfWork) -> &'u mut Staged {
+        uow.part(self.order(), || Staged {
+            store: self.clone(),
+            claims: Vec::new(),
+            completions: Vec::new(),
+        })
+    }
+}
+
+type Records = HashMap<(Scope, IdempotencyKey), Entry>;
+
+/// Completes the record of a lease that still holds it.
+fn complete(
+    records: &mut Records,
+    lease: &Lease,
+    response: Vec<u8>,
+) -> Result<(), IdempotencyError> {
+    let id = (lease.scope.clone(), lease.key.clone());
+    match records.get_mut(&id) {
+        Some(entry) if entry.lock.is_some_and(|(token, _)| token == lease.token) => {
+            entry.lock = None;
+            entry.response = Some(response);
+            entry.completed_at = Some(Utc::now());
+            Ok(())
+        }
+        _ => Err(IdempotencyError::LeaseLost {
+            key: lease.digest(),
+        }),
+    }
+}
+
+/// The claims a [`MemoryUnitOfWork`] holds in one store and the results it stores on commit.
+struct Staged {
+    store: MemoryIdempotencyStore,
+    /// Claims taken in the unit of work: released if it is discarded.
+    claims: Vec<Lease>,
+    completions: Vec<(Lease, Vec<u8>)>,
+}
+
+impl Participant for Staged {
+    fn order(&self) -> (u8, usize) {
+        self.store.order()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn prepare(&mut self) -> crate::Result<Box<dyn Prepared + '_>> {
+        let records = self.store.lock();
+        let held = |lease: &Lease| {
+            records
+                .get(&(lease.scope.clone(), lease.key.clone()))
+                .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token))
+        };
+        if let Some((lease, _)) = self.completions.iter().find(|(lease, _)| !held(lease)) {
+            return Err(crate::Error::storage(IdempotencyError::LeaseLost {
+                key: lease.digest(),
+            }));
+        }
+        self.claims.clear();
+        Ok(Box::new(Commit {
+            records,
+            completions: std::mem::take(&mut self.completions),
+        }))
+    }
+
+    fn abandon(&mut self) {
+        let mut records = self.store.lock();
+        for lease in self.claims.drain(..) {
+            release(&mut records, &lease);
+        }
+    }
+}
+
+struct Commit<'a> {
+    records: MutexGuard<'a, Records>,
+    completions: Vec<(Lease, Vec<u8>)>,
+}
+
+impl Prepared for Commit<'_> {
+    fn apply(&mut self) {
+        for (lease, response) in self.completions.drain(..) {
+            // Checked in `prepare`, under the same lock.
+            let _ = complete(&mut self.records, &lease, response);
+        }
+    }
+}
+
+/// Deletes the record of a lease that still holds it.
+fn release(records: &mut Records, lease: &Lease) {
+    let id = (lease.scope.clone(), lease.key.clone());
+    if records
+        .get(&id)
+        .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token))
+    {
+        records.remove(&id);
+    }
+}
+
 impl std::fmt::Debug for MemoryIdempotencyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryIdempotencyStore")
@@ -150,37 +267,12 @@ impl IdempotencyStore for MemoryIdempotencyStore {
     }
 
     async fn complete(&self, lease: &Lease, response: &[u8]) -> Result<(), IdempotencyError> {
-        if response.len() > self.max_response_bytes {
-            return Err(IdempotencyError::ResponseTooLarge {
-                key: lease.digest(),
-                bytes: response.len(),
-                max: self.max_response_bytes,
-            });
-        }
-        let mut records = self.lock();
-        let id = (lease.scope.clone(), lease.key.clone());
-        match records.get_mut(&id) {
-            Some(entry) if entry.lock.is_some_and(|(token, _)| token == lease.token) => {
-                entry.lock = None;
-                entry.response = Some(response.to_vec());
-                entry.completed_at = Some(Utc::now());
-                Ok(())
-            }
-            _ => Err(IdempotencyError::LeaseLost {
-                key: lease.digest(),
-            }),
-        }
+        self.check_size(lease, response)?;
+        complete(&mut self.lock(), lease, response.to_vec())
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), IdempotencyError> {
-        let mut records = self.lock();
-        let id = (lease.scope.clone(), lease.key.clone());
-        if records
-            .get(&id)
-            .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token))
-        {
-            records.remove(&id);
-        }
+        release(&mut self.lock(), lease);
         Ok(())
     }
 
@@ -207,6 +299,33 @@ impl IdempotencyStore for MemoryIdempotencyStore {
                 locked_until: entry.lock.map(|(_, until)| until),
                 completed_at: entry.completed_at,
             }))
+    }
+
+    async fn claim_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        request: &ClaimRequest,
+    ) -> Result<Claim, IdempotencyError> {
+        let uow = MemoryUnitOfWork::of(uow).map_err(IdempotencyError::storage)?;
+        let claim = self.claim(request).await?;
+        if let Claim::Claimed(lease) = &claim {
+            self.staged(uow).claims.push(lease.clone());
+        }
+        Ok(claim)
+    }
+
+    async fn complete_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        lease: &Lease,
+        response: &[u8],
+    ) -> Result<(), IdempotencyError> {
+        self.check_size(lease, response)?;
+        let uow = MemoryUnitOfWork::of(uow).map_err(IdempotencyError::storage)?;
+        self.staged(uow)
+            .completions
+            .push((lease.clone(), response.to_vec()));
+        Ok(())
     }
 
     async fn cleanup_expired(&self, limit: usize) -> Result<usize, IdempotencyError> {

@@ -56,6 +56,7 @@ pub use memory::MemoryIdempotencyStore;
 
 use crate::config::DtxConfig;
 use crate::error::BoxError;
+use crate::uow::UnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -643,6 +644,39 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Deletes up to `limit` expired records (oldest first) and returns how many; call it
     /// periodically (see [`spawn_cleanup`]). Records whose lock is still held are kept.
     async fn cleanup_expired(&self, limit: usize) -> Result<usize, IdempotencyError>;
+
+    /// [`IdempotencyStore::claim`] as part of a unit of work, which then writes the work's
+    /// effects and [`complete_in`](IdempotencyStore::complete_in) the record.
+    ///
+    /// The claim holds the key while the unit of work runs (a concurrent claim of the key sees
+    /// it in flight, or on PostgreSQL waits for the commit); a unit of work that rolls back
+    /// leaves the key free. The default refuses ([`crate::Error::UnitOfWork`]).
+    async fn claim_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        request: &ClaimRequest,
+    ) -> Result<Claim, IdempotencyError> {
+        let _ = request;
+        Err(IdempotencyError::storage(crate::Error::UnitOfWork {
+            expected: std::any::type_name::<Self>(),
+            actual: uow.backend(),
+        }))
+    }
+
+    /// [`IdempotencyStore::complete`] as part of a unit of work: the result is stored when the
+    /// unit of work commits. A lease lost by then fails the commit.
+    async fn complete_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        lease: &Lease,
+        response: &[u8],
+    ) -> Result<(), IdempotencyError> {
+        let _ = (lease, response);
+        Err(IdempotencyError::storage(crate::Error::UnitOfWork {
+            expected: std::any::type_name::<Self>(),
+            actual: uow.backend(),
+        }))
+    }
 }
 
 /// A shareable, type-erased idempotency store.
@@ -672,6 +706,23 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
 
     async fn cleanup_expired(&self, limit: usize) -> Result<usize, IdempotencyError> {
         (**self).cleanup_expired(limit).await
+    }
+
+    async fn claim_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        request: &ClaimRequest,
+    ) -> Result<Claim, IdempotencyError> {
+        (**self).claim_in(uow, request).await
+    }
+
+    async fn complete_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        lease: &Lease,
+        response: &[u8],
+    ) -> Result<(), IdempotencyError> {
+        (**self).complete_in(uow, lease, response).await
     }
 }
 

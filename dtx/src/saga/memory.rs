@@ -1,4 +1,5 @@
 use super::store::{Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore};
+use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -33,6 +34,18 @@ fn chrono(d: Duration) -> chrono::Duration {
 impl SagaStore for MemorySagaStore {
     async fn insert(&self, record: &SagaRecord) -> crate::Result<()> {
         self.lock().insert(record.id, record.clone());
+        Ok(())
+    }
+
+    async fn insert_in(&self, uow: &mut dyn UnitOfWork, record: &SagaRecord) -> crate::Result<()> {
+        let uow = MemoryUnitOfWork::of(uow)?;
+        let order = (rank::SAGAS, address(&self.sagas));
+        uow.part(order, || Staged {
+            store: self.clone(),
+            inserts: Vec::new(),
+        })
+        .inserts
+        .push(record.clone());
         Ok(())
     }
 
@@ -148,6 +161,42 @@ impl SagaStore for MemorySagaStore {
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+}
+
+/// The sagas a [`MemoryUnitOfWork`] starts in one store.
+struct Staged {
+    store: MemorySagaStore,
+    inserts: Vec<SagaRecord>,
+}
+
+impl Participant for Staged {
+    fn order(&self) -> (u8, usize) {
+        (rank::SAGAS, address(&self.store.sagas))
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn prepare(&mut self) -> crate::Result<Box<dyn Prepared + '_>> {
+        Ok(Box::new(Commit {
+            sagas: self.store.lock(),
+            inserts: std::mem::take(&mut self.inserts),
+        }))
+    }
+}
+
+struct Commit<'a> {
+    sagas: MutexGuard<'a, HashMap<Uuid, SagaRecord>>,
+    inserts: Vec<SagaRecord>,
+}
+
+impl Prepared for Commit<'_> {
+    fn apply(&mut self) {
+        for record in self.inserts.drain(..) {
+            self.sagas.insert(record.id, record);
         }
     }
 }

@@ -16,6 +16,7 @@
 mod definition;
 mod memory;
 pub(crate) mod runtime;
+mod start;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -202,6 +202,20 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Stores a new saga.
     async fn insert(&self, record: &SagaRecord) -> crate::Result<()>;
 
+    /// [`SagaStore::insert`] as part of a unit of work: the saga starts if and only if the unit
+    /// of work commits. The default refuses ([`crate::Error::UnitOfWork`]).
+    async fn insert_in(
+        &self,
+        uow: &mut dyn crate::uow::UnitOfWork,
+        record: &SagaRecord,
+    ) -> crate::Result<()> {
+        let _ = record;
+        Err(crate::Error::UnitOfWork {
+            expected: std::any::type_name::<Self>(),
+            actual: uow.backend(),
+        })
+    }
+
     /// Claims up to `limit` due sagas (active, `next_run_at <= now`, no live lease) for
     /// `owner` until `now + lease`, skipping sagas other workers hold.
     async fn claim(

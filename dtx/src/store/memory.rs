@@ -1,8 +1,9 @@
 use super::{
-    AppendResult, EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent, Snapshot,
-    StoreLimits, StreamId,
+    AppendResult, EventData, EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent,
+    Snapshot, StoreLimits, StreamId,
 };
 use crate::error::{Error, Result};
+use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};
 use async_trait::async_trait;
 use chrono::Utc;
 use std::collections::HashMap;
@@ -68,6 +69,11 @@ impl MemoryEventStore {
         self.outbox.as_ref()
     }
 
+    /// Where this store stands in a unit of work's lock order.
+    fn order(&self) -> (u8, usize) {
+        (rank::EVENTS, address(&self.inner))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-written: every mutation
         // below is checked first and then applied without fallible steps.
@@ -87,68 +93,57 @@ impl std::fmt::Debug for MemoryEventStore {
     }
 }
 
-#[async_trait]
-impl EventStore for MemoryEventStore {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult> {
-        self.limits.check(stream, &events)?;
-        let mut inner = self.lock();
-
+impl Inner {
+    /// `Some` when every event id is already stored in this stream (a retry: nothing to do);
+    /// an error when some id is stored elsewhere or only some are stored.
+    fn stored(&self, stream: &StreamId, events: &[NewEvent]) -> Result<Option<AppendResult>> {
         let stored: Vec<usize> = events
             .iter()
-            .filter_map(|e| inner.event_ids.get(&e.event_id).copied())
+            .filter_map(|e| self.event_ids.get(&e.event_id).copied())
             .collect();
-        if let Some(&first) = stored.first() {
-            let all_here = stored.len() == events.len()
-                && stored.iter().all(|&i| inner.log[i].stream_id == *stream);
-            if all_here {
-                let mut versions: Vec<&RecordedEvent> =
-                    stored.iter().map(|&i| &inner.log[i]).collect();
-                versions.sort_by_key(|e| e.version);
-                return Ok(AppendResult {
-                    first_version: versions[0].version,
-                    last_version: versions[versions.len() - 1].version,
-                    positions: versions.iter().map(|e| e.position).collect(),
-                    deduplicated: true,
-                });
-            }
-            let event = &inner.log[first];
-            return Err(Error::DuplicateEvent {
-                stream: stream.clone(),
-                event_id: event.event_id,
-                stored_in: event.stream_id.to_string(),
-            });
+        let Some(&first) = stored.first() else {
+            return Ok(None);
+        };
+        let all_here = stored.len() == events.len()
+            && stored.iter().all(|&i| self.log[i].stream_id == *stream);
+        if all_here {
+            let mut versions: Vec<&RecordedEvent> = stored.iter().map(|&i| &self.log[i]).collect();
+            versions.sort_by_key(|e| e.version);
+            return Ok(Some(AppendResult {
+                first_version: versions[0].version,
+                last_version: versions[versions.len() - 1].version,
+                positions: versions.iter().map(|e| e.position).collect(),
+                deduplicated: true,
+            }));
         }
+        let event = &self.log[first];
+        Err(Error::DuplicateEvent {
+            stream: stream.clone(),
+            event_id: event.event_id,
+            stored_in: event.stream_id.to_string(),
+        })
+    }
 
-        let current = inner.streams.get(stream).map_or(0, |s| s.len() as u64);
-        if !expected.admits(current) {
-            return Err(Error::Conflict {
-                stream: stream.clone(),
-                expected,
-                actual: current,
-            });
-        }
+    fn version(&self, stream: &StreamId) -> u64 {
+        self.streams.get(stream).map_or(0, |s| s.len() as u64)
+    }
 
-        if let Some(outbox) = &self.outbox {
-            outbox.push_events(stream, current + 1, &events);
-        }
+    /// Writes checked events after the stream's current version.
+    fn write(&mut self, stream: &StreamId, events: Vec<NewEvent>) -> AppendResult {
+        let current = self.version(stream);
         let now = Utc::now();
         let mut positions = Vec::with_capacity(events.len());
         for (offset, event) in (1u64..).zip(events) {
-            let index = inner.log.len();
+            let index = self.log.len();
             let sequence = index as u64 + 1;
             let position = GlobalPosition {
                 commit: sequence,
                 sequence,
             };
             positions.push(position);
-            inner.event_ids.insert(event.event_id, index);
-            inner.streams.entry(stream.clone()).or_default().push(index);
-            inner.log.push(RecordedEvent {
+            self.event_ids.insert(event.event_id, index);
+            self.streams.entry(stream.clone()).or_default().push(index);
+            self.log.push(RecordedEvent {
                 stream_id: stream.clone(),
                 version: current + offset,
                 position,
@@ -160,12 +155,144 @@ impl EventStore for MemoryEventStore {
                 recorded_at: now,
             });
         }
-        Ok(AppendResult {
+        AppendResult {
             first_version: current + 1,
             last_version: current + positions.len() as u64,
             positions,
             deduplicated: false,
+        }
+    }
+
+    fn save_snapshot(&mut self, stream: &StreamId, snapshot: Snapshot) {
+        let newer = self
+            .snapshots
+            .get(stream)
+            .is_none_or(|s| s.version < snapshot.version || s.schema_hash != snapshot.schema_hash);
+        if newer {
+            self.snapshots.insert(stream.clone(), snapshot);
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.limits.check(stream, &events)?;
+        let mut inner = self.lock();
+        if let Some(retry) = inner.stored(stream, &events)? {
+            return Ok(retry);
+        }
+        let current = inner.version(stream);
+        if !expected.admits(current) {
+            return Err(Error::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: current,
+            });
+        }
+        if let Some(outbox) = &self.outbox {
+            outbox.push_events(stream, current + 1, &events);
+        }
+        Ok(inner.write(stream, events))
+    }
+
+    async fn append_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        self.limits.check(stream, &events)?;
+        let uow = MemoryUnitOfWork::of(uow)?;
+        let (committed, retry) = {
+            let inner = self.lock();
+            (inner.version(stream), inner.stored(stream, &events)?)
+        };
+        let staged = uow.part(self.order(), || Staged::new(self.clone()));
+        if let Some(retry) = retry.filter(|_| staged.version(stream).is_none()) {
+            return Ok(retry);
+        }
+        if let Some((event, other)) = events
+            .iter()
+            .find_map(|e| staged.stream_of(e.event_id).map(|s| (e, s)))
+        {
+            return Err(Error::DuplicateEvent {
+                stream: stream.clone(),
+                event_id: event.event_id,
+                stored_in: other.to_string(),
+            });
+        }
+        let current = staged.version(stream).unwrap_or(committed);
+        if !expected.admits(current) {
+            return Err(Error::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: current,
+            });
+        }
+        let count = events.len() as u64;
+        let published = self.outbox.is_some().then(|| events.clone());
+        staged.appends.push(StagedAppend {
+            stream: stream.clone(),
+            base: current,
+            events,
+        });
+        if let (Some(outbox), Some(events)) = (&self.outbox, published) {
+            outbox.stage_events(uow, stream, current + 1, events);
+        }
+        Ok(AppendResult {
+            first_version: current + 1,
+            last_version: current + count,
+            positions: Vec::new(),
+            deduplicated: false,
         })
+    }
+
+    async fn read_stream_data_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        let uow = MemoryUnitOfWork::of(uow)?;
+        let staged = uow.existing::<Staged>(self.order());
+        let Some((base, staged)) = staged.and_then(|s| s.events_of(stream)) else {
+            return self.read_stream_data(stream, from_version, max_count).await;
+        };
+        let mut events: Vec<EventData> = self
+            .read_stream_data(stream, from_version, max_count)
+            .await?
+            .into_iter()
+            .filter(|e| e.version <= base)
+            .collect();
+        let next = (base + 1).max(from_version);
+        events.extend(
+            staged
+                .into_iter()
+                .filter(|e| e.version >= next)
+                .take(max_count.saturating_sub(events.len())),
+        );
+        Ok(events)
+    }
+
+    async fn save_snapshot_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<()> {
+        let uow = MemoryUnitOfWork::of(uow)?;
+        uow.part(self.order(), || Staged::new(self.clone()))
+            .snapshots
+            .push((stream.clone(), snapshot));
+        Ok(())
     }
 
     async fn read_stream(
@@ -216,14 +343,128 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
-        let mut inner = self.lock();
-        let newer = inner
-            .snapshots
-            .get(stream)
-            .is_none_or(|s| s.version < snapshot.version || s.schema_hash != snapshot.schema_hash);
-        if newer {
-            inner.snapshots.insert(stream.clone(), snapshot);
-        }
+        self.lock().save_snapshot(stream, snapshot);
         Ok(())
+    }
+}
+
+/// The appends and snapshots a [`MemoryUnitOfWork`] holds for one store.
+struct Staged {
+    store: MemoryEventStore,
+    appends: Vec<StagedAppend>,
+    snapshots: Vec<(StreamId, Snapshot)>,
+}
+
+struct StagedAppend {
+    stream: StreamId,
+    /// The stream's version this append was decided on.
+    base: u64,
+    events: Vec<NewEvent>,
+}
+
+impl Staged {
+    fn new(store: MemoryEventStore) -> Self {
+        Self {
+            store,
+            appends: Vec::new(),
+            snapshots: Vec::new(),
+        }
+    }
+
+    /// The stream's version after the staged appends, if it has any.
+    fn version(&self, stream: &StreamId) -> Option<u64> {
+        self.appends
+            .iter()
+            .rev()
+            .find(|a| a.stream == *stream)
+            .map(|a| a.base + a.events.len() as u64)
+    }
+
+    fn stream_of(&self, event_id: Uuid) -> Option<&StreamId> {
+        self.appends
+            .iter()
+            .find(|a| a.events.iter().any(|e| e.event_id == event_id))
+            .map(|a| &a.stream)
+    }
+
+    /// The committed version the staged events of a stream follow, and those events.
+    fn events_of(&self, stream: &StreamId) -> Option<(u64, Vec<EventData>)> {
+        let mut appends = self
+            .appends
+            .iter()
+            .filter(|a| a.stream == *stream)
+            .peekable();
+        let base = appends.peek()?.base;
+        let events = appends
+            .flat_map(|a| {
+                (a.base + 1..).zip(&a.events).map(|(version, e)| EventData {
+                    version,
+                    event_type: e.event_type.clone(),
+                    schema_version: e.schema_version,
+                    data: e.data.get().into(),
+                })
+            })
+            .collect();
+        Some((base, events))
+    }
+}
+
+impl Participant for Staged {
+    fn order(&self) -> (u8, usize) {
+        self.store.order()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn prepare(&mut self) -> Result<Box<dyn Prepared + '_>> {
+        let inner = self.store.lock();
+        let mut checked: HashMap<&StreamId, ()> = HashMap::new();
+        for append in &self.appends {
+            if checked.insert(&append.stream, ()).is_none() {
+                let actual = inner.version(&append.stream);
+                if actual != append.base {
+                    return Err(Error::Conflict {
+                        stream: append.stream.clone(),
+                        expected: ExpectedVersion::Exact(append.base),
+                        actual,
+                    });
+                }
+            }
+            if let Some(event) = append
+                .events
+                .iter()
+                .find_map(|e| inner.event_ids.get(&e.event_id).map(|&i| &inner.log[i]))
+            {
+                return Err(Error::DuplicateEvent {
+                    stream: append.stream.clone(),
+                    event_id: event.event_id,
+                    stored_in: event.stream_id.to_string(),
+                });
+            }
+        }
+        Ok(Box::new(Commit {
+            inner,
+            appends: std::mem::take(&mut self.appends),
+            snapshots: std::mem::take(&mut self.snapshots),
+        }))
+    }
+}
+
+struct Commit<'a> {
+    inner: MutexGuard<'a, Inner>,
+    appends: Vec<StagedAppend>,
+    snapshots: Vec<(StreamId, Snapshot)>,
+}
+
+impl Prepared for Commit<'_> {
+    fn apply(&mut self) {
+        for append in std::mem::take(&mut self.appends) {
+            self.inner.write(&append.stream, append.events);
+        }
+        for (stream, snapshot) in std::mem::take(&mut self.snapshots) {
+            self.inner.save_snapshot(&stream, snapshot);
+        }
     }
 }

@@ -7,6 +7,7 @@ pub use memory::MemoryEventStore;
 
 use crate::error::{Error, Result};
 use crate::event::EventMetadata;
+use crate::uow::UnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -440,6 +441,58 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Stores a snapshot unless a newer one is stored already.
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()>;
+
+    /// [`EventStore::append`] as part of a [`UnitOfWork`]: the events commit with the unit of
+    /// work's other writes, or not at all.
+    ///
+    /// A stream at another version is [`Error::Conflict`] for every expectation (a lost race
+    /// cannot be retried inside the unit of work): roll it back and run it again. The
+    /// positions of the appended events are known only after the commit on some backends (the
+    /// in-memory one returns none). The default refuses: a backend joins units of work by
+    /// overriding this, [`EventStore::read_stream_data_in`] and [`EventStore::save_snapshot_in`].
+    async fn append_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let _ = (stream, expected, events);
+        Err(Error::UnitOfWork {
+            expected: std::any::type_name::<Self>(),
+            actual: uow.backend(),
+        })
+    }
+
+    /// [`EventStore::read_stream_data`] as `uow` sees the stream: with the events appended in
+    /// it and not committed yet.
+    async fn read_stream_data_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        let _ = (stream, from_version, max_count);
+        Err(Error::UnitOfWork {
+            expected: std::any::type_name::<Self>(),
+            actual: uow.backend(),
+        })
+    }
+
+    /// [`EventStore::save_snapshot`] as part of a [`UnitOfWork`].
+    async fn save_snapshot_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<()> {
+        let _ = (stream, snapshot);
+        Err(Error::UnitOfWork {
+            expected: std::any::type_name::<Self>(),
+            actual: uow.backend(),
+        })
+    }
 }
 
 /// A shareable, type-erased event store.

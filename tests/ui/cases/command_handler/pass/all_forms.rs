@@ -192,7 +192,7 @@ async fn run(bus: &CommandBus) -> Result<(), CommandError> {
     assert_eq!((opened.version, opened.events), (1, 1));
 
     let again = bus
-        .execute::<_, Committed>(OpenAccount {
+        .execute(OpenAccount {
             account_id: ada,
             owner: "ada".into(),
         })
@@ -209,7 +209,7 @@ async fn run(bus: &CommandBus) -> Result<(), CommandError> {
     assert_eq!(deposited.version, 2);
 
     let invalid = bus
-        .execute::<_, Committed>(Deposit {
+        .execute(Deposit {
             account_id: ada,
             amount: 0,
             memo: String::new(),
@@ -220,7 +220,7 @@ async fn run(bus: &CommandBus) -> Result<(), CommandError> {
     };
     assert_eq!(errors.violations()[0].field, "amount");
 
-    let refused = bus.execute::<_, Committed>(Close { account: ada }).await;
+    let refused = bus.execute(Close { account: ada }).await;
     assert_eq!(
         refused
             .expect_err("the account holds 9")
@@ -238,9 +238,7 @@ async fn run(bus: &CommandBus) -> Result<(), CommandError> {
         .await?;
     assert_eq!(version, 2);
 
-    let missing = bus
-        .execute::<_, Committed>(Close { account: Id::new() })
-        .await;
+    let missing = bus.execute(Close { account: Id::new() }).await;
     assert!(matches!(missing, Err(CommandError::NotFound { .. })));
     Ok(())
 }

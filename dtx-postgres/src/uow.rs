@@ -1,0 +1,88 @@
+//! The PostgreSQL unit of work: one transaction that every store joins.
+
+use dtx::{Error, Result, UnitOfWork};
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use std::any::Any;
+
+/// A PostgreSQL transaction that dtx's components join ([`dtx::uow`]): events, saga starts,
+/// idempotency records and outbox messages written through it commit together, with the
+/// user's own SQL on [`connection`](Self::connection).
+///
+/// Dropping it without [`commit`](UnitOfWork::commit) rolls the transaction back. After a
+/// failed statement (a version conflict, say) PostgreSQL refuses further statements in the
+/// transaction: roll back and run the unit of work again.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> dtx::Result<()> {
+/// use dtx::UnitOfWork;
+/// use dtx_postgres::PgUnitOfWork;
+///
+/// let mut uow = PgUnitOfWork::begin(&pool).await?;
+/// sqlx::query("INSERT INTO audit (what) VALUES ('order placed')")
+///     .execute(uow.connection())
+///     .await
+///     .map_err(dtx::Error::storage)?;
+/// // ... bus.execute_in(&mut uow, command), sagas.start_in(&mut uow, data), ...
+/// uow.commit().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct PgUnitOfWork {
+    tx: sqlx::Transaction<'static, Postgres>,
+}
+
+impl PgUnitOfWork {
+    /// Begins a transaction on a connection of `pool`.
+    pub async fn begin(pool: &PgPool) -> Result<Self> {
+        Ok(Self {
+            tx: pool.begin().await.map_err(Error::storage)?,
+        })
+    }
+
+    /// Wraps a transaction the caller began.
+    pub fn from_transaction(tx: sqlx::Transaction<'static, Postgres>) -> Self {
+        Self { tx }
+    }
+
+    /// The transaction's connection, for the caller's own SQL.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// The connection of the PostgreSQL unit of work inside `uow`, or
+    /// [`Error::UnitOfWork`] when it is another backend's.
+    pub(crate) fn of(uow: &mut dyn UnitOfWork) -> Result<&mut PgConnection> {
+        Ok(uow.downcast::<Self>("postgres")?.connection())
+    }
+}
+
+impl UnitOfWork for PgUnitOfWork {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(Error::storage)
+    }
+
+    async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(Error::storage)
+    }
+}
+
+#[async_trait::async_trait]
+impl dtx::outbox::Outbox for crate::PgOutbox {
+    /// Adds the messages in the unit of work's transaction, in one statement.
+    async fn enqueue_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        messages: Vec<dtx::outbox::NewOutboxMessage>,
+    ) -> Result<()> {
+        self.enqueue(PgUnitOfWork::of(uow)?, messages).await
+    }
+}
