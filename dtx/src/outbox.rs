@@ -32,6 +32,7 @@
 
 use crate::error::BoxError;
 use crate::store::{NewEvent, StreamId};
+use crate::{Backoff, Jitter};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -340,17 +341,11 @@ impl Default for RelayOptions {
 }
 
 impl RelayOptions {
-    /// The wait before attempt `failures + 1`: exponential from
-    /// [`base_backoff`](Self::base_backoff), capped at [`max_backoff`](Self::max_backoff), with
-    /// jitter between half and all of it so retries of many messages spread out.
+    /// The wait before attempt `failures + 1`: a [`Backoff`] from
+    /// [`base_backoff`](Self::base_backoff), doubling up to [`max_backoff`](Self::max_backoff),
+    /// with [`Jitter::Equal`] (between half and all of it) so retries of many messages spread out.
     pub fn backoff(&self, failures: u32) -> Duration {
-        let ceiling = self
-            .base_backoff
-            .saturating_mul(1 << failures.saturating_sub(1).min(20))
-            .min(self.max_backoff);
-        let half = (ceiling.as_nanos() / 2).max(1);
-        let nanos = half + Uuid::new_v4().as_u128() % half;
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        Backoff::new(self.base_backoff, self.max_backoff, Jitter::Equal).delay(failures)
     }
 
     /// Whether a message that has now failed `failures` times is dead.

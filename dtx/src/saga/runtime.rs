@@ -248,7 +248,7 @@ impl SagaOrchestratorBuilder {
         self
     }
 
-    /// The first and the largest pause between retries (exponential, full jitter).
+    /// The first and the largest pause between retries (exponential, equal jitter).
     #[must_use]
     pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
         self.settings.base_backoff = base;
@@ -585,7 +585,12 @@ impl SagaWorker {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let settings = &self.orchestrator.inner.settings;
-        crate::retry::equal_jitter(settings.base_backoff, settings.max_backoff, attempt)
+        crate::Backoff::new(
+            settings.base_backoff,
+            settings.max_backoff,
+            crate::Jitter::Equal,
+        )
+        .delay(attempt)
     }
 
     fn start_compensating(record: &mut SagaRecord, reason: String) {
