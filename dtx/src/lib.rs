@@ -73,6 +73,7 @@ pub use aggregate::{
 pub use config::{ConfigError, DtxConfig};
 pub use error::{Error, Result};
 pub use event::{DecodeError, DomainEvent, EventMetadata};
+pub use retry::{Backoff, Jitter};
 pub use store::{
     AppendResult, EventData, EventStore, ExpectedVersion, GlobalPosition, MemoryEventStore,
     NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,

@@ -189,10 +189,10 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The pause before attempt `attempt + 1`: a random duration up to
-    /// `min(max_delay, base_delay * 2^(attempt-1))`.
+    /// The pause before attempt `attempt + 1`: a [`crate::Backoff`] with full jitter, a random
+    /// duration up to `min(max_delay, base_delay * 2^(attempt-1))`.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        crate::retry::full_jitter(self.base_delay, self.max_delay, attempt)
+        crate::Backoff::new(self.base_delay, self.max_delay, crate::Jitter::Full).delay(attempt)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Outbox messages written inside a unit of work.
 
-use super::{MemoryOutbox, NewOutboxMessage, OutboxState};
+use super::memory::OutboxState;
+use super::{MemoryOutbox, NewOutboxMessage};
 use crate::error::Result;
 use crate::store::{NewEvent, StreamId};
 use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};

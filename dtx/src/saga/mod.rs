@@ -15,21 +15,23 @@
 
 mod definition;
 mod memory;
+mod orchestrator;
 pub(crate) mod runtime;
 mod start;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transition;
+mod worker;
 
 pub use definition::{
     BoxFuture, Saga, SagaBuilder, SagaDefinition, SagaRegistration, StepContext, StepError,
     StepEvents, StepFn, StepResult,
 };
 pub use memory::MemorySagaStore;
-pub use runtime::{
-    SagaError, SagaOrchestrator, SagaOrchestratorBuilder, SagaWorker, WorkerOptions,
-};
+pub use orchestrator::{SagaError, SagaOrchestrator, SagaOrchestratorBuilder};
 pub use store::{
     Clock, CompletedStep, Delivery, ManualClock, SagaEvent, SagaRecord, SagaStatus, SagaStore,
     SystemClock,
 };
+pub use worker::{SagaWorker, WorkerOptions};

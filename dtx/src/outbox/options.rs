@@ -1,0 +1,81 @@
+//! How a relay claims, publishes, retries and cleans up: [`RelayOptions`].
+
+use crate::{Backoff, Jitter};
+use std::time::Duration;
+
+/// How a relay claims, publishes, retries and cleans up.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Most messages claimed at once (default 100). Part of a relay's cost is paid per batch
+    /// (a transaction, its checkpoint or marks), so under thousands of appends a second a larger
+    /// batch (say 500) spends less of the database on relaying.
+    pub batch_size: usize,
+    /// Failed attempts retried before a message is dead-lettered (default 5): a message is tried
+    /// at most `max_retries + 1` times.
+    pub max_retries: u32,
+    /// Backoff after the first failure; doubled after each further one (default 100 ms).
+    pub base_backoff: Duration,
+    /// Longest backoff (default 30 s).
+    pub max_backoff: Duration,
+    /// How often an idle relay looks for work without a wake-up: the fallback to
+    /// `LISTEN/NOTIFY` (default 1 s).
+    pub poll_interval: Duration,
+    /// How long a busy relay waits after a pass that found several messages but did not fill its
+    /// batch before it claims the next one (default 20 ms): under a steady stream of writes,
+    /// batches of many messages cost the database far less than many batches of a few. A pass
+    /// that filled its batch, or found a single message, is followed at once, so a lone message
+    /// is never held back.
+    pub linger: Duration,
+    /// How long published messages are kept before they are deleted (default 7 days; `None`
+    /// keeps them; zero deletes a message as soon as it is published and keeps no copy). On
+    /// PostgreSQL this is the archive of the messages the relay takes from its backlog table;
+    /// the events it publishes straight from the feed stay in the event store. In memory it is
+    /// the [`MemoryOutbox`](super::MemoryOutbox)'s archive of published messages.
+    pub retention: Option<Duration>,
+    /// Rows one retention statement deletes (default 1000), so no delete holds long locks.
+    pub retention_batch: usize,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            max_retries: 5,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            linger: Duration::from_millis(20),
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_batch: 1000,
+        }
+    }
+}
+
+impl RelayOptions {
+    /// The wait before attempt `failures + 1`: a [`Backoff`] from
+    /// [`base_backoff`](Self::base_backoff), doubling up to [`max_backoff`](Self::max_backoff),
+    /// with [`Jitter::Equal`] (between half and all of it) so retries of many messages spread out.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        Backoff::new(self.base_backoff, self.max_backoff, Jitter::Equal).delay(failures)
+    }
+
+    /// Whether a message that has now failed `failures` times is dead.
+    pub fn is_dead(&self, failures: u32) -> bool {
+        failures > self.max_retries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let options = RelayOptions::default();
+        assert!(options.backoff(1) <= Duration::from_millis(100));
+        assert!(options.backoff(3) >= Duration::from_millis(200));
+        assert!(options.backoff(30) <= Duration::from_secs(30));
+        assert!(!options.is_dead(5));
+        assert!(options.is_dead(6));
+    }
+}

@@ -1,0 +1,207 @@
+//! Publishing: the [`Publisher`] trait a broker client implements, how every relay calls it
+//! ([`publish_traced`]), and the in-memory [`MemoryPublisher`].
+
+use super::{OutboxMessage, headers};
+use crate::error::BoxError;
+use async_trait::async_trait;
+use chrono::Utc;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+/// A failed publish. Every failure is retried (with backoff) up to
+/// [`RelayOptions::max_retries`](super::RelayOptions::max_retries); then the message is
+/// dead-lettered.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing failed: {message}")]
+pub struct PublishError {
+    /// What went wrong.
+    pub message: String,
+    /// The broker client's error.
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+impl PublishError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Wraps a broker client's error.
+    pub fn from_source(error: impl Into<BoxError>) -> Self {
+        let source = error.into();
+        Self {
+            message: source.to_string(),
+            source: Some(source),
+        }
+    }
+}
+
+/// Sends outbox messages to a broker.
+///
+/// `publish` returns `Ok` only once the broker has durably accepted the message (for `JetStream`:
+/// the publish ack); the relay marks the message published after that. An error is retried.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an outbox publisher",
+    note = "implement `dtx::outbox::Publisher` (with `#[async_trait]`), or use `MemoryPublisher` or a broker publisher of dtx-postgres"
+)]
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes one message; `Ok` means the broker has it.
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError>;
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for Arc<P> {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        (**self).publish(message).await
+    }
+}
+
+/// Publishes one message as every relay does: inside a `dtx.outbox.publish` span that continues
+/// the trace of the write that produced the message (its `traceparent` header), recording the
+/// outbox lag when the broker has it.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use dtx::outbox::{MemoryPublisher, OutboxMessage, publish_traced};
+///
+/// let publisher = MemoryPublisher::new();
+/// let message = OutboxMessage {
+///     id: 1,
+///     key: "Order-1".into(),
+///     sequence: Some(1),
+///     message_id: uuid::Uuid::now_v7(),
+///     message_type: "OrderPlaced".into(),
+///     payload: r#"{"total":3}"#.into(),
+///     headers: Default::default(),
+///     attempts: 0,
+///     last_error: None,
+///     created_at: chrono::Utc::now(),
+/// };
+/// publish_traced(&publisher, &message).await?;
+/// assert_eq!(publisher.published().len(), 1);
+/// # Ok::<(), dtx::outbox::PublishError>(())
+/// # }).unwrap();
+/// ```
+///
+/// # Errors
+/// The publisher's error, as it returned it.
+pub async fn publish_traced<P: Publisher + ?Sized>(
+    publisher: &P,
+    message: &OutboxMessage,
+) -> Result<(), PublishError> {
+    let span = tracing::info_span!(
+        "dtx.outbox.publish",
+        stream = %message.key,
+        message_type = %message.message_type,
+    );
+    crate::telemetry::set_parent(
+        &span,
+        message
+            .headers
+            .get(headers::TRACEPARENT)
+            .map(String::as_str),
+    );
+    tracing::Instrument::instrument(publisher.publish(message), span).await?;
+    let lag = (Utc::now() - message.created_at).to_std();
+    crate::telemetry::record_outbox_published(lag.unwrap_or_default());
+    Ok(())
+}
+
+/// A [`Publisher`] that keeps what it publishes in memory: the embedded default and the
+/// publisher of tests. It can be told to reject every message of some keys (a poison key).
+#[derive(Clone, Default)]
+pub struct MemoryPublisher {
+    inner: Arc<Mutex<PublisherState>>,
+    published: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct PublisherState {
+    messages: Vec<OutboxMessage>,
+    rejected_keys: HashSet<String>,
+    rejections: u64,
+}
+
+impl fmt::Debug for MemoryPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryPublisher")
+            .field("published", &self.lock().messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryPublisher {
+    /// A publisher that accepts everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PublisherState> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Rejects every message of `key` from now on.
+    pub fn reject_key(&self, key: impl Into<String>) {
+        self.lock().rejected_keys.insert(key.into());
+    }
+
+    /// Accepts `key` again.
+    pub fn accept_key(&self, key: &str) {
+        self.lock().rejected_keys.remove(key);
+    }
+
+    /// Every message published so far, in publish order (duplicates included).
+    pub fn published(&self) -> Vec<OutboxMessage> {
+        self.lock().messages.clone()
+    }
+
+    /// How many messages were published so far.
+    pub fn count(&self) -> usize {
+        self.lock().messages.len()
+    }
+
+    /// How many publishes were rejected so far.
+    pub fn rejections(&self) -> u64 {
+        self.lock().rejections
+    }
+
+    /// Waits until at least `count` messages were published; `false` on timeout.
+    pub async fn wait_for(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.published.notified();
+            if self.count() >= count {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count() >= count;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for MemoryPublisher {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        {
+            let mut state = self.lock();
+            if state.rejected_keys.contains(&message.key) {
+                state.rejections += 1;
+                return Err(PublishError::new(format!(
+                    "key `{}` is rejected by this publisher",
+                    message.key
+                )));
+            }
+            state.messages.push(message.clone());
+        }
+        self.published.notify_waiters();
+        Ok(())
+    }
+}

@@ -1,0 +1,364 @@
+//! The [`SagaOrchestrator`]: starts sagas, delivers external events to them, and reports on
+//! them. Workers ([`super::SagaWorker`]) run what it starts.
+
+use super::definition::{Saga, SagaDefinition, SagaRegistration};
+use super::runtime::{ErasedSaga, Runner};
+use super::store::{Clock, Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore, SystemClock};
+use super::transition::to_chrono;
+use crate::{Backoff, DtxConfig, Jitter, SharedEventStore};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Why a saga operation was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SagaError {
+    /// No saga has this id.
+    #[error("no saga {id}")]
+    NotFound {
+        /// The id.
+        id: Uuid,
+    },
+    /// The saga is over.
+    #[error("saga {id} is {status}; it takes no more events")]
+    Finished {
+        /// The id.
+        id: Uuid,
+        /// How it ended.
+        status: SagaStatus,
+    },
+    /// The saga is not waiting for this event.
+    #[error("saga {id} is {status} and awaits {awaiting:?}, not `{event}`")]
+    NotWaiting {
+        /// The id.
+        id: Uuid,
+        /// Its status.
+        status: SagaStatus,
+        /// What it awaits, if anything.
+        awaiting: Option<String>,
+        /// The event delivered.
+        event: String,
+    },
+    /// No saga of this name is registered with the orchestrator.
+    #[error("no saga named `{name}` is registered (is the crate that declares it linked?)")]
+    UnknownSaga {
+        /// The name.
+        name: String,
+    },
+    /// Two sagas share a name.
+    #[error("two sagas are named `{name}`")]
+    DuplicateSaga {
+        /// The name.
+        name: &'static str,
+    },
+    /// The saga's data could not be serialised.
+    #[error("cannot encode the data of saga `{name}`: {source}")]
+    Encode {
+        /// The saga's name.
+        name: &'static str,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::Error),
+}
+
+/// Retry and timing settings of the saga runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Settings {
+    /// Retries of a step or compensation when neither it nor its saga sets them.
+    pub(super) max_retries: u32,
+    /// How long a saga may take when its definition does not say.
+    pub(super) deadline: Duration,
+    /// The pauses between retries of steps and compensations.
+    pub(super) backoff: Backoff,
+}
+
+/// What the clones of an orchestrator share.
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn SagaStore>,
+    pub(super) events: Option<SharedEventStore>,
+    pub(super) sagas: HashMap<&'static str, Arc<dyn ErasedSaga>>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) settings: Settings,
+    pub(super) state: crate::cqrs::context::StateMap,
+}
+
+/// Starts sagas, delivers external events to them, and reports on them.
+///
+/// Cheap to clone. Build it with [`SagaOrchestrator::builder`].
+#[derive(Clone)]
+pub struct SagaOrchestrator {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SagaOrchestrator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.inner.sagas.keys().copied().collect();
+        names.sort_unstable();
+        f.debug_struct("SagaOrchestrator")
+            .field("sagas", &names)
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`SagaOrchestrator`].
+pub struct SagaOrchestratorBuilder {
+    store: Arc<dyn SagaStore>,
+    events: Option<SharedEventStore>,
+    sagas: Vec<Arc<dyn ErasedSaga>>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    state: crate::cqrs::context::StateMap,
+}
+
+impl fmt::Debug for SagaOrchestratorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaOrchestratorBuilder")
+            .field("sagas", &self.sagas.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SagaOrchestratorBuilder {
+    /// The event store steps' events are recorded in (each saga has its stream
+    /// `{name}-{id}`); without one, events returned by steps are refused.
+    #[must_use]
+    pub fn events(mut self, events: SharedEventStore) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Shared state steps read with [`StepContext::state`] (service clients), by type.
+    #[must_use]
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
+        self.state.insert(state);
+        self
+    }
+
+    /// The clock (a [`super::ManualClock`] in tests).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// `SAGA_MAX_RETRIES` and `SAGA_TIMEOUT_MINUTES` from the configuration.
+    #[must_use]
+    pub fn config(mut self, config: &DtxConfig) -> Self {
+        self.settings.max_retries = config.saga_max_retries;
+        self.settings.deadline =
+            Duration::from_secs(config.saga_timeout_minutes.saturating_mul(60));
+        self
+    }
+
+    /// The first and the largest pause between retries of steps and compensations: a
+    /// [`Backoff`] with [`Jitter::Equal`] (default 100 ms up to 30 s).
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.settings.backoff = Backoff::new(base, max, Jitter::Equal);
+        self
+    }
+
+    /// Registers a saga definition.
+    #[must_use]
+    pub fn saga<D>(mut self, definition: SagaDefinition<D>) -> Self
+    where
+        D: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.sagas.push(Arc::new(Runner(definition)));
+        self
+    }
+
+    /// Registers every saga linked into this binary by `#[saga]`.
+    #[must_use]
+    pub fn registry(mut self) -> Self {
+        let mut all: Vec<&SagaRegistration> =
+            inventory::iter::<SagaRegistration>.into_iter().collect();
+        all.sort_by_key(|r| r.name);
+        self.sagas.extend(all.into_iter().map(|r| (r.runner)()));
+        self
+    }
+
+    /// Checks the names and builds the orchestrator.
+    pub fn build(self) -> Result<SagaOrchestrator, SagaError> {
+        let mut sagas = HashMap::new();
+        for saga in self.sagas {
+            let name = saga.name();
+            if sagas.insert(name, saga).is_some() {
+                return Err(SagaError::DuplicateSaga { name });
+            }
+        }
+        Ok(SagaOrchestrator {
+            inner: Arc::new(Inner {
+                store: self.store,
+                events: self.events,
+                sagas,
+                clock: self.clock,
+                settings: self.settings,
+                state: self.state,
+            }),
+        })
+    }
+}
+
+impl SagaOrchestrator {
+    /// A builder over a saga store.
+    pub fn builder(store: Arc<dyn SagaStore>) -> SagaOrchestratorBuilder {
+        let defaults = DtxConfig::default();
+        SagaOrchestratorBuilder {
+            store,
+            events: None,
+            sagas: Vec::new(),
+            clock: Arc::new(SystemClock),
+            settings: Settings {
+                max_retries: defaults.saga_max_retries,
+                deadline: Duration::from_secs(defaults.saga_timeout_minutes * 60),
+                backoff: Backoff::new(
+                    Duration::from_millis(100),
+                    Duration::from_secs(30),
+                    Jitter::Equal,
+                ),
+            },
+            state: crate::cqrs::context::StateMap::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.inner.store
+    }
+
+    /// A new saga's record, not stored yet: store it yourself inside your transaction (e.g.
+    /// `PgSagaStore::insert_in`) so that the saga starts if and only if your write commits.
+    pub fn prepare<S: Saga>(
+        &self,
+        data: &S,
+        correlation_id: Option<Uuid>,
+    ) -> Result<SagaRecord, SagaError> {
+        let saga = self.saga(S::NAME)?;
+        let now = self.inner.clock.now();
+        let data = serde_json::to_value(data).map_err(|source| SagaError::Encode {
+            name: S::NAME,
+            source,
+        })?;
+        let deadline = saga.deadline().unwrap_or(self.inner.settings.deadline);
+        let mut record = SagaRecord::new(
+            S::NAME,
+            data,
+            now,
+            Some(now + to_chrono(deadline)),
+            correlation_id,
+        );
+        // Every step continues the trace of the operation that started the saga.
+        if let Some(traceparent) = crate::telemetry::current_traceparent() {
+            record.received.insert(
+                crate::telemetry::SAGA_TRACEPARENT.to_owned(),
+                serde_json::Value::String(traceparent),
+            );
+        }
+        Ok(record)
+    }
+
+    /// Starts a saga: stores it, due now, and returns its id.
+    pub async fn start<S: Saga>(&self, data: S) -> Result<Uuid, SagaError> {
+        self.start_correlated(data, None).await
+    }
+
+    /// Starts a saga within a business operation's correlation.
+    pub async fn start_correlated<S: Saga>(
+        &self,
+        data: S,
+        correlation_id: Option<Uuid>,
+    ) -> Result<Uuid, SagaError> {
+        let record = self.prepare(&data, correlation_id)?;
+        self.inner.store.insert(&record).await?;
+        crate::telemetry::record_saga_transition(S::NAME, SagaStatus::Running.as_str());
+        tracing::info!(saga = S::NAME, saga_id = %record.id, "saga started");
+        Ok(record.id)
+    }
+
+    /// Delivers an external event to a saga waiting for it; the saga is due again.
+    pub async fn handle_event(&self, saga_id: Uuid, event: SagaEvent) -> Result<(), SagaError> {
+        match self
+            .inner
+            .store
+            .deliver(saga_id, &event, self.inner.clock.now())
+            .await?
+        {
+            Delivery::Delivered => Ok(()),
+            Delivery::NotFound => Err(SagaError::NotFound { id: saga_id }),
+            Delivery::NotAwaited { status, .. } if status.is_finished() => {
+                Err(SagaError::Finished {
+                    id: saga_id,
+                    status,
+                })
+            }
+            Delivery::NotAwaited { status, awaiting } => Err(SagaError::NotWaiting {
+                id: saga_id,
+                status,
+                awaiting,
+                event: event.event_type,
+            }),
+        }
+    }
+
+    /// A saga's current state.
+    pub async fn status(&self, saga_id: Uuid) -> Result<SagaRecord, SagaError> {
+        self.inner
+            .store
+            .get(saga_id)
+            .await?
+            .ok_or(SagaError::NotFound { id: saga_id })
+    }
+
+    /// Sagas in a status, oldest first.
+    pub async fn list(
+        &self,
+        status: SagaStatus,
+        limit: usize,
+    ) -> Result<Vec<SagaRecord>, SagaError> {
+        Ok(self.inner.store.list(status, limit).await?)
+    }
+
+    /// How many sagas are in each status.
+    pub async fn counts(&self) -> Result<HashMap<SagaStatus, u64>, SagaError> {
+        Ok(self.inner.store.counts().await?)
+    }
+
+    /// An operator's retry of a failed saga: its compensation runs again.
+    pub async fn retry(&self, saga_id: Uuid) -> Result<(), SagaError> {
+        if self
+            .inner
+            .store
+            .retry_failed(saga_id, self.inner.clock.now())
+            .await?
+        {
+            return Ok(());
+        }
+        let saga = self.status(saga_id).await?;
+        Err(SagaError::NotWaiting {
+            id: saga_id,
+            status: saga.status,
+            awaiting: None,
+            event: "retry (only failed sagas are retried)".to_owned(),
+        })
+    }
+
+    /// The registered saga of this name.
+    pub(super) fn saga(&self, name: &str) -> Result<&Arc<dyn ErasedSaga>, SagaError> {
+        self.inner
+            .sagas
+            .get(name)
+            .ok_or_else(|| SagaError::UnknownSaga {
+                name: name.to_owned(),
+            })
+    }
+}
