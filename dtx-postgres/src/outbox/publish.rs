@@ -124,14 +124,14 @@ pub(super) async fn publish(
             outcome
         });
     }
-    let mut published = Published::default();
+    let mut batch = Published::default();
     while let Some(done) = running.join_next().await {
         let outcome = done.map_err(Error::storage)?;
-        published.ids.extend(outcome.published);
-        published.failed.extend(outcome.failed);
-        published.unsent.extend(outcome.unsent);
+        batch.ids.extend(outcome.published);
+        batch.failed.extend(outcome.failed);
+        batch.unsent.extend(outcome.unsent);
     }
-    Ok(published)
+    Ok(batch)
 }
 
 #[cfg(test)]

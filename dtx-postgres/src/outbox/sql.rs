@@ -21,8 +21,8 @@ pub(super) struct OutboxSql {
     pub(super) purge: String,
 }
 
-/// The columns of a message as [`MessageRow`](super::message::MessageRow) reads them: an event's row is completed from
-/// `event_store` (`e`), a message's row carries its own.
+/// The columns of a message as [`MessageRow`](super::message::MessageRow) reads them: an
+/// event's row is completed from `event_store` (`e`), a message's row carries its own.
 const MESSAGE_COLUMNS: &str = "o.id, o.stream_key, o.sequence, \
      COALESCE(o.event_id, e.event_id) AS event_id, COALESCE(o.event_type, e.event_type) AS event_type, \
      COALESCE(o.payload, e.data)::text AS payload, o.headers::text AS headers, \
