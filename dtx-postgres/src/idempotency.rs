@@ -1,4 +1,5 @@
 use crate::uow::PgUnitOfWork;
+use crate::sql::{Schema, count};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;
@@ -6,8 +7,8 @@ use dtx::idempotency::{
     Claim, ClaimRequest, DEFAULT_MAX_RESPONSE_BYTES, Fingerprint, IdempotencyError, IdempotencyKey,
     IdempotencyRecord, IdempotencyStatus, IdempotencyStore, Lease, Scope,
 };
-use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
+use sqlx::postgres::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -82,9 +83,9 @@ struct Sql {
 }
 
 impl Sql {
-    fn new(schema: Option<&str>) -> Self {
-        let prefix = schema.map(|s| format!("{s}.")).unwrap_or_default();
-        let table = format!("{prefix}idempotency_keys");
+    /// The statements on the table of `schema`.
+    fn new(schema: &Schema) -> Self {
+        let table = schema.table("idempotency_keys");
         Self {
             // $1 scope, $2 key, $3 fingerprint, $4 lease token, $5 lock timeout (ms), $6 TTL (ms).
             //
@@ -180,15 +181,14 @@ impl PgIdempotencyStore {
         Self {
             pool,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-            sql: Arc::new(Sql::new(None)),
+            sql: Arc::new(Sql::new(&Schema::default())),
         }
     }
 
     /// Uses the table in `schema` (see [`crate::migrate_in_schema`]); the name is validated and
     /// quoted.
     pub fn with_schema(mut self, schema: &str) -> dtx::Result<Self> {
-        let quoted = crate::quote_identifier(schema)?;
-        self.sql = Arc::new(Sql::new(Some(&quoted)));
+        self.sql = Arc::new(Sql::new(&Schema::named(schema)?));
         Ok(self)
     }
 
@@ -227,7 +227,7 @@ impl PgIdempotencyStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
-        let row = sqlx::query(&self.sql.claim)
+        let row: Option<ClaimRow> = sqlx::query_as(&self.sql.claim)
             .bind(request.scope.as_str())
             .bind(request.key.as_str())
             .bind(&request.fingerprint.as_bytes()[..])
@@ -238,25 +238,17 @@ impl PgIdempotencyStore {
             .await
             .map_err(IdempotencyError::storage)?;
         let Some(row) = row else { return Ok(None) };
-        let outcome: &str = row.try_get(0).map_err(IdempotencyError::storage)?;
-        let locked_until: Option<DateTime<Utc>> =
-            row.try_get(1).map_err(IdempotencyError::storage)?;
-        Ok(Some(match outcome {
+        let locked_until = row.locked_until.unwrap_or_else(Utc::now);
+        Ok(Some(match row.outcome.as_str() {
             "claimed" => Claim::Claimed(Lease::new(
                 request.scope.clone(),
                 request.key.clone(),
                 token,
-                locked_until.unwrap_or_else(Utc::now),
+                locked_until,
             )),
-            "completed" => Claim::Completed(
-                row.try_get::<Option<Vec<u8>>, _>(2)
-                    .map_err(IdempotencyError::storage)?
-                    .unwrap_or_default(),
-            ),
+            "completed" => Claim::Completed(row.response.unwrap_or_default()),
             "mismatch" => Claim::Mismatch,
-            _ => Claim::InFlight {
-                locked_until: locked_until.unwrap_or_else(Utc::now),
-            },
+            _ => Claim::InFlight { locked_until },
         }))
     }
 
@@ -319,36 +311,55 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-fn record(
-    scope: &Scope,
-    key: &IdempotencyKey,
-    row: &PgRow,
-) -> Result<IdempotencyRecord, IdempotencyError> {
-    fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
-        row: &'r PgRow,
-        index: usize,
-    ) -> Result<T, IdempotencyError> {
-        row.try_get(index).map_err(IdempotencyError::storage)
+/// The row of the claim statement.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    /// `claimed`, `completed`, `mismatch` or `in_flight`.
+    outcome: String,
+    locked_until: Option<DateTime<Utc>>,
+    /// The stored result, for `completed`.
+    response: Option<Vec<u8>>,
+}
+
+/// A record's row (the `load` statement).
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    fingerprint: Vec<u8>,
+    status: String,
+    response: Option<Vec<u8>>,
+    locked_until: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+    expires_at: DateTime<Utc>,
+}
+
+impl RecordRow {
+    /// The record of `key` in `scope`.
+    fn into_record(
+        self,
+        scope: &Scope,
+        key: &IdempotencyKey,
+    ) -> Result<IdempotencyRecord, IdempotencyError> {
+        let fingerprint: [u8; 32] = self
+            .fingerprint
+            .try_into()
+            .map_err(|_| IdempotencyError::storage("stored fingerprint is not 32 bytes"))?;
+        let status = match self.status.as_str() {
+            "completed" => IdempotencyStatus::Completed,
+            _ => IdempotencyStatus::InProgress,
+        };
+        Ok(IdempotencyRecord {
+            scope: scope.clone(),
+            key: key.clone(),
+            fingerprint: Fingerprint::from_bytes(fingerprint),
+            status,
+            response: self.response,
+            locked_until: self.locked_until,
+            created_at: self.created_at,
+            completed_at: self.completed_at,
+            expires_at: self.expires_at,
+        })
     }
-    let fingerprint: Vec<u8> = get(row, 0)?;
-    let fingerprint: [u8; 32] = fingerprint
-        .try_into()
-        .map_err(|_| IdempotencyError::storage("stored fingerprint is not 32 bytes"))?;
-    let status = match get::<&str>(row, 1)? {
-        "completed" => IdempotencyStatus::Completed,
-        _ => IdempotencyStatus::InProgress,
-    };
-    Ok(IdempotencyRecord {
-        scope: scope.clone(),
-        key: key.clone(),
-        fingerprint: Fingerprint::from_bytes(fingerprint),
-        status,
-        response: get(row, 2)?,
-        locked_until: get(row, 3)?,
-        created_at: get(row, 4)?,
-        completed_at: get(row, 5)?,
-        expires_at: get(row, 6)?,
-    })
 }
 
 #[async_trait]
@@ -401,13 +412,13 @@ impl IdempotencyStore for PgIdempotencyStore {
         scope: &Scope,
         key: &IdempotencyKey,
     ) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
-        let row = sqlx::query(&self.sql.load)
+        let row: Option<RecordRow> = sqlx::query_as(&self.sql.load)
             .bind(scope.as_str())
             .bind(key.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(IdempotencyError::storage)?;
-        row.map(|row| record(scope, key, &row)).transpose()
+        row.map(|row| row.into_record(scope, key)).transpose()
     }
 
     async fn cleanup_expired(&self, limit: usize) -> Result<usize, IdempotencyError> {
@@ -415,7 +426,7 @@ impl IdempotencyStore for PgIdempotencyStore {
             return Ok(0);
         }
         let done = sqlx::query(&self.sql.cleanup)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(count(limit))
             .execute(&self.pool)
             .await
             .map_err(IdempotencyError::storage)?;

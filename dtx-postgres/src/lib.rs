@@ -23,6 +23,7 @@ mod migrate;
 pub mod nats;
 pub mod outbox;
 mod saga;
+mod sql;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,18 +1,20 @@
 //! The PostgreSQL saga store: `saga_state`, claimed with `FOR UPDATE SKIP LOCKED` and leases.
 
 use crate::uow::PgUnitOfWork;
+use crate::sql::{Schema, count, to_i32, to_i64, to_u32, to_u64};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;
 use dtx::saga::{CompletedStep, Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore};
 use dtx::{Error, Result};
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::PgPool;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Row};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// The columns of a saga, as [`SagaRow`] reads them.
 const COLUMNS: &str = "id, name, status, data, step, completed, received, attempts, next_run_at, \
      deadline, awaiting, last_error, correlation_id, version, lease_owner, lease_expires_at, \
      created_at, updated_at";
@@ -20,15 +22,34 @@ const COLUMNS: &str = "id, name, status, data, step, completed, received, attemp
 /// Sagas in PostgreSQL. Workers in any number of processes share them: a claim takes due
 /// sagas with `FOR UPDATE SKIP LOCKED` and marks them with a lease; every transition is
 /// saved only while the worker still holds the lease at the version it read.
-#[derive(Debug, Clone)]
+///
+/// Clones share the pool.
+#[derive(Clone)]
 pub struct PgSagaStore {
     pool: PgPool,
+    sql: Arc<Sql>,
+}
+
+impl std::fmt::Debug for PgSagaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSagaStore").finish_non_exhaustive()
+    }
 }
 
 impl PgSagaStore {
     /// A store on a migrated database (see [`crate::migrate`]).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            sql: Arc::new(Sql::new(&Schema::default())),
+        }
+    }
+
+    /// Uses the table in `schema` (see [`crate::migrate_in_schema`]); the name is validated and
+    /// quoted.
+    pub fn with_schema(mut self, schema: &str) -> Result<Self> {
+        self.sql = Arc::new(Sql::new(&Schema::named(schema)?));
+        Ok(self)
     }
 
     /// The pool.
@@ -36,126 +57,176 @@ impl PgSagaStore {
         &self.pool
     }
 
-    /// Every statement this store issues, for `EXPLAIN` checks.
-    pub fn statements() -> [(&'static str, &'static str); 4] {
+    /// The statements workers and operators run most, by name, for `EXPLAIN` checks.
+    pub fn statements(&self) -> [(&'static str, &str); 4] {
+        let sql = &*self.sql;
         [
-            ("claim", CLAIM),
-            ("save", SAVE),
-            ("deliver", DELIVER),
-            ("list", LIST),
+            ("claim", &sql.claim),
+            ("save", &sql.save),
+            ("deliver", &sql.deliver),
+            ("list", &sql.list),
         ]
+    }
+
+    async fn insert_on<'c, E>(&self, executor: E, r: &SagaRecord) -> Result<()>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+    {
+        sqlx::query(&self.sql.insert)
+            .bind(r.id)
+            .bind(&r.name)
+            .bind(r.status.as_str())
+            .bind(Json(&r.data))
+            .bind(to_i32(r.step))
+            .bind(Json(&r.completed))
+            .bind(Json(&r.received))
+            .bind(to_i32(r.attempts))
+            .bind(r.next_run_at)
+            .bind(r.deadline)
+            .bind(&r.awaiting)
+            .bind(&r.last_error)
+            .bind(r.correlation_id)
+            .bind(to_i64(r.version))
+            .bind(r.created_at)
+            .bind(r.updated_at)
+            .execute(executor)
+            .await
+            .map_err(Error::storage)?;
+        Ok(())
     }
 }
 
-const INSERT: &str = "INSERT INTO saga_state (id, name, status, data, step, completed, received, \
-     attempts, next_run_at, deadline, awaiting, last_error, correlation_id, version, created_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
-
-const CLAIM: &str = "WITH due AS (
-        SELECT id FROM saga_state
-        WHERE status IN ('running', 'waiting', 'compensating') AND next_run_at <= $1
-          AND (lease_expires_at IS NULL OR lease_expires_at < $1)
-        ORDER BY next_run_at
-        LIMIT $4
-        FOR UPDATE SKIP LOCKED
-     )
-     UPDATE saga_state s SET lease_owner = $2, lease_expires_at = $3
-     FROM due WHERE s.id = due.id
-     RETURNING s.*";
-
-const SAVE: &str = "UPDATE saga_state SET status = $3, data = $4, step = $5, completed = $6, \
-     received = $7, attempts = $8, next_run_at = $9, deadline = $10, awaiting = $11, \
-     last_error = $12, version = $13, lease_owner = $14, lease_expires_at = $15, updated_at = $16
-     WHERE id = $1 AND lease_owner = $2 AND version = $13 - 1";
-
-const DELIVER: &str = "UPDATE saga_state
-     SET received = received || jsonb_build_object($2::text, $3::jsonb), status = 'running',
-         awaiting = NULL, next_run_at = $4, version = version + 1, updated_at = $4
-     WHERE id = $1 AND status = 'waiting' AND awaiting = $2
-     RETURNING id";
-
-const LIST: &str = "SELECT * FROM saga_state WHERE status = $1 ORDER BY created_at LIMIT $2";
-
-fn to_i32(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
+/// The statements, built once with the (validated, quoted) schema.
+struct Sql {
+    insert: String,
+    claim: String,
+    save: String,
+    deliver: String,
+    get: String,
+    list: String,
+    counts: String,
+    retry_failed: String,
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+impl Sql {
+    /// The statements on the table of `schema`.
+    fn new(schema: &Schema) -> Self {
+        let table = schema.table("saga_state");
+        Self {
+            insert: format!(
+                "INSERT INTO {table} (id, name, status, data, step, completed, received, \
+                 attempts, next_run_at, deadline, awaiting, last_error, correlation_id, version, \
+                 created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            ),
+            claim: format!(
+                "WITH due AS (
+                    SELECT id FROM {table}
+                    WHERE status IN ('running', 'waiting', 'compensating') AND next_run_at <= $1
+                      AND (lease_expires_at IS NULL OR lease_expires_at < $1)
+                    ORDER BY next_run_at
+                    LIMIT $4
+                    FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE {table} s SET lease_owner = $2, lease_expires_at = $3
+                 FROM due WHERE s.id = due.id
+                 RETURNING s.*"
+            ),
+            save: format!(
+                "UPDATE {table} SET status = $3, data = $4, step = $5, completed = $6, \
+                 received = $7, attempts = $8, next_run_at = $9, deadline = $10, awaiting = $11, \
+                 last_error = $12, version = $13, lease_owner = $14, lease_expires_at = $15, \
+                 updated_at = $16
+                 WHERE id = $1 AND lease_owner = $2 AND version = $13 - 1"
+            ),
+            deliver: format!(
+                "UPDATE {table}
+                 SET received = received || jsonb_build_object($2::text, $3::jsonb),
+                     status = 'running', awaiting = NULL, next_run_at = $4,
+                     version = version + 1, updated_at = $4
+                 WHERE id = $1 AND status = 'waiting' AND awaiting = $2
+                 RETURNING id"
+            ),
+            get: format!("SELECT {COLUMNS} FROM {table} WHERE id = $1"),
+            list: format!("SELECT * FROM {table} WHERE status = $1 ORDER BY created_at LIMIT $2"),
+            counts: format!("SELECT status, count(*) AS n FROM {table} GROUP BY status"),
+            retry_failed: format!(
+                "UPDATE {table} SET status = 'compensating', attempts = 0, next_run_at = $2,
+                     lease_owner = NULL, lease_expires_at = NULL, version = version + 1,
+                     updated_at = $2
+                 WHERE id = $1 AND status = 'failed'"
+            ),
+        }
+    }
 }
 
 fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-async fn insert(conn: &mut PgConnection, r: &SagaRecord) -> Result<()> {
-    sqlx::query(INSERT)
-        .bind(r.id)
-        .bind(&r.name)
-        .bind(r.status.as_str())
-        .bind(Json(&r.data))
-        .bind(to_i32(r.step))
-        .bind(Json(&r.completed))
-        .bind(Json(&r.received))
-        .bind(to_i32(r.attempts))
-        .bind(r.next_run_at)
-        .bind(r.deadline)
-        .bind(&r.awaiting)
-        .bind(&r.last_error)
-        .bind(r.correlation_id)
-        .bind(to_i64(r.version))
-        .bind(r.created_at)
-        .bind(r.updated_at)
-        .execute(conn)
-        .await
-        .map_err(Error::storage)?;
-    Ok(())
+/// A saga's row.
+#[derive(sqlx::FromRow)]
+struct SagaRow {
+    id: Uuid,
+    name: String,
+    status: String,
+    data: Json<serde_json::Value>,
+    step: i32,
+    completed: Json<Vec<CompletedStep>>,
+    received: Json<HashMap<String, serde_json::Value>>,
+    attempts: i32,
+    next_run_at: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+    awaiting: Option<String>,
+    last_error: Option<String>,
+    correlation_id: Option<Uuid>,
+    version: i64,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
-fn record(row: &PgRow) -> Result<SagaRecord> {
-    let status: String = row.try_get("status").map_err(Error::storage)?;
-    let Json(completed): Json<Vec<CompletedStep>> =
-        row.try_get("completed").map_err(Error::storage)?;
-    let Json(received): Json<HashMap<String, serde_json::Value>> =
-        row.try_get("received").map_err(Error::storage)?;
-    let Json(data): Json<serde_json::Value> = row.try_get("data").map_err(Error::storage)?;
-    Ok(SagaRecord {
-        id: row.try_get("id").map_err(Error::storage)?,
-        name: row.try_get("name").map_err(Error::storage)?,
-        status: SagaStatus::parse(&status).ok_or_else(|| Error::Invalid {
+impl TryFrom<SagaRow> for SagaRecord {
+    type Error = Error;
+
+    fn try_from(row: SagaRow) -> Result<Self> {
+        let status = SagaStatus::parse(&row.status).ok_or_else(|| Error::Invalid {
             what: "saga status",
-            value: status.clone(),
+            value: row.status.clone(),
             reason: "not a status this version knows",
-        })?,
-        data,
-        step: u32::try_from(row.try_get::<i32, _>("step").map_err(Error::storage)?).unwrap_or(0),
-        completed,
-        received,
-        attempts: u32::try_from(row.try_get::<i32, _>("attempts").map_err(Error::storage)?)
-            .unwrap_or(0),
-        next_run_at: row.try_get("next_run_at").map_err(Error::storage)?,
-        deadline: row.try_get("deadline").map_err(Error::storage)?,
-        awaiting: row.try_get("awaiting").map_err(Error::storage)?,
-        last_error: row.try_get("last_error").map_err(Error::storage)?,
-        correlation_id: row.try_get("correlation_id").map_err(Error::storage)?,
-        version: u64::try_from(row.try_get::<i64, _>("version").map_err(Error::storage)?)
-            .unwrap_or(0),
-        lease_owner: row.try_get("lease_owner").map_err(Error::storage)?,
-        lease_expires_at: row.try_get("lease_expires_at").map_err(Error::storage)?,
-        created_at: row.try_get("created_at").map_err(Error::storage)?,
-        updated_at: row.try_get("updated_at").map_err(Error::storage)?,
-    })
+        })?;
+        Ok(SagaRecord {
+            id: row.id,
+            name: row.name,
+            status,
+            data: row.data.0,
+            step: to_u32(row.step),
+            completed: row.completed.0,
+            received: row.received.0,
+            attempts: to_u32(row.attempts),
+            next_run_at: row.next_run_at,
+            deadline: row.deadline,
+            awaiting: row.awaiting,
+            last_error: row.last_error,
+            correlation_id: row.correlation_id,
+            version: to_u64(row.version),
+            lease_owner: row.lease_owner,
+            lease_expires_at: row.lease_expires_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
 }
 
 #[async_trait]
 impl SagaStore for PgSagaStore {
     async fn insert(&self, record: &SagaRecord) -> Result<()> {
-        let mut conn = self.pool.acquire().await.map_err(Error::storage)?;
-        insert(&mut conn, record).await
+        self.insert_on(&self.pool, record).await
     }
 
     async fn insert_in(&self, uow: &mut dyn UnitOfWork, record: &SagaRecord) -> Result<()> {
-        insert(PgUnitOfWork::of(uow)?, record).await
+        self.insert_on(PgUnitOfWork::of(uow)?, record).await
     }
 
     async fn claim(
@@ -165,15 +236,15 @@ impl SagaStore for PgSagaStore {
         lease: Duration,
         limit: usize,
     ) -> Result<Vec<SagaRecord>> {
-        let rows = sqlx::query(CLAIM)
+        let rows: Vec<SagaRow> = sqlx::query_as(&self.sql.claim)
             .bind(now)
             .bind(owner)
             .bind(now + chrono(lease))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(count(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.iter().map(record).collect()
+        rows.into_iter().map(SagaRecord::try_from).collect()
     }
 
     async fn save(
@@ -182,7 +253,7 @@ impl SagaStore for PgSagaStore {
         owner: &str,
         lease_until: Option<DateTime<Utc>>,
     ) -> Result<bool> {
-        let done = sqlx::query(SAVE)
+        let done = sqlx::query(&self.sql.save)
             .bind(r.id)
             .bind(owner)
             .bind(r.status.as_str())
@@ -206,16 +277,16 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM saga_state WHERE id = $1"))
+        let row: Option<SagaRow> = sqlx::query_as(&self.sql.get)
             .bind(id)
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::storage)?;
-        row.as_ref().map(record).transpose()
+        row.map(SagaRecord::try_from).transpose()
     }
 
     async fn deliver(&self, id: Uuid, event: &SagaEvent, now: DateTime<Utc>) -> Result<Delivery> {
-        let delivered = sqlx::query(DELIVER)
+        let delivered = sqlx::query(&self.sql.deliver)
             .bind(id)
             .bind(&event.event_type)
             .bind(Json(&event.payload))
@@ -236,42 +307,33 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn list(&self, status: SagaStatus, limit: usize) -> Result<Vec<SagaRecord>> {
-        let rows = sqlx::query(LIST)
+        let rows: Vec<SagaRow> = sqlx::query_as(&self.sql.list)
             .bind(status.as_str())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(count(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.iter().map(record).collect()
+        rows.into_iter().map(SagaRecord::try_from).collect()
     }
 
     async fn counts(&self) -> Result<HashMap<SagaStatus, u64>> {
-        let rows = sqlx::query("SELECT status, count(*) AS n FROM saga_state GROUP BY status")
+        let rows: Vec<(String, i64)> = sqlx::query_as(&self.sql.counts)
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        let mut counts = HashMap::new();
-        for row in rows {
-            let status: String = row.try_get("status").map_err(Error::storage)?;
-            let n: i64 = row.try_get("n").map_err(Error::storage)?;
-            if let Some(status) = SagaStatus::parse(&status) {
-                counts.insert(status, u64::try_from(n).unwrap_or(0));
-            }
-        }
-        Ok(counts)
+        Ok(rows
+            .into_iter()
+            .filter_map(|(status, n)| Some((SagaStatus::parse(&status)?, to_u64(n))))
+            .collect())
     }
 
     async fn retry_failed(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE saga_state SET status = 'compensating', attempts = 0, next_run_at = $2,
-                 lease_owner = NULL, lease_expires_at = NULL, version = version + 1, updated_at = $2
-             WHERE id = $1 AND status = 'failed'",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(Error::storage)?;
+        let done = sqlx::query(&self.sql.retry_failed)
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::storage)?;
         Ok(done.rows_affected() == 1)
     }
 }

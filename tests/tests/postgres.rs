@@ -405,7 +405,8 @@ async fn stale_appends_in_a_transaction_are_conflicts_and_store_nothing() {
 #[tokio::test]
 async fn indexes_serve_every_statement() {
     let store = tests::pg_store().await;
-    let sagas = dtx_postgres::PgSagaStore::statements();
+    let saga_store = dtx_postgres::PgSagaStore::new(store.pool().clone());
+    let sagas = saga_store.statements();
     for (name, plan) in
         tests::generic_plans(store.pool(), store.statements().into_iter().chain(sagas)).await
     {

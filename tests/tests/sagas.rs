@@ -72,3 +72,66 @@ async fn start_inside_the_callers_transaction() {
         SagaStatus::Completed
     );
 }
+
+/// The store works in a named schema, whose sagas are apart from the default schema's (claims
+/// and lists included); the name is validated.
+#[tokio::test]
+async fn works_in_a_schema() {
+    use dtx::saga::{SagaRecord, SagaStatus, SagaStore};
+    use dtx_postgres::PgSagaStore;
+    use sqlx::types::chrono;
+    use std::time::Duration;
+
+    let events = tests::pg_store().await;
+    dtx_postgres::migrate_in_schema(events.pool(), "tenant_s")
+        .await
+        .unwrap();
+    let tenant = PgSagaStore::new(events.pool().clone())
+        .with_schema("tenant_s")
+        .unwrap();
+    let public = PgSagaStore::new(events.pool().clone());
+    let now = chrono::Utc::now();
+    let record = SagaRecord::new("Fulfil", serde_json::json!({"order": 1}), now, None, None);
+    tenant.insert(&record).await.unwrap();
+
+    assert_eq!(tenant.get(record.id).await.unwrap().unwrap().id, record.id);
+    assert!(
+        public.get(record.id).await.unwrap().is_none(),
+        "schemas are separate"
+    );
+    assert!(
+        public
+            .list(SagaStatus::Running, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = now + chrono::Duration::seconds(1);
+    assert!(
+        public
+            .claim("w", later, Duration::from_secs(30), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = tenant
+        .claim("w", later, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, record.id);
+    // The same saga id can live in both schemas.
+    public.insert(&record).await.unwrap();
+    assert_eq!(
+        public.counts().await.unwrap().get(&SagaStatus::Running),
+        Some(&1)
+    );
+
+    assert!(matches!(
+        PgSagaStore::new(events.pool().clone()).with_schema("x\"; DROP TABLE saga_state; --"),
+        Err(dtx::Error::Invalid {
+            what: "schema name",
+            ..
+        })
+    ));
+}

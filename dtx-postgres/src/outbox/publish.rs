@@ -1,0 +1,180 @@
+//! Publishing a batch (each key's messages in order, the keys concurrently) and what a failed
+//! attempt makes of a message.
+
+use super::message::Failed;
+use dtx::outbox::{OutboxMessage, Publisher, RelayOptions};
+use dtx::{Error, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a failed publish attempt makes of a message, by the relay's [`RelayOptions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// Pending again, due after `delay` (the backoff after `attempts` failures).
+    Retry {
+        /// The attempts made so far, this one included.
+        attempts: u32,
+        /// How long until the next attempt.
+        delay: Duration,
+    },
+    /// Dead-lettered: its key stops behind it until it is requeued.
+    Dead {
+        /// The attempts made, this one included.
+        attempts: u32,
+    },
+}
+
+impl Failure {
+    /// What the failed attempt makes of `failed.message` (logged, and counted when it is
+    /// dead-lettered).
+    pub(super) fn of(failed: &Failed, options: &RelayOptions) -> Self {
+        let Failed { message, error } = failed;
+        let attempts = message.attempts + 1;
+        if options.is_dead(attempts) {
+            tracing::warn!(key = %message.key, id = message.id, attempts, %error, "outbox message dead-lettered; its key stops until it is requeued");
+            dtx::telemetry::record_outbox_dead_letter();
+            Self::Dead { attempts }
+        } else {
+            tracing::debug!(key = %message.key, id = message.id, attempts, %error, "publish failed; retrying later");
+            Self::Retry {
+                attempts,
+                delay: options.backoff(attempts),
+            }
+        }
+    }
+
+    /// The attempts made, this one included.
+    pub(super) fn attempts(self) -> u32 {
+        match self {
+            Self::Retry { attempts, .. } | Self::Dead { attempts } => attempts,
+        }
+    }
+
+    /// The message's `status` column from now on.
+    pub(super) fn status(self) -> &'static str {
+        match self {
+            Self::Retry { .. } => "pending",
+            Self::Dead { .. } => "dead",
+        }
+    }
+
+    /// How long until the next attempt (zero for a dead message, which has none).
+    pub(super) fn delay(self) -> Duration {
+        match self {
+            Self::Retry { delay, .. } => delay,
+            Self::Dead { .. } => Duration::ZERO,
+        }
+    }
+
+    /// Whether the message is dead-lettered.
+    pub(super) fn is_dead(self) -> bool {
+        matches!(self, Self::Dead { .. })
+    }
+}
+
+/// What [`publish`] made of a batch.
+#[derive(Default)]
+pub(super) struct Published {
+    /// The ids of the messages published.
+    pub(super) ids: Vec<i64>,
+    /// Each failed key's first failure.
+    pub(super) failed: Vec<Failed>,
+    /// The messages after a failure, in their keys' order: not tried.
+    pub(super) unsent: Vec<OutboxMessage>,
+}
+
+/// The outcome of publishing one key's share of a batch.
+struct KeyOutcome {
+    published: Vec<i64>,
+    failed: Option<Failed>,
+    /// The key's messages after its failure, not tried.
+    unsent: Vec<OutboxMessage>,
+}
+
+/// Publishes each key's messages in order through `publisher`, the keys concurrently; a key
+/// stops at its first failure.
+pub(super) async fn publish(
+    publisher: &Arc<dyn Publisher>,
+    per_key: Vec<(String, Vec<OutboxMessage>)>,
+) -> Result<Published> {
+    let mut running = tokio::task::JoinSet::new();
+    for (_, messages) in per_key {
+        let publisher = Arc::clone(publisher);
+        running.spawn(async move {
+            let mut outcome = KeyOutcome {
+                published: Vec::with_capacity(messages.len()),
+                failed: None,
+                unsent: Vec::new(),
+            };
+            let mut messages = messages.into_iter();
+            for message in messages.by_ref() {
+                // Each publish continues the trace of the write that produced the message.
+                match dtx::outbox::publish_traced(&*publisher, &message).await {
+                    Ok(()) => outcome.published.push(message.id),
+                    Err(error) => {
+                        outcome.failed = Some(Failed {
+                            message,
+                            error: error.to_string(),
+                        });
+                        break;
+                    }
+                }
+            }
+            outcome.unsent.extend(messages);
+            outcome
+        });
+    }
+    let mut batch = Published::default();
+    while let Some(done) = running.join_next().await {
+        let outcome = done.map_err(Error::storage)?;
+        batch.ids.extend(outcome.published);
+        batch.failed.extend(outcome.failed);
+        batch.unsent.extend(outcome.unsent);
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(attempts: u32) -> Failed {
+        Failed {
+            message: OutboxMessage {
+                id: 1,
+                key: "Order-1".to_owned(),
+                sequence: Some(1),
+                message_id: uuid::Uuid::nil(),
+                message_type: "Placed".to_owned(),
+                payload: "{}".into(),
+                headers: std::collections::BTreeMap::new(),
+                attempts,
+                last_error: None,
+                created_at: chrono::Utc::now(),
+            },
+            error: "broker down".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_failure_is_retried_until_the_retries_are_spent() {
+        let options = RelayOptions {
+            max_retries: 2,
+            ..RelayOptions::default()
+        };
+        let first = Failure::of(&failed(0), &options);
+        assert!(
+            matches!(first, Failure::Retry { attempts: 1, .. }),
+            "{first:?}"
+        );
+        assert_eq!(first.status(), "pending");
+        assert!(first.delay() > Duration::ZERO && first.delay() <= options.max_backoff);
+
+        let last = Failure::of(&failed(2), &options);
+        assert_eq!(last, Failure::Dead { attempts: 3 });
+        assert_eq!(
+            (last.attempts(), last.status(), last.delay(), last.is_dead()),
+            (3, "dead", Duration::ZERO, true)
+        );
+    }
+}
