@@ -9,6 +9,21 @@ pub(crate) fn crate_path(custom: Option<&syn::Path>) -> syn::Path {
     custom.cloned().unwrap_or_else(|| syn::parse_quote!(::dtx))
 }
 
+/// `HTTPRequest` as `http_request`: the snake-case form of a Rust identifier, for names derived
+/// from it (`r#` dropped).
+pub(crate) fn snake_case(ident: &syn::Ident) -> String {
+    use heck::ToSnakeCase as _;
+    use syn::ext::IdentExt as _;
+    ident.unraw().to_string().to_snake_case()
+}
+
+/// `HTTPRequest` as `HTTP_REQUEST`, for generated constant names.
+pub(crate) fn shouty_snake_case(ident: &syn::Ident) -> String {
+    use heck::ToShoutySnakeCase as _;
+    use syn::ext::IdentExt as _;
+    ident.unraw().to_string().to_shouty_snake_case()
+}
+
 /// The `key = value` options of a helper attribute (`#[aggregate(..)]`), read leniently for
 /// the stand-ins emitted on error: whatever does not parse is skipped (it was reported).
 pub(crate) fn lenient_options(attrs: &[syn::Attribute], helper: &str) -> Vec<syn::MetaNameValue> {
@@ -148,4 +163,26 @@ pub(crate) fn derive_fallback(errors: darling::Error, stubs: Option<TokenStream>
     let mut tokens = errors.write_errors();
     tokens.extend(stubs.map(|stubs| dummy_const(&stubs)));
     tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::format_ident;
+
+    #[test]
+    fn names_keep_acronyms_whole() {
+        let cases = [
+            ("HTTPRequest", "http_request", "HTTP_REQUEST"),
+            ("Order", "order", "ORDER"),
+            ("OrderLine", "order_line", "ORDER_LINE"),
+            ("place_order", "place_order", "PLACE_ORDER"),
+            ("IOError2", "io_error2", "IO_ERROR2"),
+        ];
+        for (ident, snake, shouty) in cases {
+            let ident = format_ident!("{ident}");
+            assert_eq!(super::snake_case(&ident), snake);
+            assert_eq!(super::shouty_snake_case(&ident), shouty);
+        }
+        assert_eq!(super::snake_case(&syn::parse_quote!(r#Type)), "type");
+    }
 }
