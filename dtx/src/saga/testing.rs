@@ -325,6 +325,8 @@ pub mod contract {
     use std::sync::Arc;
     use std::time::Duration;
 
+    // Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+    #[doc(hidden)]
     /// The contract's saga data.
     #[derive(Debug, Default, Clone, Serialize, Deserialize)]
     pub struct Fulfil {
@@ -338,6 +340,8 @@ pub mod contract {
         pub payment_ref: Option<String>,
     }
 
+    // Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+    #[doc(hidden)]
     /// A payment confirmation delivered to the awaiting variant.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct PaymentConfirmed {
@@ -345,6 +349,8 @@ pub mod contract {
         pub reference: String,
     }
 
+    // Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+    #[doc(hidden)]
     /// Recorded in the saga's stream by `ship`.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct Shipped {
@@ -352,6 +358,8 @@ pub mod contract {
         pub carrier: String,
     }
 
+    // Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+    #[doc(hidden)]
     /// The contract saga's events.
     #[derive(Debug, Clone, DomainEvent)]
     pub enum FulfilEvent {
@@ -393,6 +401,8 @@ pub mod contract {
         }
     }
 
+    // Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+    #[doc(hidden)]
     /// The awaiting variant: after `request_payment` it waits for `PaymentConfirmed`.
     #[derive(Debug, Default, Clone, Serialize, Deserialize)]
     pub struct Checkout {
