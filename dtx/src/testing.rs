@@ -707,6 +707,8 @@ pub async fn large_batch_one_append(store: SharedEventStore) {
     assert_eq!(read[0].version, 990);
 }
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// Money paid in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Credited {
@@ -714,6 +716,8 @@ pub struct Credited {
     pub amount: u64,
 }
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// Money paid out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Debited {
@@ -721,6 +725,8 @@ pub struct Debited {
     pub amount: u64,
 }
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// The contract suite's event enum.
 #[derive(Debug, Clone, PartialEq, DomainEvent)]
 pub enum LedgerEvent {
@@ -730,6 +736,8 @@ pub enum LedgerEvent {
     Debited(Debited),
 }
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// The contract suite's aggregate: a balance that must never go negative.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Aggregate)]
 #[aggregate(event = LedgerEvent, snapshot_every = 10, invariants = Self::never_negative)]

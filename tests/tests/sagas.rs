@@ -134,4 +134,54 @@ async fn works_in_a_schema() {
             ..
         })
     ));
+
+/// A saga built with `SagaBuilder` starts through the handle its definition gives, without a
+/// `Saga` impl; an orchestrator without it refuses the handle by name.
+#[tokio::test]
+async fn builder_saga_starts_through_its_handle() {
+    use dtx::saga::{
+        MemorySagaStore, SagaBuilder, SagaError, SagaOrchestrator, SagaStatus, StepContext,
+        WorkerOptions,
+    };
+    use serde::{Deserialize, Serialize};
+    use std::sync::Arc;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    struct Transfer {
+        debited: bool,
+    }
+
+    let transfer = SagaBuilder::<Transfer>::new("HandleTransfer")
+        .add_step("DEBIT", |t: &mut Transfer, _: &StepContext| {
+            Box::pin(async move {
+                t.debited = true;
+                Ok(vec![])
+            })
+        })
+        .build()
+        .unwrap();
+    let handle = transfer.handle();
+    assert_eq!(handle.name(), "HandleTransfer");
+
+    let without = SagaOrchestrator::builder(Arc::new(MemorySagaStore::new()))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        handle.start(&without, Transfer::default()).await,
+        Err(SagaError::UnknownSaga { name }) if name == "HandleTransfer"
+    ));
+
+    let sagas = SagaOrchestrator::builder(Arc::new(MemorySagaStore::new()))
+        .saga(transfer)
+        .build()
+        .unwrap();
+    let id = handle.start(&sagas, Transfer::default()).await.unwrap();
+    sagas
+        .worker(WorkerOptions::default())
+        .run_until_idle()
+        .await
+        .unwrap();
+    let record = sagas.status(id).await.unwrap();
+    assert_eq!(record.status, SagaStatus::Completed);
+    assert_eq!(record.data["debited"], true);
 }

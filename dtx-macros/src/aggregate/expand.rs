@@ -96,3 +96,92 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     };
     crate::common::dummy_const(&items)
 }
+
+/// The stand-in `Aggregate` impl emitted with the errors: code that loads, saves or handles
+/// commands for the aggregate compiles, so the user sees the derive's errors alone. The event
+/// and id types are the user's where given, else placeholders.
+pub(crate) fn stub(stub: &super::Stub) -> TokenStream {
+    let super::Stub {
+        ident,
+        krate,
+        name,
+        event,
+        id_type,
+    } = stub;
+    let (event, placeholder) = match event {
+        Some(event) => (quote!(#event), None),
+        None => (
+            quote!(__DtxNoEvent),
+            Some(quote! {
+                pub enum __DtxNoEvent {}
+
+                #[automatically_derived]
+                impl #krate::DomainEvent for __DtxNoEvent {
+                    const EVENT_TYPES: &'static [&'static str] = &[];
+
+                    fn event_type(&self) -> &'static str {
+                        match *self {}
+                    }
+
+                    fn schema_version(&self) -> u32 {
+                        match *self {}
+                    }
+
+                    fn to_payload(
+                        &self,
+                    ) -> ::core::result::Result<
+                        ::std::boxed::Box<#krate::__private::serde_json::value::RawValue>,
+                        #krate::__private::serde_json::Error,
+                    > {
+                        match *self {}
+                    }
+
+                    fn from_payload(
+                        event_type: &str,
+                        _: u32,
+                        _: &str,
+                    ) -> ::core::result::Result<Self, #krate::DecodeError> {
+                        ::core::result::Result::Err(#krate::__private::unknown_event(event_type, &[]))
+                    }
+                }
+            }),
+        ),
+    };
+    let id_type = id_type
+        .as_ref()
+        .map_or_else(|| quote!(#krate::Id<Self>), |ty| quote!(#ty));
+    // Under `for<'__dtx>`, a bound the user's types do not meet disables the stand-in instead
+    // of adding an error of its own.
+    quote! {
+        #placeholder
+
+        #[automatically_derived]
+        impl #krate::Aggregate for #ident
+        where
+            for<'__dtx> #ident: ::core::clone::Clone
+                + ::core::marker::Send
+                + ::core::marker::Sync
+                + 'static,
+            for<'__dtx> #id_type: #krate::AggregateId,
+            for<'__dtx> #event: #krate::DomainEvent,
+        {
+            type Id = #id_type;
+            type Event = #event;
+            const TYPE: &'static str = #name;
+            const SNAPSHOT_POLICY: #krate::SnapshotPolicy = #krate::SnapshotPolicy::Never;
+            const STATE_SCHEMA: u64 = 0;
+
+            fn init(_: Self::Id) -> Self {
+                ::core::unreachable!("`#[derive(Aggregate)]` reported errors")
+            }
+
+            fn id(&self) -> &Self::Id {
+                ::core::unreachable!("`#[derive(Aggregate)]` reported errors")
+            }
+
+            fn apply_event(&mut self, _: &Self::Event) {
+                ::core::unreachable!("`#[derive(Aggregate)]` reported errors")
+            }
+        }
+    }
+}

@@ -11,7 +11,54 @@ use std::fmt::Write as _;
 pub(crate) fn derive(input: &syn::DeriveInput) -> TokenStream {
     match Model::parse(input) {
         Ok(model) => expand::expand(&model),
-        Err(error) => crate::common::errors(error),
+        Err(error) => {
+            crate::common::derive_fallback(error, Stub::read(input).map(|s| expand::stub(&s)))
+        }
+    }
+}
+
+/// What the stand-in `Aggregate` impl emitted on error needs, read leniently from the item.
+pub(crate) struct Stub {
+    pub(crate) ident: syn::Ident,
+    pub(crate) krate: syn::Path,
+    pub(crate) name: String,
+    /// `event = ..`, if given.
+    pub(crate) event: Option<syn::Path>,
+    /// The type of the id field, if there is one.
+    pub(crate) id_type: Option<syn::Type>,
+}
+
+impl Stub {
+    /// `None` for what cannot be an aggregate at all (an enum, a generic struct).
+    fn read(input: &syn::DeriveInput) -> Option<Self> {
+        let syn::Data::Struct(data) = &input.data else {
+            return None;
+        };
+        if !input.generics.params.is_empty() {
+            return None;
+        }
+        let options = crate::common::lenient_options(&input.attrs, "aggregate");
+        let marked = |f: &&syn::Field| {
+            f.attrs.iter().any(|a| {
+                a.path().is_ident("aggregate")
+                    && a.parse_args::<syn::Path>().is_ok_and(|p| p.is_ident("id"))
+            })
+        };
+        let id = data.fields.iter().find(marked).or_else(|| {
+            data.fields
+                .iter()
+                .find(|f| f.ident.as_ref().is_some_and(|i| i == "id"))
+        });
+        Some(Self {
+            ident: input.ident.clone(),
+            krate: crate::common::crate_path(
+                crate::common::lenient_path(&options, "crate").as_ref(),
+            ),
+            name: crate::common::lenient_text(&options, "name")
+                .unwrap_or_else(|| input.ident.to_string()),
+            event: crate::common::lenient_path(&options, "event"),
+            id_type: id.map(|f| f.ty.clone()),
+        })
     }
 }
 

@@ -2,11 +2,67 @@
 //! name helpers.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{ToTokens as _, quote};
 
 /// The path generated code uses to reach the runtime: `::dtx` unless `crate = path` is given.
 pub(crate) fn crate_path(custom: Option<&syn::Path>) -> syn::Path {
     custom.cloned().unwrap_or_else(|| syn::parse_quote!(::dtx))
+}
+
+/// `HTTPRequest` as `http_request`: the snake-case form of a Rust identifier, for names derived
+/// from it (`r#` dropped).
+pub(crate) fn snake_case(ident: &syn::Ident) -> String {
+    use heck::ToSnakeCase as _;
+    use syn::ext::IdentExt as _;
+    ident.unraw().to_string().to_snake_case()
+}
+
+/// `HTTPRequest` as `HTTP_REQUEST`, for generated constant names.
+pub(crate) fn shouty_snake_case(ident: &syn::Ident) -> String {
+    use heck::ToShoutySnakeCase as _;
+    use syn::ext::IdentExt as _;
+    ident.unraw().to_string().to_shouty_snake_case()
+}
+
+/// The `key = value` options of a helper attribute (`#[aggregate(..)]`), read leniently for
+/// the stand-ins emitted on error: whatever does not parse is skipped (it was reported).
+pub(crate) fn lenient_options(attrs: &[syn::Attribute], helper: &str) -> Vec<syn::MetaNameValue> {
+    use syn::punctuated::Punctuated;
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident(helper))
+        .filter_map(|a| {
+            a.parse_args_with(Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated)
+                .ok()
+        })
+        .flatten()
+        .filter_map(|meta| match meta {
+            syn::Meta::NameValue(nv) => Some(nv),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The path given to option `key` among `options` (`event = OrderEvent`, `crate = ::dtx`).
+pub(crate) fn lenient_path(options: &[syn::MetaNameValue], key: &str) -> Option<syn::Path> {
+    options
+        .iter()
+        .filter(|nv| nv.path.is_ident(key))
+        .find_map(|nv| syn::parse2(nv.value.to_token_stream()).ok())
+}
+
+/// The text given to option `key` among `options` (`name = "Order"`).
+pub(crate) fn lenient_text(options: &[syn::MetaNameValue], key: &str) -> Option<String> {
+    options
+        .iter()
+        .filter(|nv| nv.path.is_ident(key))
+        .find_map(|nv| match &nv.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(text),
+                ..
+            }) => Some(text.value()),
+            _ => None,
+        })
 }
 
 /// Wraps generated items in one hidden `const _: () = { .. };` block.
@@ -24,11 +80,6 @@ pub(crate) fn dummy_const(items: &TokenStream) -> TokenStream {
             #items
         };
     }
-}
-
-/// Turns accumulated errors into `compile_error!` invocations, each at its own span.
-pub(crate) fn errors(error: darling::Error) -> TokenStream {
-    error.write_errors()
 }
 
 /// A stable 64-bit FNV-1a hash, used for state-schema fingerprints.
@@ -80,6 +131,17 @@ pub(crate) fn fallback(
     errors: &darling::Error,
     helpers: &[&str],
 ) -> TokenStream {
+    fallback_with(item, errors, helpers, None)
+}
+
+/// [`fallback`] plus `stubs`: stand-ins for the trait impls the macro would have generated, so
+/// code that relies on them reports nothing more and the user sees the macro's errors alone.
+pub(crate) fn fallback_with(
+    item: TokenStream,
+    errors: &darling::Error,
+    helpers: &[&str],
+    stubs: Option<TokenStream>,
+) -> TokenStream {
     use quote::ToTokens;
     let mut tokens = errors.clone().write_errors();
     match syn::parse2::<syn::Item>(item.clone()) {
@@ -91,5 +153,36 @@ pub(crate) fn fallback(
         }
         Err(_) => tokens.extend(item),
     }
+    tokens.extend(stubs.map(|stubs| dummy_const(&stubs)));
     tokens
+}
+
+/// What a derive emits on error: the errors, each at its own span, and `stubs` standing in for
+/// the impls it would have generated (the item itself stays, as for every derive).
+pub(crate) fn derive_fallback(errors: darling::Error, stubs: Option<TokenStream>) -> TokenStream {
+    let mut tokens = errors.write_errors();
+    tokens.extend(stubs.map(|stubs| dummy_const(&stubs)));
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::format_ident;
+
+    #[test]
+    fn names_keep_acronyms_whole() {
+        let cases = [
+            ("HTTPRequest", "http_request", "HTTP_REQUEST"),
+            ("Order", "order", "ORDER"),
+            ("OrderLine", "order_line", "ORDER_LINE"),
+            ("place_order", "place_order", "PLACE_ORDER"),
+            ("IOError2", "io_error2", "IO_ERROR2"),
+        ];
+        for (ident, snake, shouty) in cases {
+            let ident = format_ident!("{ident}");
+            assert_eq!(super::snake_case(&ident), snake);
+            assert_eq!(super::shouty_snake_case(&ident), shouty);
+        }
+        assert_eq!(super::snake_case(&syn::parse_quote!(r#Type)), "type");
+    }
 }

@@ -112,3 +112,76 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     };
     crate::common::dummy_const(&items)
 }
+
+/// The stand-in impls emitted with the errors: `DomainEvent`, the dispatch to any aggregate, and
+/// the conversions of the well-formed variants, so the aggregates and handlers using the enum
+/// compile and the user sees the derive's errors alone.
+pub(crate) fn stub(stub: &super::Stub) -> TokenStream {
+    let super::Stub {
+        ident,
+        krate,
+        variants,
+    } = stub;
+    let idents: Vec<&syn::Ident> = variants.iter().map(|(ident, _)| ident).collect();
+    let payloads: Vec<&syn::Type> = variants.iter().map(|(_, ty)| ty).collect();
+    let failed = quote!(::core::unreachable!(
+        "`#[derive(DomainEvent)]` reported errors"
+    ));
+    quote! {
+        #[automatically_derived]
+        impl #krate::DomainEvent for #ident
+        where
+            for<'__dtx> #ident: ::core::marker::Send + ::core::marker::Sync + 'static,
+        {
+            const EVENT_TYPES: &'static [&'static str] = &[];
+
+            fn event_type(&self) -> &'static str {
+                #failed
+            }
+
+            fn schema_version(&self) -> u32 {
+                #failed
+            }
+
+            fn to_payload(
+                &self,
+            ) -> ::core::result::Result<
+                ::std::boxed::Box<#krate::__private::serde_json::value::RawValue>,
+                #krate::__private::serde_json::Error,
+            > {
+                #failed
+            }
+
+            fn from_payload(
+                _: &str,
+                _: u32,
+                _: &str,
+            ) -> ::core::result::Result<Self, #krate::DecodeError> {
+                #failed
+            }
+        }
+
+        #[automatically_derived]
+        impl<__DtxAggregate> #krate::__private::Dispatch<__DtxAggregate> for #ident {
+            fn dispatch(&self, _: &mut __DtxAggregate) {
+                #failed
+            }
+        }
+
+        #(
+            #[automatically_derived]
+            impl ::core::convert::From<#payloads> for #ident {
+                fn from(event: #payloads) -> Self {
+                    Self::#idents(event)
+                }
+            }
+
+            #[automatically_derived]
+            impl #krate::cqrs::IntoEvents<#ident> for #payloads {
+                fn into_events(self) -> ::std::vec::Vec<#ident> {
+                    ::std::vec![#ident::#idents(self)]
+                }
+            }
+        )*
+    }
+}

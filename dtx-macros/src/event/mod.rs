@@ -11,7 +11,59 @@ use std::collections::HashMap;
 pub(crate) fn derive(input: &syn::DeriveInput) -> TokenStream {
     match Model::parse(input) {
         Ok(model) => expand::expand(&model),
-        Err(error) => crate::common::errors(error),
+        Err(error) => {
+            crate::common::derive_fallback(error, Stub::read(input).map(|s| expand::stub(&s)))
+        }
+    }
+}
+
+/// What the stand-in impls emitted on error need, read leniently from the item.
+pub(crate) struct Stub {
+    pub(crate) ident: syn::Ident,
+    pub(crate) krate: syn::Path,
+    /// The variants wrapping one payload of a type no other variant wraps.
+    pub(crate) variants: Vec<(syn::Ident, syn::Type)>,
+}
+
+impl Stub {
+    /// `None` for what cannot be an event enum at all (a struct, a generic enum).
+    fn read(input: &syn::DeriveInput) -> Option<Self> {
+        let syn::Data::Enum(data) = &input.data else {
+            return None;
+        };
+        if !input.generics.params.is_empty() {
+            return None;
+        }
+        let options = crate::common::lenient_options(&input.attrs, "event");
+        let payloads: Vec<(syn::Ident, syn::Type)> = data
+            .variants
+            .iter()
+            .filter_map(|v| match &v.fields {
+                syn::Fields::Unnamed(f) if f.unnamed.len() == 1 => {
+                    Some((v.ident.clone(), f.unnamed[0].ty.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let key = |ty: &syn::Type| quote::quote!(#ty).to_string();
+        let variants = payloads
+            .iter()
+            .filter(|(_, ty)| {
+                payloads
+                    .iter()
+                    .filter(|(_, other)| key(other) == key(ty))
+                    .count()
+                    == 1
+            })
+            .cloned()
+            .collect();
+        Some(Self {
+            ident: input.ident.clone(),
+            krate: crate::common::crate_path(
+                crate::common::lenient_path(&options, "crate").as_ref(),
+            ),
+            variants,
+        })
     }
 }
 

@@ -6,7 +6,6 @@ use darling::FromMeta;
 use darling::ast::NestedMeta;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
-use syn::ext::IdentExt as _;
 use syn::spanned::Spanned;
 
 /// `#[command_handler(..)]`.
@@ -160,7 +159,7 @@ fn aggregate_impl(
         );
         return None;
     };
-    let default_target = format!("{}_id", snake_case(&aggregate.ident));
+    let default_target = format!("{}_id", crate::common::snake_case(&aggregate.ident));
     let mut methods = Vec::new();
     let mut found_methods = false;
     for member in &mut item.items {
@@ -263,21 +262,6 @@ fn aggregate_method(
         target,
         target_span,
     })
-}
-
-fn snake_case(ident: &syn::Ident) -> String {
-    let mut out = String::new();
-    for (i, c) in ident.to_string().chars().enumerate() {
-        if c.is_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.extend(c.to_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,7 +415,7 @@ fn expand_aggregate(handlers: &AggregateHandlers) -> TokenStream {
             &build,
             &format_ident!(
                 "__DTX_REGISTRATION_{}",
-                ident.unraw().to_string().to_uppercase()
+                crate::common::shouty_snake_case(ident)
             ),
         );
         quote! {

@@ -78,6 +78,10 @@ impl StepEvents for () {
     }
 }
 
+// Not recommended: for a type that is neither `()` nor events, rustc then reports the step's
+// return type with the message above instead of "`DomainEvent` is not implemented", followed by
+// every event enum in scope (with the `testing` feature, dtx's own test events).
+#[diagnostic::do_not_recommend]
 impl<E: DomainEvent> StepEvents for E {
     fn encode(self, stream: &StreamId) -> crate::Result<Vec<NewEvent>> {
         Ok(vec![NewEvent::encode(
@@ -88,6 +92,7 @@ impl<E: DomainEvent> StepEvents for E {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<E: DomainEvent> StepEvents for Vec<E> {
     fn encode(self, stream: &StreamId) -> crate::Result<Vec<NewEvent>> {
         self.iter()

@@ -1,11 +1,12 @@
 //! Sagas: a business operation across services that either completes, or undoes what it did.
 //!
 //! A saga is a data struct plus ordered steps, each wired to its compensation. Declare it with
-//! `#[saga]` (or build it with [`SagaBuilder`]); start it with [`SagaOrchestrator::start`]; any
-//! [`SagaWorker`] in any process runs it. Every transition is persisted before the next step
-//! runs, workers hold a lease on the sagas they run, and a saga whose worker died is resumed by
-//! another once the lease expires. Steps run at least once, so each gets a stable idempotency
-//! key ([`StepContext::idempotency_key`]) to pass to the services it calls.
+//! `#[saga]` (or build it with [`SagaBuilder`]); start it with [`SagaOrchestrator::start`] (a
+//! built one through its [`SagaHandle`]); any [`SagaWorker`] in any process runs it. Every
+//! transition is persisted before the next step runs, workers hold a lease on the sagas they
+//! run, and a saga whose worker died is resumed by another once the lease expires. Steps run at
+//! least once, so each gets a stable idempotency key ([`StepContext::idempotency_key`]) to pass
+//! to the services it calls.
 //!
 //! A step that keeps failing (after `max_retries`, with exponential backoff and jitter), a
 //! passed deadline, or an awaited event that does not come in time triggers compensation of
@@ -14,6 +15,7 @@
 //! [`SagaOrchestrator::retry`] — never dropped.
 
 mod definition;
+mod handle;
 mod memory;
 mod orchestrator;
 pub(crate) mod runtime;
@@ -28,6 +30,7 @@ pub use definition::{
     BoxFuture, Saga, SagaBuilder, SagaDefinition, SagaRegistration, StepContext, StepError,
     StepEvents, StepFn, StepResult,
 };
+pub use handle::SagaHandle;
 pub use memory::MemorySagaStore;
 pub use orchestrator::{SagaError, SagaOrchestrator, SagaOrchestratorBuilder};
 pub use store::{

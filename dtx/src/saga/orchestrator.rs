@@ -243,15 +243,23 @@ impl SagaOrchestrator {
         data: &S,
         correlation_id: Option<Uuid>,
     ) -> Result<SagaRecord, SagaError> {
-        let saga = self.saga(S::NAME)?;
+        self.prepare_named(S::NAME, data, correlation_id)
+    }
+
+    /// [`Self::prepare`] for the saga registered as `name` (see `SagaHandle`).
+    pub(crate) fn prepare_named<D: serde::Serialize>(
+        &self,
+        name: &'static str,
+        data: &D,
+        correlation_id: Option<Uuid>,
+    ) -> Result<SagaRecord, SagaError> {
+        let saga = self.saga(name)?;
         let now = self.inner.clock.now();
-        let data = serde_json::to_value(data).map_err(|source| SagaError::Encode {
-            name: S::NAME,
-            source,
-        })?;
+        let data =
+            serde_json::to_value(data).map_err(|source| SagaError::Encode { name, source })?;
         let deadline = saga.deadline().unwrap_or(self.inner.settings.deadline);
         let mut record = SagaRecord::new(
-            S::NAME,
+            name,
             data,
             now,
             Some(now + to_chrono(deadline)),

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// The contract's saga data.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Fulfil {
@@ -21,6 +23,8 @@ pub struct Fulfil {
     pub payment_ref: Option<String>,
 }
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// A payment confirmation delivered to the awaiting variant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PaymentConfirmed {
@@ -28,6 +32,8 @@ pub struct PaymentConfirmed {
     pub reference: String,
 }
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// Recorded in the saga's stream by `ship`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Shipped {
@@ -35,6 +41,8 @@ pub struct Shipped {
     pub carrier: String,
 }
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// The contract saga's events.
 #[derive(Debug, Clone, DomainEvent)]
 pub enum FulfilEvent {
@@ -76,6 +84,8 @@ impl Fulfil {
     }
 }
 
+// Hidden: a fixture of the contract suites, kept out of the types rustc suggests to users.
+#[doc(hidden)]
 /// The awaiting variant: after `request_payment` it waits for `PaymentConfirmed`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Checkout {
