@@ -1,5 +1,5 @@
-use crate::uow::PgUnitOfWork;
 use crate::sql::{Schema, count};
+use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;

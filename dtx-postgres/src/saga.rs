@@ -1,7 +1,7 @@
 //! The PostgreSQL saga store: `saga_state`, claimed with `FOR UPDATE SKIP LOCKED` and leases.
 
-use crate::uow::PgUnitOfWork;
 use crate::sql::{Schema, count, to_i32, to_i64, to_u32, to_u64};
+use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;

@@ -3,9 +3,9 @@
 mod statements;
 
 use crate::sql::{Schema, classify, count, to_i64, to_u32, to_u64, unique_violation};
+use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use crate::uow::PgUnitOfWork;
 use dtx::UnitOfWork;
 use dtx::{
     AppendResult, Error, EventData, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,

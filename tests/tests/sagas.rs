@@ -134,6 +134,7 @@ async fn works_in_a_schema() {
             ..
         })
     ));
+}
 
 /// A saga built with `SagaBuilder` starts through the handle its definition gives, without a
 /// `Saga` impl; an orchestrator without it refuses the handle by name.
