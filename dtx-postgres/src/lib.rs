@@ -14,6 +14,10 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The SQL of [`migrate`] is the crate's `migrations/` folder, embedded at compile time; `sqlx
+//! migrate run` applies the same files (both record them in `_sqlx_migrations`, so either may
+//! run first).
 
 mod idempotency;
 #[cfg(feature = "kafka")]
