@@ -158,9 +158,9 @@ impl IdempotencyStore for MemoryIdempotencyStore {
             });
         }
         let mut records = self.lock();
-        let id = (lease.scope.clone(), lease.key.clone());
+        let id = (lease.scope().clone(), lease.key().clone());
         match records.get_mut(&id) {
-            Some(entry) if entry.lock.is_some_and(|(token, _)| token == lease.token) => {
+            Some(entry) if entry.lock.is_some_and(|(token, _)| token == lease.token()) => {
                 entry.lock = None;
                 entry.response = Some(response.to_vec());
                 entry.completed_at = Some(Utc::now());
@@ -174,10 +174,10 @@ impl IdempotencyStore for MemoryIdempotencyStore {
 
     async fn release(&self, lease: &Lease) -> Result<(), IdempotencyError> {
         let mut records = self.lock();
-        let id = (lease.scope.clone(), lease.key.clone());
+        let id = (lease.scope().clone(), lease.key().clone());
         if records
             .get(&id)
-            .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token))
+            .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token()))
         {
             records.remove(&id);
         }
