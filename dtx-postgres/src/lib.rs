@@ -17,7 +17,9 @@
 //!
 //! The SQL of [`migrate`] is the crate's `migrations/` folder, embedded at compile time; `sqlx
 //! migrate run` applies the same files (both record them in `_sqlx_migrations`, so either may
-//! run first).
+//! run first). The broker clients of the outbox publishers are re-exported, so their versions
+//! always match: `dtx_postgres::async_nats` (feature `nats`) and `dtx_postgres::rskafka` (feature
+//! `kafka`).
 
 mod idempotency;
 #[cfg(feature = "kafka")]
@@ -44,6 +46,16 @@ pub use sqlx;
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The NATS client the [`nats::NatsPublisher`] is built on (feature `nats`): connect with it, so
+/// your `async_nats` version always matches dtx-postgres's.
+#[cfg(feature = "nats")]
+pub use async_nats;
+
+/// The Kafka client the [`kafka::KafkaPublisher`] is built on (feature `kafka`): build its
+/// client with this re-export, so your `rskafka` version always matches dtx-postgres's.
+#[cfg(feature = "kafka")]
+pub use rskafka;
 
 /// Validates a schema name and returns it quoted for SQL (`"name"`).
 ///
