@@ -42,11 +42,6 @@ pub use store::PgEventStore;
 /// The `sqlx` version dtx-postgres is built on, for pools and transactions.
 pub use sqlx;
 
-/// The code in the repository's README, compiled as doctests.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
-
 /// The NATS client the [`nats::NatsPublisher`] is built on (feature `nats`): connect with it, so
 /// your `async_nats` version always matches dtx-postgres's.
 #[cfg(feature = "nats")]
