@@ -170,7 +170,10 @@ impl KafkaPublisher {
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = rskafka::client::ClientBuilder::new(vec!["127.0.0.1:9092".to_owned()])
+    /// // The client through dtx-postgres's re-export: its version always fits `KafkaPublisher`.
+    /// use dtx_postgres::rskafka::client::ClientBuilder;
+    ///
+    /// let client = ClientBuilder::new(vec!["127.0.0.1:9092".to_owned()])
     ///     .build()
     ///     .await?;
     /// let publisher = dtx_postgres::kafka::KafkaPublisher::new(client, "events");

@@ -14,6 +14,12 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The SQL of [`migrate`] is the crate's `migrations/` folder, embedded at compile time; `sqlx
+//! migrate run` applies the same files (both record them in `_sqlx_migrations`, so either may
+//! run first). The broker clients of the outbox publishers are re-exported, so their versions
+//! always match: `dtx_postgres::async_nats` (feature `nats`) and `dtx_postgres::rskafka` (feature
+//! `kafka`).
 
 mod idempotency;
 #[cfg(feature = "kafka")]
@@ -39,10 +45,15 @@ pub use uow::PgUnitOfWork;
 /// The `sqlx` version dtx-postgres is built on, for pools and transactions.
 pub use sqlx;
 
-/// The code in the repository's README, compiled as doctests.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
+/// The NATS client the [`nats::NatsPublisher`] is built on (feature `nats`): connect with it, so
+/// your `async_nats` version always matches dtx-postgres's.
+#[cfg(feature = "nats")]
+pub use async_nats;
+
+/// The Kafka client the [`kafka::KafkaPublisher`] is built on (feature `kafka`): build its
+/// client with this re-export, so your `rskafka` version always matches dtx-postgres's.
+#[cfg(feature = "kafka")]
+pub use rskafka;
 
 /// Validates a schema name and returns it quoted for SQL (`"name"`).
 ///

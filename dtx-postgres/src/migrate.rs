@@ -1,38 +1,10 @@
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::{Executor, PgPool};
-use std::borrow::Cow;
-use std::sync::LazyLock;
 
-macro_rules! migrations {
-    ($($version:literal $name:literal $description:literal),* $(,)?) => {
-        [$(Migration::new(
-            $version,
-            Cow::Borrowed($description),
-            MigrationType::Simple,
-            Cow::Borrowed(include_str!(concat!("../../migrations/", stringify!($version), "_", $name, ".sql"))),
-            false,
-        )),*]
-    };
-}
-
-/// The embedded migrations in `migrations/`, in the format `sqlx migrate run` applies too (the
-/// two share the `_sqlx_migrations` bookkeeping, so either can run first).
-#[allow(clippy::unreadable_literal, reason = "versions match the file names")]
-pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| Migrator {
-    migrations: Cow::Owned(
-        migrations![
-            20261123000001 "event_store" "event store",
-            20261123000002 "event_snapshots" "event snapshots",
-            20261123000003 "saga_state" "saga state",
-            20261123000004 "idempotency_keys" "idempotency keys",
-            20261123000005 "outbox_events" "outbox events",
-        ]
-        .to_vec(),
-    ),
-    ignore_missing: false,
-    locking: true,
-    no_tx: false,
-});
+/// Every file in the crate's `migrations/` folder, embedded at compile time (`build.rs` rebuilds
+/// the crate when a file is added), in the format `sqlx migrate run` applies too: the two share
+/// the `_sqlx_migrations` bookkeeping, so either can run first.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Applies dtx's migrations to the database (idempotent; concurrent callers wait on a lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
@@ -59,4 +31,27 @@ pub async fn migrate_in_schema(
         conn.detach();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATOR;
+
+    /// Every `.sql` file of the folder is embedded, and nothing else.
+    #[test]
+    fn every_migration_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("the migrations folder")
+            .map(|entry| entry.expect("a folder entry").file_name())
+            .filter_map(|name| name.to_str()?.strip_suffix(".sql").map(str::to_owned))
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = MIGRATOR
+            .iter()
+            .map(|m| format!("{}_{}", m.version, m.description.replace(' ', "_")))
+            .collect();
+        assert_eq!(files, embedded);
+        assert!(!embedded.is_empty());
+    }
 }

@@ -12,7 +12,8 @@
 //! use dtx_postgres::PgOutbox;
 //! use dtx_postgres::nats::NatsPublisher;
 //!
-//! let client = async_nats::connect("127.0.0.1:4222").await?;
+//! // The client through dtx-postgres's re-export: its version always fits `NatsPublisher`.
+//! let client = dtx_postgres::async_nats::connect("127.0.0.1:4222").await?;
 //! let publisher = NatsPublisher::new(client, "events");
 //! let relay = PgOutbox::new(pool).relay(publisher, RelayOptions::default());
 //! relay.run(std::future::pending()).await?;

@@ -4,6 +4,12 @@
 
 use dtx_postgres::PgEventStore;
 
+/// The repository's README: every `rust` block in it runs as a doctest of this package
+/// (`cargo test -p tests --doc`), the PostgreSQL ones against `DATABASE_URL`.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// A [`PgEventStore`] on a fresh, migrated database.
 ///
 /// # Panics

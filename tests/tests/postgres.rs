@@ -283,24 +283,30 @@ async fn lost_commit_is_outcome_unknown_and_retry_is_idempotent() {
 }
 
 /// The migrations are idempotent, work in a named schema, and carry the checksums that
-/// `sqlx migrate run` computes from the files, so either tool can apply them.
+/// `sqlx migrate run` computes from the files (in `dtx-postgres/migrations/`, or through the
+/// repository's `migrations/` link to it), so either tool can apply them.
 #[tokio::test]
 async fn migrations_match_sqlx_cli_and_run_in_a_schema() {
     let store = tests::pg_store().await;
     dtx_postgres::migrate(store.pool()).await.unwrap();
 
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    let from_files = sqlx::migrate::Migrator::new(dir).await.unwrap();
     let embedded: Vec<_> = dtx_postgres::MIGRATOR
         .iter()
         .map(|m| (m.version, m.checksum.clone()))
         .collect();
-    let files: Vec<_> = from_files
-        .iter()
-        .map(|m| (m.version, m.checksum.clone()))
-        .collect();
-    assert_eq!(embedded, files, "embedded migrations equal the files");
-    from_files.run(store.pool()).await.unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["dtx-postgres/migrations", "migrations"] {
+        let from_files = sqlx::migrate::Migrator::new(root.join(dir)).await.unwrap();
+        let files: Vec<_> = from_files
+            .iter()
+            .map(|m| (m.version, m.checksum.clone()))
+            .collect();
+        assert_eq!(
+            embedded, files,
+            "embedded migrations equal the files in {dir}"
+        );
+        from_files.run(store.pool()).await.unwrap();
+    }
 
     dtx_postgres::migrate_in_schema(store.pool(), "tenant_a")
         .await

@@ -128,9 +128,9 @@ fn complete(
     lease: &Lease,
     response: Vec<u8>,
 ) -> Result<(), IdempotencyError> {
-    let id = (lease.scope.clone(), lease.key.clone());
+    let id = (lease.scope().clone(), lease.key().clone());
     match records.get_mut(&id) {
-        Some(entry) if entry.lock.is_some_and(|(token, _)| token == lease.token) => {
+        Some(entry) if entry.lock.is_some_and(|(token, _)| token == lease.token()) => {
             entry.lock = None;
             entry.response = Some(response);
             entry.completed_at = Some(Utc::now());
@@ -163,8 +163,8 @@ impl Participant for Staged {
         let records = self.store.lock();
         let held = |lease: &Lease| {
             records
-                .get(&(lease.scope.clone(), lease.key.clone()))
-                .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token))
+                .get(&(lease.scope().clone(), lease.key().clone()))
+                .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token()))
         };
         if let Some((lease, _)) = self.completions.iter().find(|(lease, _)| !held(lease)) {
             return Err(crate::Error::storage(IdempotencyError::LeaseLost {
@@ -202,10 +202,10 @@ impl Prepared for Commit<'_> {
 
 /// Deletes the record of a lease that still holds it.
 fn release(records: &mut Records, lease: &Lease) {
-    let id = (lease.scope.clone(), lease.key.clone());
+    let id = (lease.scope().clone(), lease.key().clone());
     if records
         .get(&id)
-        .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token))
+        .is_some_and(|entry| entry.lock.is_some_and(|(token, _)| token == lease.token()))
     {
         records.remove(&id);
     }

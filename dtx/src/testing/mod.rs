@@ -1,0 +1,62 @@
+//! The event-store contract suite (feature `testing`): every backend must pass it.
+//!
+//! Each function takes a fresh store and panics with a description of the broken promise.
+//! [`event_store_contract_tests!`](crate::event_store_contract_tests) turns the whole suite into
+//! `#[tokio::test]` functions for one backend:
+//!
+//! ```ignore
+//! dtx::event_store_contract_tests!(dtx::MemoryEventStore::new());
+//! ```
+
+#![allow(clippy::missing_panics_doc, reason = "test assertions panic by design")]
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use crate::{NewEvent, StreamId};
+use uuid::Uuid;
+
+mod aggregates;
+mod appends;
+mod concurrency;
+pub mod idempotency;
+mod ledger;
+
+pub use aggregates::{
+    corrupted_snapshot_falls_back, decode_errors_name_stream_and_version,
+    invariant_violation_stores_nothing, snapshot_replay_equals_full_replay, snapshots_keep_newest,
+};
+pub use appends::{
+    append_and_read, batch_limits, expected_version_rules, idempotent_retry, large_batch_one_append,
+};
+pub use concurrency::{concurrent_any_writers, concurrent_exact_writers, global_feed_order};
+pub use ledger::{Credited, Debited, Ledger, LedgerEvent};
+
+/// Generates one `#[tokio::test]` per contract case; `$store` is an expression (it may
+/// `.await`) evaluated once per test that yields a fresh `impl EventStore`.
+#[macro_export]
+macro_rules! event_store_contract_tests {
+    ($store:expr) => {
+        $crate::event_store_contract_tests!(@cases $store;
+            append_and_read, expected_version_rules, concurrent_exact_writers,
+            concurrent_any_writers, idempotent_retry, batch_limits, global_feed_order,
+            decode_errors_name_stream_and_version, snapshots_keep_newest,
+            snapshot_replay_equals_full_replay, corrupted_snapshot_falls_back,
+            invariant_violation_stores_nothing, large_batch_one_append);
+    };
+    (@cases $store:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let store: $crate::SharedEventStore = ::std::sync::Arc::new($store);
+                $crate::testing::$case(store).await;
+            }
+        )*
+    };
+}
+
+fn stream(prefix: &str) -> StreamId {
+    StreamId::new(format!("{prefix}-{}", Uuid::now_v7())).unwrap()
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::from_json("Credited", &Credited { amount: n }).unwrap()
+}
