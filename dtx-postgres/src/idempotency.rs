@@ -23,9 +23,9 @@ const CLAIM_ATTEMPTS: usize = 10;
 ///   takes over an expired record or a timed-out lock, or inserts a new record, and returns
 ///   what the caller needs (the stored response, the holder's lock, a mismatch). A replay
 ///   writes and locks nothing.
-/// - [`claim_in`](Self::claim_in) and [`complete_in`](Self::complete_in) run on the caller's
-///   connection, so a record is claimed and completed **in the transaction that appends the
-///   command's events** (`PgEventStore::append_in`): the result and the events commit or roll
+/// - [`IdempotencyStore::claim_in`] and [`IdempotencyStore::complete_in`] run in a
+///   [`PgUnitOfWork`](crate::PgUnitOfWork), so a record is claimed and completed **in the
+///   transaction that appends the command's events**: the result and the events commit or roll
 ///   back together, and a concurrent duplicate waits for that transaction, then replays.
 /// - Times come from the database's clock, so every instance agrees on expiry and locks.
 ///

@@ -2,13 +2,10 @@
 //! retries, and the errors a caller can act on.
 
 use super::context::{CommandContext, CommandMetadata, StateMap};
-use super::registry::{self, CommandRegistration, Location};
+use super::registry::{self, CommandRegistration, HandlerSet, Location};
 use crate::error::BoxError;
 use crate::uow::UnitOfWork;
-use crate::{
-    Aggregate, AggregateRoot, DtxConfig, Error, MemoryEventStore, Repository, SharedEventStore,
-    StreamId,
-};
+use crate::{Aggregate, DtxConfig, Error, MemoryEventStore, SharedEventStore, StreamId};
 use async_trait::async_trait;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -112,12 +109,6 @@ pub trait Command: Send + 'static {
     /// What the command's handler returns on success.
     type Output: Send + 'static;
 }
-
-/// A decision of an aggregate command handler: the current state and the command in, events
-/// out.
-pub(crate) type Decide<A, C> = dyn Fn(&A, &C, &CommandContext) -> Result<Vec<<A as Aggregate>::Event>, CommandError>
-    + Send
-    + Sync;
 
 /// What an aggregate command stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -390,16 +381,14 @@ pub struct CommandBusBuilder {
     store: Option<SharedEventStore>,
     config: DtxConfig,
     retry: RetryPolicy,
-    state: StateMap,
     state_cache: u64,
-    registrations: Vec<registry::Pending<BoxedCommandHandler>>,
-    required: Vec<(TypeId, &'static str)>,
+    handlers: HandlerSet<BoxedCommandHandler>,
 }
 
 impl fmt::Debug for CommandBusBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CommandBusBuilder")
-            .field("handlers", &self.registrations.len())
+            .field("handlers", &self.handlers.len())
             .finish_non_exhaustive()
     }
 }
@@ -410,10 +399,8 @@ impl Default for CommandBusBuilder {
             store: None,
             config: DtxConfig::default(),
             retry: RetryPolicy::default(),
-            state: StateMap::default(),
             state_cache: 10_000,
-            registrations: Vec::new(),
-            required: Vec::new(),
+            handlers: HandlerSet::default(),
         }
     }
 }
@@ -456,22 +443,14 @@ impl CommandBusBuilder {
     /// Shared state handlers extract as `State<T>`.
     #[must_use]
     pub fn state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
-        self.state.insert(state);
+        self.handlers.state.insert(state);
         self
     }
 
     /// Adds every handler linked into this binary by `#[command_handler]`.
     #[must_use]
     pub fn registry(mut self) -> Self {
-        for r in registry::sorted::<CommandRegistration>(|r| ((r.command_name)(), r.location)) {
-            self.registrations.push((
-                (r.command)(),
-                (r.command_name)(),
-                r.location,
-                (r.states)(),
-                (r.handler)(),
-            ));
-        }
+        self.handlers.registry::<CommandRegistration>();
         self
     }
 
@@ -487,12 +466,7 @@ impl CommandBusBuilder {
         F: Fn(C, CommandContext) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<O, E>> + Send + 'static,
     {
-        let caller = std::panic::Location::caller();
-        let location = Location {
-            file: caller.file(),
-            line: caller.line(),
-            handler: std::any::type_name::<F>(),
-        };
+        let location = registry::manual_location::<F>();
         let handler = super::handler::command_fn(move |cmd: C, ctx: CommandContext| {
             let fut = handler(cmd, ctx);
             async move {
@@ -502,13 +476,7 @@ impl CommandBusBuilder {
                 })
             }
         });
-        self.registrations.push((
-            TypeId::of::<C>(),
-            std::any::type_name::<C>(),
-            location,
-            Vec::new(),
-            handler,
-        ));
+        self.handlers.push::<C>(location, handler);
         self
     }
 
@@ -525,7 +493,7 @@ impl CommandBusBuilder {
     where
         A: Aggregate,
         C: Command<Output = Committed> + Sync,
-        T: IntoEvents<A::Event> + 'static,
+        T: super::IntoEvents<A::Event> + 'static,
         E: Into<BoxError> + 'static,
     {
         let caller = std::panic::Location::caller();
@@ -539,32 +507,25 @@ impl CommandBusBuilder {
             |_| Ok(()),
             move |state, cmd, _ctx| super::handler::decided::<A, C, _>(decide(state, cmd)),
         );
-        self.registrations.push((
-            TypeId::of::<C>(),
-            std::any::type_name::<C>(),
-            location,
-            Vec::new(),
-            handler,
-        ));
+        self.handlers.push::<C>(location, handler);
         self
     }
 
     /// Fails [`CommandBusBuilder::build`] unless a handler for `C` is registered.
     #[must_use]
     pub fn require<C: 'static>(mut self) -> Self {
-        self.required
-            .push((TypeId::of::<C>(), std::any::type_name::<C>()));
+        self.handlers.require::<C>();
         self
     }
 
     /// Checks the handlers (no duplicates, required ones present, their state available) and
     /// builds the bus.
     pub fn build(self) -> Result<CommandBus, BusError> {
-        let handlers = registry::check(self.registrations, &self.state, &self.required)?;
+        let (handlers, state) = self.handlers.build()?;
         Ok(CommandBus {
             inner: Arc::new(Inner {
                 handlers,
-                state: self.state,
+                state,
                 env: Env {
                     store: self
                         .store
@@ -580,232 +541,4 @@ impl CommandBusBuilder {
             }),
         })
     }
-}
-
-/// What an aggregate command handler may return as its events: one event, a `Vec`, an array,
-/// an `Option` or any iterator of values convertible into the aggregate's event enum.
-#[diagnostic::on_unimplemented(
-    message = "this aggregate's handlers return events of its event enum `{E}`, not `{Self}`",
-    label = "returns `{Self}`",
-    note = "return `Result<Vec<{E}>, MyError>`, one event of `{E}` or one of its payload structs, an array or an `Option`"
-)]
-pub trait IntoEvents<E> {
-    /// The events.
-    fn into_events(self) -> Vec<E>;
-}
-
-impl<E, T: Into<E>> IntoEvents<E> for Vec<T> {
-    fn into_events(self) -> Vec<E> {
-        self.into_iter().map(Into::into).collect()
-    }
-}
-
-impl<E, T: Into<E>, const N: usize> IntoEvents<E> for [T; N] {
-    fn into_events(self) -> Vec<E> {
-        self.into_iter().map(Into::into).collect()
-    }
-}
-
-impl<E, T: Into<E>> IntoEvents<E> for Option<T> {
-    fn into_events(self) -> Vec<E> {
-        self.into_iter().map(Into::into).collect()
-    }
-}
-
-impl<E: crate::DomainEvent> IntoEvents<E> for E {
-    fn into_events(self) -> Vec<E> {
-        vec![self]
-    }
-}
-
-/// Runs an aggregate command: load, decide, check invariants, append with the loaded version,
-/// and on a conflict reload and decide again with backoff.
-pub(crate) async fn run_aggregate<A, C>(
-    env: &Env,
-    command: &C,
-    id: A::Id,
-    ctx: &CommandContext,
-    create: bool,
-    decide: &Decide<A, C>,
-    uow: Option<&mut dyn UnitOfWork>,
-) -> Result<Committed, CommandError>
-where
-    A: Aggregate,
-{
-    let repo = Repository::<A>::shared(Arc::clone(&env.store), &env.config);
-    if let Some(uow) = uow {
-        // One attempt: a failed write may have aborted the unit of work's transaction.
-        let span = tracing::debug_span!(
-            "dtx.command.handle",
-            aggregate = A::TYPE,
-            aggregate_id = %id,
-            attempt = 1,
-        );
-        let saved = attempt_once(&repo, env, command, &id, ctx, create, Mode::In(uow), decide)
-            .instrument(span)
-            .await;
-        return match saved {
-            Ok(committed) => Ok(committed),
-            Err(AttemptError::Command(error)) => Err(error),
-            Err(AttemptError::Store(Error::Conflict { .. })) if create => {
-                Err(CommandError::AlreadyExists {
-                    aggregate: A::TYPE,
-                    id: id.to_string(),
-                })
-            }
-            Err(AttemptError::Store(error @ Error::Conflict { .. })) => {
-                Err(CommandError::Conflict {
-                    command: std::any::type_name::<C>(),
-                    attempts: 1,
-                    source: error,
-                })
-            }
-            Err(AttemptError::Store(error)) => Err(error.into()),
-        };
-    }
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let span = tracing::debug_span!(
-            "dtx.command.handle",
-            aggregate = A::TYPE,
-            aggregate_id = %id,
-            attempt,
-        );
-        let mode = if attempt == 1 {
-            Mode::First
-        } else {
-            Mode::Retry
-        };
-        let saved = attempt_once(&repo, env, command, &id, ctx, create, mode, decide)
-            .instrument(span)
-            .await;
-        match saved {
-            Ok(committed) => {
-                return Ok(Committed {
-                    attempts: attempt,
-                    ..committed
-                });
-            }
-            Err(AttemptError::Command(error)) => return Err(error),
-            Err(AttemptError::Store(Error::Conflict { .. })) if create => {
-                return Err(CommandError::AlreadyExists {
-                    aggregate: A::TYPE,
-                    id: id.to_string(),
-                });
-            }
-            Err(AttemptError::Store(error @ Error::Conflict { .. }))
-                if attempt >= env.retry.max_attempts =>
-            {
-                return Err(CommandError::Conflict {
-                    command: std::any::type_name::<C>(),
-                    attempts: attempt,
-                    source: error,
-                });
-            }
-            Err(AttemptError::Store(Error::Conflict { .. })) => {
-                tracing::debug!(attempt, "version conflict; reloading and retrying");
-                tokio::time::sleep(env.retry.backoff(attempt)).await;
-            }
-            Err(AttemptError::Store(error)) => return Err(error.into()),
-        }
-    }
-}
-
-enum AttemptError {
-    Command(CommandError),
-    Store(Error),
-}
-
-impl From<Error> for AttemptError {
-    fn from(error: Error) -> Self {
-        Self::Store(error)
-    }
-}
-
-/// How an attempt reads and writes.
-enum Mode<'u> {
-    /// The first attempt of [`CommandBus::execute`]: it may decide from the bus's cached state.
-    First,
-    /// A retry after a conflict: it reloads from the store.
-    Retry,
-    /// The one attempt of [`CommandBus::execute_in`]: through the unit of work, never cached.
-    In(&'u mut dyn UnitOfWork),
-}
-
-/// One attempt: the command's own errors and the store's are told apart so that only store
-/// conflicts are retried.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one attempt of run_aggregate, with its context"
-)]
-async fn attempt_once<A, C>(
-    repo: &Repository<A>,
-    env: &Env,
-    command: &C,
-    id: &A::Id,
-    ctx: &CommandContext,
-    create: bool,
-    mode: Mode<'_>,
-    decide: &Decide<A, C>,
-) -> Result<Committed, AttemptError>
-where
-    A: Aggregate,
-{
-    let stream = A::stream_id(id)?;
-    let (trust_cache, mut uow) = match mode {
-        Mode::First => (true, None),
-        Mode::Retry => (false, None),
-        Mode::In(uow) => (false, Some(uow)),
-    };
-    let cached = env
-        .states
-        .as_ref()
-        .filter(|_| trust_cache && !create)
-        .and_then(|states| states.get(&stream))
-        .and_then(|entry| entry.downcast_ref::<(A, u64)>().cloned());
-    if !trust_cache && let Some(states) = &env.states {
-        states.invalidate(&stream);
-    }
-    let mut root = if create {
-        AggregateRoot::<A>::new(id.clone())
-    } else if let Some((state, version)) = cached {
-        AggregateRoot::from_state(state, version)
-    } else {
-        let root = match uow.as_deref_mut() {
-            Some(uow) => repo.load_in(uow, id).await?,
-            None => repo.load(id).await?,
-        };
-        if root.version() == 0 {
-            return Err(AttemptError::Command(CommandError::NotFound {
-                aggregate: A::TYPE,
-                id: id.to_string(),
-            }));
-        }
-        root
-    };
-    let events = decide(root.state(), command, ctx).map_err(AttemptError::Command)?;
-    root.record(events)?;
-    let events = root.pending().len();
-    let metadata = ctx.metadata.event_metadata();
-    let in_uow = uow.is_some();
-    if let Some(uow) = uow {
-        // The unit of work may still roll back: the bus's cache learns nothing from it (the
-        // entry was invalidated above, so the next command reads the store).
-        repo.save_in_with(uow, &mut root, metadata).await?;
-    } else {
-        repo.save_with(&mut root, metadata).await?;
-    }
-    if !in_uow && let Some(states) = &env.states {
-        states.insert(
-            stream.clone(),
-            Arc::new((root.state().clone(), root.version())),
-        );
-    }
-    Ok(Committed {
-        stream,
-        version: root.version(),
-        events,
-        attempts: 1,
-    })
 }

@@ -13,6 +13,7 @@
 //! in `main.rs` or in an integration test), and call [`CommandBusBuilder::require`] for the
 //! commands the application cannot run without, so a missing handler fails at start-up.
 
+pub(crate) mod aggregate;
 pub(crate) mod command;
 pub(crate) mod context;
 pub(crate) mod handler;
@@ -20,9 +21,9 @@ pub(crate) mod query;
 mod registry;
 mod validate;
 
+pub use aggregate::IntoEvents;
 pub use command::{
-    BusError, Command, CommandBus, CommandBusBuilder, CommandError, Committed, IntoEvents,
-    RetryPolicy,
+    BusError, Command, CommandBus, CommandBusBuilder, CommandError, Committed, RetryPolicy,
 };
 pub use context::{CommandContext, CommandMetadata, State};
 pub use query::{CachePolicy, QueryBus, QueryBusBuilder, QueryContext, QueryError, QueryOptions};

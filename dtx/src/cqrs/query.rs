@@ -2,7 +2,7 @@
 
 use super::BusError;
 use super::context::StateMap;
-use super::registry::{self, Location, QueryRegistration};
+use super::registry::{self, HandlerSet, Location, QueryRegistration};
 use crate::error::BoxError;
 use async_trait::async_trait;
 use std::any::{Any, TypeId};
@@ -324,15 +324,13 @@ impl QueryBus {
 /// Builds a [`QueryBus`]; see [`QueryBus::builder`].
 #[derive(Default)]
 pub struct QueryBusBuilder {
-    state: StateMap,
-    registrations: Vec<registry::Pending<BoxedQueryHandler>>,
-    required: Vec<(TypeId, &'static str)>,
+    handlers: HandlerSet<BoxedQueryHandler>,
 }
 
 impl fmt::Debug for QueryBusBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QueryBusBuilder")
-            .field("handlers", &self.registrations.len())
+            .field("handlers", &self.handlers.len())
             .finish_non_exhaustive()
     }
 }
@@ -341,22 +339,14 @@ impl QueryBusBuilder {
     /// Shared state handlers extract as `State<T>`.
     #[must_use]
     pub fn state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
-        self.state.insert(state);
+        self.handlers.state.insert(state);
         self
     }
 
     /// Adds every handler linked into this binary by `#[query_handler]`.
     #[must_use]
     pub fn registry(mut self) -> Self {
-        for r in registry::sorted::<QueryRegistration>(|r| ((r.query_name)(), r.location)) {
-            self.registrations.push((
-                (r.query)(),
-                (r.query_name)(),
-                r.location,
-                (r.states)(),
-                (r.handler)(),
-            ));
-        }
+        self.handlers.registry::<QueryRegistration>();
         self
     }
 
@@ -371,7 +361,7 @@ impl QueryBusBuilder {
         F: Fn(Q, QueryContext) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<O, E>> + Send + 'static,
     {
-        let location = manual_location::<F>();
+        let location = registry::manual_location::<F>();
         let run = super::handler::query_run::<Q, O, E, F, Fut>(handler);
         self.push::<Q>(location, Box::new(UncachedQueryHandler { run }))
     }
@@ -387,48 +377,31 @@ impl QueryBusBuilder {
         F: Fn(Q, QueryContext) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<O, E>> + Send + 'static,
     {
-        let location = manual_location::<F>();
+        let location = registry::manual_location::<F>();
         let run = super::handler::query_run::<Q, O, E, F, Fut>(handler);
         self.push::<Q>(location, super::handler::cached(policy, run))
     }
 
     fn push<Q: 'static>(mut self, location: Location, handler: BoxedQueryHandler) -> Self {
-        self.registrations.push((
-            TypeId::of::<Q>(),
-            std::any::type_name::<Q>(),
-            location,
-            Vec::new(),
-            handler,
-        ));
+        self.handlers.push::<Q>(location, handler);
         self
     }
 
     /// Fails [`QueryBusBuilder::build`] unless a handler for `Q` is registered.
     #[must_use]
     pub fn require<Q: 'static>(mut self) -> Self {
-        self.required
-            .push((TypeId::of::<Q>(), std::any::type_name::<Q>()));
+        self.handlers.require::<Q>();
         self
     }
 
     /// Checks the handlers and builds the bus.
     pub fn build(self) -> Result<QueryBus, BusError> {
-        let handlers = registry::check(self.registrations, &self.state, &self.required)?;
+        let (handlers, state) = self.handlers.build()?;
         Ok(QueryBus {
             inner: Arc::new(Inner {
                 handlers,
-                ctx: QueryContext { state: self.state },
+                ctx: QueryContext { state },
             }),
         })
-    }
-}
-
-#[track_caller]
-fn manual_location<F>() -> Location {
-    let caller = std::panic::Location::caller();
-    Location {
-        file: caller.file(),
-        line: caller.line(),
-        handler: std::any::type_name::<F>(),
     }
 }

@@ -56,13 +56,117 @@ pub struct QueryRegistration {
 inventory::collect!(CommandRegistration);
 inventory::collect!(QueryRegistration);
 
-/// Every linked registration of a kind, sorted (inventory's order differs between builds).
-pub(crate) fn sorted<T: inventory::Collect>(
-    key: impl Fn(&T) -> (&'static str, Location),
-) -> Vec<&'static T> {
-    let mut all: Vec<&'static T> = inventory::iter::<T>.into_iter().collect();
-    all.sort_by_key(|r| key(r));
-    all
+/// A link-time registration of either bus.
+pub(crate) trait Registration: inventory::Collect {
+    /// The bus's boxed handler type.
+    type Handler;
+    /// The message type's name and the handler's location: the sort key.
+    fn key(&self) -> (&'static str, Location);
+    /// The registration, ready for [`HandlerSet::push`].
+    fn pending(&self) -> Pending<Self::Handler>;
+}
+
+impl Registration for CommandRegistration {
+    type Handler = super::command::BoxedCommandHandler;
+    fn key(&self) -> (&'static str, Location) {
+        ((self.command_name)(), self.location)
+    }
+    fn pending(&self) -> Pending<Self::Handler> {
+        let name = (self.command_name)();
+        (
+            (self.command)(),
+            name,
+            self.location,
+            (self.states)(),
+            (self.handler)(),
+        )
+    }
+}
+
+impl Registration for QueryRegistration {
+    type Handler = super::query::BoxedQueryHandler;
+    fn key(&self) -> (&'static str, Location) {
+        ((self.query_name)(), self.location)
+    }
+    fn pending(&self) -> Pending<Self::Handler> {
+        let name = (self.query_name)();
+        (
+            (self.query)(),
+            name,
+            self.location,
+            (self.states)(),
+            (self.handler)(),
+        )
+    }
+}
+
+/// The core both bus builders share: shared state, handler registrations, required messages,
+/// and the rules checked when the bus is built.
+pub(crate) struct HandlerSet<H> {
+    pub(crate) state: StateMap,
+    registrations: Vec<Pending<H>>,
+    required: Vec<(TypeId, &'static str)>,
+}
+
+impl<H> Default for HandlerSet<H> {
+    fn default() -> Self {
+        Self {
+            state: StateMap::default(),
+            registrations: Vec::new(),
+            required: Vec::new(),
+        }
+    }
+}
+
+impl<H> HandlerSet<H> {
+    /// How many handlers were registered.
+    pub(crate) fn len(&self) -> usize {
+        self.registrations.len()
+    }
+
+    /// Adds every linked registration of `R`, sorted (inventory's order differs between
+    /// builds).
+    pub(crate) fn registry<R: Registration<Handler = H>>(&mut self) {
+        let mut all: Vec<&'static R> = inventory::iter::<R>.into_iter().collect();
+        all.sort_by_key(|r| r.key());
+        self.registrations
+            .extend(all.into_iter().map(Registration::pending));
+    }
+
+    /// Adds a handler of message type `M` registered by hand at `location`.
+    pub(crate) fn push<M: 'static>(&mut self, location: Location, handler: H) {
+        self.registrations.push((
+            TypeId::of::<M>(),
+            std::any::type_name::<M>(),
+            location,
+            Vec::new(),
+            handler,
+        ));
+    }
+
+    /// Requires a handler of message type `M`.
+    pub(crate) fn require<M: 'static>(&mut self) {
+        self.required
+            .push((TypeId::of::<M>(), std::any::type_name::<M>()));
+    }
+
+    /// Checks the rules ([`check`]) and returns the handlers by message type, with the state.
+    pub(crate) fn build(self) -> Result<(HashMap<TypeId, Entry<H>>, StateMap), BusError> {
+        let handlers = check(self.registrations, &self.state, &self.required)?;
+        Ok((handlers, self.state))
+    }
+}
+
+/// Where a handler registered by hand is: the caller of the builder method, and the handler's
+/// type.
+#[track_caller]
+pub(crate) fn manual_location<F>() -> Location {
+    let caller = std::panic::Location::caller();
+    Location {
+        file: caller.file(),
+        line: caller.line(),
+        handler: std::any::type_name::<F>(),
+    }
 }
 
 /// A handler registration waiting for `build()`: message type, name, location, state types,
@@ -87,7 +191,7 @@ pub(crate) struct Entry<H> {
 
 /// The rules of both buses: one handler per message type, the state each handler extracts
 /// given, every required message handled.
-pub(crate) fn check<H>(
+fn check<H>(
     registrations: Vec<Pending<H>>,
     state: &StateMap,
     required: &[(TypeId, &'static str)],

@@ -29,9 +29,10 @@
 //!   a retry returns it without running the body, and concurrent duplicates wait for the first;
 //! - the [`http::IdempotencyLayer`] (feature `http`) for axum and other `tower` services,
 //!   following the IETF `Idempotency-Key` draft;
-//! - the store directly, e.g. `dtx_postgres::PgIdempotencyStore::claim_in`, which claims and
-//!   completes a key **in the transaction that appends the command's events**, so the stored
-//!   result and the state change commit or roll back together.
+//! - the store directly, through [`IdempotencyStore::claim_in`] and
+//!   [`complete_in`](IdempotencyStore::complete_in), which claim and complete a key **in the unit
+//!   of work that appends the command's events** ([`crate::uow`]), so the stored result and the
+//!   state change commit or roll back together.
 //!
 //! ## Key format
 //!

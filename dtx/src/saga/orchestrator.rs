@@ -236,8 +236,8 @@ impl SagaOrchestrator {
         &self.inner.store
     }
 
-    /// A new saga's record, not stored yet: store it yourself inside your transaction (e.g.
-    /// `PgSagaStore::insert_in`) so that the saga starts if and only if your write commits.
+    /// A new saga's record, not stored yet (for [`SagaStore::insert_in`]); to start a saga
+    /// with the caller's other writes, [`SagaOrchestrator::start_in`] does both.
     pub fn prepare<S: Saga>(
         &self,
         data: &S,
