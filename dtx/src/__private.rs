@@ -3,7 +3,7 @@
 pub use ::serde;
 pub use ::serde_json;
 
-use crate::aggregate::InvariantViolation;
+use crate::error::InvariantViolation;
 use crate::event::DecodeError;
 use serde_json::value::RawValue;
 

@@ -2,6 +2,7 @@
 //! snapshotting [`Repository`].
 
 use crate::config::DtxConfig;
+pub use crate::error::InvariantViolation;
 use crate::error::{Error, Result};
 use crate::event::{DomainEvent, EventMetadata};
 use crate::store::{
@@ -152,23 +153,6 @@ pub trait Apply<E> {
     /// Folds the event into the state. Must not fail: validation belongs in command handlers
     /// and invariants.
     fn apply(&mut self, event: &E);
-}
-
-/// A rule of an aggregate that its state broke.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvariantViolation(pub String);
-
-impl InvariantViolation {
-    /// A violation with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
-}
-
-impl fmt::Display for InvariantViolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// When the [`Repository`] stores a snapshot.

@@ -1,7 +1,8 @@
 //! The error type shared by every dtx component.
 
 use crate::event::DecodeError;
-use crate::store::{ExpectedVersion, StreamId};
+use crate::stream::{ExpectedVersion, StreamId};
+use std::fmt;
 use uuid::Uuid;
 
 /// A boxed error from a storage backend.
@@ -105,7 +106,7 @@ pub enum Error {
         /// The aggregate id.
         id: String,
         /// The violation.
-        violation: crate::aggregate::InvariantViolation,
+        violation: InvariantViolation,
     },
     /// The connection failed after the write was sent: it may or may not have committed.
     ///
@@ -144,5 +145,22 @@ impl Error {
     /// Whether this is a version conflict (worth reloading and retrying).
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
+    }
+}
+
+/// A rule of an aggregate that its state broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvariantViolation(pub String);
+
+impl InvariantViolation {
+    /// A violation with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for InvariantViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }

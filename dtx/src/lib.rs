@@ -58,6 +58,7 @@ pub mod outbox;
 pub(crate) mod retry;
 pub mod saga;
 pub mod store;
+mod stream;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -66,12 +67,9 @@ pub mod uow;
 #[doc(hidden)]
 pub mod __private;
 
-pub use aggregate::{
-    Aggregate, AggregateId, AggregateRoot, Apply, Id, InvariantViolation, Repository,
-    SnapshotPolicy,
-};
+pub use aggregate::{Aggregate, AggregateId, AggregateRoot, Apply, Id, Repository, SnapshotPolicy};
 pub use config::{ConfigError, DtxConfig};
-pub use error::{Error, Result};
+pub use error::{Error, InvariantViolation, Result};
 pub use event::{DecodeError, DomainEvent, EventMetadata};
 pub use retry::{Backoff, Jitter};
 pub use store::{

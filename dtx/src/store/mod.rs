@@ -5,6 +5,8 @@ mod memory;
 
 pub use memory::MemoryEventStore;
 
+pub use crate::stream::{ExpectedVersion, StreamId};
+
 use crate::error::{Error, Result};
 use crate::event::EventMetadata;
 use crate::uow::UnitOfWork;
@@ -15,16 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// The id of one event stream, usually `{AggregateType}-{id}`.
-///
-/// Between 1 and [`StreamId::MAX_LEN`] bytes, without control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamId(Arc<str>);
-
 impl StreamId {
-    /// The longest stream id accepted, in bytes.
-    pub const MAX_LEN: usize = 512;
-
     /// Validates a stream id.
     ///
     /// ```
@@ -36,23 +29,6 @@ impl StreamId {
         let id: String = id.into();
         check_name("stream id", &id, Self::MAX_LEN)?;
         Ok(Self(id.into()))
-    }
-
-    /// The stream id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for StreamId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl AsRef<str> for StreamId {
-    fn as_ref(&self) -> &str {
-        &self.0
     }
 }
 
@@ -73,43 +49,6 @@ pub(crate) fn check_name(what: &'static str, value: &str, max: usize) -> Result<
             value: value.chars().take(80).collect(),
             reason,
         }),
-    }
-}
-
-/// What the caller expects the stream's version to be before an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ExpectedVersion {
-    /// Append whatever the current version is.
-    Any,
-    /// The stream must not exist yet (same as `Exact(0)`).
-    NoStream,
-    /// The stream must be exactly at this version.
-    Exact(u64),
-}
-
-impl ExpectedVersion {
-    /// The version the stream must be at, or `None` for [`ExpectedVersion::Any`].
-    pub fn required(self) -> Option<u64> {
-        match self {
-            Self::Any => None,
-            Self::NoStream => Some(0),
-            Self::Exact(v) => Some(v),
-        }
-    }
-
-    /// Whether a stream at `current` satisfies this expectation.
-    pub fn admits(self, current: u64) -> bool {
-        self.required().is_none_or(|v| v == current)
-    }
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Any => f.write_str("any version"),
-            Self::NoStream => f.write_str("no stream"),
-            Self::Exact(v) => write!(f, "version {v}"),
-        }
     }
 }
 
