@@ -79,6 +79,15 @@ impl dyn UnitOfWork {
     }
 }
 
+/// What a store that cannot join units of work answers: [`Error::UnitOfWork`] naming the
+/// store's type and the unit of work's backend (the default of every `*_in` method).
+pub(crate) fn refused<S: ?Sized>(uow: &dyn UnitOfWork) -> Error {
+    Error::UnitOfWork {
+        expected: std::any::type_name::<S>(),
+        actual: uow.backend(),
+    }
+}
+
 /// One store's staged writes in a [`MemoryUnitOfWork`].
 pub(crate) trait Participant: Any + Send {
     /// Where this store stands in the lock order of a commit: its kind, then its address.

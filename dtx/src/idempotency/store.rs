@@ -346,10 +346,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         request: &ClaimRequest,
     ) -> Result<Claim, IdempotencyError> {
         let _ = request;
-        Err(IdempotencyError::storage(crate::Error::UnitOfWork {
-            expected: std::any::type_name::<Self>(),
-            actual: uow.backend(),
-        }))
+        Err(IdempotencyError::storage(crate::uow::refused::<Self>(uow)))
     }
 
     /// [`IdempotencyStore::complete`] as part of a unit of work: the result is stored when the
@@ -361,10 +358,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         response: &[u8],
     ) -> Result<(), IdempotencyError> {
         let _ = (lease, response);
-        Err(IdempotencyError::storage(crate::Error::UnitOfWork {
-            expected: std::any::type_name::<Self>(),
-            actual: uow.backend(),
-        }))
+        Err(IdempotencyError::storage(crate::uow::refused::<Self>(uow)))
     }
 }
 

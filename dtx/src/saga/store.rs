@@ -210,10 +210,7 @@ pub trait SagaStore: Send + Sync + 'static {
         record: &SagaRecord,
     ) -> crate::Result<()> {
         let _ = record;
-        Err(crate::Error::UnitOfWork {
-            expected: std::any::type_name::<Self>(),
-            actual: uow.backend(),
-        })
+        Err(crate::uow::refused::<Self>(uow))
     }
 
     /// Claims up to `limit` due sagas (active, `next_run_at <= now`, no live lease) for

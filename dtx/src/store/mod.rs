@@ -397,10 +397,7 @@ pub trait EventStore: Send + Sync + 'static {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         let _ = (stream, expected, events);
-        Err(Error::UnitOfWork {
-            expected: std::any::type_name::<Self>(),
-            actual: uow.backend(),
-        })
+        Err(crate::uow::refused::<Self>(uow))
     }
 
     /// [`EventStore::read_stream_data`] as `uow` sees the stream: with the events appended in
@@ -413,10 +410,7 @@ pub trait EventStore: Send + Sync + 'static {
         max_count: usize,
     ) -> Result<Vec<EventData>> {
         let _ = (stream, from_version, max_count);
-        Err(Error::UnitOfWork {
-            expected: std::any::type_name::<Self>(),
-            actual: uow.backend(),
-        })
+        Err(crate::uow::refused::<Self>(uow))
     }
 
     /// [`EventStore::save_snapshot`] as part of a [`UnitOfWork`].
@@ -427,10 +421,7 @@ pub trait EventStore: Send + Sync + 'static {
         snapshot: Snapshot,
     ) -> Result<()> {
         let _ = (stream, snapshot);
-        Err(Error::UnitOfWork {
-            expected: std::any::type_name::<Self>(),
-            actual: uow.backend(),
-        })
+        Err(crate::uow::refused::<Self>(uow))
     }
 }
 
