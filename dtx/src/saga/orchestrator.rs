@@ -136,7 +136,7 @@ impl SagaOrchestratorBuilder {
         self
     }
 
-    /// Shared state steps read with [`StepContext::state`] (service clients), by type.
+    /// Shared state steps read with [`StepContext::state`](super::StepContext::state) (service clients), by type.
     #[must_use]
     pub fn state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
         self.state.insert(state);
