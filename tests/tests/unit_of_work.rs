@@ -487,3 +487,112 @@ async fn postgres_store_refuses_a_memory_unit_of_work() {
     // The memory unit of work holds nothing and commits nothing.
     uow.commit().await.unwrap();
 }
+
+/// Many tasks commit in-memory units of work that each append to two streams (shared between
+/// tasks, so commits conflict), while a reader watches the global feed: the two streams of a
+/// pair always hold as many events as each other, in every snapshot of the feed and at the end,
+/// so no reader ever sees a part of a unit of work, and a conflicting commit writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_commits_are_atomic_under_concurrent_writers_and_readers() {
+    use dtx::{EventStore, ExpectedVersion, GlobalPosition, NewEvent, StreamId};
+    use std::collections::HashMap;
+
+    const TASKS: usize = 8;
+    const ROUNDS: usize = 60;
+    const PAIRS: usize = 3;
+    let store = dtx::MemoryEventStore::new();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let reader = {
+        let (store, stop) = (store.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut snapshots = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let feed = store
+                    .read_all(GlobalPosition::START, usize::MAX)
+                    .await
+                    .unwrap();
+                let mut counts: HashMap<String, usize> = HashMap::new();
+                for event in &feed {
+                    *counts.entry(event.stream_id.to_string()).or_default() += 1;
+                }
+                for pair in 0..PAIRS {
+                    let left = counts.get(&format!("left-{pair}")).copied().unwrap_or(0);
+                    let right = counts.get(&format!("right-{pair}")).copied().unwrap_or(0);
+                    assert_eq!(left, right, "a reader saw half of a unit of work");
+                }
+                snapshots += 1;
+                tokio::task::yield_now().await;
+            }
+            snapshots
+        })
+    };
+
+    let writers = (0..TASKS).map(|task| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (mut committed, mut conflicted) = (0, 0);
+            for round in 0..ROUNDS {
+                let pair = (task + round) % PAIRS;
+                let mut uow = MemoryUnitOfWork::new();
+                let mut staged = Ok(());
+                for side in ["left", "right"] {
+                    let stream = StreamId::new(format!("{side}-{pair}")).unwrap();
+                    let version = store.stream_version(&stream).await.unwrap();
+                    let event = NewEvent::from_json("Moved", &(task, round)).unwrap();
+                    tokio::task::yield_now().await;
+                    // Decided on the version read: another task may move it before the append
+                    // (a conflict now) or before the commit (a conflict then).
+                    staged = staged.and(
+                        store
+                            .append_in(
+                                &mut uow,
+                                &stream,
+                                ExpectedVersion::Exact(version),
+                                vec![event],
+                            )
+                            .await
+                            .map(drop),
+                    );
+                }
+                let outcome = match staged {
+                    Ok(()) => uow.commit().await,
+                    Err(error) => Err(error),
+                };
+                match outcome {
+                    Ok(()) => committed += 1,
+                    Err(Error::Conflict { .. }) => conflicted += 1,
+                    Err(other) => panic!("unexpected: {other:?}"),
+                }
+            }
+            (committed, conflicted)
+        })
+    });
+    let mut committed = 0;
+    for writer in writers.collect::<Vec<_>>() {
+        let (ok, _) = writer.await.unwrap();
+        committed += ok;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(reader.await.unwrap() > 0);
+
+    let mut total = 0;
+    for pair in 0..PAIRS {
+        let left = store
+            .stream_version(&StreamId::new(format!("left-{pair}")).unwrap())
+            .await
+            .unwrap();
+        let right = store
+            .stream_version(&StreamId::new(format!("right-{pair}")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(left, right, "pair {pair}");
+        total += left;
+    }
+    assert_eq!(
+        total,
+        u64::try_from(committed).unwrap(),
+        "every commit wrote both events, every conflict none"
+    );
+    assert!(committed > 0);
+}
