@@ -562,12 +562,13 @@ async fn cached_queries_run_once_until_ttl_or_invalidation() {
     let _: u64 = bus.execute(Square(7)).await.unwrap();
     assert_eq!(ran(), 7, "an expired entry runs the handler again");
 
+    // A query this bus has no handler for (the output type is checked at compile time).
+    struct Unhandled;
+    impl dtx::cqrs::Query for Unhandled {
+        type Output = u64;
+    }
     assert!(matches!(
-        bus.execute::<_, u64>(0u8).await,
+        bus.execute(Unhandled).await,
         Err(QueryError::NoHandler { .. })
-    ));
-    assert!(matches!(
-        bus.execute::<_, String>(Square(2)).await,
-        Err(QueryError::OutputType { .. })
     ));
 }

@@ -313,7 +313,7 @@ fn expand_free(handler: &FreeHandler) -> TokenStream {
         &format_ident!("__DTX_REGISTRATION"),
     );
     let validate_traits = validate_traits(krate);
-    let command_impl = command_impl(krate, command, &ok_type(krate, output));
+    let command_impl = command_impl(krate, command, &super::ok_type(krate, output));
     let generated = crate::common::dummy_const(&quote! {
         #validate_traits
         #command_impl
@@ -432,30 +432,9 @@ fn expand_aggregate(handlers: &AggregateHandlers) -> TokenStream {
     }
 }
 
-/// The success type of a handler's return type: `T` of a `Result<T, ..>` written as such (so
-/// that a wrong error type is reported once, by the handler's own check), otherwise what
-/// `HandlerResult` says it is.
-fn ok_type(krate: &syn::Path, output: &syn::Type) -> TokenStream {
-    if let syn::Type::Path(path) = output
-        && let Some(last) = path.path.segments.last()
-        && last.ident == "Result"
-        && let syn::PathArguments::AngleBracketed(args) = &last.arguments
-        && let Some(syn::GenericArgument::Type(ok)) = args.args.first()
-    {
-        return quote!(#ok);
-    }
-    quote_spanned!(output.span()=> <#output as #krate::__private::HandlerResult>::Ok)
-}
-
-/// `impl Command for C`: what executing the command returns, so that `CommandBus::execute`
-/// is typed by it.
+/// `impl Command for C`.
 fn command_impl(krate: &syn::Path, command: &syn::Type, output: &TokenStream) -> TokenStream {
-    quote! {
-        #[automatically_derived]
-        impl #krate::cqrs::Command for #command {
-            type Output = #output;
-        }
-    }
+    super::message_impl(krate, &quote!(Command), command, output)
 }
 
 /// Runs the command's `Validate` impl if it has one: `Result<(), CommandError>`. Needs

@@ -7,7 +7,8 @@ mod query;
 mod signature;
 
 use proc_macro2::{Delimiter, Group, Span, TokenStream};
-use quote::quote;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 
 /// Which bus a handler registers with.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,37 @@ fn runtime_call(
 /// On error: the errors and the user's item without `#[command]` attributes.
 fn fallback(item: TokenStream, errors: &darling::Error) -> TokenStream {
     crate::common::fallback(item, errors, &["command"])
+}
+
+/// The success type of a handler's return type: `T` of a `Result<T, ..>` written as such (so
+/// that a wrong error type is reported once, by the handler's own check), otherwise what
+/// `HandlerResult` says it is.
+fn ok_type(krate: &syn::Path, output: &syn::Type) -> TokenStream {
+    if let syn::Type::Path(path) = output
+        && let Some(last) = path.path.segments.last()
+        && last.ident == "Result"
+        && let syn::PathArguments::AngleBracketed(args) = &last.arguments
+        && let Some(syn::GenericArgument::Type(ok)) = args.args.first()
+    {
+        return quote!(#ok);
+    }
+    quote_spanned!(output.span()=> <#output as #krate::__private::HandlerResult>::Ok)
+}
+
+/// `impl Command for C` or `impl Query for Q`: what the message returns, so that the bus's
+/// `execute` is typed by it.
+fn message_impl(
+    krate: &syn::Path,
+    kind: &TokenStream,
+    message: &syn::Type,
+    output: &TokenStream,
+) -> TokenStream {
+    quote! {
+        #[automatically_derived]
+        impl #krate::cqrs::#kind for #message {
+            type Output = #output;
+        }
+    }
 }
 
 #[cfg(test)]

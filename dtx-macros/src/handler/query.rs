@@ -200,7 +200,10 @@ fn expand_model(model: &Model) -> TokenStream {
     let (states_fn, states) = signature::states(krate, sig, &format_ident!("__dtx_states"));
     let line = quote_spanned!(ident.span()=> ::core::line!());
     let handler = format!("::{ident}");
+    let query_impl =
+        super::message_impl(krate, &quote!(Query), query, &super::ok_type(krate, output));
     let generated = crate::common::dummy_const(&quote! {
+        #query_impl
         fn __dtx_handler() -> #krate::__private::BoxedQueryHandler {
             let #run = #krate::__private::query_fn(
                 |__dtx_query: #query, #ctx: #krate::cqrs::QueryContext| async move {

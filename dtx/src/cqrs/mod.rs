@@ -26,6 +26,8 @@ pub use command::{
     BusError, Command, CommandBus, CommandBusBuilder, CommandError, Committed, RetryPolicy,
 };
 pub use context::{CommandContext, CommandMetadata, State};
-pub use query::{CachePolicy, QueryBus, QueryBusBuilder, QueryContext, QueryError, QueryOptions};
+pub use query::{
+    CachePolicy, Query, QueryBus, QueryBusBuilder, QueryContext, QueryError, QueryOptions,
+};
 pub use registry::{CommandRegistration, Location, QueryRegistration};
 pub use validate::{RuleViolation, Validate, ValidationErrors, Validator};

@@ -12,6 +12,21 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A query type and what running it returns.
+///
+/// `#[query_handler]` implements it for every query it handles (the `Ok` type its function
+/// returns), so [`QueryBus::execute`] returns the handler's output type, checked at compile
+/// time. For a handler registered by hand, implement it yourself.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a query: no `#[query_handler]` handles it",
+    label = "no handler declares what running `{Self}` returns",
+    note = "write a `#[query_handler]` for `{Self}`, or for a handler registered by hand `impl dtx::cqrs::Query for {Self} {{ type Output = ..; }}`"
+)]
+pub trait Query: Send + 'static {
+    /// What the query's handler returns on success.
+    type Output: Send + 'static;
+}
+
 /// Why a query gave no result.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -35,16 +50,6 @@ pub enum QueryError {
     MissingState {
         /// The state type.
         state: &'static str,
-    },
-    /// The caller asked for another output type than the handler returns.
-    #[error("query `{query}` returns `{actual}`, not `{expected}`")]
-    OutputType {
-        /// The query type.
-        query: &'static str,
-        /// The type asked for.
-        expected: &'static str,
-        /// The type the handler returns.
-        actual: &'static str,
     },
 }
 
@@ -137,8 +142,6 @@ pub trait ErasedQueryHandler: Send + Sync + 'static {
     fn invalidate(&self, query: &(dyn Any + Send + Sync));
 
     fn invalidate_all(&self);
-
-    fn output_type(&self) -> &'static str;
 }
 
 /// A boxed [`ErasedQueryHandler`].
@@ -192,10 +195,6 @@ where
             cache.invalidate_all();
         }
     }
-
-    fn output_type(&self) -> &'static str {
-        std::any::type_name::<O>()
-    }
 }
 
 /// A query handler without a cache (its query and output need no `Hash`, `Eq` or `Clone`).
@@ -220,10 +219,6 @@ impl<Q: Send + 'static, O: Send + 'static> ErasedQueryHandler for UncachedQueryH
     fn invalidate(&self, _query: &(dyn Any + Send + Sync)) {}
 
     fn invalidate_all(&self) {}
-
-    fn output_type(&self) -> &'static str {
-        std::any::type_name::<O>()
-    }
 }
 
 struct Inner {
@@ -238,6 +233,9 @@ struct Inner {
 ///
 /// #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 /// struct Square(u64);
+/// impl dtx::cqrs::Query for Square {
+///     type Output = u64;
+/// }
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let bus = QueryBus::builder()
@@ -277,16 +275,16 @@ impl QueryBus {
     }
 
     /// Runs a query, through the handler's cache when it has one.
-    pub async fn execute<Q: Send + 'static, O: 'static>(&self, query: Q) -> Result<O, QueryError> {
+    pub async fn execute<Q: Query>(&self, query: Q) -> Result<Q::Output, QueryError> {
         self.execute_with(query, QueryOptions::default()).await
     }
 
     /// Runs a query with options.
-    pub async fn execute_with<Q: Send + 'static, O: 'static>(
+    pub async fn execute_with<Q: Query>(
         &self,
         query: Q,
         options: QueryOptions,
-    ) -> Result<O, QueryError> {
+    ) -> Result<Q::Output, QueryError> {
         let Some(entry) = self.inner.handlers.get(&TypeId::of::<Q>()) else {
             return Err(QueryError::NoHandler {
                 query: std::any::type_name::<Q>(),
@@ -296,14 +294,11 @@ impl QueryBus {
             .handler
             .handle(Box::new(query), &self.inner.ctx, options)
             .await?;
-        output
-            .downcast::<O>()
-            .map(|o| *o)
-            .map_err(|_| QueryError::OutputType {
-                query: entry.message,
-                expected: std::any::type_name::<O>(),
-                actual: entry.handler.output_type(),
-            })
+        // Registration ties a handler to `Q::Output` (the macro implements `Query` beside the
+        // handler; the builder requires `Q: Query<Output = O>`).
+        Ok(*output.downcast::<Q::Output>().unwrap_or_else(|_| {
+            unreachable!("the handler of `{}` returns `Q::Output`", entry.message)
+        }))
     }
 
     /// Drops the cached result of this query value.
@@ -355,7 +350,7 @@ impl QueryBusBuilder {
     #[track_caller]
     pub fn handler<Q, O, E, F, Fut>(self, handler: F) -> Self
     where
-        Q: Send + 'static,
+        Q: Query<Output = O>,
         O: Send + 'static,
         E: Into<BoxError> + 'static,
         F: Fn(Q, QueryContext) -> Fut + Send + Sync + 'static,
@@ -371,7 +366,7 @@ impl QueryBusBuilder {
     #[track_caller]
     pub fn cached_handler<Q, O, E, F, Fut>(self, policy: CachePolicy, handler: F) -> Self
     where
-        Q: Hash + Eq + Clone + Send + Sync + 'static,
+        Q: Query<Output = O> + Hash + Eq + Clone + Sync,
         O: Clone + Send + Sync + 'static,
         E: Into<BoxError> + 'static,
         F: Fn(Q, QueryContext) -> Fut + Send + Sync + 'static,
