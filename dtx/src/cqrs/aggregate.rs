@@ -65,36 +65,14 @@ where
     A: Aggregate,
 {
     let repo = Repository::<A>::shared(Arc::clone(&env.store), &env.config);
-    if let Some(uow) = uow {
-        // One attempt: a failed write may have aborted the unit of work's transaction.
-        let span = tracing::debug_span!(
-            "dtx.command.handle",
-            aggregate = A::TYPE,
-            aggregate_id = %id,
-            attempt = 1,
-        );
-        let saved = attempt_once(&repo, env, command, &id, ctx, create, Mode::In(uow), decide)
-            .instrument(span)
-            .await;
-        return match saved {
-            Ok(committed) => Ok(committed),
-            Err(AttemptError::Command(error)) => Err(error),
-            Err(AttemptError::Store(Error::Conflict { .. })) if create => {
-                Err(CommandError::AlreadyExists {
-                    aggregate: A::TYPE,
-                    id: id.to_string(),
-                })
-            }
-            Err(AttemptError::Store(error @ Error::Conflict { .. })) => {
-                Err(CommandError::Conflict {
-                    command: std::any::type_name::<C>(),
-                    attempts: 1,
-                    source: error,
-                })
-            }
-            Err(AttemptError::Store(error)) => Err(error.into()),
-        };
-    }
+    let mut uow = uow;
+    // Inside a unit of work there is one attempt: a failed write may have aborted its
+    // transaction, so the caller runs the whole unit of work again.
+    let max_attempts = if uow.is_some() {
+        1
+    } else {
+        env.retry.max_attempts
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -104,10 +82,10 @@ where
             aggregate_id = %id,
             attempt,
         );
-        let mode = if attempt == 1 {
-            Mode::First
-        } else {
-            Mode::Retry
+        let mode = match uow.as_deref_mut() {
+            Some(uow) => Mode::In(uow),
+            None if attempt == 1 => Mode::First,
+            None => Mode::Retry,
         };
         let saved = attempt_once(&repo, env, command, &id, ctx, create, mode, decide)
             .instrument(span)
@@ -126,9 +104,7 @@ where
                     id: id.to_string(),
                 });
             }
-            Err(AttemptError::Store(error @ Error::Conflict { .. }))
-                if attempt >= env.retry.max_attempts =>
-            {
+            Err(AttemptError::Store(error @ Error::Conflict { .. })) if attempt >= max_attempts => {
                 return Err(CommandError::Conflict {
                     command: std::any::type_name::<C>(),
                     attempts: attempt,
