@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};
 use async_trait::async_trait;
 use chrono::Utc;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -420,9 +420,10 @@ impl Participant for Staged {
 
     fn prepare(&mut self) -> Result<Box<dyn Prepared + '_>> {
         let inner = self.store.lock();
-        let mut checked: HashMap<&StreamId, ()> = HashMap::new();
+        let mut checked: HashSet<&StreamId> = HashSet::new();
         for append in &self.appends {
-            if checked.insert(&append.stream, ()).is_none() {
+            // The first append of a stream carries the version the unit of work read.
+            if checked.insert(&append.stream) {
                 let actual = inner.version(&append.stream);
                 if actual != append.base {
                     return Err(Error::Conflict {
