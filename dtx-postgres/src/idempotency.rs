@@ -227,7 +227,7 @@ impl PgIdempotencyStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
-        let row: Option<ClaimRow> = sqlx::query_as(&self.sql.claim)
+        let row: Result<Option<ClaimRow>, _> = sqlx::query_as(&self.sql.claim)
             .bind(request.scope.as_str())
             .bind(request.key.as_str())
             .bind(&request.fingerprint.as_bytes()[..])
@@ -235,8 +235,18 @@ impl PgIdempotencyStore {
             .bind(millis(request.lock_timeout()))
             .bind(millis(request.ttl()))
             .fetch_optional(executor)
-            .await
-            .map_err(IdempotencyError::storage)?;
+            .await;
+        let row = match row {
+            Ok(row) => row,
+            // `lock_timeout` (55P03) while waiting for a concurrent transaction that holds the
+            // key: it is in flight, and this transaction can do nothing more.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+                return Ok(Some(Claim::InFlight {
+                    locked_until: Utc::now(),
+                }));
+            }
+            Err(error) => return Err(IdempotencyError::storage(error)),
+        };
         let Some(row) = row else { return Ok(None) };
         let locked_until = row.locked_until.unwrap_or_else(Utc::now);
         Ok(Some(match row.outcome.as_str() {
@@ -394,6 +404,22 @@ impl IdempotencyStore for PgIdempotencyStore {
     ) -> Result<(), IdempotencyError> {
         let conn = PgUnitOfWork::of(uow).map_err(IdempotencyError::storage)?;
         self.complete_on(conn, lease, response).await
+    }
+
+    /// A [`PgUnitOfWork`] on this store's pool, its `lock_timeout` set to `lock_wait` (in the
+    /// `BEGIN` itself: no extra round trip). It bounds every lock wait of the transaction,
+    /// the handler's statements included.
+    async fn begin(
+        &self,
+        lock_wait: Duration,
+    ) -> Result<Option<Box<dyn UnitOfWork>>, IdempotencyError> {
+        let millis = lock_wait.as_millis().clamp(1, i32::MAX as u128);
+        let tx = self
+            .pool
+            .begin_with(format!("BEGIN; SET LOCAL lock_timeout = {millis}"))
+            .await
+            .map_err(IdempotencyError::storage)?;
+        Ok(Some(Box::new(PgUnitOfWork::from_transaction(tx))))
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), IdempotencyError> {

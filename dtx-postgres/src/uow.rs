@@ -1,5 +1,6 @@
 //! The PostgreSQL unit of work: one transaction that every store joins.
 
+use dtx::uow::BoxFuture;
 use dtx::{Error, Result, UnitOfWork};
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use std::any::Any;
@@ -66,12 +67,30 @@ impl UnitOfWork for PgUnitOfWork {
         self
     }
 
+    /// A connection lost while `COMMIT` was on its way is [`Error::CommitOutcomeUnknown`]:
+    /// the transaction may have committed.
     async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(Error::storage)
+        self.tx.commit().await.map_err(|error| {
+            if crate::sql::outcome_unknown(&error) {
+                Error::CommitOutcomeUnknown {
+                    source: Box::new(error),
+                }
+            } else {
+                Error::storage(error)
+            }
+        })
     }
 
     async fn rollback(self) -> Result<()> {
         self.tx.rollback().await.map_err(Error::storage)
+    }
+
+    fn commit_boxed(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin((*self).commit())
+    }
+
+    fn rollback_boxed(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin((*self).rollback())
     }
 }
 

@@ -122,6 +122,23 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The connection failed while a unit of work's `COMMIT` was on its way: every write in it
+    /// committed, or none did.
+    ///
+    /// Never retried automatically. Find out which (every dtx write is idempotent by its ids:
+    /// events by event id, idempotency records by key) before running the work again.
+    #[error(
+        "outcome unknown for the commit of a unit of work: the connection failed after COMMIT was sent"
+    )]
+    CommitOutcomeUnknown {
+        /// The transport error.
+        #[source]
+        source: BoxError,
+    },
+    /// A request's unit of work was used after its handler returned (by a task the handler
+    /// spawned, say): the layer has committed or rolled it back by then.
+    #[error("the request's unit of work has ended: its handler returned")]
+    UnitOfWorkEnded,
     /// A store was given the unit of work of another backend (a memory store inside a
     /// PostgreSQL transaction, say), or a backend that cannot join one.
     #[error("a {expected} store cannot join a {actual} unit of work")]

@@ -66,7 +66,16 @@ pub trait UnitOfWork: Send + 'static {
     fn rollback(self) -> impl Future<Output = Result<()>> + Send
     where
         Self: Sized;
+
+    /// [`commit`](Self::commit) for a boxed unit of work (`Box<dyn UnitOfWork>`).
+    fn commit_boxed(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+
+    /// [`rollback`](Self::rollback) for a boxed unit of work (`Box<dyn UnitOfWork>`).
+    fn rollback_boxed(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
 }
+
+/// A boxed future, as [`UnitOfWork::commit_boxed`] returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl dyn UnitOfWork {
     /// The backend transaction of type `T` inside this unit of work, or [`Error::UnitOfWork`]
@@ -225,6 +234,14 @@ impl UnitOfWork for MemoryUnitOfWork {
     fn rollback(self) -> impl Future<Output = Result<()>> + Send {
         drop(self);
         std::future::ready(Ok(()))
+    }
+
+    fn commit_boxed(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin((*self).commit())
+    }
+
+    fn rollback_boxed(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin((*self).rollback())
     }
 }
 

@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use bytes::Bytes;
-use dtx::idempotency::http::{IDEMPOTENT_REPLAYED, IdempotencyLayer, X_IDEMPOTENCY_KEY};
+use dtx::idempotency::http::{
+    CommitMode, IDEMPOTENT_REPLAYED, IdempotencyLayer, X_IDEMPOTENCY_KEY,
+};
 use dtx::idempotency::{
     Claim, ClaimRequest, IdempotencyError, IdempotencyKey, IdempotencyRecord, IdempotencyStore,
     Lease, MemoryIdempotencyStore, Scope,
@@ -178,14 +180,16 @@ async fn pg_store() -> PgIdempotencyStore {
     PgIdempotencyStore::new(tests::pg_store().await.pool().clone())
 }
 
-/// 100 concurrent identical requests with one key: the handler runs exactly once; duplicates
-/// get 409 while it runs, and every response that is not a 409 is the same response.
-async fn hundred_concurrent_identical_requests(store: impl IdempotencyStore) {
+/// 100 concurrent identical requests with one key: the handler runs exactly once, and every
+/// response that is not a 409 is the same response. In two-phase mode without a wait,
+/// duplicates get 409 while it runs; in one-commit mode they wait for its commit and replay.
+async fn hundred_concurrent_identical_requests(layer: IdempotencyLayer) {
+    let two_phase = layer.mode() == CommitMode::TwoPhase;
     let app = Arc::new(App {
         delay: Duration::from_millis(400),
         ..App::default()
     });
-    let http = Http::new(serve(router(&app, principal_layer(store))).await);
+    let http = Http::new(serve(router(&app, layer)).await);
     let key = new_key();
     let body = r#"{"item":"book","qty":1}"#;
     let clients: Vec<_> = (0..100)
@@ -221,10 +225,12 @@ async fn hundred_concurrent_identical_requests(store: impl IdempotencyStore) {
         1,
         "the handler ran exactly once"
     );
-    assert!(
-        conflicts > 0,
-        "duplicates arrived while the first was in flight"
-    );
+    if two_phase {
+        assert!(
+            conflicts > 0,
+            "duplicates arrived while the first was in flight"
+        );
+    }
     let originals: Vec<&Reply> = replies.iter().filter(|r| !r.replayed()).collect();
     assert_eq!(
         originals.len(),
@@ -260,12 +266,18 @@ async fn hundred_concurrent_identical_requests(store: impl IdempotencyStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundred_concurrent_requests_run_once_on_postgres() {
-    hundred_concurrent_identical_requests(pg_store().await).await;
+    let store = pg_store().await;
+    hundred_concurrent_identical_requests(principal_layer(store.clone())).await;
+    hundred_concurrent_identical_requests(principal_layer(store).two_phase().wait(Duration::ZERO))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundred_concurrent_requests_run_once_in_memory() {
-    hundred_concurrent_identical_requests(MemoryIdempotencyStore::new()).await;
+    let store = MemoryIdempotencyStore::new();
+    hundred_concurrent_identical_requests(principal_layer(store.clone())).await;
+    hundred_concurrent_identical_requests(principal_layer(store).two_phase().wait(Duration::ZERO))
+        .await;
 }
 
 /// After the TTL the key is free: the request runs again.
@@ -451,29 +463,46 @@ async fn configuration_methods_optional_and_header() {
     assert_eq!(app.runs.load(Ordering::SeqCst), 2);
 }
 
-/// A response larger than the store accepts reaches the client, is not stored, and releases
-/// the key (logged), so the next request with it runs again rather than getting a 409.
+/// A response larger than the store accepts. In one-commit mode nothing commits: the client
+/// gets a 500 saying so and the key is free. In two-phase mode the handler's effects are done:
+/// the client gets its response, and the key stays held (409) rather than run again at once.
 #[tokio::test]
-async fn response_too_large_to_store_releases_the_key() {
+async fn response_too_large_to_store() {
     let app = Arc::new(App::default());
     let store = MemoryIdempotencyStore::new().with_max_response_bytes(64);
     let http = Http::new(serve(router(&app, principal_layer(store.clone()))).await);
     let key = new_key();
     let first = http.post("alice", &key, "{}").await;
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(first.problem_title(), "Response too large to store");
+    assert!(store.is_empty(), "nothing committed, key free");
+    let second = http.post("alice", &key, "{}").await;
+    assert_eq!(second.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(app.runs.load(Ordering::SeqCst), 2);
+
+    let app = Arc::new(App::default());
+    let layer = principal_layer(store.clone())
+        .two_phase()
+        .wait(Duration::ZERO);
+    let http = Http::new(serve(router(&app, layer)).await);
+    let key = new_key();
+    let first = http.post("alice", &key, "{}").await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert!(first.body.len() > 64);
-    assert!(store.is_empty(), "nothing stored, key released");
+    assert!(!store.is_empty(), "the key stays held");
     let second = http.post("alice", &key, "{}").await;
-    assert_eq!(second.status, StatusCode::CREATED);
-    assert!(!second.replayed());
-    assert_eq!(app.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(second.status, StatusCode::CONFLICT);
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1);
 }
 
 const CHILD: &str = "DTX_IDEMPOTENCY_CRASH_CHILD";
 const CRASH_LOCK: Duration = Duration::from_secs(3);
 
 fn crash_layer(store: PgIdempotencyStore) -> IdempotencyLayer {
-    principal_layer(store).lock_timeout(CRASH_LOCK)
+    principal_layer(store)
+        .lock_timeout(CRASH_LOCK)
+        .two_phase()
+        .wait(Duration::ZERO)
 }
 
 /// Not a test on its own: the server process of `a_crashed_server_does_not_lock_the_key_forever`,

@@ -252,7 +252,7 @@ async fn wait_for_claim<S: IdempotencyStore + ?Sized>(
     let deadline = Instant::now() + request.lock_timeout() + Duration::from_secs(1);
     let mut delay = Duration::from_millis(2);
     loop {
-        match super::traced_claim(store, request).await? {
+        match super::traced_claim(store, request, None).await? {
             Claim::Claimed(lease) => return Ok(Claimed::Lease(lease)),
             Claim::Completed(stored) => {
                 crate::telemetry::record_idempotency_replay();

@@ -43,7 +43,8 @@ use super::{
     Claim, ClaimRequest, Fingerprint, IdempotencyError, IdempotencyKey, IdempotencyPolicy,
     IdempotencyStore, Lease, Scope, SharedIdempotencyStore,
 };
-use crate::error::BoxError;
+use crate::error::{BoxError, Error};
+use crate::uow::UnitOfWork;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, ETAG, LINK, LOCATION, RETRY_AFTER};
 use http::request::Parts;
@@ -77,9 +78,12 @@ pub struct IdempotencyLayer {
     config: Arc<Config>,
 }
 
+#[derive(Clone)]
 struct Config {
     store: SharedIdempotencyStore,
-    principal: Box<PrincipalFn>,
+    principal: Arc<PrincipalFn>,
+    mode: CommitMode,
+    wait: Duration,
     header: HeaderName,
     methods: Vec<Method>,
     required: bool,
@@ -100,6 +104,8 @@ impl fmt::Debug for IdempotencyLayer {
             .field("policy", &c.policy)
             .field("max_request_bytes", &c.max_request_bytes)
             .field("stored_headers", &c.stored_headers)
+            .field("mode", &c.mode)
+            .field("wait", &c.wait)
             .finish_non_exhaustive()
     }
 }
@@ -124,7 +130,9 @@ impl IdempotencyLayer {
         Self {
             config: Arc::new(Config {
                 store: Arc::new(store),
-                principal: Box::new(principal),
+                principal: Arc::new(principal),
+                mode: CommitMode::OneCommit,
+                wait: Duration::from_secs(5),
                 header: IDEMPOTENCY_KEY,
                 methods: vec![Method::POST, Method::PATCH],
                 required: true,
@@ -137,12 +145,50 @@ impl IdempotencyLayer {
         }
     }
 
+    /// Changes this layer's configuration; clones made before keep theirs.
     fn edit(mut self, change: impl FnOnce(&mut Config)) -> Self {
-        match Arc::get_mut(&mut self.config) {
-            Some(config) => change(config),
-            None => unreachable!("a layer is configured before it is cloned"),
-        }
+        change(Arc::make_mut(&mut self.config));
         self
+    }
+
+    /// Claims the key, runs the handler and stores its response in **one unit of work**,
+    /// committed once (the default, for stores that can begin one: both of dtx's). The
+    /// handler joins it through the [`RequestUnitOfWork`] in the request's extensions, so the
+    /// events and outbox messages it writes commit with the stored response or not at all. A
+    /// duplicate waits for that commit (up to [`wait`](Self::wait)) and replays; a handler
+    /// that fails, or answers with a status that is not cached, leaves the key free.
+    ///
+    /// Only for handlers whose effects are in that database: an effect elsewhere (a payment
+    /// provider, another service) happens before the commit, and if the commit then fails the
+    /// key is free and a retry repeats it. Use [`two_phase`](Self::two_phase) for those.
+    #[must_use]
+    pub fn one_commit(self) -> Self {
+        self.edit(|c| c.mode = CommitMode::OneCommit)
+    }
+
+    /// Commits the claim before the handler runs and stores the response after it, in
+    /// separate transactions: for handlers that call other services. A duplicate meanwhile
+    /// gets 409 (after waiting up to [`wait`](Self::wait)). If the process dies while the
+    /// handler runs, the key stays held until its lock times out, and a retry after that runs
+    /// the handler again: give such handlers their own idempotency with the service they call
+    /// (pass the key on). If storing the response fails, it is retried until it is stored or
+    /// the claim's lock runs out; meanwhile the key answers 409, never runs again.
+    #[must_use]
+    pub fn two_phase(self) -> Self {
+        self.edit(|c| c.mode = CommitMode::TwoPhase)
+    }
+
+    /// How long a duplicate waits for the request holding its key to finish before it gets
+    /// 409 (default 5 s; zero answers 409 at once). In one-commit mode on PostgreSQL this is
+    /// also the `lock_timeout` of the request's transaction.
+    #[must_use]
+    pub fn wait(self, wait: Duration) -> Self {
+        self.edit(|c| c.wait = wait)
+    }
+
+    /// The commit mode: [`one_commit`](Self::one_commit) or [`two_phase`](Self::two_phase).
+    pub fn mode(&self) -> CommitMode {
+        self.config.mode
     }
 
     /// Reads the key from this header (e.g. [`X_IDEMPOTENCY_KEY`]).
@@ -255,10 +301,6 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one pass through the draft's cases, in the order a request meets them"
-    )]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // The ready service handles this request; the clone waits for the next.
         let clone = self.inner.clone();
@@ -317,93 +359,351 @@ where
                 )
                 .part(&body)
                 .finish();
-            let request = ClaimRequest::new(scope, key, fingerprint).with_policy(config.policy);
-            let digest = request.digest();
-            let claim = match super::traced_claim(&*config.store, &request).await {
-                Ok(claim) => claim,
-                Err(error) => {
-                    tracing::warn!(key = %digest, %error, "idempotency store unavailable; refusing the request");
-                    let mut response = config.problem(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "Idempotency store unavailable",
-                        "the request was not processed; retry it with the same Idempotency-Key",
-                    );
-                    response
-                        .headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                    return Ok(response.map(Either::Right));
-                }
-            };
-            match claim {
-                Claim::Claimed(lease) => {
-                    tracing::debug!(key = %digest, "idempotency key claimed");
-                    let request = Request::from_parts(parts, ReqBody::from(body));
-                    // Run to completion even if the client goes away, so its retry gets the
-                    // outcome instead of running the handler again.
-                    let task = tokio::spawn(run(Arc::clone(&config), inner, request, lease));
-                    match task.await {
-                        Ok(result) => Ok(result?.map(Either::Right)),
-                        Err(error) => match error.try_into_panic() {
-                            Ok(panic) => std::panic::resume_unwind(panic),
-                            Err(_) => Ok(config
-                                .problem(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    "Shutting down",
-                                    "the request was cancelled; retry it with the same Idempotency-Key",
-                                )
-                                .map(Either::Right)),
-                        },
-                    }
-                }
-                Claim::Completed(stored) => match decode(&stored) {
-                    Ok(mut response) => {
-                        tracing::debug!(key = %digest, "idempotent response replayed");
-                        crate::telemetry::record_idempotency_replay();
-                        response
-                            .headers_mut()
-                            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-                        Ok(response.map(Either::Right))
-                    }
-                    Err(reason) => {
-                        tracing::error!(key = %digest, reason, "stored idempotent response does not decode");
-                        Ok(config
-                            .problem(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "Stored response unreadable",
-                                "the response stored for this Idempotency-Key cannot be replayed",
-                            )
-                            .map(Either::Right))
-                    }
-                },
-                Claim::InFlight { locked_until } => {
-                    tracing::debug!(key = %digest, "idempotency key in flight");
-                    crate::telemetry::record_idempotency_conflict("in_flight");
-                    let mut response = config.problem(
-                        StatusCode::CONFLICT,
-                        "A request is outstanding for this Idempotency-Key",
-                        "a request with this key is still being processed; retry later",
-                    );
-                    let wait = (locked_until - chrono::Utc::now())
-                        .num_seconds()
-                        .clamp(1, 3600);
-                    response
-                        .headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from(wait));
-                    Ok(response.map(Either::Right))
-                }
-                Claim::Mismatch => {
-                    tracing::debug!(key = %digest, "idempotency key reused with another payload");
-                    crate::telemetry::record_idempotency_conflict("key_reused");
-                    Ok(config
+            let claim = ClaimRequest::new(scope, key, fingerprint).with_policy(config.policy);
+            let request = Request::from_parts(parts, ReqBody::from(body));
+            // Claim, run and store in a task of its own: a client that goes away cancels none
+            // of it, so a claimed key always gets its outcome (or is freed), and the client's
+            // retry finds it.
+            let task = tokio::spawn(process(Arc::clone(&config), inner, request, claim));
+            match task.await {
+                Ok(result) => Ok(result?.map(Either::Right)),
+                Err(error) => match error.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(_) => Ok(config
                         .problem(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "Idempotency-Key is already used",
-                            "this key was used with another request payload; use a new key for a new request",
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Shutting down",
+                            "the request was cancelled; retry it with the same Idempotency-Key",
                         )
-                        .map(Either::Right))
-                }
+                        .map(Either::Right)),
+                },
             }
         })
+    }
+}
+
+/// How the layer commits a request's idempotency record; see
+/// [`IdempotencyLayer::one_commit`] and [`IdempotencyLayer::two_phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitMode {
+    /// Claim, handler and stored response in one unit of work, committed once.
+    OneCommit,
+    /// The claim committed before the handler runs, the response stored after it.
+    TwoPhase,
+}
+
+/// The unit of work of a request in one-commit mode, in the request's extensions: the
+/// handler's writes through it commit with the stored response, or not at all.
+///
+/// With axum, take it as `Extension<RequestUnitOfWork>`:
+///
+/// ```
+/// use axum::{Extension, Json, Router, extract::State, routing::post};
+/// use dtx::idempotency::http::{IdempotencyLayer, RequestUnitOfWork};
+/// use dtx::idempotency::{MemoryIdempotencyStore, Scope};
+/// use dtx::outbox::{MemoryOutbox, NewOutboxMessage, Outbox};
+/// use std::sync::Arc;
+///
+/// async fn pay(
+///     State(outbox): State<Arc<MemoryOutbox>>,
+///     Extension(uow): Extension<RequestUnitOfWork>,
+/// ) -> Result<&'static str, String> {
+///     let mut uow = uow.lock().await.map_err(|e| e.to_string())?;
+///     // `bus.execute_in(&mut *uow, command)` joins it the same way.
+///     let message = NewOutboxMessage::new("payments", "Paid", &100).map_err(|e| e.to_string())?;
+///     outbox.enqueue_in(&mut *uow, vec![message]).await.map_err(|e| e.to_string())?;
+///     Ok("paid")
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/payments", post(pay))
+///     .with_state(Arc::new(MemoryOutbox::new()))
+///     .layer(IdempotencyLayer::new(MemoryIdempotencyStore::new(), |_| Scope::new("user-1").ok()));
+/// ```
+#[derive(Clone)]
+pub struct RequestUnitOfWork {
+    slot: Arc<tokio::sync::Mutex<Option<Box<dyn UnitOfWork>>>>,
+}
+
+impl fmt::Debug for RequestUnitOfWork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestUnitOfWork").finish_non_exhaustive()
+    }
+}
+
+impl RequestUnitOfWork {
+    fn new(uow: Box<dyn UnitOfWork>) -> Self {
+        Self {
+            slot: Arc::new(tokio::sync::Mutex::new(Some(uow))),
+        }
+    }
+
+    /// The unit of work, for as long as the guard lives (one user at a time).
+    /// [`Error::UnitOfWorkEnded`] once the request's handler has returned and the layer has
+    /// taken it back (a task the handler spawned that outlived it, say).
+    pub async fn lock(&self) -> crate::Result<UnitOfWorkGuard> {
+        let guard = Arc::clone(&self.slot).lock_owned().await;
+        if guard.is_none() {
+            return Err(Error::UnitOfWorkEnded);
+        }
+        Ok(UnitOfWorkGuard(guard))
+    }
+
+    /// Takes the unit of work back once the handler is done.
+    async fn take(&self) -> Option<Box<dyn UnitOfWork>> {
+        self.slot.lock().await.take()
+    }
+}
+
+/// The request's unit of work, locked: use it as `&mut *guard` where a `&mut dyn UnitOfWork`
+/// is expected.
+pub struct UnitOfWorkGuard(tokio::sync::OwnedMutexGuard<Option<Box<dyn UnitOfWork>>>);
+
+impl fmt::Debug for UnitOfWorkGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnitOfWorkGuard").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for UnitOfWorkGuard {
+    type Target = dyn UnitOfWork;
+
+    fn deref(&self) -> &Self::Target {
+        match self.0.as_deref() {
+            Some(uow) => uow,
+            None => unreachable!("a guard is only made over a present unit of work"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for UnitOfWorkGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self.0.as_deref_mut() {
+            Some(uow) => uow,
+            None => unreachable!("a guard is only made over a present unit of work"),
+        }
+    }
+}
+
+/// A claim this request holds.
+enum Held {
+    /// Inside a unit of work that is not committed yet (one-commit mode).
+    InUnitOfWork(Box<dyn UnitOfWork>, Lease),
+    /// Committed (two-phase mode).
+    Committed(Lease),
+}
+
+/// Claims the key and runs the handler, or answers from the key's state.
+async fn process<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    inner: S,
+    request: Request<ReqBody>,
+    claim: ClaimRequest,
+) -> Result<Response<Full<Bytes>>, S::Error>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    match hold(&config, &claim).await {
+        Ok(Held::InUnitOfWork(uow, lease)) => run_in(&config, inner, request, uow, lease).await,
+        Ok(Held::Committed(lease)) => run(&config, inner, request, lease).await,
+        Err(answer) => Ok(*answer),
+    }
+}
+
+/// Claims the key: waits (up to the layer's `wait`) while another request holds it, and
+/// answers a replay, a mismatch, a key still held, or an unavailable store.
+async fn hold(config: &Config, claim: &ClaimRequest) -> Result<Held, Box<Response<Full<Bytes>>>> {
+    let digest = claim.digest();
+    let deadline = tokio::time::Instant::now() + config.wait;
+    let pauses = crate::Backoff::new(
+        Duration::from_millis(5),
+        Duration::from_millis(200),
+        crate::Jitter::Equal,
+    );
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut uow = None;
+        if config.mode == CommitMode::OneCommit {
+            let lock_wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match config
+                .store
+                .begin(lock_wait.max(Duration::from_millis(1)))
+                .await
+            {
+                Ok(begun) => uow = begun,
+                Err(error) => return Err(Box::new(unavailable(config, digest, &error))),
+            }
+        }
+        let claimed = super::traced_claim(&*config.store, claim, uow.as_deref_mut()).await;
+        // Below, a unit of work that is not returned is dropped: rolled back, writing nothing.
+        match claimed {
+            Ok(Claim::Claimed(lease)) => {
+                tracing::debug!(key = %digest, "idempotency key claimed");
+                return Ok(match uow {
+                    Some(uow) => Held::InUnitOfWork(uow, lease),
+                    None => Held::Committed(lease),
+                });
+            }
+            Ok(Claim::Completed(stored)) => return Err(Box::new(replay(config, digest, &stored))),
+            Ok(Claim::Mismatch) => {
+                tracing::debug!(key = %digest, "idempotency key reused with another payload");
+                crate::telemetry::record_idempotency_conflict("key_reused");
+                return Err(Box::new(config.problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Idempotency-Key is already used",
+                    "this key was used with another request payload; use a new key for a new request",
+                )));
+            }
+            Ok(Claim::InFlight { locked_until }) => {
+                drop(uow);
+                let pause = pauses.delay(attempt);
+                if tokio::time::Instant::now() + pause < deadline {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                tracing::debug!(key = %digest, "idempotency key in flight");
+                crate::telemetry::record_idempotency_conflict("in_flight");
+                let mut response = config.problem(
+                    StatusCode::CONFLICT,
+                    "A request is outstanding for this Idempotency-Key",
+                    "a request with this key is still being processed; retry later",
+                );
+                let wait = (locked_until - chrono::Utc::now())
+                    .num_seconds()
+                    .clamp(1, 3600);
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(wait));
+                return Err(Box::new(response));
+            }
+            Err(error) => return Err(Box::new(unavailable(config, digest, &error))),
+        }
+    }
+}
+
+/// 503: the store could not be asked; the handler did not run.
+fn unavailable(
+    config: &Config,
+    digest: super::KeyDigest,
+    error: &IdempotencyError,
+) -> Response<Full<Bytes>> {
+    tracing::warn!(key = %digest, %error, "idempotency store unavailable; refusing the request");
+    config.retry_later(
+        "Idempotency store unavailable",
+        "the request was not processed; retry it with the same Idempotency-Key",
+    )
+}
+
+/// The stored response, marked as replayed.
+fn replay(config: &Config, digest: super::KeyDigest, stored: &[u8]) -> Response<Full<Bytes>> {
+    match decode(stored) {
+        Ok(mut response) => {
+            tracing::debug!(key = %digest, "idempotent response replayed");
+            crate::telemetry::record_idempotency_replay();
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            response
+        }
+        Err(reason) => {
+            tracing::error!(key = %digest, reason, "stored idempotent response does not decode");
+            config.problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Stored response unreadable",
+                "the response stored for this Idempotency-Key cannot be replayed",
+            )
+        }
+    }
+}
+
+/// Runs the handler inside the claim's unit of work, stores its response there and commits
+/// once; a failed handler, an uncached status or a failed commit writes nothing.
+async fn run_in<S, ReqBody, ResBody>(
+    config: &Config,
+    mut inner: S,
+    mut request: Request<ReqBody>,
+    uow: Box<dyn UnitOfWork>,
+    lease: Lease,
+) -> Result<Response<Full<Bytes>>, S::Error>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let digest = lease.digest();
+    let handle = RequestUnitOfWork::new(uow);
+    request.extensions_mut().insert(handle.clone());
+    // Dropping the unit of work anywhere below rolls it back, freeing the key.
+    let response = inner.call(request).await?;
+    let (parts, body) = response.into_parts();
+    let body = match body.collect().await.map_err(Into::<BoxError>::into) {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            tracing::warn!(key = %digest, %error, "handler's response body failed; nothing committed");
+            return Ok(config.problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Response failed",
+                "the response body could not be produced; nothing was committed",
+            ));
+        }
+    };
+    let response = Response::from_parts(parts, Full::new(body.clone()));
+    let Some(mut uow) = handle.take().await else {
+        unreachable!("only the layer takes the request's unit of work")
+    };
+    if !(config.cache_status)(response.status()) {
+        tracing::debug!(key = %digest, status = response.status().as_u16(), "outcome not cached; rolled back, key free");
+        rollback(uow, digest).await;
+        return Ok(response);
+    }
+    let stored = encode(
+        response.status(),
+        response.headers(),
+        &config.stored_headers,
+        &body,
+    );
+    if let Err(error) = config.store.complete_in(&mut *uow, &lease, &stored).await {
+        tracing::warn!(key = %digest, %error, "response not stored; rolled back, key free");
+        rollback(uow, digest).await;
+        return Ok(match error {
+            IdempotencyError::ResponseTooLarge { .. } => config.problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Response too large to store",
+                "the response is larger than the idempotency store accepts; nothing was committed",
+            ),
+            _ => config.retry_later(
+                "Idempotency store unavailable",
+                "the request was not committed; retry it with the same Idempotency-Key",
+            ),
+        });
+    }
+    match uow.commit_boxed().await {
+        Ok(()) => Ok(response),
+        Err(error @ Error::CommitOutcomeUnknown { .. }) => {
+            tracing::warn!(key = %digest, %error, "commit outcome unknown");
+            Ok(config.retry_later(
+                "Outcome unknown",
+                "the connection failed while committing; retry with the same Idempotency-Key: \
+                 it replays the response if the request committed, or runs it once if not",
+            ))
+        }
+        Err(error) => {
+            tracing::warn!(key = %digest, %error, "commit failed; nothing committed, key free");
+            Ok(config.retry_later(
+                "Not committed",
+                "the request could not be committed; retry it with the same Idempotency-Key",
+            ))
+        }
+    }
+}
+
+async fn rollback(uow: Box<dyn UnitOfWork>, digest: super::KeyDigest) {
+    if let Err(error) = uow.rollback_boxed().await {
+        tracing::debug!(key = %digest, %error, "rollback failed; the transaction ends with its connection");
     }
 }
 
@@ -442,9 +742,10 @@ async fn release(store: &dyn IdempotencyStore, lease: &Lease) {
     }
 }
 
-/// Runs the handler for a claimed key and stores (or releases) its outcome.
+/// Runs the handler for a claim committed before it (two-phase mode) and stores (or
+/// releases) its outcome.
 async fn run<S, ReqBody, ResBody>(
-    config: Arc<Config>,
+    config: &Config,
     mut inner: S,
     request: Request<ReqBody>,
     lease: Lease,
@@ -492,18 +793,58 @@ where
         &config.stored_headers,
         &body,
     );
-    match config.store.complete(&lease, &stored).await {
-        Ok(()) => guard.disarm(),
+    // The handler ran: from here on the key is never released. It holds the stored response,
+    // or stays held (409) until its lock runs out.
+    guard.disarm();
+    match store_response(&*config.store, &lease, &stored).await {
+        Ok(()) => {}
         Err(error @ IdempotencyError::ResponseTooLarge { .. }) => {
-            tracing::warn!(key = %digest, %error, "response too large to store; key released");
-            guard.release().await;
+            // Nothing can ever be stored: a retry would run again. Say so rather than
+            // answer as if the outcome were kept.
+            tracing::error!(key = %digest, %error, "response too large to store; the key stays held until its lock times out");
         }
         Err(error) => {
-            tracing::warn!(key = %digest, %error, "response not stored");
-            guard.disarm();
+            tracing::error!(key = %digest, %error, "response not stored; the key stays held until its lock times out");
         }
     }
     Ok(response)
+}
+
+/// Stores a handler's response, retrying failures (a lost connection, say) until it is
+/// stored, the claim is lost, or its lock runs out — the key is held meanwhile.
+async fn store_response(
+    store: &dyn IdempotencyStore,
+    lease: &Lease,
+    stored: &[u8],
+) -> Result<(), IdempotencyError> {
+    let pauses = crate::Backoff::new(
+        Duration::from_millis(20),
+        Duration::from_secs(2),
+        crate::Jitter::Equal,
+    );
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let error = match store.complete(lease, stored).await {
+            Ok(()) => return Ok(()),
+            Err(
+                error @ (IdempotencyError::ResponseTooLarge { .. }
+                | IdempotencyError::LeaseLost { .. }),
+            ) => {
+                return Err(error);
+            }
+            Err(error) => error,
+        };
+        let pause = pauses.delay(attempt);
+        let left = (lease.locked_until() - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        if left <= pause {
+            return Err(error);
+        }
+        tracing::warn!(key = %lease.digest(), %error, attempt, "storing the response failed; retrying");
+        tokio::time::sleep(pause).await;
+    }
 }
 
 fn read_key(
@@ -547,6 +888,15 @@ fn read_key(
 }
 
 impl Config {
+    /// 503 with `Retry-After: 1`: nothing was done, the client may retry with the same key.
+    fn retry_later(&self, title: &str, detail: &str) -> Response<Full<Bytes>> {
+        let mut response = self.problem(StatusCode::SERVICE_UNAVAILABLE, title, detail);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
+
     /// An RFC 9457 problem response.
     fn problem(&self, status: StatusCode, title: &str, detail: &str) -> Response<Full<Bytes>> {
         let body = serde_json::json!({

@@ -328,6 +328,16 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         Ok(())
     }
 
+    /// A [`MemoryUnitOfWork`]; a claim in it never waits (a key held by another unit of work is
+    /// [`Claim::InFlight`] at once), so `lock_wait` has nothing to bound.
+    async fn begin(
+        &self,
+        lock_wait: std::time::Duration,
+    ) -> Result<Option<Box<dyn UnitOfWork>>, IdempotencyError> {
+        let _ = lock_wait;
+        Ok(Some(Box::new(MemoryUnitOfWork::new())))
+    }
+
     async fn cleanup_expired(&self, limit: usize) -> Result<usize, IdempotencyError> {
         let now = Utc::now();
         let mut records = self.lock();

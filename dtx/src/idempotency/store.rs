@@ -130,6 +130,7 @@ pub enum Claim {
 pub(crate) async fn traced_claim<S: IdempotencyStore + ?Sized>(
     store: &S,
     request: &ClaimRequest,
+    uow: Option<&mut dyn UnitOfWork>,
 ) -> Result<Claim, IdempotencyError> {
     use tracing::Instrument;
     let span = tracing::debug_span!(
@@ -137,7 +138,10 @@ pub(crate) async fn traced_claim<S: IdempotencyStore + ?Sized>(
         key = %request.digest(),
         outcome = tracing::field::Empty,
     );
-    let claim = store.claim(request).instrument(span.clone()).await;
+    let claim = match uow {
+        Some(uow) => store.claim_in(uow, request).instrument(span.clone()).await,
+        None => store.claim(request).instrument(span.clone()).await,
+    };
     span.record(
         "outcome",
         match &claim {
@@ -360,6 +364,22 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         let _ = (lease, response);
         Err(IdempotencyError::storage(crate::uow::refused::<Self>(uow)))
     }
+
+    /// Begins a unit of work that this store's records can be claimed in
+    /// ([`claim_in`](IdempotencyStore::claim_in)), for work that commits together with its
+    /// idempotency record — the one-commit mode of the HTTP layer. `Ok(None)` when the store
+    /// cannot join units of work (the default).
+    ///
+    /// `lock_wait` bounds how long any statement of that unit of work waits for a lock (on
+    /// PostgreSQL its `lock_timeout`): a duplicate that waits for the holder's commit gives up
+    /// after it, with [`Claim::InFlight`].
+    async fn begin(
+        &self,
+        lock_wait: Duration,
+    ) -> Result<Option<Box<dyn UnitOfWork>>, IdempotencyError> {
+        let _ = lock_wait;
+        Ok(None)
+    }
 }
 
 /// A shareable, type-erased idempotency store.
@@ -406,6 +426,13 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
         response: &[u8],
     ) -> Result<(), IdempotencyError> {
         (**self).complete_in(uow, lease, response).await
+    }
+
+    async fn begin(
+        &self,
+        lock_wait: Duration,
+    ) -> Result<Option<Box<dyn UnitOfWork>>, IdempotencyError> {
+        (**self).begin(lock_wait).await
     }
 }
 
