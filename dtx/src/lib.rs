@@ -163,6 +163,9 @@ pub use dtx_macros::Aggregate;
 ///   reloads and decides again, with exponential backoff and jitter ([`cqrs::RetryPolicy`]).
 /// - `fn name(cmd: C) -> Result<Events, E>` (no receiver) creates the aggregate; if it exists
 ///   already the caller gets [`cqrs::CommandError::AlreadyExists`].
+/// - `fn name(state: Option<&Self>, cmd: C) -> Result<Events, E>` creates or changes it: the
+///   decision sees `None` when the aggregate has no events yet (one load, and a concurrent
+///   create is a version conflict, decided again with the state it made).
 /// - `Events` is one event, a `Vec`, an array or an `Option` of values convertible into the
 ///   aggregate's event enum. The caller receives a [`cqrs::Committed`].
 /// - The command finds its aggregate through its field `<aggregate>_id` (`order_id` for

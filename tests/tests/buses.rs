@@ -73,12 +73,28 @@ struct Increment {
     tag: u32,
 }
 
+/// Starts the counter if it has no events, and increments it either way.
+#[derive(Debug, Clone)]
+struct Tick {
+    counter_id: Id<Counter>,
+    tag: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("never")]
 struct Never;
 
 #[command_handler]
 impl Counter {
+    fn tick(counter: Option<&Self>, cmd: &Tick) -> Result<Vec<CounterEvent>, Never> {
+        let mut events = Vec::new();
+        if counter.is_none() {
+            events.push(Started {}.into());
+        }
+        events.push(Incremented { tag: cmd.tag }.into());
+        Ok(events)
+    }
+
     #[command(target = counter)]
     fn start(_cmd: &StartCounter) -> Result<Started, Never> {
         Ok(Started {})
@@ -157,7 +173,53 @@ on_both_backends!(
     events_carry_correlation_and_causation,
     domain_errors_and_missing_aggregates_are_typed,
     two_buses_on_one_store_stay_correct_through_their_state_caches,
+    create_or_update_handlers_race_without_already_exists,
 );
+
+/// Twenty concurrent `Option<&Self>` commands on an aggregate that does not exist yet: exactly
+/// one creates it (decides with `None`), the others lose the version race, reload and decide
+/// with its state; none gets `AlreadyExists`, none is lost. Inside a unit of work the same
+/// handler sees the state written earlier in it.
+async fn create_or_update_handlers_race_without_already_exists(store: SharedEventStore) {
+    let bus = commands(Arc::clone(&store));
+    let counter = Id::<Counter>::new();
+    let tasks: Vec<_> = (0..20)
+        .map(|tag| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                bus.execute(Tick {
+                    counter_id: counter,
+                    tag,
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        let committed = task.await.unwrap().unwrap();
+        created += usize::from(committed.events == 2);
+    }
+    assert_eq!(created, 1, "one command created the counter");
+    let stream = Counter::stream_id(&counter).unwrap();
+    let stored = store.read_stream(&stream, 1, usize::MAX).await.unwrap();
+    assert_eq!(stored.len(), 21);
+    let starts = stored
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.decode::<CounterEvent>().unwrap(),
+                CounterEvent::Started(_)
+            )
+        })
+        .count();
+    assert_eq!(starts, 1);
+    let loaded = dtx::Repository::<Counter>::shared(Arc::clone(&store), &dtx::DtxConfig::default())
+        .load(&counter)
+        .await
+        .unwrap();
+    assert_eq!(loaded.state().count, 20);
+}
 
 /// Two service instances (two buses, each with its own state cache) alternate commands on one
 /// aggregate: each instance's cached state is stale every time, the append conflicts, the

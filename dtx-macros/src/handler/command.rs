@@ -44,11 +44,21 @@ struct AggregateHandlers {
     methods: Vec<Method>,
 }
 
+/// What a handler method expects of its aggregate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expects {
+    /// No receiver: the command creates the aggregate.
+    Create,
+    /// `&self`: the aggregate exists.
+    Update,
+    /// A first argument `Option<&Self>`: either way.
+    Upsert,
+}
+
 /// One handler method of an aggregate.
 struct Method {
     sig: Signature,
-    /// No receiver: the command creates the aggregate.
-    create: bool,
+    expects: Expects,
     /// The command's field holding the aggregate's id.
     target: syn::Ident,
     /// Where an error about the target field goes: the field named in `#[command(target = ..)]`,
@@ -168,7 +178,13 @@ fn aggregate_impl(
         };
         found_methods = true;
         let args = method_args(&mut method.attrs, errors);
-        methods.push(aggregate_method(method, args, &default_target, errors));
+        methods.push(aggregate_method(
+            method,
+            args,
+            &aggregate.ident,
+            &default_target,
+            errors,
+        ));
     }
     if !found_methods {
         errors.push(
@@ -211,9 +227,35 @@ fn method_args(
     args
 }
 
+/// Whether `ty` is `Option<&Self>` or `Option<&Aggregate>`: the state of a create-or-update
+/// handler.
+fn is_optional_state(ty: &syn::Type, aggregate: &syn::Ident) -> bool {
+    let syn::Type::Path(path) = ty else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(generics) = &last.arguments else {
+        return false;
+    };
+    let [syn::GenericArgument::Type(syn::Type::Reference(inner))] =
+        generics.args.iter().collect::<Vec<_>>()[..]
+    else {
+        return false;
+    };
+    let syn::Type::Path(state) = &*inner.elem else {
+        return false;
+    };
+    last.ident == "Option"
+        && inner.mutability.is_none()
+        && (state.path.is_ident("Self") || state.path.is_ident(aggregate))
+}
+
 fn aggregate_method(
     method: &syn::ImplItemFn,
     args: MethodArgs,
+    aggregate: &syn::Ident,
     default_target: &str,
     errors: &mut darling::error::Accumulator,
 ) -> Option<Method> {
@@ -245,7 +287,17 @@ fn aggregate_method(
             .with_span(&asyncness),
         );
     }
-    let sig = signature::analyse(Site::AggregateMethod, &method.sig, errors)?;
+    // `fn decide(state: Option<&Self>, cmd: C, ..)`: create or update.
+    let mut analysed = method.sig.clone();
+    let upsert = receiver.is_none()
+        && matches!(
+            analysed.inputs.first(),
+            Some(syn::FnArg::Typed(arg)) if is_optional_state(&arg.ty, aggregate)
+        );
+    if upsert {
+        analysed.inputs = analysed.inputs.into_iter().skip(1).collect();
+    }
+    let sig = signature::analyse(Site::AggregateMethod, &analysed, errors)?;
     let (target, target_span) = if let Some(target) = args.target {
         let span = target.span();
         (target, span)
@@ -256,9 +308,14 @@ fn aggregate_method(
         let field = syn::Ident::new(default_target, Span::mixed_site().located_at(span));
         (field, span)
     };
+    let expects = match (receiver, upsert) {
+        (Some(_), _) => Expects::Update,
+        (None, true) => Expects::Upsert,
+        (None, false) => Expects::Create,
+    };
     Some(Method {
         sig,
-        create: receiver.is_none(),
+        expects,
         target,
         target_span,
     })
@@ -354,7 +411,7 @@ fn expand_aggregate(handlers: &AggregateHandlers) -> TokenStream {
                 quote!(__dtx_command),
             )
         };
-        let state = (!method.create).then(|| quote!(__dtx_state,));
+        let state = (method.expects != Expects::Create).then(|| quote!(__dtx_state,));
         // The decision is bound at the return type, where rustc reports it if it is not a
         // `Result` of this aggregate's events.
         let decision = syn::Ident::new("__dtx_decision", output.span());
@@ -376,10 +433,13 @@ fn expand_aggregate(handlers: &AggregateHandlers) -> TokenStream {
             quote!(#field),
         );
         let validate = validate(krate, command, &quote!(__dtx_command));
-        let (constructor, state_param) = if method.create {
-            (quote!(aggregate_create), quote!())
-        } else {
-            (quote!(aggregate_update), quote!(__dtx_state: &#aggregate,))
+        let (constructor, state_param) = match method.expects {
+            Expects::Create => (quote!(aggregate_create), quote!()),
+            Expects::Update => (quote!(aggregate_update), quote!(__dtx_state: &#aggregate,)),
+            Expects::Upsert => (
+                quote!(aggregate_upsert),
+                quote!(__dtx_state: ::core::option::Option<&#aggregate>,),
+            ),
         };
         let command_impl = command_impl(krate, command, &quote!(#krate::cqrs::Committed));
         let build = format_ident!("__dtx_handler_{}", ident);

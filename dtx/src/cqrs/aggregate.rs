@@ -8,11 +8,23 @@ use crate::{Aggregate, AggregateRoot, Error, Repository};
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// A decision of an aggregate command handler: the current state and the command in, events
-/// out.
-pub(crate) type Decide<A, C> = dyn Fn(&A, &C, &CommandContext) -> Result<Vec<<A as Aggregate>::Event>, CommandError>
+/// A decision of an aggregate command handler: the current state (the initial one for a
+/// stream with no events) and the command in, events out.
+pub(crate) type Decide<A, C> = dyn Fn(&AggregateRoot<A>, &C, &CommandContext) -> Result<Vec<<A as Aggregate>::Event>, CommandError>
     + Send
     + Sync;
+
+/// What an aggregate command expects of its aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// It creates the aggregate: its stream must have no events
+    /// ([`CommandError::AlreadyExists`] otherwise).
+    Create,
+    /// It changes an existing aggregate ([`CommandError::NotFound`] otherwise).
+    Update,
+    /// It works either way: the decision sees whether the aggregate exists.
+    Upsert,
+}
 
 /// What an aggregate command handler may return as its events: one event, a `Vec`, an array,
 /// an `Option` or any iterator of values convertible into the aggregate's event enum.
@@ -57,7 +69,7 @@ pub(crate) async fn run_aggregate<A, C>(
     command: &C,
     id: A::Id,
     ctx: &CommandContext,
-    create: bool,
+    target: Target,
     decide: &Decide<A, C>,
     uow: Option<&mut dyn UnitOfWork>,
 ) -> Result<Committed, CommandError>
@@ -87,7 +99,7 @@ where
             None if attempt == 1 => Mode::First,
             None => Mode::Retry,
         };
-        let saved = attempt_once(&repo, env, command, &id, ctx, create, mode, decide)
+        let saved = attempt_once(&repo, env, command, &id, ctx, target, mode, decide)
             .instrument(span)
             .await;
         match saved {
@@ -98,7 +110,7 @@ where
                 });
             }
             Err(AttemptError::Command(error)) => return Err(error),
-            Err(AttemptError::Store(Error::Conflict { .. })) if create => {
+            Err(AttemptError::Store(Error::Conflict { .. })) if target == Target::Create => {
                 return Err(CommandError::AlreadyExists {
                     aggregate: A::TYPE,
                     id: id.to_string(),
@@ -153,7 +165,7 @@ async fn attempt_once<A, C>(
     command: &C,
     id: &A::Id,
     ctx: &CommandContext,
-    create: bool,
+    target: Target,
     mode: Mode<'_>,
     decide: &Decide<A, C>,
 ) -> Result<Committed, AttemptError>
@@ -169,13 +181,13 @@ where
     let cached = env
         .states
         .as_ref()
-        .filter(|_| trust_cache && !create)
+        .filter(|_| trust_cache && target != Target::Create)
         .and_then(|states| states.get(&stream))
         .and_then(|entry| entry.downcast_ref::<(A, u64)>().cloned());
     if !trust_cache && let Some(states) = &env.states {
         states.invalidate(&stream);
     }
-    let mut root = if create {
+    let mut root = if target == Target::Create {
         AggregateRoot::<A>::new(id.clone())
     } else if let Some((state, version)) = cached {
         AggregateRoot::from_state(state, version)
@@ -184,7 +196,7 @@ where
             Some(uow) => repo.load_in(uow, id).await?,
             None => repo.load(id).await?,
         };
-        if root.version() == 0 {
+        if root.version() == 0 && target == Target::Update {
             return Err(AttemptError::Command(CommandError::NotFound {
                 aggregate: A::TYPE,
                 id: id.to_string(),
@@ -192,7 +204,7 @@ where
         }
         root
     };
-    let events = decide(root.state(), command, ctx).map_err(AttemptError::Command)?;
+    let events = decide(&root, command, ctx).map_err(AttemptError::Command)?;
     root.record(events)?;
     let events = root.pending().len();
     let metadata = ctx.metadata.event_metadata();

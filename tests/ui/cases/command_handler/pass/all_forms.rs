@@ -1,6 +1,7 @@
 //! Every form of `#[command_handler]`, executed through a bus built from the registry: an
 //! aggregate's create method, `&self` methods taking the command by value and by reference,
-//! `#[command(target = ..)]`, the `State<T>` and `&CommandContext` extras, a command that
+//! `#[command(target = ..)]`, a create-or-update method taking `Option<&Self>`, the `State<T>`
+//! and `&CommandContext` extras, a command that
 //! implements `Validate`, and a free `async fn` returning something other than events.
 #![deny(warnings)]
 
@@ -111,6 +112,13 @@ struct Close {
     account: Id<Account>,
 }
 
+/// Create or update: opens the account with a deposit, or deposits into it.
+#[derive(Debug)]
+struct Pay {
+    account_id: Id<Account>,
+    amount: u64,
+}
+
 /// Handled by a free `async fn`.
 #[derive(Debug)]
 struct OpenWithDeposit {
@@ -145,6 +153,29 @@ impl Account {
             }
             .into(),
         ])
+    }
+
+    fn pay(
+        account: Option<&Account>,
+        cmd: &Pay,
+        State(fees): State<Fees>,
+    ) -> Result<Vec<AccountEvent>, Refused> {
+        let deposit = Deposited {
+            amount: cmd.amount,
+            fee: fees.per_deposit,
+            memo: "pay".into(),
+        };
+        match account {
+            None => Ok(vec![
+                Opened {
+                    owner: "payee".into(),
+                }
+                .into(),
+                deposit.into(),
+            ]),
+            Some(account) if account.closed => Err(Refused::Closed),
+            Some(_) => Ok(vec![deposit.into()]),
+        }
     }
 
     #[command(target = account)]
@@ -237,6 +268,21 @@ async fn run(bus: &CommandBus) -> Result<(), CommandError> {
         })
         .await?;
     assert_eq!(version, 2);
+
+    let payee = Id::<Account>::new();
+    let first: Committed = bus
+        .execute(Pay {
+            account_id: payee,
+            amount: 3,
+        })
+        .await?;
+    let second: Committed = bus
+        .execute(Pay {
+            account_id: payee,
+            amount: 3,
+        })
+        .await?;
+    assert_eq!((first.version, second.version), (2, 3));
 
     let missing = bus.execute(Close { account: Id::new() }).await;
     assert!(matches!(missing, Err(CommandError::NotFound { .. })));
