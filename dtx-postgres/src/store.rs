@@ -2,7 +2,10 @@
 
 mod statements;
 
-use crate::sql::{Schema, classify, count, to_i64, to_u32, to_u64, unique_violation};
+use crate::sql::{
+    Schema, classify, count, stored_schema_version, stored_version, to_i64, to_u64,
+    unique_violation,
+};
 use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -353,19 +356,21 @@ fn recorded(row: &PgRow, stream: Option<&StreamId>) -> Result<RecordedEvent> {
     }
     let stream_id = match stream {
         Some(stream) => stream.clone(),
-        // Stored stream ids were validated when they were written.
-        None => StreamId::new(get::<String>(row, 0)?)?,
+        // Taken as stored: a row today's validation would refuse must not stop the feed.
+        None => StreamId::from_stored(get::<String>(row, 0)?),
     };
+    let version = stored_version(&stream_id, get(row, 1)?)?;
+    let schema_version = stored_schema_version(&stream_id, version, get(row, 6)?)?;
     Ok(RecordedEvent {
         stream_id,
-        version: to_u64(get(row, 1)?),
+        version,
         position: GlobalPosition {
             sequence: to_u64(get(row, 2)?),
             commit: to_u64(get(row, 3)?),
         },
         event_id: get(row, 4)?,
         event_type: get(row, 5)?,
-        schema_version: to_u32(get(row, 6)?),
+        schema_version,
         data: get::<String>(row, 7)?.into_boxed_str(),
         metadata: EventMetadata {
             correlation_id: get(row, 8)?,
@@ -426,7 +431,12 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.iter().map(|row| recorded(row, Some(stream))).collect()
+        let events = rows
+            .iter()
+            .map(|row| recorded(row, Some(stream)))
+            .collect::<Result<Vec<_>>>()?;
+        dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
+        Ok(events)
     }
 
     async fn read_stream_data(
@@ -535,15 +545,20 @@ impl PgEventStore {
             .fetch_all(executor)
             .await
             .map_err(Error::storage)?;
-        Ok(rows
+        let events = rows
             .into_iter()
-            .map(|(version, event_type, schema_version, data)| EventData {
-                version: to_u64(version),
-                event_type,
-                schema_version: to_u32(schema_version),
-                data: data.into_boxed_str(),
+            .map(|(version, event_type, schema_version, data)| {
+                let version = stored_version(stream, version)?;
+                Ok(EventData {
+                    version,
+                    event_type,
+                    schema_version: stored_schema_version(stream, version, schema_version)?,
+                    data: data.into_boxed_str(),
+                })
             })
-            .collect())
+            .collect::<Result<Vec<_>>>()?;
+        dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
+        Ok(events)
     }
 
     async fn save_snapshot_on<'c, E>(

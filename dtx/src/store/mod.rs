@@ -8,7 +8,7 @@ pub use memory::MemoryEventStore;
 pub use crate::stream::{ExpectedVersion, StreamId};
 
 use crate::error::{Error, Result};
-use crate::event::EventMetadata;
+use crate::event::{DecodeError, EventMetadata};
 use crate::uow::UnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -50,6 +50,41 @@ pub(crate) fn check_name(what: &'static str, value: &str, max: usize) -> Result<
             reason,
         }),
     }
+}
+
+/// Checks that the `versions` a read of `stream` from `from_version` returned follow each other
+/// without a gap, starting at `from_version` (0 reads as 1): a stream with a missing version
+/// must not load as if it were complete.
+///
+/// Backends call it on every stream read; [`crate::Repository`] calls it on every load, from
+/// the snapshot's version on. A gap is [`Error::Decode`] with [`DecodeError::VersionGap`],
+/// naming the stream and the missing version.
+///
+/// ```
+/// # use dtx::{StreamId, store::check_contiguous};
+/// let stream = StreamId::new("Order-1")?;
+/// assert!(check_contiguous(&stream, 3, [3, 4, 5]).is_ok());
+/// assert!(check_contiguous(&stream, 1, [1, 3]).is_err());
+/// assert!(check_contiguous(&stream, 2, [3]).is_err());
+/// # Ok::<(), dtx::Error>(())
+/// ```
+pub fn check_contiguous(
+    stream: &StreamId,
+    from_version: u64,
+    versions: impl IntoIterator<Item = u64>,
+) -> Result<()> {
+    let mut expected = from_version.max(1);
+    for found in versions {
+        if found != expected {
+            return Err(Error::Decode {
+                stream: stream.clone(),
+                version: expected,
+                source: DecodeError::VersionGap { expected, found },
+            });
+        }
+        expected += 1;
+    }
+    Ok(())
 }
 
 /// A position in the global feed, ordered first by commit horizon, then by sequence.
