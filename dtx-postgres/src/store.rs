@@ -570,6 +570,7 @@ impl PgEventStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
+        snapshot.check_storable(stream)?;
         sqlx::query(&self.sql.save_snapshot)
             .bind(stream.as_str())
             .bind(&snapshot.aggregate_type)

@@ -2,6 +2,7 @@
 //! (in memory here, PostgreSQL in `dtx-postgres`) that pass one contract test suite.
 
 mod memory;
+pub(crate) mod storable;
 
 pub use memory::MemoryEventStore;
 
@@ -73,8 +74,7 @@ pub fn check_contiguous(
     from_version: u64,
     versions: impl IntoIterator<Item = u64>,
 ) -> Result<()> {
-    let mut expected = from_version.max(1);
-    for found in versions {
+    for (expected, found) in (from_version.max(1)..).zip(versions) {
         if found != expected {
             return Err(Error::Decode {
                 stream: stream.clone(),
@@ -82,7 +82,6 @@ pub fn check_contiguous(
                 source: DecodeError::VersionGap { expected, found },
             });
         }
-        expected += 1;
     }
     Ok(())
 }
@@ -301,7 +300,8 @@ impl Default for StoreLimits {
 }
 
 impl StoreLimits {
-    /// Checks a batch against the limits (and event type names against their format).
+    /// Checks a batch against the limits, event type names against their format, and payloads
+    /// and metadata against what every backend can store ([`Error::Unstorable`]).
     pub fn check(&self, stream: &StreamId, events: &[NewEvent]) -> Result<()> {
         if events.is_empty() {
             return Err(Error::EmptyAppend {
@@ -326,7 +326,7 @@ impl StoreLimits {
             }
         }
         let mut total = 0usize;
-        for event in events {
+        for (index, event) in events.iter().enumerate() {
             check_name("event type", &event.event_type, 255)?;
             if event.schema_version == 0 || i32::try_from(event.schema_version).is_err() {
                 return Err(Error::Invalid {
@@ -335,6 +335,7 @@ impl StoreLimits {
                     reason: "must be between 1 and 2147483647",
                 });
             }
+            check_storable(stream, index, event)?;
             let bytes = event.data.get().len();
             if bytes > self.max_event_bytes {
                 return Err(Error::PayloadTooLarge {
@@ -355,6 +356,37 @@ impl StoreLimits {
             });
         }
         Ok(())
+    }
+}
+
+/// [`Error::Unstorable`] for an event whose payload or metadata PostgreSQL cannot store,
+/// naming the stream and the event's index, type and id.
+fn check_storable(stream: &StreamId, index: usize, event: &NewEvent) -> Result<()> {
+    let what = |part: &str| {
+        format!(
+            "the {part} of event {index} (`{}`, id {}) appended to stream `{stream}`",
+            event.event_type, event.event_id
+        )
+    };
+    storable::check_json(Some(stream), event.data.get(), || what("payload"))?;
+    if let Some(traceparent) = &event.metadata.traceparent {
+        storable::check_text(Some(stream), traceparent, || what("traceparent"))?;
+    }
+    Ok(())
+}
+
+impl Snapshot {
+    /// [`Error::Unstorable`] unless every backend can store this snapshot (its state is JSON
+    /// PostgreSQL's `jsonb` takes); backends check it before saving.
+    pub fn check_storable(&self, stream: &StreamId) -> Result<()> {
+        let what = || {
+            format!(
+                "the snapshot at version {} of stream `{stream}`",
+                self.version
+            )
+        };
+        storable::check_text(Some(stream), &self.aggregate_type, what)?;
+        storable::check_json(Some(stream), self.state.get(), what)
     }
 }
 
