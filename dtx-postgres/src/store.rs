@@ -172,11 +172,14 @@ impl PgEventStore {
     /// Appends on the unit of work's connection ([`EventStore::append_in`]), so the events
     /// commit or roll back with its other writes.
     ///
-    /// A conflict is [`Error::Conflict`] for every expectation, [`ExpectedVersion::Any`]
-    /// included (a lost race cannot be retried inside the caller's transaction), and it usually
-    /// leaves the transaction aborted: a stream that has moved past the expected version is
-    /// detected by its unique constraint, which fails the statement. Roll back and retry the
-    /// whole transaction. A connection failure after the statement was sent is
+    /// Every expectation reads the stream's head as the transaction sees it (the `any` shape),
+    /// so a stream at another version, appended to earlier in the same transaction or not, is
+    /// [`Error::Conflict`] with the version the transaction sees, and the statement inserts
+    /// nothing instead of failing. A conflict is [`Error::Conflict`] for every expectation,
+    /// [`ExpectedVersion::Any`] included (a lost race cannot be retried inside the caller's
+    /// transaction); a race lost to a concurrent writer fails the statement on the unique
+    /// constraint and leaves the transaction aborted. Roll back and retry the whole
+    /// transaction. A connection failure after the statement was sent is
     /// [`Error::OutcomeUnknown`].
     async fn append_on(
         &self,
@@ -188,7 +191,7 @@ impl PgEventStore {
         self.limits.check(stream, &events)?;
         let batch = Batch::new(events);
         match self
-            .append_once(&mut *conn, stream, expected, &batch)
+            .append_once(&mut *conn, stream, expected, Shape::Head, &batch)
             .await?
         {
             Attempt::Done(result) => Ok(result),
@@ -215,6 +218,7 @@ impl PgEventStore {
         executor: E,
         stream: &StreamId,
         expected: ExpectedVersion,
+        shape: Shape,
         batch: &Batch,
     ) -> Result<Attempt>
     where
@@ -222,7 +226,7 @@ impl PgEventStore {
     {
         let sql = &*self.sql;
         let query = if let [id] = batch.ids.as_slice() {
-            sqlx::query_as::<_, Appended>(sql.append(Shape::of(expected), self.outbox, false))
+            sqlx::query_as::<_, Appended>(sql.append(shape, self.outbox, false))
                 .bind(stream.as_str())
                 .bind(expected.required().map(to_i64))
                 .bind(id)
@@ -233,7 +237,7 @@ impl PgEventStore {
                 .bind(batch.causation[0])
                 .bind(&batch.traceparent[0])
         } else {
-            sqlx::query_as::<_, Appended>(sql.append(Shape::of(expected), self.outbox, true))
+            sqlx::query_as::<_, Appended>(sql.append(shape, self.outbox, true))
                 .bind(stream.as_str())
                 .bind(expected.required().map(to_i64))
                 .bind(&batch.ids)
@@ -395,7 +399,7 @@ impl EventStore for PgEventStore {
         let mut races = 0;
         loop {
             let current = match self
-                .append_once(&self.pool, stream, expected, &batch)
+                .append_once(&self.pool, stream, expected, Shape::of(expected), &batch)
                 .await?
             {
                 Attempt::Done(result) => {
