@@ -72,6 +72,7 @@ impl PgSagaStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
+        r.check_storable()?;
         sqlx::query(&self.sql.insert)
             .bind(r.id)
             .bind(&r.name)
@@ -253,6 +254,7 @@ impl SagaStore for PgSagaStore {
         owner: &str,
         lease_until: Option<DateTime<Utc>>,
     ) -> Result<bool> {
+        r.check_storable()?;
         let done = sqlx::query(&self.sql.save)
             .bind(r.id)
             .bind(owner)
@@ -286,6 +288,7 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn deliver(&self, id: Uuid, event: &SagaEvent, now: DateTime<Utc>) -> Result<Delivery> {
+        event.check_storable(id)?;
         let delivered = sqlx::query(&self.sql.deliver)
             .bind(id)
             .bind(&event.event_type)

@@ -50,6 +50,36 @@ pub(crate) fn to_u32(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
 }
 
+/// A stored event's `version` column: at least 1, or [`Error::Decode`] naming the stream.
+pub(crate) fn stored_version(stream: &StreamId, version: i64) -> Result<u64> {
+    match u64::try_from(version) {
+        Ok(version) if version > 0 => Ok(version),
+        _ => Err(impossible(stream, 0, "version", version)),
+    }
+}
+
+/// A stored event's `schema_version` column: between 1 and `i32::MAX` as every append
+/// writes it, or [`Error::Decode`] naming the stream and the event's version.
+pub(crate) fn stored_schema_version(stream: &StreamId, version: u64, schema: i32) -> Result<u32> {
+    match u32::try_from(schema) {
+        Ok(schema) if schema > 0 => Ok(schema),
+        _ => Err(impossible(
+            stream,
+            version,
+            "schema_version",
+            i64::from(schema),
+        )),
+    }
+}
+
+fn impossible(stream: &StreamId, version: u64, column: &'static str, value: i64) -> Error {
+    Error::Decode {
+        stream: stream.clone(),
+        version,
+        source: dtx::event::DecodeError::ImpossibleValue { column, value },
+    }
+}
+
 /// A row count or `LIMIT` for a `bigint` parameter (saturating).
 pub(crate) fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)

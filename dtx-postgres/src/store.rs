@@ -2,7 +2,10 @@
 
 mod statements;
 
-use crate::sql::{Schema, classify, count, to_i64, to_u32, to_u64, unique_violation};
+use crate::sql::{
+    Schema, classify, count, stored_schema_version, stored_version, to_i64, to_u64,
+    unique_violation,
+};
 use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -169,11 +172,14 @@ impl PgEventStore {
     /// Appends on the unit of work's connection ([`EventStore::append_in`]), so the events
     /// commit or roll back with its other writes.
     ///
-    /// A conflict is [`Error::Conflict`] for every expectation, [`ExpectedVersion::Any`]
-    /// included (a lost race cannot be retried inside the caller's transaction), and it usually
-    /// leaves the transaction aborted: a stream that has moved past the expected version is
-    /// detected by its unique constraint, which fails the statement. Roll back and retry the
-    /// whole transaction. A connection failure after the statement was sent is
+    /// Every expectation reads the stream's head as the transaction sees it (the `any` shape),
+    /// so a stream at another version, appended to earlier in the same transaction or not, is
+    /// [`Error::Conflict`] with the version the transaction sees, and the statement inserts
+    /// nothing instead of failing. A conflict is [`Error::Conflict`] for every expectation,
+    /// [`ExpectedVersion::Any`] included (a lost race cannot be retried inside the caller's
+    /// transaction); a race lost to a concurrent writer fails the statement on the unique
+    /// constraint and leaves the transaction aborted. Roll back and retry the whole
+    /// transaction. A connection failure after the statement was sent is
     /// [`Error::OutcomeUnknown`].
     async fn append_on(
         &self,
@@ -185,7 +191,7 @@ impl PgEventStore {
         self.limits.check(stream, &events)?;
         let batch = Batch::new(events);
         match self
-            .append_once(&mut *conn, stream, expected, &batch)
+            .append_once(&mut *conn, stream, expected, Shape::Head, &batch)
             .await?
         {
             Attempt::Done(result) => Ok(result),
@@ -212,6 +218,7 @@ impl PgEventStore {
         executor: E,
         stream: &StreamId,
         expected: ExpectedVersion,
+        shape: Shape,
         batch: &Batch,
     ) -> Result<Attempt>
     where
@@ -219,7 +226,7 @@ impl PgEventStore {
     {
         let sql = &*self.sql;
         let query = if let [id] = batch.ids.as_slice() {
-            sqlx::query_as::<_, Appended>(sql.append(Shape::of(expected), self.outbox, false))
+            sqlx::query_as::<_, Appended>(sql.append(shape, self.outbox, false))
                 .bind(stream.as_str())
                 .bind(expected.required().map(to_i64))
                 .bind(id)
@@ -230,7 +237,7 @@ impl PgEventStore {
                 .bind(batch.causation[0])
                 .bind(&batch.traceparent[0])
         } else {
-            sqlx::query_as::<_, Appended>(sql.append(Shape::of(expected), self.outbox, true))
+            sqlx::query_as::<_, Appended>(sql.append(shape, self.outbox, true))
                 .bind(stream.as_str())
                 .bind(expected.required().map(to_i64))
                 .bind(&batch.ids)
@@ -353,19 +360,21 @@ fn recorded(row: &PgRow, stream: Option<&StreamId>) -> Result<RecordedEvent> {
     }
     let stream_id = match stream {
         Some(stream) => stream.clone(),
-        // Stored stream ids were validated when they were written.
-        None => StreamId::new(get::<String>(row, 0)?)?,
+        // Taken as stored: a row today's validation would refuse must not stop the feed.
+        None => StreamId::from_stored(get::<String>(row, 0)?),
     };
+    let version = stored_version(&stream_id, get(row, 1)?)?;
+    let schema_version = stored_schema_version(&stream_id, version, get(row, 6)?)?;
     Ok(RecordedEvent {
         stream_id,
-        version: to_u64(get(row, 1)?),
+        version,
         position: GlobalPosition {
             sequence: to_u64(get(row, 2)?),
             commit: to_u64(get(row, 3)?),
         },
         event_id: get(row, 4)?,
         event_type: get(row, 5)?,
-        schema_version: to_u32(get(row, 6)?),
+        schema_version,
         data: get::<String>(row, 7)?.into_boxed_str(),
         metadata: EventMetadata {
             correlation_id: get(row, 8)?,
@@ -390,7 +399,7 @@ impl EventStore for PgEventStore {
         let mut races = 0;
         loop {
             let current = match self
-                .append_once(&self.pool, stream, expected, &batch)
+                .append_once(&self.pool, stream, expected, Shape::of(expected), &batch)
                 .await?
             {
                 Attempt::Done(result) => {
@@ -426,7 +435,12 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.iter().map(|row| recorded(row, Some(stream))).collect()
+        let events = rows
+            .iter()
+            .map(|row| recorded(row, Some(stream)))
+            .collect::<Result<Vec<_>>>()?;
+        dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
+        Ok(events)
     }
 
     async fn read_stream_data(
@@ -535,15 +549,20 @@ impl PgEventStore {
             .fetch_all(executor)
             .await
             .map_err(Error::storage)?;
-        Ok(rows
+        let events = rows
             .into_iter()
-            .map(|(version, event_type, schema_version, data)| EventData {
-                version: to_u64(version),
-                event_type,
-                schema_version: to_u32(schema_version),
-                data: data.into_boxed_str(),
+            .map(|(version, event_type, schema_version, data)| {
+                let version = stored_version(stream, version)?;
+                Ok(EventData {
+                    version,
+                    event_type,
+                    schema_version: stored_schema_version(stream, version, schema_version)?,
+                    data: data.into_boxed_str(),
+                })
             })
-            .collect())
+            .collect::<Result<Vec<_>>>()?;
+        dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
+        Ok(events)
     }
 
     async fn save_snapshot_on<'c, E>(
@@ -555,6 +574,7 @@ impl PgEventStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
+        snapshot.check_storable(stream)?;
         sqlx::query(&self.sql.save_snapshot)
             .bind(stream.as_str())
             .bind(&snapshot.aggregate_type)

@@ -422,6 +422,8 @@ impl<A: Aggregate> Repository<A> {
                 }
             };
             let page = events.len();
+            // A missing version (a lost row) must not load as if the stream were complete.
+            crate::store::check_contiguous(&stream, from, events.iter().map(|e| e.version))?;
             for recorded in &events {
                 let event: A::Event = recorded.decode(&stream)?;
                 root.state.apply_event(&event);

@@ -21,7 +21,9 @@
 /// assert!(config.database_url.is_none());
 /// # Ok::<(), dtx::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` output hides the database password (see [`redact_url`]).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DtxConfig {
     /// PostgreSQL connection string; `None` selects the in-memory backend.
@@ -53,6 +55,98 @@ impl Default for DtxConfig {
             idempotency_ttl_hours: 24,
         }
     }
+}
+
+impl std::fmt::Debug for DtxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            database_url,
+            snapshot_frequency,
+            outbox_enabled,
+            saga_max_retries,
+            saga_timeout_minutes,
+            idempotency_ttl_hours,
+        } = self;
+        f.debug_struct("DtxConfig")
+            .field("database_url", &database_url.as_deref().map(redact_url))
+            .field("snapshot_frequency", snapshot_frequency)
+            .field("outbox_enabled", outbox_enabled)
+            .field("saga_max_retries", saga_max_retries)
+            .field("saga_timeout_minutes", saga_timeout_minutes)
+            .field("idempotency_ttl_hours", idempotency_ttl_hours)
+            .finish()
+    }
+}
+
+/// A connection string with its password replaced by `***`, fit for logs: the password of a
+/// URL's user info (`postgres://user:secret@host/db`), and any `password=` parameter of a URL
+/// query or of a `key=value` connection string.
+///
+/// ```
+/// # use dtx::config::redact_url;
+/// assert_eq!(
+///     redact_url("postgres://app:s3cret@db:5432/orders?sslmode=require&password=x"),
+///     "postgres://app:***@db:5432/orders?sslmode=require&password=***"
+/// );
+/// assert_eq!(redact_url("host=db password='a b' user=app"), "host=db password=*** user=app");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    if let Some(scheme_end) = url.find("://") {
+        let (scheme, after) = url.split_at(scheme_end + 3);
+        out.push_str(scheme);
+        let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let (authority, path) = after.split_at(authority_end);
+        match authority.rsplit_once('@') {
+            Some((user_info, host)) => {
+                match user_info.split_once(':') {
+                    Some((user, _password)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(user_info),
+                }
+                out.push('@');
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = path;
+    }
+    out.push_str(&redact_password_parameters(rest));
+    out
+}
+
+/// Replaces the value of every `password=` parameter, separated by `&`, `?`, `;` or
+/// whitespace, quoted or not.
+fn redact_password_parameters(text: &str) -> String {
+    const KEY: &str = "password=";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find(KEY) {
+        let starts_parameter = at == 0
+            || rest[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| matches!(c, '&' | '?' | ';') || c.is_whitespace());
+        let value_start = at + KEY.len();
+        out.push_str(&rest[..value_start]);
+        rest = &rest[value_start..];
+        if !starts_parameter {
+            continue;
+        }
+        let value_end = match rest.strip_prefix('\'') {
+            Some(quoted) => quoted.find('\'').map_or(rest.len(), |end| end + 2),
+            None => rest
+                .find(|c: char| matches!(c, '&' | ';' | '#') || c.is_whitespace())
+                .unwrap_or(rest.len()),
+        };
+        out.push_str("***");
+        rest = &rest[value_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An environment variable with a value that cannot be used.
@@ -182,6 +276,38 @@ mod tests {
             read("maybe").unwrap_err().variable,
             "EVENT_STORE_ENABLE_OUTBOX"
         );
+    }
+
+    #[test]
+    fn debug_hides_the_database_password() {
+        for (url, shown) in [
+            (
+                "postgres://app:hunter2@db.internal:5432/orders",
+                "postgres://app:***@db.internal:5432/orders",
+            ),
+            // a password with `@` and `:` in it (user info ends at the last `@`)
+            (
+                "postgres://app:hu:n@ter2@db/orders",
+                "postgres://app:***@db/orders",
+            ),
+            (
+                "postgresql://db/orders?user=app&password=hunter2&sslmode=require",
+                "postgresql://db/orders?user=app&password=***&sslmode=require",
+            ),
+            (
+                "host=db user=app PASSWORD='hunter2 x' dbname=orders",
+                "host=db user=app PASSWORD=*** dbname=orders",
+            ),
+            ("postgres://app@db/orders", "postgres://app@db/orders"),
+        ] {
+            let config =
+                DtxConfig::from_lookup(|name| (name == "DATABASE_URL").then(|| url.to_owned()))
+                    .unwrap();
+            let debug = format!("{config:?}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+            assert!(debug.contains(shown), "{debug} should show {shown}");
+            assert!(debug.contains("snapshot_frequency: 100"), "{debug}");
+        }
     }
 
     #[test]

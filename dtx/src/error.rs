@@ -88,6 +88,19 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// JSON or text that PostgreSQL cannot store (`\u0000`, a lone UTF-16 surrogate escape, a
+    /// number beyond `numeric`'s range, a NUL character in text). Every backend refuses it
+    /// before anything is written, so the in-memory store takes only what PostgreSQL takes.
+    #[error("cannot store {what}: {reason}")]
+    Unstorable {
+        /// The stream written to, if the value belongs to one.
+        stream: Option<StreamId>,
+        /// What holds the value, e.g. ``the payload of event 2 (`OrderPlaced`, id …) appended to
+        /// stream `Order-1` ``.
+        what: String,
+        /// Why it cannot be stored.
+        reason: &'static str,
+    },
     /// A stream id, event type or identifier is not acceptable.
     #[error("invalid {what} `{value}`: {reason}")]
     Invalid {

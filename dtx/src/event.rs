@@ -64,6 +64,24 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
+    /// The stream read has a gap: the event after version `expected - 1` is not version
+    /// `expected` (a row was lost or deleted). Nothing after the gap can be trusted to rebuild
+    /// state.
+    #[error("the stored stream has a gap: expected version {expected}, found version {found}")]
+    VersionGap {
+        /// The version that should have come next.
+        expected: u64,
+        /// The version that came instead.
+        found: u64,
+    },
+    /// A stored column holds a value dtx never writes (a negative schema version, say).
+    #[error("stored {column} is {value}, which dtx never writes")]
+    ImpossibleValue {
+        /// The column.
+        column: &'static str,
+        /// Its value.
+        value: i64,
+    },
 }
 
 /// Context stored with every event: who caused it and which trace it belongs to.

@@ -80,6 +80,7 @@ impl PgOutbox {
         );
         for message in messages {
             dtx::StreamId::new(message.key.clone())?;
+            message.check_storable()?;
             headers.push(serde_json::to_string(&message.all_headers()).map_err(Error::storage)?);
             keys.push(message.key);
             ids.push(message.message_id);

@@ -86,6 +86,25 @@ impl NewOutboxMessage {
         self
     }
 
+    /// [`crate::Error::Unstorable`] unless every backend can store this message: its payload is
+    /// JSON PostgreSQL's `jsonb` takes, and its type and headers hold no NUL character.
+    pub fn check_storable(&self) -> crate::Result<()> {
+        use crate::store::storable::{check_json, check_text};
+        let what = |part: &str| {
+            format!(
+                "the {part} of outbox message {} (`{}`, key `{}`)",
+                self.message_id, self.message_type, self.key
+            )
+        };
+        check_json(None, self.payload.get(), || what("payload"))?;
+        check_text(None, &self.message_type, || what("type"))?;
+        for (name, value) in &self.headers {
+            check_text(None, name, || what("headers"))?;
+            check_text(None, value, || what("headers"))?;
+        }
+        Ok(())
+    }
+
     /// The headers a published message carries: the extra ones plus id, type and key.
     pub fn all_headers(&self) -> BTreeMap<String, String> {
         let mut all = self.headers.clone();

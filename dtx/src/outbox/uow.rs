@@ -29,6 +29,9 @@ impl Outbox for MemoryOutbox {
         uow: &mut dyn UnitOfWork,
         messages: Vec<NewOutboxMessage>,
     ) -> Result<()> {
+        for message in &messages {
+            message.check_storable()?;
+        }
         let uow = MemoryUnitOfWork::of(uow)?;
         uow.part(self.order(), || Staged::new(self.clone()))
             .writes

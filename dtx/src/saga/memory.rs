@@ -33,11 +33,13 @@ fn chrono(d: Duration) -> chrono::Duration {
 #[async_trait]
 impl SagaStore for MemorySagaStore {
     async fn insert(&self, record: &SagaRecord) -> crate::Result<()> {
+        record.check_storable()?;
         self.lock().insert(record.id, record.clone());
         Ok(())
     }
 
     async fn insert_in(&self, uow: &mut dyn UnitOfWork, record: &SagaRecord) -> crate::Result<()> {
+        record.check_storable()?;
         let uow = MemoryUnitOfWork::of(uow)?;
         let order = (rank::SAGAS, address(&self.sagas));
         uow.part(order, || Staged {
@@ -83,6 +85,7 @@ impl SagaStore for MemorySagaStore {
         owner: &str,
         lease_until: Option<DateTime<Utc>>,
     ) -> crate::Result<bool> {
+        record.check_storable()?;
         let mut sagas = self.lock();
         let Some(stored) = sagas.get_mut(&record.id) else {
             return Ok(false);
@@ -106,6 +109,7 @@ impl SagaStore for MemorySagaStore {
         event: &SagaEvent,
         now: DateTime<Utc>,
     ) -> crate::Result<Delivery> {
+        event.check_storable(id)?;
         let mut sagas = self.lock();
         let Some(saga) = sagas.get_mut(&id) else {
             return Ok(Delivery::NotFound);

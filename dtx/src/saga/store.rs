@@ -179,6 +179,43 @@ impl SagaRecord {
     }
 }
 
+impl SagaRecord {
+    /// [`crate::Error::Unstorable`] unless every backend can store this record: no NUL
+    /// character in its texts or in the strings of its JSON. Backends check it before every
+    /// insert and save.
+    pub fn check_storable(&self) -> crate::Result<()> {
+        use crate::store::storable::{check_text, check_value};
+        let what = |part: &str| format!("the {part} of saga {} (`{}`)", self.id, self.name);
+        check_text(None, &self.name, || what("name"))?;
+        check_value(None, &self.data, || what("data"))?;
+        for step in &self.completed {
+            check_text(None, &step.step, || what("completed steps"))?;
+        }
+        for (event_type, payload) in &self.received {
+            check_text(None, event_type, || what("received events"))?;
+            check_value(None, payload, || what("received events"))?;
+        }
+        for text in [&self.awaiting, &self.last_error, &self.lease_owner]
+            .into_iter()
+            .flatten()
+        {
+            check_text(None, text, || what("status texts"))?;
+        }
+        Ok(())
+    }
+}
+
+impl SagaEvent {
+    /// [`crate::Error::Unstorable`] unless every backend can store this event (checked before
+    /// it is delivered to `saga`).
+    pub fn check_storable(&self, saga: Uuid) -> crate::Result<()> {
+        use crate::store::storable::{check_text, check_value};
+        let what = || format!("the event `{}` delivered to saga {saga}", self.event_type);
+        check_text(None, &self.event_type, what)?;
+        check_value(None, &self.payload, what)
+    }
+}
+
 /// What delivering an event to a saga found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {

@@ -288,6 +288,7 @@ impl EventStore for MemoryEventStore {
         stream: &StreamId,
         snapshot: Snapshot,
     ) -> Result<()> {
+        snapshot.check_storable(stream)?;
         let uow = MemoryUnitOfWork::of(uow)?;
         uow.part(self.order(), || Staged::new(self.clone()))
             .snapshots
@@ -343,6 +344,7 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
+        snapshot.check_storable(stream)?;
         self.lock().save_snapshot(stream, snapshot);
         Ok(())
     }

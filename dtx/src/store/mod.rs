@@ -2,13 +2,14 @@
 //! (in memory here, PostgreSQL in `dtx-postgres`) that pass one contract test suite.
 
 mod memory;
+pub(crate) mod storable;
 
 pub use memory::MemoryEventStore;
 
 pub use crate::stream::{ExpectedVersion, StreamId};
 
 use crate::error::{Error, Result};
-use crate::event::EventMetadata;
+use crate::event::{DecodeError, EventMetadata};
 use crate::uow::UnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -50,6 +51,39 @@ pub(crate) fn check_name(what: &'static str, value: &str, max: usize) -> Result<
             reason,
         }),
     }
+}
+
+/// Checks that the `versions` a read of `stream` from `from_version` returned follow each other
+/// without a gap, starting at `from_version` (0 reads as 1): a stream with a missing version
+/// must not load as if it were complete.
+///
+/// Backends call it on every stream read; [`crate::Repository`] calls it on every load, from
+/// the snapshot's version on. A gap is [`Error::Decode`] with [`DecodeError::VersionGap`],
+/// naming the stream and the missing version.
+///
+/// ```
+/// # use dtx::{StreamId, store::check_contiguous};
+/// let stream = StreamId::new("Order-1")?;
+/// assert!(check_contiguous(&stream, 3, [3, 4, 5]).is_ok());
+/// assert!(check_contiguous(&stream, 1, [1, 3]).is_err());
+/// assert!(check_contiguous(&stream, 2, [3]).is_err());
+/// # Ok::<(), dtx::Error>(())
+/// ```
+pub fn check_contiguous(
+    stream: &StreamId,
+    from_version: u64,
+    versions: impl IntoIterator<Item = u64>,
+) -> Result<()> {
+    for (expected, found) in (from_version.max(1)..).zip(versions) {
+        if found != expected {
+            return Err(Error::Decode {
+                stream: stream.clone(),
+                version: expected,
+                source: DecodeError::VersionGap { expected, found },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A position in the global feed, ordered first by commit horizon, then by sequence.
@@ -266,7 +300,8 @@ impl Default for StoreLimits {
 }
 
 impl StoreLimits {
-    /// Checks a batch against the limits (and event type names against their format).
+    /// Checks a batch against the limits, event type names against their format, and payloads
+    /// and metadata against what every backend can store ([`Error::Unstorable`]).
     pub fn check(&self, stream: &StreamId, events: &[NewEvent]) -> Result<()> {
         if events.is_empty() {
             return Err(Error::EmptyAppend {
@@ -291,7 +326,7 @@ impl StoreLimits {
             }
         }
         let mut total = 0usize;
-        for event in events {
+        for (index, event) in events.iter().enumerate() {
             check_name("event type", &event.event_type, 255)?;
             if event.schema_version == 0 || i32::try_from(event.schema_version).is_err() {
                 return Err(Error::Invalid {
@@ -300,6 +335,7 @@ impl StoreLimits {
                     reason: "must be between 1 and 2147483647",
                 });
             }
+            check_storable(stream, index, event)?;
             let bytes = event.data.get().len();
             if bytes > self.max_event_bytes {
                 return Err(Error::PayloadTooLarge {
@@ -320,6 +356,37 @@ impl StoreLimits {
             });
         }
         Ok(())
+    }
+}
+
+/// [`Error::Unstorable`] for an event whose payload or metadata PostgreSQL cannot store,
+/// naming the stream and the event's index, type and id.
+fn check_storable(stream: &StreamId, index: usize, event: &NewEvent) -> Result<()> {
+    let what = |part: &str| {
+        format!(
+            "the {part} of event {index} (`{}`, id {}) appended to stream `{stream}`",
+            event.event_type, event.event_id
+        )
+    };
+    storable::check_json(Some(stream), event.data.get(), || what("payload"))?;
+    if let Some(traceparent) = &event.metadata.traceparent {
+        storable::check_text(Some(stream), traceparent, || what("traceparent"))?;
+    }
+    Ok(())
+}
+
+impl Snapshot {
+    /// [`Error::Unstorable`] unless every backend can store this snapshot (its state is JSON
+    /// PostgreSQL's `jsonb` takes); backends check it before saving.
+    pub fn check_storable(&self, stream: &StreamId) -> Result<()> {
+        let what = || {
+            format!(
+                "the snapshot at version {} of stream `{stream}`",
+                self.version
+            )
+        };
+        storable::check_text(Some(stream), &self.aggregate_type, what)?;
+        storable::check_json(Some(stream), self.state.get(), what)
     }
 }
 

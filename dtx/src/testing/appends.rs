@@ -287,3 +287,86 @@ pub async fn large_batch_one_append(store: SharedEventStore) {
     assert_eq!(read.len(), 11);
     assert_eq!(read[0].version, 990);
 }
+
+/// Payloads, metadata and snapshots PostgreSQL's `jsonb` and `text` refuse (`\u0000` in a
+/// string or a key, a lone surrogate escape, a number beyond `numeric`, a NUL in the
+/// traceparent) are refused by every backend alike, before anything is written, with
+/// [`Error::Unstorable`] naming the stream and the event's index and type; their look-alikes
+/// that can be stored are stored and read back unchanged.
+pub async fn unstorable_payloads_are_refused(store: SharedEventStore) {
+    use serde_json::value::RawValue;
+    let raw = |json: &str| RawValue::from_string(json.to_owned()).unwrap();
+    let s = stream("unstorable");
+    for json in [
+        r#"{"note": "a\u0000b"}"#,
+        r#"{"\u0000": 1}"#,
+        r#"{"note": "\ud800"}"#,
+        r#"{"note": "\udc00\ud800"}"#,
+        r#"{"amount": 1e1000000}"#,
+    ] {
+        let mut bad = NewEvent::from_json("Noted", &serde_json::json!({})).unwrap();
+        bad.data = raw(json);
+        let batch = vec![event(1), bad];
+        match store.append(&s, ExpectedVersion::Any, batch).await {
+            Err(Error::Unstorable { stream, what, .. }) => {
+                assert_eq!(stream.as_ref(), Some(&s));
+                assert!(
+                    what.contains("event 1") && what.contains("`Noted`"),
+                    "{json}: {what}"
+                );
+            }
+            other => panic!("{json} must be refused as unstorable, got {other:?}"),
+        }
+    }
+    let mut bad_trace = event(1);
+    bad_trace.metadata = EventMetadata::default().with_traceparent("00-\0-01");
+    assert!(matches!(
+        store
+            .append(&s, ExpectedVersion::Any, vec![bad_trace])
+            .await,
+        Err(Error::Unstorable { .. })
+    ));
+    assert_eq!(store.stream_version(&s).await.unwrap(), 0, "nothing stored");
+
+    let storable = [
+        r#"{"note":"\\u0000"}"#,
+        r#"{"note":"\ud83d\ude00"}"#,
+        r#"{"amount":1e300}"#,
+    ];
+    let events = storable
+        .iter()
+        .map(|json| {
+            let mut e = NewEvent::from_json("Noted", &serde_json::json!({})).unwrap();
+            e.data = raw(json);
+            e
+        })
+        .collect();
+    store
+        .append(&s, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let read = store.read_stream(&s, 1, 10).await.unwrap();
+    for (json, event) in storable.iter().zip(&read) {
+        let stored: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        let sent: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(stored, sent, "{json}");
+    }
+
+    let snapshot = |state: &str| crate::Snapshot {
+        aggregate_type: "Ledger".to_owned(),
+        version: 3,
+        schema_hash: 1,
+        state: raw(state),
+    };
+    match store
+        .save_snapshot(&s, snapshot(r#"{"note": "\u0000"}"#))
+        .await
+    {
+        Err(Error::Unstorable { stream, what, .. }) => {
+            assert_eq!(stream.as_ref(), Some(&s));
+            assert!(what.contains("snapshot"), "{what}");
+        }
+        other => panic!("an unstorable snapshot must be refused, got {other:?}"),
+    }
+    assert!(store.load_snapshot(&s).await.unwrap().is_none());
+}

@@ -25,7 +25,8 @@ pub use aggregates::{
     invariant_violation_stores_nothing, snapshot_replay_equals_full_replay, snapshots_keep_newest,
 };
 pub use appends::{
-    append_and_read, batch_limits, expected_version_rules, idempotent_retry, large_batch_one_append,
+    append_and_read, batch_limits, expected_version_rules, idempotent_retry,
+    large_batch_one_append, unstorable_payloads_are_refused,
 };
 pub use concurrency::{concurrent_any_writers, concurrent_exact_writers, global_feed_order};
 pub use ledger::{Credited, Debited, Ledger, LedgerEvent};
@@ -40,7 +41,8 @@ macro_rules! event_store_contract_tests {
             concurrent_any_writers, idempotent_retry, batch_limits, global_feed_order,
             decode_errors_name_stream_and_version, snapshots_keep_newest,
             snapshot_replay_equals_full_replay, corrupted_snapshot_falls_back,
-            invariant_violation_stores_nothing, large_batch_one_append);
+            invariant_violation_stores_nothing, large_batch_one_append,
+            unstorable_payloads_are_refused);
     };
     (@cases $store:expr; $($case:ident),*) => {
         $(

@@ -437,6 +437,39 @@ pub async fn step_events_recorded_once(store: Arc<dyn SagaStore>, events: Shared
     assert_eq!(saga.completed[2].events, vec![stored[0].event_id]);
 }
 
+/// Saga data and delivered events with a NUL character (which PostgreSQL's `jsonb` refuses as
+/// `\u0000`) are refused by every backend alike with [`crate::Error::Unstorable`] naming the
+/// saga, and nothing is stored.
+pub async fn unstorable_saga_data_is_refused(store: Arc<dyn SagaStore>, events: SharedEventStore) {
+    use crate::saga::SagaRecord;
+    let _ = events;
+    let now = chrono::Utc::now();
+    let record = SagaRecord::new(
+        "Fulfil",
+        serde_json::json!({"note": "a\u{0}b"}),
+        now,
+        None,
+        None,
+    );
+    match store.insert(&record).await {
+        Err(crate::Error::Unstorable { what, .. }) => {
+            assert!(what.contains(&record.id.to_string()), "{what}");
+        }
+        other => panic!("NUL in saga data must be refused, got {other:?}"),
+    }
+    assert!(store.get(record.id).await.unwrap().is_none());
+
+    let record = SagaRecord::new("Fulfil", serde_json::json!({"note": "ok"}), now, None, None);
+    store.insert(&record).await.unwrap();
+    let event = SagaEvent::new("PaymentConfirmed", &serde_json::json!({"\u{0}": 1})).unwrap();
+    assert!(matches!(
+        store.deliver(record.id, &event, now).await,
+        Err(crate::Error::Unstorable { .. })
+    ));
+    let stored = store.get(record.id).await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.received.len()), (1, 0), "unchanged");
+}
+
 /// Generates one `#[tokio::test]` per saga contract case for a backend; `$stores` is an
 /// expression (it may `.await`) yielding `(Arc<dyn SagaStore>, SharedEventStore)`.
 #[macro_export]
@@ -446,7 +479,8 @@ macro_rules! saga_contract_tests {
             completes_in_order, retry_then_success, retry_exhaustion_compensates_in_reverse,
             permanent_failure_skips_retries, failing_compensation_ends_failed_and_retries,
             deadline_triggers_compensation, awaited_event_resumes, awaited_event_timeout_compensates,
-            handle_event_errors_are_typed, dead_workers_lease_expires, step_events_recorded_once);
+            handle_event_errors_are_typed, dead_workers_lease_expires, step_events_recorded_once,
+            unstorable_saga_data_is_refused);
     };
     (@cases $stores:expr; $($case:ident),*) => {
         $(
