@@ -67,9 +67,23 @@ impl NatsPublisher {
 #[async_trait]
 impl Publisher for NatsPublisher {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        // The fallible conversions: async-nats panics on an invalid name or value given as
+        // text. `publish_traced` checks the headers first; this keeps a direct call safe too.
         let mut headers = async_nats::HeaderMap::new();
         for (name, value) in &message.headers {
-            headers.insert(name.as_str(), value.as_str());
+            let invalid = |problem: &dyn std::fmt::Display| {
+                PublishError::permanent(format!(
+                    "outbox message {} (id {}) of key `{}`: header `{}`: {problem}",
+                    message.message_id,
+                    message.id,
+                    message.key,
+                    name.escape_debug()
+                ))
+            };
+            let parsed_name: async_nats::header::HeaderName =
+                name.parse().map_err(|e| invalid(&e))?;
+            let parsed_value: async_nats::HeaderValue = value.parse().map_err(|e| invalid(&e))?;
+            headers.insert(parsed_name, parsed_value);
         }
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(bytes::Bytes::copy_from_slice(message.payload.as_bytes()))
