@@ -783,7 +783,7 @@ async fn appends_notify_only_while_a_relay_is_armed() {
         .await
         .unwrap();
     listener
-        .listen(dtx_postgres::outbox::NOTIFY_CHANNEL)
+        .listen(&outbox.notify_channel().await.unwrap())
         .await
         .unwrap();
     let stream = StreamId::new("Quiet").unwrap();
