@@ -64,15 +64,19 @@ ensure_postgres() {
 
 nats_up() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
 
+# The nats-server binary: the broker-fault test (outbox_broker_faults) starts and kills its own.
+ensure_nats_server_bin() {
+  command -v nats-server >/dev/null && return 0
+  command -v apt-get >/dev/null || { log "nats-server is missing and cannot be installed here: install it (the NATS and broker-fault tests need it)"; exit 1; }
+  log "installing nats-server"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+}
+
 # NATS with JetStream on 127.0.0.1:4222, for the outbox's NATS tests (NATS_URL overrides it).
 ensure_nats() {
+  ensure_nats_server_bin
   [ -n "${NATS_URL:-}" ] && return 0
   nats_up && return 0
-  if ! command -v nats-server >/dev/null; then
-    command -v apt-get >/dev/null || { log "NATS is not running and cannot be installed here: start nats-server -js on 127.0.0.1:4222 or set NATS_URL"; exit 1; }
-    log "installing nats-server"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
-  fi
   local dir="${TMPDIR:-/tmp}/dtx-nats"
   mkdir -p "$dir"
   log "starting nats-server with JetStream on 127.0.0.1:4222"

@@ -1,7 +1,11 @@
 //! The NATS `JetStream` outbox publisher (feature `nats`).
 //!
-//! Each message goes to the subject `{prefix}.{key}` (the key with every character outside
-//! `A-Z a-z 0-9 _ -` replaced by `_`), with `Nats-Msg-Id` set to the message id so that the
+//! Each message goes to the subject `{prefix}.{key}`, the key escaped into one subject token
+//! ([`NatsPublisher::subject`]): `A-Z a-z 0-9 -` stay as they are, `_` becomes `__`, and every
+//! other byte of the key's UTF-8 becomes `_` and two upper-case hex digits (`.` is `_2E`, a space
+//! `_20`, `é` `_C3_A9`); the empty key is the token `_`. The mapping is injective (decoding reads
+//! `__` as `_` and `_XX` as a byte), so two keys never share a subject, and every token is a valid
+//! NATS subject token (no `.`, `*`, `>` or whitespace). With `Nats-Msg-Id` set to the message id so that the
 //! stream's duplicate window drops a message the relay publishes twice, and with the dtx headers
 //! ([`dtx::outbox::headers`]). `publish` returns only once `JetStream` has acknowledged the message;
 //! every error (no stream, timeout, connection lost) is a [`PublishError`] that the relay retries.
@@ -48,28 +52,66 @@ impl NatsPublisher {
         }
     }
 
-    /// The subject a message of `key` goes to.
+    /// The subject a message of `key` goes to: `{prefix}.{token}`, the key escaped into one
+    /// token as the [module docs](self) say. Distinct keys have distinct subjects.
+    ///
+    /// ```
+    /// # async fn demo(client: dtx_postgres::async_nats::Client) {
+    /// use dtx_postgres::nats::NatsPublisher;
+    ///
+    /// let publisher = NatsPublisher::new(client, "events");
+    /// assert_eq!(publisher.subject("Order-1"), "events.Order-1");
+    /// assert_eq!(publisher.subject("Order_1"), "events.Order__1");
+    /// assert_eq!(publisher.subject("Order.1"), "events.Order_2E1");
+    /// assert_eq!(publisher.subject("Order 1"), "events.Order_201");
+    /// # }
+    /// ```
     pub fn subject(&self, key: &str) -> String {
-        let key: String = key
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{}.{key}", self.prefix)
+        format!("{}.{}", self.prefix, subject_token(key))
     }
+}
+
+/// `key` as one NATS subject token, injectively: `A-Z a-z 0-9 -` as they are, `_` as `__`, any
+/// other byte as `_` and two upper-case hex digits; the empty key as `_` (no other key gives a
+/// lone `_`, since an escape is always `__` or `_XX`).
+fn subject_token(key: &str) -> String {
+    use std::fmt::Write as _;
+    if key.is_empty() {
+        return "_".to_owned();
+    }
+    let mut token = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' => token.push(char::from(byte)),
+            b'_' => token.push_str("__"),
+            _ => {
+                let _ = write!(token, "_{byte:02X}");
+            }
+        }
+    }
+    token
 }
 
 #[async_trait]
 impl Publisher for NatsPublisher {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        // The fallible conversions: async-nats panics on an invalid name or value given as
+        // text. `publish_traced` checks the headers first; this keeps a direct call safe too.
         let mut headers = async_nats::HeaderMap::new();
         for (name, value) in &message.headers {
-            headers.insert(name.as_str(), value.as_str());
+            let invalid = |problem: &dyn std::fmt::Display| {
+                PublishError::permanent(format!(
+                    "outbox message {} (id {}) of key `{}`: header `{}`: {problem}",
+                    message.message_id,
+                    message.id,
+                    message.key,
+                    name.escape_debug()
+                ))
+            };
+            let parsed_name: async_nats::header::HeaderName =
+                name.parse().map_err(|e| invalid(&e))?;
+            let parsed_value: async_nats::HeaderValue = value.parse().map_err(|e| invalid(&e))?;
+            headers.insert(parsed_name, parsed_value);
         }
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(bytes::Bytes::copy_from_slice(message.payload.as_bytes()))
@@ -82,5 +124,118 @@ impl Publisher for NatsPublisher {
             .map_err(PublishError::from_source)?;
         ack.await.map_err(PublishError::from_source)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_token;
+
+    /// The inverse of `subject_token`, to prove it injective: `None` for a token it never makes.
+    fn decode(token: &str) -> Option<Vec<u8>> {
+        if token == "_" {
+            return Some(Vec::new());
+        }
+        let mut bytes = token.bytes();
+        let mut key = Vec::new();
+        while let Some(byte) = bytes.next() {
+            if byte != b'_' {
+                key.push(byte);
+                continue;
+            }
+            match bytes.next()? {
+                b'_' => key.push(b'_'),
+                high => {
+                    let hex = [high, bytes.next()?];
+                    key.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+                }
+            }
+        }
+        Some(key)
+    }
+
+    /// Whether `token` is one valid NATS subject token: not empty, no `.`, `*`, `>` or
+    /// whitespace, printable ASCII.
+    fn valid_token(token: &str) -> bool {
+        !token.is_empty()
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>'))
+    }
+
+    #[test]
+    fn keys_that_the_old_mapping_merged_get_distinct_subjects() {
+        let keys = [
+            "Order 1", "Order.1", "Order_1", "Order-1", "Order*1", "Order>1", "",
+        ];
+        let tokens: Vec<String> = keys.iter().map(|k| subject_token(k)).collect();
+        assert_eq!(
+            tokens,
+            [
+                "Order_201",
+                "Order_2E1",
+                "Order__1",
+                "Order-1",
+                "Order_2A1",
+                "Order_3E1",
+                "_"
+            ]
+        );
+        for (key, token) in keys.iter().zip(&tokens) {
+            assert!(valid_token(token), "{token}");
+            assert_eq!(decode(token).as_deref(), Some(key.as_bytes()));
+        }
+    }
+
+    /// Over many random keys (a fixed seed, so a failure reproduces), drawn from an alphabet
+    /// dense in the characters an escape scheme can confuse: distinct keys give distinct tokens,
+    /// every token is valid, and decoding it gives the key back.
+    #[test]
+    fn distinct_random_keys_give_distinct_valid_tokens() {
+        const ALPHABET: &[char] = &[
+            '_',
+            '_',
+            '-',
+            '.',
+            ' ',
+            '*',
+            '>',
+            'a',
+            'Z',
+            '0',
+            '2',
+            'E',
+            'F',
+            'é',
+            '\u{0}',
+            '\t',
+            '\u{1F600}',
+            '$',
+        ];
+        let mut state: u64 = 0x005e_ed0f_d7c5;
+        let mut next = move || {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let mut seen = std::collections::HashMap::new();
+        let mut keys = 0;
+        for _ in 0..20_000 {
+            let len = usize::try_from(next() % 9).unwrap_or(0);
+            let key: String = (0..len)
+                .map(|_| ALPHABET[usize::try_from(next()).unwrap_or(0) % ALPHABET.len()])
+                .collect();
+            let token = subject_token(&key);
+            assert!(valid_token(&token), "{key:?} -> {token:?}");
+            assert_eq!(decode(&token).as_deref(), Some(key.as_bytes()), "{token}");
+            if let Some(other) = seen.insert(token.clone(), key.clone()) {
+                assert_eq!(other, key, "two keys share the subject token {token}");
+            } else {
+                keys += 1;
+            }
+        }
+        assert!(keys > 10_000, "only {keys} distinct keys were tried");
     }
 }

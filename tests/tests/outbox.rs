@@ -172,7 +172,8 @@ async fn plain_store_writes_no_outbox_rows_and_rollbacks_publish_nothing() {
         .unwrap();
     let message = NewOutboxMessage::new("emails", "SendWelcome", &serde_json::json!({"to": "a"}))
         .unwrap()
-        .with_header("x-tenant", "7");
+        .with_header("x-tenant", "7")
+        .unwrap();
     outbox
         .enqueue(tx.connection(), vec![message])
         .await
@@ -782,7 +783,7 @@ async fn appends_notify_only_while_a_relay_is_armed() {
         .await
         .unwrap();
     listener
-        .listen(dtx_postgres::outbox::NOTIFY_CHANNEL)
+        .listen(&outbox.notify_channel().await.unwrap())
         .await
         .unwrap();
     let stream = StreamId::new("Quiet").unwrap();

@@ -10,7 +10,7 @@
 )]
 
 use async_nats::jetstream::{self, consumer, stream};
-use dtx::outbox::{RelayOptions, headers};
+use dtx::outbox::{NewOutboxMessage, OutboxMessage, Publisher, RelayOptions, headers};
 use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId, Uuid};
 use dtx_postgres::PgOutbox;
 use dtx_postgres::nats::NatsPublisher;
@@ -99,7 +99,7 @@ async fn relay_publishes_to_jetstream_in_order_with_headers_and_dedupe() {
         let h = message.headers.as_ref().unwrap();
         let get = |name: &str| h.get(name).map(|v| v.as_str().to_owned()).unwrap();
         let stream_id = get(headers::STREAM_ID);
-        assert_eq!(message.subject.as_str(), format!("{prefix}.{stream_id}"));
+        assert_eq!(message.subject.as_str(), publisher.subject(&stream_id));
         assert_eq!(get("Nats-Msg-Id"), get(headers::EVENT_ID));
         assert_eq!(get(headers::EVENT_TYPE), "OrderEvent");
         assert_eq!(get(headers::CORRELATION_ID), correlation.to_string());
@@ -144,4 +144,111 @@ async fn a_missing_jetstream_stream_is_an_error_the_relay_retries() {
         (1, 0),
         "kept for a retry, never lost"
     );
+}
+
+/// A message NATS cannot carry (a header value with CR/LF, a header name that is no token) used
+/// to panic inside async-nats and fail the relay's whole pass, so that its neighbours were
+/// published again on every pass and never marked sent. Now: the publisher returns a permanent
+/// error, the relay dead-letters those rows alone, and the healthy messages of the same pass
+/// reach `JetStream` once, each on its own subject (keys the old subject mapping merged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_nats_cannot_carry_are_dead_lettered_and_the_rest_arrive_once() {
+    let client = nats().await;
+    let js = jetstream::new(client.clone());
+    let name = format!("DTX_TEST_{}", Uuid::now_v7().simple());
+    let prefix = name.to_lowercase();
+    let nats_stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            ..stream::Config::default()
+        })
+        .await
+        .unwrap();
+    let publisher = NatsPublisher::new(client.clone(), prefix.clone());
+
+    // Called directly, the publisher refuses such a message instead of panicking.
+    let mut message = OutboxMessage {
+        id: 1,
+        key: "Order-1".into(),
+        sequence: None,
+        message_id: Uuid::now_v7(),
+        message_type: "Placed".into(),
+        payload: "{}".into(),
+        headers: std::collections::BTreeMap::from([("x-ok".into(), "a\r\nb".into())]),
+        attempts: 0,
+        last_error: None,
+        created_at: sqlx::types::chrono::Utc::now(),
+    };
+    let refused = publisher.publish(&message).await.unwrap_err();
+    assert!(refused.permanent, "{refused}");
+    message.headers = std::collections::BTreeMap::from([("x bad".into(), "v".into())]);
+    let refused = publisher.publish(&message).await.unwrap_err();
+    assert!(
+        refused.permanent && refused.message.contains("x bad"),
+        "{refused}"
+    );
+
+    let store = tests::pg_store().await.with_outbox(true);
+    let pool = store.pool().clone();
+    let outbox = PgOutbox::new(pool.clone());
+    let keys = ["Order 1", "Order.1", "Order_1", "Order-1"];
+    let mut conn = pool.acquire().await.unwrap();
+    let healthy = keys
+        .iter()
+        .map(|key| NewOutboxMessage::new(*key, "Placed", key).unwrap())
+        .collect();
+    outbox.enqueue(&mut conn, healthy).await.unwrap();
+    for (key, bad) in [
+        ("Bad-value", r#"{"x-ok": "a\r\nb"}"#),
+        ("Bad-name", r#"{"x bad": "v"}"#),
+    ] {
+        sqlx::query(
+            "INSERT INTO outbox_events (stream_key, id, event_id, event_type, payload, headers)
+             VALUES ($1, nextval('event_store_global_position_seq'), gen_random_uuid(), 'Raw',
+                     '{}', $2::jsonb)",
+        )
+        .bind(key)
+        .bind(bad)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+    drop(conn);
+    let relay = outbox.relay(publisher.clone(), RelayOptions::default());
+    assert_eq!(relay.run_until_idle().await.unwrap(), keys.len());
+    let counts = outbox.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.dead), (0, 2), "{counts:?}");
+    assert_eq!(relay.run_until_idle().await.unwrap(), 0, "nothing again");
+
+    let consumer = nats_stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            ..consumer::pull::Config::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let mut subjects = HashMap::new();
+    while let Some(message) = messages.next().await {
+        let message = message.unwrap();
+        let key = message
+            .headers
+            .as_ref()
+            .unwrap()
+            .get(headers::STREAM_ID)
+            .unwrap()
+            .to_string();
+        assert_eq!(message.subject.as_str(), publisher.subject(&key));
+        assert!(subjects.insert(message.subject.to_string(), key).is_none());
+    }
+    assert_eq!(subjects.len(), keys.len(), "{subjects:?}");
+    js.delete_stream(&name).await.unwrap();
 }

@@ -79,7 +79,7 @@ impl OutboxRelay {
                 blocked.insert(key.to_owned());
                 continue;
             }
-            let message = match row.message.into_message()? {
+            let message = match row.message.into_message() {
                 Ok(message) => message,
                 Err(unreadable) => {
                     blocked.insert(unreadable.message.key.clone());

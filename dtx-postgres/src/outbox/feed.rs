@@ -93,7 +93,7 @@ impl OutboxRelay {
             if !row.outbox {
                 continue;
             }
-            match row.message.into_message()? {
+            match row.message.into_message() {
                 Ok(message) => {
                     if !row.locked.unwrap_or(false) || row.parked.unwrap_or(true) {
                         aside.insert(message.key.clone());

@@ -1,8 +1,8 @@
 //! Reading a message: an outbox row, completed from `event_store` for an event.
 
 use chrono::{DateTime, Utc};
+use dtx::Error;
 use dtx::outbox::{OutboxMessage, headers};
-use dtx::{Error, Result};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -36,6 +36,9 @@ pub(super) struct Failed {
     pub(super) message: OutboxMessage,
     /// Why, as recorded in `last_error`.
     pub(super) error: String,
+    /// Whether no retry can succeed (the row cannot be read, the message cannot be sent): it is
+    /// dead-lettered at once.
+    pub(super) permanent: bool,
 }
 
 impl MessageRow {
@@ -49,15 +52,24 @@ impl MessageRow {
         &self.stream_key
     }
 
-    /// The message. `Err` inside: the row's event is no longer stored, a failure the relay
-    /// records like a failed publish.
-    pub(super) fn into_message(self) -> Result<std::result::Result<OutboxMessage, Failed>> {
+    /// The message. `Err`: the row cannot become one, a failure the relay records like a failed
+    /// publish (with the message as far as it could be read). The row's event is no longer
+    /// stored (retried: it may come back from a backup), or its headers are not a JSON object
+    /// of strings (written by another program or by hand: dead-lettered at once, so that the
+    /// rest of the backlog flows).
+    #[expect(
+        clippy::result_large_err,
+        reason = "both outcomes carry the whole message, which the caller keeps either way"
+    )]
+    pub(super) fn into_message(self) -> std::result::Result<OutboxMessage, Failed> {
         let sequence = self.sequence.and_then(|s| u64::try_from(s).ok());
-        let headers = if let Some(headers) = &self.headers {
+        let (headers, unreadable) = match &self.headers {
             // a message: the headers it was enqueued with
-            serde_json::from_str(headers).map_err(Error::storage)?
-        } else {
-            self.event_headers()
+            Some(headers) => match serde_json::from_str(headers) {
+                Ok(headers) => (headers, None),
+                Err(error) => (BTreeMap::new(), Some(error)),
+            },
+            None => (self.event_headers(), None),
         };
         let missing = self.payload.is_none();
         let message = OutboxMessage {
@@ -75,15 +87,31 @@ impl MessageRow {
             created_at: self.created_at,
             key: self.stream_key,
         };
+        if let Some(error) = unreadable {
+            let error = format!(
+                "the headers of outbox message {} (id {}) of key `{}` are not a JSON object of \
+                 strings: {error}",
+                message.message_id, message.id, message.key
+            );
+            return Err(Failed {
+                message,
+                error,
+                permanent: true,
+            });
+        }
         if missing {
             let error = format!(
                 "event {} of stream `{}` is no longer in the event store",
                 sequence.unwrap_or_default(),
                 message.key
             );
-            return Ok(Err(Failed { message, error }));
+            return Err(Failed {
+                message,
+                error,
+                permanent: false,
+            });
         }
-        Ok(Ok(message))
+        Ok(message)
     }
 
     /// An event's headers: those of its metadata.
@@ -104,7 +132,10 @@ impl MessageRow {
                 all.insert(name.to_owned(), id.to_string());
             }
         }
-        if let Some(traceparent) = &self.traceparent {
+        // Left out when it is no valid header value, as `dtx::outbox::event_headers` does.
+        if let Some(traceparent) = &self.traceparent
+            && headers::check(headers::TRACEPARENT, traceparent).is_ok()
+        {
             all.insert(headers::TRACEPARENT.to_owned(), traceparent.clone());
         }
         all

@@ -76,6 +76,10 @@
 //! fails while a relay holds it, and then the write notifies. No table is read or written for
 //! this, and a busy relay means no `NOTIFY` at all.
 //!
+//! The wake lock, the channel (`dtx_outbox_<oid>`, see [`PgOutbox::notify_channel`]), the feed's
+//! lock and the per-key locks are scoped to the outbox's tables (by the oid of its
+//! `event_store`): relays of different schemas in one database never block or wake each other.
+//!
 //! A write that found the relay busy holds the shared lock until it commits, so a relay that
 //! goes idle and arms waits for such writes to commit (and writes arriving meanwhile already
 //! notify); its last look for work after arming therefore sees them (or finds them waiting for
@@ -110,15 +114,29 @@ mod wake;
 
 pub use relay::{OutboxRelay, RelayPass};
 pub use store::PgOutbox;
-pub(crate) use wake::WAKE_CHECK;
 pub use wake::hold_wake_lock;
+pub(crate) use wake::wake_check;
 
-/// The channel relays listen on.
-pub const NOTIFY_CHANNEL: &str = "dtx_outbox";
-
-/// The advisory-lock class of outbox keys (`pg_try_advisory_xact_lock(class, hashtext(key))`),
-/// so that they never collide with an application's own single-key advisory locks.
+/// The advisory-lock class of outbox keys (`pg_try_advisory_xact_lock(class, hashtext(key) #
+/// scope)`, see [`scope`]), so that they never collide with an application's own single-key
+/// advisory locks.
 const LOCK_CLASS: i32 = 0x6474_786f; // "dtxo"
 
-/// The advisory lock of the relay reading the feed: class `"dtxf"`, id 0.
+/// The advisory lock of the relay reading the feed: class `"dtxf"`, id the [`scope`].
 const FEED_CLASS: i32 = 0x6474_7866; // "dtxf"
+
+/// The SQL expression (an `int4`) that scopes an outbox's advisory locks and `NOTIFY` channel to
+/// its tables: the oid of its `event_store` table (`events`, schema-qualified or not), as the
+/// second key of its two-key advisory locks. Relays of outboxes in different schemas of one
+/// database thus never block or wake each other, while relays of the same tables share them
+/// however they name the schema (`PgOutbox::new` on a `search_path` that finds `public`, or
+/// `with_schema("public")`). The `regclass` literal is resolved when the statement is planned.
+fn scope(events: &str) -> String {
+    format!("('{events}'::regclass::oid::int8::bit(32)::int4)")
+}
+
+/// The SQL expression (`text`) of the `NOTIFY` channel of the outbox on `events`:
+/// `dtx_outbox_<oid of its event_store table>`.
+fn channel(events: &str) -> String {
+    format!("('dtx_outbox_' || '{events}'::regclass::oid::text)")
+}

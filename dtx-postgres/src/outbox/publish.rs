@@ -26,11 +26,16 @@ pub(super) enum Failure {
 
 impl Failure {
     /// What the failed attempt makes of `failed.message` (logged, and counted when it is
-    /// dead-lettered).
+    /// dead-lettered): dead once the retries are spent, or at once when the failure is
+    /// permanent.
     pub(super) fn of(failed: &Failed, options: &RelayOptions) -> Self {
-        let Failed { message, error } = failed;
+        let Failed {
+            message,
+            error,
+            permanent,
+        } = failed;
         let attempts = message.attempts + 1;
-        if options.is_dead(attempts) {
+        if *permanent || options.is_dead(attempts) {
             tracing::warn!(key = %message.key, id = message.id, attempts, %error, "outbox message dead-lettered; its key stops until it is requeued");
             dtx::telemetry::record_outbox_dead_letter();
             Self::Dead { attempts }
@@ -115,6 +120,7 @@ pub(super) async fn publish(
                         outcome.failed = Some(Failed {
                             message,
                             error: error.to_string(),
+                            permanent: error.permanent,
                         });
                         break;
                     }
@@ -153,6 +159,7 @@ mod tests {
                 created_at: chrono::Utc::now(),
             },
             error: "broker down".to_owned(),
+            permanent: false,
         }
     }
 

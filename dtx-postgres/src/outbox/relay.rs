@@ -1,6 +1,5 @@
 //! [`OutboxRelay`]: its passes (the feed, then the backlog table) and the loop that runs them.
 
-use super::NOTIFY_CHANNEL;
 use super::PgOutbox;
 use super::publish::Failure;
 use super::wake::WakeLock;
@@ -167,14 +166,12 @@ impl OutboxRelay {
     /// [`RelayOptions::retention`] about once a minute.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
-        let mut wake = WakeLock::new(&self.outbox.pool);
+        let mut wake = WakeLock::new(&self.outbox.pool, Arc::clone(&self.outbox.sql));
+        let channel = self.outbox.notify_channel().await?;
         let mut listener = PgListener::connect_with(&self.outbox.pool)
             .await
             .map_err(Error::storage)?;
-        listener
-            .listen(NOTIFY_CHANNEL)
-            .await
-            .map_err(Error::storage)?;
+        listener.listen(&channel).await.map_err(Error::storage)?;
         let batch = self.options.batch_size.max(1);
         let mut purged: Option<Instant> = None;
         let mut waiting = WaitForFeed::default();

@@ -1,6 +1,7 @@
 //! The statements of the outbox and its relays.
 
-use super::{FEED_CLASS, LOCK_CLASS, WAKE_CHECK};
+use super::wake::{WAKE_CLASS, wake_check};
+use super::{FEED_CLASS, LOCK_CLASS, channel, scope};
 use crate::sql::Schema;
 
 /// The statements of an outbox and its relays, built once with the outbox's schema.
@@ -19,6 +20,14 @@ pub(super) struct OutboxSql {
     pub(super) requeue: String,
     pub(super) requeue_all: String,
     pub(super) purge: String,
+    /// Takes the wake lock (session level) an armed relay holds.
+    pub(super) hold_wake: String,
+    /// Releases it.
+    pub(super) release_wake: String,
+    /// Whether a relay holds it.
+    pub(super) armed: String,
+    /// The name of the `NOTIFY` channel of the outbox's wake-ups.
+    pub(super) channel: String,
 }
 
 /// The columns of a message as [`MessageRow`](super::message::MessageRow) reads them: an
@@ -37,6 +46,8 @@ impl OutboxSql {
         let events = schema.table("event_store");
         let feed = schema.table("outbox_feed");
         let positions = schema.table("event_store_global_position_seq");
+        let scope = scope(&events);
+        let wake_check = wake_check(&events);
         let event_join = format!(
             "LEFT JOIN {events} e ON e.stream_id = o.stream_key AND e.version = o.sequence"
         );
@@ -47,7 +58,7 @@ impl OutboxSql {
             // the relay's transaction no id, so the relay does not hold back the feed's horizon
             // (for every reader) while it publishes.
             feed_lock: format!(
-                "SELECT pg_try_advisory_xact_lock({FEED_CLASS}, 0) AS leader,
+                "SELECT pg_try_advisory_xact_lock({FEED_CLASS}, {scope}) AS leader,
                         EXISTS (SELECT 1 FROM {outbox}) AS backlog,
                         EXISTS (SELECT 1 FROM {feed} WHERE feed = 'events') AS checkpoint"
             ),
@@ -65,7 +76,7 @@ impl OutboxSql {
                         NULL::text AS headers, e.correlation_id, e.causation_id, e.traceparent,
                         0 AS attempts, NULL::text AS last_error, e.recorded_at AS created_at,
                         CASE WHEN e.outbox AND e.commit_order < h.horizon
-                             THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(e.stream_id))
+                             THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(e.stream_id) # {scope})
                         END AS locked,
                         CASE WHEN e.outbox AND e.commit_order < h.horizon
                              THEN EXISTS (SELECT 1 FROM {outbox} o WHERE o.stream_key = e.stream_id)
@@ -105,7 +116,7 @@ impl OutboxSql {
                          WITH ORDINALITY AS m(key, id, type, payload, headers, ord)
                     ORDER BY m.ord
                     RETURNING id)
-                 SELECT count(*) AS added, {WAKE_CHECK} AS woke FROM ins"
+                 SELECT count(*) AS added, {wake_check} AS woke FROM ins"
             ),
             // A skip scan over the keys after the relay's cursor ($1), up to $3 if given: each
             // step is one probe of the primary key, and yields the head (first row) of the next
@@ -125,7 +136,7 @@ impl OutboxSql {
                  )
                  SELECT stream_key,
                         CASE WHEN status = 'pending' AND next_attempt_at <= now()
-                             THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(stream_key))
+                             THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(stream_key) # {scope})
                              ELSE false END AS locked
                  FROM (SELECT * FROM heads LIMIT $2) h"
             ),
@@ -188,13 +199,13 @@ impl OutboxSql {
                 "WITH back AS (
                     UPDATE {outbox} SET status = 'pending', attempts = 0, next_attempt_at = now()
                     WHERE id = $1 AND status = 'dead' RETURNING id)
-                 SELECT count(*) AS requeued, {WAKE_CHECK} AS woke FROM back"
+                 SELECT count(*) AS requeued, {wake_check} AS woke FROM back"
             ),
             requeue_all: format!(
                 "WITH back AS (
                     UPDATE {outbox} SET status = 'pending', attempts = 0, next_attempt_at = now()
                     WHERE status = 'dead' RETURNING id)
-                 SELECT count(*) AS requeued, {WAKE_CHECK} AS woke FROM back"
+                 SELECT count(*) AS requeued, {wake_check} AS woke FROM back"
             ),
             purge: format!(
                 "DELETE FROM {published} WHERE ctid = ANY(ARRAY(
@@ -202,6 +213,17 @@ impl OutboxSql {
                     WHERE published_at < now() - make_interval(secs => $1)
                     LIMIT $2))"
             ),
+            hold_wake: format!("SELECT pg_advisory_lock({WAKE_CLASS}, {scope})"),
+            release_wake: format!("SELECT pg_advisory_unlock({WAKE_CLASS}, {scope})"),
+            armed: format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks
+                     WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'
+                       AND database = (SELECT oid FROM pg_database
+                                       WHERE datname = current_database())
+                       AND classid = {WAKE_CLASS}::int8::oid
+                       AND objid = '{events}'::regclass::oid AND objsubid = 2)"
+            ),
+            channel: format!("SELECT {}", channel(&events)),
         }
     }
 

@@ -65,6 +65,10 @@ impl PgOutbox {
 
     /// Adds messages inside the caller's transaction (or on any connection), in one statement:
     /// they are published only if it commits.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (nothing is added) when a key is no valid stream id or a message has a
+    /// header that breaks [`dtx::outbox::headers::check`]; the database's.
     pub async fn enqueue(
         &self,
         conn: &mut PgConnection,
@@ -81,6 +85,7 @@ impl PgOutbox {
         for message in messages {
             dtx::StreamId::new(message.key.clone())?;
             message.check_storable()?;
+            message.check_headers()?;
             headers.push(serde_json::to_string(&message.all_headers()).map_err(Error::storage)?);
             keys.push(message.key);
             ids.push(message.message_id);
@@ -127,9 +132,10 @@ impl PgOutbox {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.into_iter()
-            .map(|row| Ok(row.into_message()?.unwrap_or_else(|failed| failed.message)))
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(|row| row.into_message().unwrap_or_else(|failed| failed.message))
+            .collect())
     }
 
     /// Puts a dead message back to pending (attempts reset) and wakes an idle relay; its key

@@ -2,15 +2,20 @@
 //! write makes (see the module docs of [`crate::outbox`], Wake-ups).
 
 use super::PgOutbox;
+use super::sql::OutboxSql;
+use super::{channel, scope};
 use dtx::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{ConnectOptions, Executor, PgConnection};
+use std::sync::Arc;
 
-/// The advisory lock an armed (idle, listening) relay holds: class `"dtxw"`, id 0.
-const WAKE_CLASS: i32 = 0x6474_7877; // "dtxw"
+/// The advisory lock an armed (idle, listening) relay holds: class `"dtxw"`, id the outbox's
+/// [`scope`].
+pub(super) const WAKE_CLASS: i32 = 0x6474_7877; // "dtxw"
 
-/// The wake-up check of every outbox write, as one SQL expression: a shared try-lock on the wake
-/// key fails only while a relay holds it (armed), and then the write notifies. See
+/// The wake-up check of every outbox write on the event table `events` (schema-qualified or
+/// not), as one SQL expression: a shared try-lock on the outbox's wake key fails only while a
+/// relay holds it (armed), and then the write notifies the outbox's channel. See
 /// [`crate::outbox`], Wake-ups.
 ///
 /// A plain `CASE` rather than a subquery: it costs the server no executor nodes to set up (a
@@ -18,10 +23,18 @@ const WAKE_CLASS: i32 = 0x6474_7877; // "dtxw"
 /// every append, measured by `append_1_outbox_server_cpu`). In a `RETURNING` list it runs once
 /// per row: the first row takes the shared lock, the others find their own transaction holding
 /// it; and a `NOTIFY` repeated in one transaction is delivered once.
-pub(crate) const WAKE_CHECK: &str = "CASE WHEN pg_try_advisory_xact_lock_shared(1685354615, 0) \
-     THEN false ELSE pg_notify('dtx_outbox', '') IS NOT NULL END";
+pub(crate) fn wake_check(events: &str) -> String {
+    format!(
+        "CASE WHEN pg_try_advisory_xact_lock_shared({WAKE_CLASS}, {}) \
+         THEN false ELSE pg_notify({}, '') IS NOT NULL END",
+        scope(events),
+        channel(events)
+    )
+}
 
-/// Takes the wake lock an idle relay holds while it listens, on `conn`: a session lock, released
+/// Takes the wake lock of the outbox whose tables `conn`'s `search_path` finds (see
+/// [`PgOutbox::hold_wake_lock`] for an outbox in a schema) that an idle relay holds while it
+/// listens, on `conn`: a session lock, released
 /// when the connection closes (or with `pg_advisory_unlock_all()`). While it is held every outbox
 /// write sends a `NOTIFY`, as if a relay were armed; this is how a relay arms, and how tests and
 /// benchmarks of the wake-ups arm one by hand. It waits while writes that found no relay armed
@@ -30,27 +43,42 @@ pub(crate) const WAKE_CHECK: &str = "CASE WHEN pg_try_advisory_xact_lock_shared(
 /// # Errors
 /// The database's, as sqlx reports it (a `lock_timeout` set on `conn` ends the wait with one).
 pub async fn hold_wake_lock(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_lock($1, 0)")
-        .bind(WAKE_CLASS)
-        .execute(conn)
-        .await
-        .map(drop)
+    let hold = format!(
+        "SELECT pg_advisory_lock({WAKE_CLASS}, {})",
+        scope("event_store")
+    );
+    sqlx::query(&hold).execute(conn).await.map(drop)
 }
 
 impl PgOutbox {
-    /// Whether an idle relay is armed, that is listening and holding the wake lock: while it
-    /// is, every outbox write notifies.
+    /// Whether an idle relay of this outbox is armed, that is listening and holding the wake
+    /// lock: while it is, every outbox write notifies.
     pub async fn armed(&self) -> Result<bool> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks
-                 WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND classid = $1::int8::oid AND objid = 0 AND objsubid = 2)",
-        )
-        .bind(i64::from(WAKE_CLASS))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(Error::storage)
+        sqlx::query_scalar(&self.sql.armed)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::storage)
+    }
+
+    /// Takes this outbox's wake lock on `conn`, as an idle relay does (see the free
+    /// [`hold_wake_lock`]).
+    ///
+    /// # Errors
+    /// The database's, as sqlx reports it.
+    pub async fn hold_wake_lock(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        sqlx::query(&self.sql.hold_wake)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
+    /// The `NOTIFY` channel this outbox's writes wake its idle relays on:
+    /// `dtx_outbox_<oid of its event_store table>`, one per schema.
+    pub async fn notify_channel(&self) -> Result<String> {
+        sqlx::query_scalar(&self.sql.channel)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::storage)
     }
 }
 
@@ -59,14 +87,16 @@ impl PgOutbox {
 /// armed (its task aborted) drops this connection, and the server releases the lock with it.
 pub(super) struct WakeLock {
     options: PgConnectOptions,
+    sql: Arc<OutboxSql>,
     conn: Option<PgConnection>,
 }
 
 impl WakeLock {
-    /// A wake lock, not yet taken, for the database of `pool`.
-    pub(super) fn new(pool: &PgPool) -> Self {
+    /// A wake lock, not yet taken, for the outbox of `sql` in the database of `pool`.
+    pub(super) fn new(pool: &PgPool, sql: Arc<OutboxSql>) -> Self {
         Self {
             options: (*pool.connect_options()).clone(),
+            sql,
             conn: None,
         }
     }
@@ -94,8 +124,8 @@ impl WakeLock {
         let Some(conn) = self.conn.as_mut() else {
             return false;
         };
-        match hold_wake_lock(conn).await {
-            Ok(()) => true,
+        match sqlx::query(&self.sql.hold_wake).execute(&mut *conn).await {
+            Ok(_) => true,
             Err(sqlx::Error::Database(error)) => {
                 tracing::debug!(%error, "the outbox wake-up is armed by another relay");
                 false
@@ -113,8 +143,7 @@ impl WakeLock {
         let (true, Some(conn)) = (armed, self.conn.as_mut()) else {
             return;
         };
-        let released = sqlx::query("SELECT pg_advisory_unlock($1, 0)")
-            .bind(WAKE_CLASS)
+        let released = sqlx::query(&self.sql.release_wake)
             .execute(&mut *conn)
             .await;
         if let Err(error) = released {
@@ -128,8 +157,16 @@ impl WakeLock {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_wake_check_tries_the_wake_lock_relays_hold() {
-        let key = format!("pg_try_advisory_xact_lock_shared({}, 0)", super::WAKE_CLASS);
-        assert!(super::WAKE_CHECK.contains(&key), "{}", super::WAKE_CHECK);
+    fn the_wake_check_tries_the_wake_lock_relays_hold_and_notifies_its_channel() {
+        let check = super::wake_check("\"tenant_7\".event_store");
+        let sql = super::OutboxSql::new(&crate::sql::Schema::named("tenant_7").unwrap());
+        let key = sql.hold_wake.replace("SELECT pg_advisory_lock(", "");
+        let shared = format!("pg_try_advisory_xact_lock_shared({key}");
+        assert!(check.contains(&shared), "{check}\n{shared}");
+        let channel = sql.channel.replace("SELECT ", "");
+        assert!(
+            check.contains(&format!("pg_notify({channel}, '')")),
+            "{check}"
+        );
     }
 }

@@ -107,7 +107,7 @@ impl Sql {
 /// One event binds scalars; more go through `UNNEST` (the planner and executor do measurably
 /// less for the first). With the outbox the rows are marked for the relay (`outbox = true`):
 /// the event row is its own outbox record, so the append writes nothing more, and the last
-/// column it returns wakes an idle relay (see `crate::outbox`, Wake-ups, and `WAKE_CHECK`).
+/// column it returns wakes an idle relay (see `crate::outbox`, Wake-ups, and `wake_check`).
 fn append_statement(events: &str, shape: Shape, outbox: bool, many: bool) -> String {
     const XID: &str = "pg_current_xact_id()::text::bigint";
     // The version before the first event (empty: none), the commit order, where they come
@@ -178,7 +178,7 @@ fn append_statement(events: &str, shape: Shape, outbox: bool, many: bool) -> Str
     };
     let mut returning = "RETURNING version, global_position, commit_order".to_owned();
     if outbox {
-        returning = format!("{returning}, {} AS woke", crate::outbox::WAKE_CHECK);
+        returning = format!("{returning}, {} AS woke", crate::outbox::wake_check(events));
     }
     [
         format!(

@@ -120,10 +120,18 @@ impl MemoryOutbox {
         self.wake.notify_one();
     }
 
-    /// Adds messages.
-    pub fn enqueue(&self, messages: Vec<NewOutboxMessage>) {
+    /// Adds messages: all of them, or none when one has a header that breaks
+    /// [`headers::check`](super::headers::check).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`](crate::Error::Invalid) naming the message and its header.
+    pub fn enqueue(&self, messages: Vec<NewOutboxMessage>) -> crate::Result<()> {
+        for message in &messages {
+            message.check_headers()?;
+        }
         self.lock().push_messages(messages);
         self.wake.notify_one();
+        Ok(())
     }
 
     /// Publishes one batch of due messages (keys in order, a key stopping at its first message
@@ -181,7 +189,7 @@ impl MemoryOutbox {
                 Some(Err(error)) => {
                     row.message.attempts += 1;
                     row.message.last_error = Some(error.to_string());
-                    if options.is_dead(row.message.attempts) {
+                    if error.permanent || options.is_dead(row.message.attempts) {
                         tracing::warn!(key = %row.message.key, id = row.message.id, %error, "outbox message dead-lettered");
                         crate::telemetry::record_outbox_dead_letter();
                         row.status = OutboxStatus::Dead;
@@ -367,6 +375,89 @@ mod tests {
         assert_eq!(outbox.purge_published(), 6);
     }
 
+    /// Rejects the messages of one key by panicking, as a broker client asserting on its input
+    /// does.
+    struct PanicsOnKey(MemoryPublisher, &'static str);
+
+    #[async_trait::async_trait]
+    impl Publisher for PanicsOnKey {
+        async fn publish(&self, message: &OutboxMessage) -> Result<(), super::super::PublishError> {
+            assert_ne!(
+                message.key, self.1,
+                "the publisher cannot take this message"
+            );
+            self.0.publish(message).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_that_cannot_be_sent_is_dead_lettered_alone_and_its_neighbours_are_sent() {
+        let outbox = MemoryOutbox::new();
+        let message = |key: &str| NewOutboxMessage::new(key, "Sent", &key).unwrap();
+        let mut bad_name = message("bad-name");
+        bad_name.headers.insert("x bad".into(), "v".into());
+        let mut bad_value = message("bad-value");
+        bad_value
+            .headers
+            .insert("x-ok".into(), "a\r\nx-admin: 1".into());
+        // Enqueue refuses them (all or nothing)...
+        let refused = outbox.enqueue(vec![message("ok-0"), bad_name.clone()]);
+        assert!(
+            matches!(&refused, Err(crate::Error::Invalid { what: "outbox header", value, .. }) if value.contains("bad-name")),
+            "{refused:?}"
+        );
+        assert_eq!(outbox.counts().pending, 0);
+        // ...but messages stored before the check are set aside at their first attempt.
+        outbox.lock().push_messages(vec![
+            message("ok-1"),
+            bad_name,
+            message("panics"),
+            bad_value,
+            message("ok-2"),
+        ]);
+        let sent = MemoryPublisher::new();
+        let publisher = PanicsOnKey(sent.clone(), "panics");
+        let options = RelayOptions {
+            max_retries: 1,
+            base_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+            ..RelayOptions::default()
+        };
+        assert_eq!(outbox.publish_pending(&publisher, &options).await, 5);
+        let keys: Vec<_> = sent.published().into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, ["ok-1", "ok-2"]);
+        let counts = outbox.counts();
+        assert_eq!((counts.published, counts.pending, counts.dead), (2, 1, 2));
+        // The panic is an ordinary failure: retried, then dead.
+        assert_eq!(outbox.publish_pending(&publisher, &options).await, 1);
+        let dead = outbox.dead();
+        let dead: Vec<_> = dead
+            .iter()
+            .map(|m| {
+                (
+                    m.key.as_str(),
+                    m.attempts,
+                    m.last_error.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(dead.len(), 3, "{dead:?}");
+        assert!(
+            dead[0].0 == "bad-name" && dead[0].1 == 1 && dead[0].2.contains("x bad"),
+            "{dead:?}"
+        );
+        assert!(
+            dead[1].0 == "panics" && dead[1].1 == 2 && dead[1].2.contains("panicked"),
+            "{dead:?}"
+        );
+        assert!(
+            dead[2].0 == "bad-value" && dead[2].1 == 1 && dead[2].2.contains("x-ok"),
+            "{dead:?}"
+        );
+        assert_eq!(outbox.publish_pending(&publisher, &options).await, 0);
+        assert_eq!(sent.count(), 2, "nothing is published twice");
+    }
+
     #[tokio::test]
     async fn published_messages_leave_the_queue_and_are_kept_as_long_as_the_retention_says() {
         let messages = |n: usize| {
@@ -377,7 +468,7 @@ mod tests {
         let publisher = MemoryPublisher::new();
 
         let kept = MemoryOutbox::new();
-        kept.enqueue(messages(1000));
+        kept.enqueue(messages(1000)).unwrap();
         let options = RelayOptions {
             batch_size: 1000,
             ..RelayOptions::default()
@@ -395,7 +486,7 @@ mod tests {
         assert_eq!(kept.counts().published, 0);
 
         let unkept = MemoryOutbox::new();
-        unkept.enqueue(messages(100));
+        unkept.enqueue(messages(100)).unwrap();
         let options = RelayOptions {
             retention: Some(Duration::ZERO),
             ..RelayOptions::default()

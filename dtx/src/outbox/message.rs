@@ -1,6 +1,6 @@
 //! The outbox's message types: a message to add, a stored message, its status and the counts.
 
-use super::headers;
+use super::headers::{self, HeaderProblem, InvalidHeader};
 use crate::store::{NewEvent, StreamId};
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -79,11 +79,46 @@ impl NewOutboxMessage {
         })
     }
 
-    /// Adds a header.
-    #[must_use]
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(name.into(), value.into());
-        self
+    /// Adds a header, if it obeys [`headers::check`] (a token name, a value without line
+    /// breaks or other control characters).
+    ///
+    /// ```
+    /// use dtx::outbox::NewOutboxMessage;
+    ///
+    /// let message = NewOutboxMessage::new("Order-1", "Shipped", &1)?.with_header("x-tenant", "7")?;
+    /// assert_eq!(message.headers["x-tenant"], "7");
+    /// assert!(message.with_header("x-tenant", "7\r\nx-admin: 1").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`InvalidHeader`] naming the message, when the header breaks the rule.
+    pub fn with_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, InvalidHeader> {
+        let (name, value) = (name.into(), value.into());
+        headers::check(&name, &value).map_err(|problem| self.invalid(problem))?;
+        self.headers.insert(name, value);
+        Ok(self)
+    }
+
+    /// Checks every header ([`headers::check`]), those set through the public
+    /// [`headers`](Self::headers) field included: both outboxes' `enqueue` call it.
+    ///
+    /// # Errors
+    /// [`InvalidHeader`] naming the message and the first header that breaks the rule.
+    pub fn check_headers(&self) -> Result<(), InvalidHeader> {
+        headers::check_all(&self.headers).map_err(|problem| self.invalid(problem))
+    }
+
+    fn invalid(&self, problem: HeaderProblem) -> InvalidHeader {
+        InvalidHeader {
+            key: self.key.clone(),
+            message_id: self.message_id,
+            problem,
+        }
     }
 
     /// [`crate::Error::Unstorable`] unless every backend can store this message: its payload is
@@ -115,7 +150,9 @@ impl NewOutboxMessage {
     }
 }
 
-/// The headers of an event's outbox message (the same the PostgreSQL append writes).
+/// The headers of an event's outbox message (the same the PostgreSQL relay makes). A
+/// `traceparent` that is not a valid header value (see [`headers::check`]) is left out: it
+/// cannot be a W3C trace context, and would make the message unpublishable.
 pub fn event_headers(stream: &StreamId, event: &NewEvent) -> BTreeMap<String, String> {
     let mut all = BTreeMap::new();
     all.insert(headers::EVENT_ID.to_owned(), event.event_id.to_string());
@@ -128,7 +165,9 @@ pub fn event_headers(stream: &StreamId, event: &NewEvent) -> BTreeMap<String, St
     if let Some(id) = meta.causation_id {
         all.insert(headers::CAUSATION_ID.to_owned(), id.to_string());
     }
-    if let Some(traceparent) = &meta.traceparent {
+    if let Some(traceparent) = &meta.traceparent
+        && headers::check(headers::TRACEPARENT, traceparent).is_ok()
+    {
         all.insert(headers::TRACEPARENT.to_owned(), traceparent.clone());
     }
     all

@@ -37,6 +37,7 @@ mod options;
 mod publisher;
 mod uow;
 
+pub use headers::InvalidHeader;
 pub use memory::MemoryOutbox;
 pub use message::{NewOutboxMessage, OutboxCounts, OutboxMessage, OutboxStatus, event_headers};
 pub use options::RelayOptions;

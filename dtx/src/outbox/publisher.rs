@@ -7,12 +7,18 @@ use async_trait::async_trait;
 use chrono::Utc;
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// A failed publish. Every failure is retried (with backoff) up to
-/// [`RelayOptions::max_retries`](super::RelayOptions::max_retries); then the message is
-/// dead-lettered.
+/// A failed publish. A failure is retried (with backoff) up to
+/// [`RelayOptions::max_retries`](super::RelayOptions::max_retries), then the message is
+/// dead-lettered; a [`permanent`](Self::permanent) one (the message itself can never be sent,
+/// say its headers are invalid) is dead-lettered at once. Either way only that message (and the
+/// later messages of its key, behind it) waits: the rest of the batch is published.
 #[derive(Debug, thiserror::Error)]
 #[error("publishing failed: {message}")]
 pub struct PublishError {
@@ -21,23 +27,36 @@ pub struct PublishError {
     /// The broker client's error.
     #[source]
     pub source: Option<BoxError>,
+    /// Whether no retry can succeed: the message is dead-lettered at once.
+    pub permanent: bool,
 }
 
 impl PublishError {
-    /// An error with a message.
+    /// An error with a message, retried.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             source: None,
+            permanent: false,
         }
     }
 
-    /// Wraps a broker client's error.
+    /// An error no retry can mend (the message is malformed): the relay dead-letters the
+    /// message at once.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            permanent: true,
+            ..Self::new(message)
+        }
+    }
+
+    /// Wraps a broker client's error, retried.
     pub fn from_source(error: impl Into<BoxError>) -> Self {
         let source = error.into();
         Self {
             message: source.to_string(),
             source: Some(source),
+            permanent: false,
         }
     }
 }
@@ -67,6 +86,11 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
 /// the trace of the write that produced the message (its `traceparent` header), recording the
 /// outbox lag when the broker has it.
 ///
+/// A message whose headers break [`headers::check`] is not handed to the publisher: it fails
+/// with a [`permanent`](PublishError::permanent) error naming the message. A publisher that
+/// panics fails this message only, with an error saying so (retried like any other failure),
+/// instead of unwinding through the relay and failing the whole batch.
+///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use dtx::outbox::{MemoryPublisher, OutboxMessage, publish_traced};
@@ -91,11 +115,18 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
 /// ```
 ///
 /// # Errors
-/// The publisher's error, as it returned it.
+/// The publisher's error, as it returned it; a permanent error for invalid headers; an error
+/// for a publisher that panicked.
 pub async fn publish_traced<P: Publisher + ?Sized>(
     publisher: &P,
     message: &OutboxMessage,
 ) -> Result<(), PublishError> {
+    if let Err(problem) = headers::check_all(&message.headers) {
+        return Err(PublishError::permanent(format!(
+            "outbox message {} (id {}) of key `{}` cannot be sent: {problem}",
+            message.message_id, message.id, message.key
+        )));
+    }
     let span = tracing::info_span!(
         "dtx.outbox.publish",
         stream = %message.key,
@@ -108,10 +139,39 @@ pub async fn publish_traced<P: Publisher + ?Sized>(
             .get(headers::TRACEPARENT)
             .map(String::as_str),
     );
-    tracing::Instrument::instrument(publisher.publish(message), span).await?;
+    let publish = tracing::Instrument::instrument(publisher.publish(message), span);
+    CatchUnwind(Box::pin(publish))
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(PublishError::new(format!(
+                "the publisher panicked on outbox message {} (id {}) of key `{}`: {what}",
+                message.message_id, message.id, message.key
+            )))
+        })?;
     let lag = (Utc::now() - message.created_at).to_std();
     crate::telemetry::record_outbox_published(lag.unwrap_or_default());
     Ok(())
+}
+
+/// A future that turns a panic while it is polled into an `Err` with the panic's payload.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// A [`Publisher`] that keeps what it publishes in memory: the embedded default and the

@@ -15,6 +15,10 @@ use std::sync::MutexGuard;
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Adds messages as part of `uow`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`](crate::Error::Invalid) when a message has a header that breaks
+    /// [`headers::check`](super::headers::check) (nothing is added); the backend's errors.
     async fn enqueue_in(
         &self,
         uow: &mut dyn UnitOfWork,
@@ -31,6 +35,7 @@ impl Outbox for MemoryOutbox {
     ) -> Result<()> {
         for message in &messages {
             message.check_storable()?;
+            message.check_headers()?;
         }
         let uow = MemoryUnitOfWork::of(uow)?;
         uow.part(self.order(), || Staged::new(self.clone()))
