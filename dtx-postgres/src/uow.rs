@@ -66,8 +66,10 @@ impl UnitOfWork for PgUnitOfWork {
         self
     }
 
+    /// A connection lost once `COMMIT` may have been sent is
+    /// [`Error::CommitOutcomeUnknown`]: the transaction may have committed.
     async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(Error::storage)
+        self.tx.commit().await.map_err(crate::sql::classify_commit)
     }
 
     async fn rollback(self) -> Result<()> {

@@ -122,6 +122,18 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The connection failed while a unit of work was committing: it may or may not have
+    /// committed.
+    ///
+    /// Never retried automatically. Running the unit of work again is safe where its writes
+    /// are: appends of the same event ids succeed as duplicates, an idempotency key it completed
+    /// replays its result.
+    #[error("outcome unknown for a commit: the connection failed after COMMIT was sent")]
+    CommitOutcomeUnknown {
+        /// The transport error.
+        #[source]
+        source: BoxError,
+    },
     /// A store was given the unit of work of another backend (a memory store inside a
     /// PostgreSQL transaction, say), or a backend that cannot join one.
     #[error("a {expected} store cannot join a {actual} unit of work")]
