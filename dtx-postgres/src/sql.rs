@@ -119,6 +119,18 @@ pub(crate) fn classify(stream: &StreamId, error: sqlx::Error) -> Error {
     }
 }
 
+/// Sorts a failed commit into "nothing was committed" ([`Error::Storage`]) and "the outcome is
+/// unknown" ([`Error::CommitOutcomeUnknown`]).
+pub(crate) fn classify_commit(error: sqlx::Error) -> Error {
+    if outcome_unknown(&error) {
+        Error::CommitOutcomeUnknown {
+            source: Box::new(error) as BoxError,
+        }
+    } else {
+        Error::storage(error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,18 +67,10 @@ impl UnitOfWork for PgUnitOfWork {
         self
     }
 
-    /// A connection lost while `COMMIT` was on its way is [`Error::CommitOutcomeUnknown`]:
-    /// the transaction may have committed.
+    /// A connection lost once `COMMIT` may have been sent is
+    /// [`Error::CommitOutcomeUnknown`]: the transaction may have committed.
     async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(|error| {
-            if crate::sql::outcome_unknown(&error) {
-                Error::CommitOutcomeUnknown {
-                    source: Box::new(error),
-                }
-            } else {
-                Error::storage(error)
-            }
-        })
+        self.tx.commit().await.map_err(crate::sql::classify_commit)
     }
 
     async fn rollback(self) -> Result<()> {

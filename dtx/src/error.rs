@@ -135,14 +135,13 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
-    /// The connection failed while a unit of work's `COMMIT` was on its way: every write in it
-    /// committed, or none did.
+    /// The connection failed while a unit of work was committing: it may or may not have
+    /// committed.
     ///
-    /// Never retried automatically. Find out which (every dtx write is idempotent by its ids:
-    /// events by event id, idempotency records by key) before running the work again.
-    #[error(
-        "outcome unknown for the commit of a unit of work: the connection failed after COMMIT was sent"
-    )]
+    /// Never retried automatically. Running the unit of work again is safe where its writes
+    /// are: appends of the same event ids succeed as duplicates, an idempotency key it completed
+    /// replays its result.
+    #[error("outcome unknown for a commit: the connection failed after COMMIT was sent")]
     CommitOutcomeUnknown {
         /// The transport error.
         #[source]

@@ -57,7 +57,9 @@ pub trait UnitOfWork: Send + 'static {
     #[doc(hidden)]
     fn as_any_mut(&mut self) -> &mut dyn Any;
 
-    /// Commits every write made through this unit of work, or none of them.
+    /// Commits every write made through this unit of work, or none of them. When the backend
+    /// cannot know which (the connection was lost once `COMMIT` may have been sent), the error
+    /// is [`Error::CommitOutcomeUnknown`].
     fn commit(self) -> impl Future<Output = Result<()>> + Send
     where
         Self: Sized;

@@ -4,6 +4,8 @@
 
 use dtx_postgres::PgEventStore;
 
+pub mod fault_proxy;
+
 /// The repository's README: every `rust` block in it runs as a doctest of this package
 /// (`cargo test -p tests --doc`), the PostgreSQL ones against `DATABASE_URL`.
 #[doc = include_str!("../../README.md")]

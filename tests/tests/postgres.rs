@@ -14,8 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tests::fault_proxy::{Fault, FaultProxy, Statement};
 use uuid::Uuid;
 
 fn event(n: u64) -> NewEvent {
@@ -181,86 +180,20 @@ async fn global_feed_never_skips_late_commits() {
     );
 }
 
-/// Forwards bytes between a client and PostgreSQL. When armed, the next statement the client
-/// executes reaches the server, but its response is swallowed and both sides are closed, as a
-/// network failure during COMMIT would.
-async fn cutting_proxy(upstream: String, armed: Arc<AtomicBool>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let (client, _) = listener.accept().await.unwrap();
-            let server = TcpStream::connect(&upstream).await.unwrap();
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            let cut = Arc::new(AtomicBool::new(false));
-            let (armed, cut_for_reader) = (Arc::clone(&armed), Arc::clone(&cut));
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match client_read.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    // A request starts with Bind ('B') of the prepared statement; a trailing
-                    // Sync of the previous request must not trip the cut.
-                    if buf[0] == b'B' && armed.swap(false, Ordering::SeqCst) {
-                        cut.store(true, Ordering::SeqCst);
-                    }
-                    if server_write.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match server_read.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    if cut_for_reader.load(Ordering::SeqCst) {
-                        // Drop the response and close the client's side.
-                        return;
-                    }
-                    if client_write.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 /// The connection dies after the append was sent and committed: the caller gets
 /// `OutcomeUnknown` (never a silent replay), and retrying the same events is an idempotent
 /// success that stores nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_commit_is_outcome_unknown_and_retry_is_idempotent() {
     let direct = tests::pg_store().await;
-    let options = direct.pool().connect_options();
-    let upstream = format!("{}:{}", options.get_host(), options.get_port());
-    let armed = Arc::new(AtomicBool::new(false));
-    let port = cutting_proxy(upstream, Arc::clone(&armed)).await;
-    let proxied_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect_with((*options).clone().host("127.0.0.1").port(port))
-        .await
-        .unwrap();
-    let proxied = PgEventStore::new(proxied_pool);
-
-    // Warm the connection so the append statement is already prepared.
-    let warm = StreamId::new("warm-1").unwrap();
-    proxied
-        .append(&warm, ExpectedVersion::NoStream, vec![event(1)])
-        .await
-        .unwrap();
+    let proxy = FaultProxy::in_front_of(direct.pool()).await.unwrap();
+    let proxied = PgEventStore::new(proxy.pool(1).await.unwrap());
 
     let stream = StreamId::new("lost-commit-1").unwrap();
     let batch: Vec<NewEvent> = (1..=3).map(event).collect();
-    armed.store(true, Ordering::SeqCst);
+    proxy.arm(Fault::during(Statement::containing(
+        "INSERT INTO event_store",
+    )));
     let error = proxied
         .append(&stream, ExpectedVersion::NoStream, batch.clone())
         .await
@@ -269,7 +202,7 @@ async fn lost_commit_is_outcome_unknown_and_retry_is_idempotent() {
         matches!(&error, Error::OutcomeUnknown { stream: s, .. } if *s == stream),
         "{error:?}"
     );
-    assert!(!armed.load(Ordering::SeqCst), "the proxy cut the response");
+    assert_eq!(proxy.counts().faults, 1, "the proxy cut the answer");
 
     // The write did commit on the server; the retry finds it and stores nothing new.
     assert_eq!(direct.stream_version(&stream).await.unwrap(), 3);

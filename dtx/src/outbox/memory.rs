@@ -121,12 +121,15 @@ impl MemoryOutbox {
     }
 
     /// Adds messages: all of them, or none when one has a header that breaks
-    /// [`headers::check`](super::headers::check).
+    /// [`headers::check`](super::headers::check) or a payload PostgreSQL could not store (as
+    /// the PostgreSQL outbox refuses it).
     ///
     /// # Errors
-    /// [`Error::Invalid`](crate::Error::Invalid) naming the message and its header.
+    /// [`Error::Invalid`](crate::Error::Invalid) naming the message and its header;
+    /// [`Error::Unstorable`](crate::Error::Unstorable) naming the message.
     pub fn enqueue(&self, messages: Vec<NewOutboxMessage>) -> crate::Result<()> {
         for message in &messages {
+            message.check_storable()?;
             message.check_headers()?;
         }
         self.lock().push_messages(messages);
