@@ -1,0 +1,393 @@
+//! The request path of a service: an HTTP request with an `Idempotency-Key` through the
+//! idempotency layer, a command through the bus inside the request's unit of work, events, and
+//! the stored response — one commit. On a real axum server on 127.0.0.1 with a real HTTP
+//! client, on PostgreSQL (and in memory where the backend matters), with connections cut by a
+//! proxy that speaks PostgreSQL's framing and clients that go away mid-request.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
+
+// The order handlers live in another crate (`examples`); naming it links them.
+use examples::order::{Order, OrderId, PlaceOrder};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
+use bytes::Bytes;
+use dtx::cqrs::{CommandBus, Committed};
+use dtx::idempotency::http::{IDEMPOTENT_REPLAYED, IdempotencyLayer, RequestUnitOfWork};
+use dtx::idempotency::{IdempotencyKey, IdempotencyStore, MemoryIdempotencyStore, Scope};
+use dtx::{Aggregate, EventStore, SharedEventStore};
+use dtx_postgres::{PgEventStore, PgIdempotencyStore};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tests::fault_proxy::{Fault, FaultProxy, Statement};
+use uuid::Uuid;
+
+/// Generous: the machine may be busy.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The service: places an order through the bus in the request's unit of work.
+struct App {
+    bus: CommandBus,
+    /// How often the handler ran.
+    runs: AtomicUsize,
+    /// Fail (500) after placing the order, so nothing may commit.
+    fail_after_append: AtomicBool,
+    /// How long the handler takes after placing the order.
+    delay: Duration,
+    /// Told when a handler has placed its order.
+    placed: tokio::sync::Notify,
+}
+
+impl App {
+    fn new(store: SharedEventStore, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            bus: CommandBus::builder()
+                .store(store)
+                .registry()
+                .build()
+                .unwrap(),
+            runs: AtomicUsize::new(0),
+            fail_after_append: AtomicBool::new(false),
+            delay,
+            placed: tokio::sync::Notify::new(),
+        })
+    }
+}
+
+/// `POST /orders/{id}`: the order id is in the body, so a key's request always targets the
+/// same order.
+async fn place(
+    State(app): State<Arc<App>>,
+    uow: Option<Extension<RequestUnitOfWork>>,
+    body: String,
+) -> Response {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    let order_id: OrderId = body.trim().parse().unwrap();
+    let command = PlaceOrder {
+        order_id,
+        customer: "ada".into(),
+    };
+    let committed: Committed = {
+        // One-commit mode: in the request's unit of work; two-phase: on its own.
+        let placed = match uow {
+            Some(Extension(uow)) => {
+                let mut uow = uow.lock().await.unwrap();
+                app.bus.execute_in(&mut *uow, command).await
+            }
+            None => app.bus.execute(command).await,
+        };
+        match placed {
+            Ok(committed) => committed,
+            Err(error) => {
+                return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+            }
+        }
+    };
+    app.placed.notify_waiters();
+    tokio::time::sleep(app.delay).await;
+    if app.fail_after_append.load(Ordering::SeqCst) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "failed after placing").into_response();
+    }
+    let reply = serde_json::json!({ "order": order_id.to_string(), "version": committed.version, "nonce": Uuid::new_v4() });
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        reply.to_string(),
+    )
+        .into_response()
+}
+
+async fn serve(app: &Arc<App>, layer: IdempotencyLayer) -> SocketAddr {
+    let router = Router::new()
+        .route("/orders", post(place))
+        .with_state(Arc::clone(app))
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+fn layer(store: impl IdempotencyStore) -> IdempotencyLayer {
+    IdempotencyLayer::new(store, |_| Scope::new("alice").ok())
+}
+
+#[derive(Debug, Clone)]
+struct Reply {
+    status: StatusCode,
+    replayed: bool,
+    body: Bytes,
+}
+
+impl Reply {
+    fn title(&self) -> String {
+        let problem: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_default();
+        problem["title"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+#[derive(Clone)]
+struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Http {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            addr,
+        }
+    }
+
+    async fn place(&self, key: &str, order: OrderId) -> Reply {
+        let request = axum::http::Request::post(format!("http://{}/orders", self.addr))
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from(order.to_string())))
+            .unwrap();
+        let response = tokio::time::timeout(DEADLINE, self.client.request(request))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        Reply {
+            status: parts.status,
+            replayed: parts
+                .headers
+                .get(IDEMPOTENT_REPLAYED)
+                .is_some_and(|v| v == "true"),
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+}
+
+async fn events_of(store: &dyn EventStore, order: OrderId) -> usize {
+    let stream = Order::stream_id(&order).unwrap();
+    store
+        .read_stream(&stream, 1, usize::MAX)
+        .await
+        .unwrap()
+        .len()
+}
+
+/// 100 concurrent identical requests in one-commit mode: the order is placed once, every
+/// response that is not a 409 is the same response, and duplicates wait for the first's
+/// commit instead of getting 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_identical_requests_place_one_order_with_one_commit() {
+    let events = tests::pg_store().await;
+    let app = App::new(Arc::new(events.clone()), Duration::from_millis(200));
+    let store = PgIdempotencyStore::new(events.pool().clone());
+    let http = Http::new(serve(&app, layer(store).wait(DEADLINE)).await);
+    let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let (http, key) = (http.clone(), key.clone());
+            tokio::spawn(async move { http.place(&key, order).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for client in clients {
+        replies.push(client.await.unwrap());
+    }
+    assert_eq!(events_of(&events, order).await, 1, "the order placed once");
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    let answered: Vec<&Reply> = replies
+        .iter()
+        .filter(|r| r.status != StatusCode::CONFLICT)
+        .collect();
+    assert_eq!(answered.len(), 100, "duplicates waited for the commit");
+    assert_eq!(answered.iter().filter(|r| !r.replayed).count(), 1);
+    for reply in &answered {
+        assert_eq!(reply.status, StatusCode::CREATED);
+        assert_eq!(reply.body, answered[0].body, "identical responses");
+    }
+}
+
+/// A handler that places the order and then fails: the events roll back with the claim, the
+/// key is free, and the retry places the order once.
+#[tokio::test]
+async fn a_failed_handler_rolls_back_its_events_and_frees_the_key() {
+    let events = tests::pg_store().await;
+    let pg = PgIdempotencyStore::new(events.pool().clone());
+    let memory_events = Arc::new(dtx::MemoryEventStore::new());
+    let memory = MemoryIdempotencyStore::new();
+    for (store, keys) in [
+        (
+            Arc::new(events.clone()) as SharedEventStore,
+            Arc::new(pg) as Arc<dyn IdempotencyStore>,
+        ),
+        (
+            Arc::clone(&memory_events) as SharedEventStore,
+            Arc::new(memory) as Arc<dyn IdempotencyStore>,
+        ),
+    ] {
+        let app = App::new(Arc::clone(&store), Duration::ZERO);
+        let http = Http::new(serve(&app, layer(Arc::clone(&keys))).await);
+        let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+        app.fail_after_append.store(true, Ordering::SeqCst);
+        let failed = http.place(&key, order).await;
+        assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(events_of(&*store, order).await, 0, "the events rolled back");
+        let record = keys
+            .load(
+                &Scope::new("alice").unwrap(),
+                &IdempotencyKey::new(key.as_str()).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(record.is_none(), "the key is free: {record:?}");
+
+        app.fail_after_append.store(false, Ordering::SeqCst);
+        let placed = http.place(&key, order).await;
+        assert_eq!(placed.status, StatusCode::CREATED);
+        assert!(!placed.replayed);
+        let replay = http.place(&key, order).await;
+        assert!(replay.replayed);
+        assert_eq!(replay.body, placed.body);
+        assert_eq!(events_of(&*store, order).await, 1);
+        assert_eq!(app.runs.load(Ordering::SeqCst), 2);
+    }
+}
+
+/// The request's connection is cut before, during and after its COMMIT. Whatever the first
+/// answer, the key's retry (on a healthy server) either replays the committed response or
+/// places the order — once: the order is never placed twice, and a key answered with 201 is
+/// never run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_at_commit_never_runs_an_answered_key_again() {
+    let events = tests::pg_store().await;
+    let proxy = FaultProxy::in_front_of(events.pool()).await.unwrap();
+    let proxied = PgIdempotencyStore::new(proxy.pool(4).await.unwrap());
+    let healthy = PgIdempotencyStore::new(events.pool().clone());
+    let app = App::new(Arc::new(events.clone()), Duration::ZERO);
+    let cut = Http::new(serve(&app, layer(proxied)).await);
+    let http = Http::new(serve(&app, layer(healthy)).await);
+    let mut answered = 0;
+    for (name, fault) in [
+        ("before", Fault::before_commit()),
+        ("during", Fault::during_commit()),
+        ("after", Fault::after_commit()),
+    ] {
+        let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+        proxy.arm(fault);
+        let first = cut.place(&key, order).await;
+        tokio::time::timeout(DEADLINE, proxy.fired())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the fault fired"));
+        let runs_before_retry = app.runs.load(Ordering::SeqCst);
+        let retry = http.place(&key, order).await;
+        assert_eq!(retry.status, StatusCode::CREATED, "{name}: {retry:?}");
+        assert_eq!(events_of(&events, order).await, 1, "{name}: placed once");
+        match first.status {
+            StatusCode::CREATED => {
+                answered += 1;
+                assert!(retry.replayed, "{name}: an answered key replays");
+                assert_eq!(retry.body, first.body);
+                assert_eq!(app.runs.load(Ordering::SeqCst), runs_before_retry);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let title = first.title();
+                assert!(
+                    title == "Outcome unknown" || title == "Not committed",
+                    "{name}: {title}"
+                );
+            }
+            other => panic!("{name}: unexpected first answer {other}: {first:?}"),
+        }
+        let again = http.place(&key, order).await;
+        assert!(again.replayed);
+        assert_eq!(again.body, retry.body);
+    }
+    assert!(answered >= 1, "the cut after COMMIT still answers 201");
+    eprintln!(
+        "request path faults: {} cuts at COMMIT, {answered} answered keys, 0 run twice",
+        proxy.counts().faults
+    );
+}
+
+/// Clients that go away at every moment of their request — while the key is claimed, while
+/// the handler runs, while the response is stored — never leave a stuck key: the retry of each
+/// key gets the stored response or runs the command, once. In both commit modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_go_away_never_leave_a_stuck_key() {
+    let events = tests::pg_store().await;
+    let app = App::new(Arc::new(events.clone()), Duration::from_millis(20));
+    let store = PgIdempotencyStore::new(events.pool().clone());
+    for mode in ["one-commit", "two-phase"] {
+        let layer = match mode {
+            "one-commit" => layer(store.clone()),
+            _ => layer(store.clone()).two_phase(),
+        }
+        .wait(DEADLINE);
+        let http = Http::new(serve(&app, layer).await);
+        let mut keys = Vec::new();
+        for i in 0..40_u64 {
+            let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+            let client = {
+                let (http, key) = (http.clone(), key.clone());
+                tokio::spawn(async move { http.place(&key, order).await })
+            };
+            // Cut the client off after 0..40 ms: before, during or after the claim, the
+            // handler, the commit.
+            tokio::time::sleep(Duration::from_millis(i % 40)).await;
+            client.abort();
+            keys.push((key, order));
+        }
+        for (key, order) in &keys {
+            let retry = http.place(key, *order).await;
+            assert_eq!(retry.status, StatusCode::CREATED, "{mode}: {retry:?}");
+            assert_eq!(events_of(&events, *order).await, 1, "{mode}: placed once");
+        }
+        eprintln!("request path, {mode}: 40 clients cut off, 40 keys answered, 0 stuck");
+    }
+}
+
+/// Two-phase mode: the connection that stores a response is cut after the handler ran. The
+/// layer stores it again on another connection; the key never runs again, not even after its
+/// lock would have timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_whose_storing_fails_is_stored_again_never_run_twice() {
+    let events = tests::pg_store().await;
+    let proxy = FaultProxy::in_front_of(events.pool()).await.unwrap();
+    let store = PgIdempotencyStore::new(proxy.pool(4).await.unwrap());
+    let lock = Duration::from_secs(2);
+    let app = App::new(Arc::new(events.clone()), Duration::ZERO);
+    let http = Http::new(serve(&app, layer(store).two_phase().lock_timeout(lock)).await);
+    let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+    for cut in [
+        Fault::before(Statement::containing("SET status = 'completed'")),
+        Fault::during(Statement::containing("SET status = 'completed'")),
+    ] {
+        proxy.arm(cut);
+    }
+    let first = http.place(&key, order).await;
+    tokio::time::timeout(DEADLINE, proxy.fired())
+        .await
+        .expect("both cuts fired");
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    tokio::time::sleep(lock + Duration::from_millis(500)).await;
+    let retry = http.place(&key, order).await;
+    assert!(retry.replayed, "stored, not run again: {retry:?}");
+    assert_eq!(retry.body, first.body);
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1);
+}
+
+/// A layer configured after it was cloned keeps working (it used to panic), and the clone
+/// keeps its own configuration.
+#[test]
+fn a_cloned_layer_can_still_be_configured() {
+    let first = layer(MemoryIdempotencyStore::new());
+    let second = first.clone().two_phase().wait(Duration::ZERO);
+    assert_eq!(first.mode(), dtx::idempotency::http::CommitMode::OneCommit);
+    assert_eq!(second.mode(), dtx::idempotency::http::CommitMode::TwoPhase);
+}
