@@ -12,15 +12,25 @@
 //! | body over the limit (default 1 MiB) | 413 |
 //! | first request with the key | the handler runs; its status, chosen headers and body are stored |
 //! | a retry after it completed | the stored response, plus `Idempotent-Replayed: true` |
-//! | a duplicate while the first is in flight | 409 with `Retry-After` |
+//! | a duplicate while the first is in flight | waits for it (up to [`IdempotencyLayer::wait`], 5 s) and replays; then 409 with `Retry-After` |
 //! | the key with another payload (method, path and query, body) | 422 |
 //! | the store is unavailable | 503 with `Retry-After` (the handler does not run) |
+//!
+//! **One commit** (the default): the claim, the handler's writes through the
+//! [`RequestUnitOfWork`] in the request's extensions (`bus.execute_in(&mut *uow, command)`,
+//! outbox messages, saga starts) and the stored response are one transaction, committed once
+//! after the handler returns — on PostgreSQL one commit per request instead of three. A handler
+//! that fails or answers a status that is not cached rolls all of it back and leaves the key
+//! free; a lost COMMIT answers 503 "Outcome unknown", and the retry replays or runs once.
+//! Handlers whose effects leave the database (a payment provider) use
+//! [`IdempotencyLayer::two_phase`], which commits the claim first.
 //!
 //! Keys are scoped by the principal the caller-supplied extractor returns, so two clients never
 //! replay each other's responses, whatever keys they choose. A response the policy does not
 //! cache (by default 5xx: the failure may be transient) releases the key, so a retry runs the
-//! handler again. Once claimed, the handler runs to completion and its outcome is stored even
-//! if the client disconnects, so the client's retry gets it. Keys and bodies never reach logs
+//! handler again. The claim, the handler and the storing of its outcome run in a task of their
+//! own, to completion even if the client disconnects, so the client's retry gets the outcome
+//! and no key is left held by a request nobody runs. Keys and bodies never reach logs
 //! or spans: a key is named by a [`KeyDigest`](super::KeyDigest).
 //!
 //! ```
