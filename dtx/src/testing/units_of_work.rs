@@ -98,27 +98,35 @@ pub async fn append_in_resends_events_of_the_same_unit_of_work(
 ) {
     tokio::time::timeout(LIMIT, async {
         let (s, t) = (stream("staged"), stream("staged-other"));
-        let (a, b) = (event(1), event(2));
+        let (first, second) = (event(1), event(2));
         let mut uow = begin().await;
         let appended = store
             .append_in(
                 &mut *uow,
                 &s,
                 ExpectedVersion::NoStream,
-                vec![a.clone(), b.clone()],
+                vec![first.clone(), second.clone()],
             )
             .await;
         assert_eq!(versions(appended).unwrap(), (1, 2, false));
         for (to, expected, events) in [
-            (&s, ExpectedVersion::Exact(2), vec![a.clone(), b.clone()]),
-            (&s, ExpectedVersion::Any, vec![a.clone(), b.clone()]),
-            (&s, ExpectedVersion::NoStream, vec![a.clone()]),
-            (&t, ExpectedVersion::Any, vec![a.clone(), event(8)]),
+            (
+                &s,
+                ExpectedVersion::Exact(2),
+                vec![first.clone(), second.clone()],
+            ),
+            (
+                &s,
+                ExpectedVersion::Any,
+                vec![first.clone(), second.clone()],
+            ),
+            (&s, ExpectedVersion::NoStream, vec![first.clone()]),
+            (&t, ExpectedVersion::Any, vec![first.clone(), event(8)]),
         ] {
             let resent = store.append_in(&mut *uow, to, expected, events).await;
             assert!(
                 matches!(&resent, Err(Error::DuplicateEvent { event_id, stored_in, .. })
-                    if *event_id == a.event_id && *stored_in == s.as_str()),
+                    if *event_id == first.event_id && *stored_in == s.as_str()),
                 "resent to {to} expecting {expected}: {resent:?}"
             );
         }
@@ -129,15 +137,20 @@ pub async fn append_in_resends_events_of_the_same_unit_of_work(
             matches!(&conflict, Err(Error::Conflict { actual: 2, .. })),
             "{conflict:?}"
         );
-        let c = event(3);
+        let third = event(3);
         let more = store
-            .append_in(&mut *uow, &s, ExpectedVersion::Exact(2), vec![c.clone()])
+            .append_in(
+                &mut *uow,
+                &s,
+                ExpectedVersion::Exact(2),
+                vec![third.clone()],
+            )
             .await;
         assert_eq!(versions(more).unwrap(), (3, 3, false));
         uow.commit_boxed().await.unwrap();
         let read = store.read_stream(&s, 1, 100).await.unwrap();
         let ids: Vec<_> = read.iter().map(|e| e.event_id).collect();
-        assert_eq!(ids, [a.event_id, b.event_id, c.event_id]);
+        assert_eq!(ids, [first.event_id, second.event_id, third.event_id]);
         assert_eq!(store.stream_version(&t).await.unwrap(), 0);
     })
     .await
