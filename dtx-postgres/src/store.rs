@@ -17,7 +17,7 @@ use dtx::{
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
-use statements::{APPEND_NAMES, Shape, Sql};
+use statements::{APPEND_IN_NAMES, APPEND_NAMES, Shape, Sql};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -150,7 +150,12 @@ impl PgEventStore {
         let sql = &*self.sql;
         let appends = APPEND_NAMES
             .into_iter()
-            .zip(sql.appends.iter().map(String::as_str));
+            .zip(sql.appends.iter().map(String::as_str))
+            .chain(
+                APPEND_IN_NAMES
+                    .into_iter()
+                    .zip(sql.appends_in.iter().map(String::as_str)),
+            );
         appends
             .chain([
                 ("stored_events", sql.stored.as_str()),
@@ -170,17 +175,21 @@ impl PgEventStore {
     }
 
     /// Appends on the unit of work's connection ([`EventStore::append_in`]), so the events
-    /// commit or roll back with its other writes.
+    /// commit or roll back with its other writes; everything it reads goes through that
+    /// connection too.
     ///
-    /// Every expectation reads the stream's head as the transaction sees it (the `any` shape),
-    /// so a stream at another version, appended to earlier in the same transaction or not, is
-    /// [`Error::Conflict`] with the version the transaction sees, and the statement inserts
-    /// nothing instead of failing. A conflict is [`Error::Conflict`] for every expectation,
-    /// [`ExpectedVersion::Any`] included (a lost race cannot be retried inside the caller's
-    /// transaction); a race lost to a concurrent writer fails the statement on the unique
-    /// constraint and leaves the transaction aborted. Roll back and retry the whole
-    /// transaction. A connection failure after the statement was sent is
-    /// [`Error::OutcomeUnknown`].
+    /// One statement (`append_in_*`, see `statements.rs`) that never fails on what the
+    /// transaction can see, so it never aborts the caller's transaction: it looks the event ids
+    /// up first and inserts only when none is stored and the stream is at `expected` as the
+    /// transaction sees it (appended to earlier in the same transaction or not). It answers as
+    /// the in-memory unit of work does: ids all stored before in this stream are an idempotent
+    /// success (`deduplicated`); ids stored elsewhere or only some of them, or appended earlier
+    /// in this transaction, [`Error::DuplicateEvent`]; a stream at another version,
+    /// [`Error::Conflict`] for every expectation, [`ExpectedVersion::Any`] included (a lost
+    /// race cannot be retried inside the caller's transaction). A race lost to a concurrent
+    /// writer of the same version or event id fails the statement on its unique constraint and
+    /// aborts the transaction: [`Error::RolledBack`] (its commit is too). A connection failure
+    /// after the statement was sent is [`Error::OutcomeUnknown`].
     async fn append_on(
         &self,
         conn: &mut PgConnection,
@@ -190,27 +199,60 @@ impl PgEventStore {
     ) -> Result<AppendResult> {
         self.limits.check(stream, &events)?;
         let batch = Batch::new(events);
-        match self
-            .append_once(&mut *conn, stream, expected, Shape::Head, &batch)
-            .await?
-        {
-            Attempt::Done(result) => Ok(result),
-            Attempt::WrongVersion => {
-                // The head as the caller's transaction sees it (it may hold its own appends).
-                let current = sqlx::query_scalar::<_, i64>(&self.sql.head)
-                    .bind(stream.as_str())
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| classify(stream, e))?;
-                self.settle(stream, expected, &batch.ids, to_u64(current))
-                    .await
+        let many = batch.ids.len() > 1;
+        let rows = bind::<InRow>(
+            self.sql.append_in(self.outbox, many),
+            stream,
+            expected,
+            &batch,
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|error| {
+            if unique_violation(&error).is_some() {
+                Error::RolledBack {
+                    source: Box::new(error),
+                }
+            } else {
+                classify(stream, error)
             }
-            // The statement failed, so the caller's transaction is aborted: ask the pool.
-            Attempt::LostRace | Attempt::StoredId => {
-                let current = self.stream_version(stream).await?;
-                self.settle(stream, expected, &batch.ids, current).await
+        })?;
+        let (mut inserted, mut stored, mut ours, mut head) =
+            (Vec::new(), Vec::new(), Vec::new(), 0);
+        for row in rows {
+            match row.kind {
+                statements::INSERTED => inserted.push(row.place),
+                statements::STORED => stored.push(row),
+                statements::OURS => ours.push(row),
+                _ => head = row.place.version,
             }
         }
+        if !inserted.is_empty() {
+            return Ok(result(inserted, false));
+        }
+        stored.sort_unstable_by_key(|row| row.ord);
+        ours.sort_unstable_by_key(|row| row.ord);
+        if let Some(first) = stored.first() {
+            let all_here = stored.len() == batch.ids.len()
+                && stored
+                    .iter()
+                    .all(|row| row.stream_id.as_deref() == Some(stream.as_str()));
+            if all_here {
+                return Ok(result(
+                    stored.into_iter().map(|row| row.place).collect(),
+                    true,
+                ));
+            }
+            return Err(duplicate(stream, first));
+        }
+        if let Some(first) = ours.first() {
+            return Err(duplicate(stream, first));
+        }
+        Err(Error::Conflict {
+            stream: stream.clone(),
+            expected,
+            actual: to_u64(head),
+        })
     }
 
     async fn append_once<'c, E>(
@@ -224,30 +266,8 @@ impl PgEventStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
-        let sql = &*self.sql;
-        let query = if let [id] = batch.ids.as_slice() {
-            sqlx::query_as::<_, Appended>(sql.append(shape, self.outbox, false))
-                .bind(stream.as_str())
-                .bind(expected.required().map(to_i64))
-                .bind(id)
-                .bind(&batch.types[0])
-                .bind(batch.versions[0])
-                .bind(&batch.data[0])
-                .bind(batch.correlation[0])
-                .bind(batch.causation[0])
-                .bind(&batch.traceparent[0])
-        } else {
-            sqlx::query_as::<_, Appended>(sql.append(shape, self.outbox, true))
-                .bind(stream.as_str())
-                .bind(expected.required().map(to_i64))
-                .bind(&batch.ids)
-                .bind(&batch.types)
-                .bind(&batch.versions)
-                .bind(&batch.data)
-                .bind(&batch.correlation)
-                .bind(&batch.causation)
-                .bind(&batch.traceparent)
-        };
+        let sql = self.sql.append(shape, self.outbox, batch.ids.len() > 1);
+        let query = bind::<Appended>(sql, stream, expected, batch);
         let rows = match query.fetch_all(executor).await {
             Ok(rows) => rows,
             Err(error) => {
@@ -307,6 +327,64 @@ struct Appended {
     version: i64,
     global_position: i64,
     commit_order: i64,
+}
+
+/// A row of an append in a unit of work (see `statements::INSERTED` and the other kinds).
+#[derive(sqlx::FromRow)]
+struct InRow {
+    kind: i32,
+    /// Where a stored event id is stored.
+    stream_id: Option<String>,
+    event_id: Option<Uuid>,
+    /// A stored id's place in the batch, counted from 1.
+    ord: i64,
+    /// The event's place; the head's version in the head's row.
+    #[sqlx(flatten)]
+    place: Appended,
+}
+
+/// [`Error::DuplicateEvent`] for an append to `stream` of the stored event id in `row`.
+fn duplicate(stream: &StreamId, row: &InRow) -> Error {
+    Error::DuplicateEvent {
+        stream: stream.clone(),
+        event_id: row.event_id.unwrap_or_default(),
+        stored_in: row.stream_id.clone().unwrap_or_default(),
+    }
+}
+
+/// An append statement (`sql`) with its parameters bound: scalars for one event, arrays for
+/// more (see `statements.rs`).
+fn bind<'q, O>(
+    sql: &'q str,
+    stream: &'q StreamId,
+    expected: ExpectedVersion,
+    batch: &'q Batch,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    let query = sqlx::query_as::<_, O>(sql)
+        .bind(stream.as_str())
+        .bind(expected.required().map(to_i64));
+    if let [id] = batch.ids.as_slice() {
+        query
+            .bind(id)
+            .bind(&batch.types[0])
+            .bind(batch.versions[0])
+            .bind(&batch.data[0])
+            .bind(batch.correlation[0])
+            .bind(batch.causation[0])
+            .bind(&batch.traceparent[0])
+    } else {
+        query
+            .bind(&batch.ids)
+            .bind(&batch.types)
+            .bind(&batch.versions)
+            .bind(&batch.data)
+            .bind(&batch.correlation)
+            .bind(&batch.causation)
+            .bind(&batch.traceparent)
+    }
 }
 
 /// An event found by its id (the `stored` statement).

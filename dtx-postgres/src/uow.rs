@@ -10,8 +10,9 @@ use std::any::Any;
 /// user's own SQL on [`connection`](Self::connection).
 ///
 /// Dropping it without [`commit`](UnitOfWork::commit) rolls the transaction back. After a
-/// failed statement (a version conflict, say) PostgreSQL refuses further statements in the
-/// transaction: roll back and run the unit of work again.
+/// failed statement (a race lost to a concurrent writer, say, or the caller's own SQL)
+/// PostgreSQL refuses further statements in the transaction, and its commit is
+/// [`Error::RolledBack`]: roll back and run the unit of work again.
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> dtx::Result<()> {
@@ -67,9 +68,23 @@ impl UnitOfWork for PgUnitOfWork {
         self
     }
 
-    /// A connection lost once `COMMIT` may have been sent is
-    /// [`Error::CommitOutcomeUnknown`]: the transaction may have committed.
-    async fn commit(self) -> Result<()> {
+    /// A transaction that a failed statement aborted (a dtx store's or the caller's own) is
+    /// [`Error::RolledBack`]: PostgreSQL answers its `COMMIT` with `ROLLBACK`, which sqlx
+    /// reports as success, so the commit first asks, with an empty statement that fails in an
+    /// aborted transaction, and rolls back. A connection lost once `COMMIT` may have been sent
+    /// is [`Error::CommitOutcomeUnknown`]: the transaction may have committed.
+    async fn commit(mut self) -> Result<()> {
+        if let Err(error) = sqlx::query("SELECT").execute(&mut *self.tx).await {
+            if !in_failed_transaction(&error) {
+                // `COMMIT` was never sent: dropping the transaction rolls it back.
+                return Err(Error::storage(error));
+            }
+            // Rolled back either way: on the server now, or as the connection closes.
+            let _ = self.tx.rollback().await;
+            return Err(Error::RolledBack {
+                source: Box::new(error),
+            });
+        }
         self.tx.commit().await.map_err(crate::sql::classify_commit)
     }
 
@@ -84,6 +99,12 @@ impl UnitOfWork for PgUnitOfWork {
     fn rollback_boxed(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin((*self).rollback())
     }
+}
+
+/// Whether `error` is PostgreSQL refusing a statement in a transaction that has failed
+/// (`25P02`, `in_failed_sql_transaction`).
+fn in_failed_transaction(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("25P02"))
 }
 
 #[async_trait::async_trait]

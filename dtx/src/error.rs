@@ -147,6 +147,15 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A unit of work's transaction had failed before its commit (a statement in it failed and
+    /// the database aborted it): nothing was committed, and the commit rolled it back. Run the
+    /// unit of work again.
+    #[error("the transaction had failed; nothing was committed")]
+    RolledBack {
+        /// The database's answer that showed the transaction had failed.
+        #[source]
+        source: BoxError,
+    },
     /// A request's unit of work was used after its handler returned (by a task the handler
     /// spawned, say): the layer has committed or rolled it back by then.
     #[error("the request's unit of work has ended: its handler returned")]

@@ -59,7 +59,8 @@ pub trait UnitOfWork: Send + 'static {
 
     /// Commits every write made through this unit of work, or none of them. When the backend
     /// cannot know which (the connection was lost once `COMMIT` may have been sent), the error
-    /// is [`Error::CommitOutcomeUnknown`].
+    /// is [`Error::CommitOutcomeUnknown`]; when the transaction had already failed (a statement
+    /// in it failed and the database aborted it), [`Error::RolledBack`].
     fn commit(self) -> impl Future<Output = Result<()>> + Send
     where
         Self: Sized;

@@ -4,8 +4,34 @@
 
 mod memory {
     dtx::event_store_contract_tests!(dtx::MemoryEventStore::new());
+
+    /// Units of work of the in-memory backend.
+    fn begin() -> dtx::testing::BeginUnitOfWork {
+        std::sync::Arc::new(|| {
+            Box::pin(async { Box::new(dtx::MemoryUnitOfWork::new()) as Box<dyn dtx::UnitOfWork> })
+        })
+    }
+
+    dtx::unit_of_work_contract_tests!((dtx::MemoryEventStore::new(), begin()));
 }
 
 mod postgres {
     dtx::event_store_contract_tests!(tests::pg_store().await);
+
+    /// A store on a pool of one connection, and units of work on that pool: a unit of work that
+    /// needed a second connection would wait for the one it holds.
+    async fn on_one_connection() -> (dtx_postgres::PgEventStore, dtx::testing::BeginUnitOfWork) {
+        let pool = dtx_postgres::testing::fresh_database(1).await.unwrap();
+        let begin_on = pool.clone();
+        let begin: dtx::testing::BeginUnitOfWork = std::sync::Arc::new(move || {
+            let pool = begin_on.clone();
+            Box::pin(async move {
+                Box::new(dtx_postgres::PgUnitOfWork::begin(&pool).await.unwrap())
+                    as Box<dyn dtx::UnitOfWork>
+            })
+        });
+        (dtx_postgres::PgEventStore::new(pool), begin)
+    }
+
+    dtx::unit_of_work_contract_tests!(on_one_connection().await);
 }

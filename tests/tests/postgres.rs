@@ -121,7 +121,8 @@ async fn global_feed_never_skips_late_commits() {
                     .await
                 {
                     Ok(_) => {}
-                    Err(Error::Conflict { .. }) => {
+                    // A race lost to a concurrent writer of the version aborts the transaction.
+                    Err(Error::Conflict { .. } | Error::RolledBack { .. }) => {
                         tx.rollback().await.unwrap();
                         continue;
                     }

@@ -596,3 +596,38 @@ async fn memory_commits_are_atomic_under_concurrent_writers_and_readers() {
     );
     assert!(committed > 0);
 }
+
+/// A unit of work whose transaction a failed statement of the caller's aborted: PostgreSQL
+/// answers its `COMMIT` with `ROLLBACK`, and the commit is `Error::RolledBack`, never `Ok`;
+/// the events appended before the failure are not stored.
+#[tokio::test]
+async fn postgres_commit_of_an_aborted_transaction_is_an_error() {
+    let store = tests::pg_store().await;
+    let stream = dtx::StreamId::new(format!("aborted-{}", Uuid::now_v7())).unwrap();
+    let mut uow = PgUnitOfWork::begin(store.pool()).await.unwrap();
+    let event = dtx::NewEvent::from_json("Deposited", &Deposited { amount: 1 }).unwrap();
+    dtx::EventStore::append_in(
+        &store,
+        &mut uow,
+        &stream,
+        dtx::ExpectedVersion::NoStream,
+        vec![event],
+    )
+    .await
+    .unwrap();
+    sqlx::query("SELECT 1/0")
+        .execute(uow.connection())
+        .await
+        .unwrap_err();
+    let committed = uow.commit().await;
+    assert!(
+        matches!(committed, Err(Error::RolledBack { .. })),
+        "{committed:?}"
+    );
+    assert_eq!(
+        dtx::EventStore::stream_version(&store, &stream)
+            .await
+            .unwrap(),
+        0
+    );
+}

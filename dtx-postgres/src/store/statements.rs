@@ -8,6 +8,8 @@ use dtx::ExpectedVersion;
 pub(super) struct Sql {
     /// The append statements, by [`Shape`], outbox and batch: see [`Sql::append`].
     pub(super) appends: [String; 12],
+    /// The append statements of a unit of work, by outbox and batch: see [`Sql::append_in`].
+    pub(super) appends_in: [String; 4],
     pub(super) stored: String,
     pub(super) head: String,
     pub(super) read_stream: String,
@@ -34,6 +36,14 @@ pub(super) const APPEND_NAMES: [&str; 12] = [
     "append_exact_many_outbox",
 ];
 
+/// The names of [`Sql::appends_in`], in its order: one event or more, then with the outbox.
+pub(super) const APPEND_IN_NAMES: [&str; 4] = [
+    "append_in_one",
+    "append_in_many",
+    "append_in_one_outbox",
+    "append_in_many_outbox",
+];
+
 /// The columns of an event row, in the order [`recorded`](super::recorded) reads them.
 pub(super) const COLUMNS: &str = "stream_id, version, global_position, commit_order, event_id, event_type, \
      schema_version, data::text AS data, correlation_id, causation_id, traceparent, recorded_at";
@@ -47,6 +57,9 @@ impl Sql {
             appends: std::array::from_fn(|i| {
                 let (shape, outbox, many) = Sql::append_key(i);
                 append_statement(&events, shape, outbox, many)
+            }),
+            appends_in: std::array::from_fn(|i| {
+                append_in_statement(&events, i >= 2, i % 2 == 1)
             }),
             // One index probe per id (the LATERAL subquery with LIMIT is never flattened into a
             // hash join, whatever the statistics say).
@@ -91,6 +104,12 @@ impl Sql {
     /// The statement that appends with `shape`, with or without the outbox, one event or more.
     pub(super) fn append(&self, shape: Shape, outbox: bool, many: bool) -> &str {
         &self.appends[shape as usize * 4 + usize::from(outbox) * 2 + usize::from(many)]
+    }
+
+    /// The statement that appends in a unit of work, with or without the outbox, one event or
+    /// more: see [`append_in_statement`].
+    pub(super) fn append_in(&self, outbox: bool, many: bool) -> &str {
+        &self.appends_in[usize::from(outbox) * 2 + usize::from(many)]
     }
 
     /// What the append statement at `index` of [`Sql::appends`] does.
@@ -196,6 +215,63 @@ fn append_statement(events: &str, shape: Shape, outbox: bool, many: bool) -> Str
     .collect::<Vec<_>>()
     .join("\n")
 }
+
+/// The append statement of a unit of work ([`Shape::Head`]), which must not fail on a stored
+/// event id (that would abort the caller's transaction): it looks the ids up first, in the
+/// transaction's view, inserts only when none is stored and the stream is at the expected
+/// version, and answers in one statement with a row of each kind ([`INSERTED`] and the others): each event inserted,
+/// each id found stored (committed before, or written by this very transaction: `xmin` is its
+/// id), and the stream's head before the statement.
+fn append_in_statement(events: &str, outbox: bool, many: bool) -> String {
+    let insert = append_statement(events, Shape::Head, outbox, many);
+    // The plain statement checks `WHERE $2::bigint IS NULL OR h.current = $2`: insert only when
+    // no id is stored, too.
+    let filter = "WHERE $2::bigint IS NULL OR h.current = $2";
+    debug_assert!(insert.contains(filter));
+    let insert = insert.replace(
+        filter,
+        "WHERE ($2::bigint IS NULL OR h.current = $2) AND NOT EXISTS (SELECT 1 FROM stored)",
+    );
+    let ids = if many {
+        "$3::uuid[]"
+    } else {
+        "ARRAY[$3::uuid]"
+    };
+    let woke = if outbox { "woke" } else { "NULL::bool" };
+    format!(
+        "WITH stored AS (
+             SELECT s.stream_id, s.version, s.global_position, s.commit_order, i.id AS event_id,
+                    i.ord, s.xmin = pg_current_xact_id()::xid AS ours
+             FROM UNNEST({ids}) WITH ORDINALITY AS i(id, ord)
+             CROSS JOIN LATERAL (
+                 SELECT stream_id, version, global_position, commit_order, xmin FROM {events}
+                 WHERE event_id = i.id LIMIT 1
+             ) s
+         ),
+         appended AS (
+         {insert}
+         )
+         SELECT {INSERTED} AS kind, NULL::text AS stream_id, NULL::uuid AS event_id, 0::bigint AS ord,
+                version, global_position, commit_order, {woke} AS woke
+         FROM appended
+         UNION ALL
+         SELECT CASE WHEN ours THEN {OURS} ELSE {STORED} END, stream_id, event_id, ord,
+                version, global_position, commit_order, NULL
+         FROM stored
+         UNION ALL
+         SELECT {HEAD}, NULL, NULL, 0, COALESCE(max(version), 0), 0, 0, NULL
+         FROM {events} WHERE stream_id = $1"
+    )
+}
+
+/// An append in a unit of work's row for an event it inserted (see [`append_in_statement`]).
+pub(super) const INSERTED: i32 = 0;
+/// ... for an event id stored before the transaction (or by another, committed since).
+pub(super) const STORED: i32 = 1;
+/// ... for an event id this transaction stored.
+pub(super) const OURS: i32 = 2;
+/// ... with the stream's version before the statement.
+pub(super) const HEAD: i32 = 3;
 
 /// How an append finds the stream's current version, chosen by the expectation: the cheapest
 /// way that still checks it, since this lookup is most of what an append costs beyond a plain

@@ -215,7 +215,8 @@ impl EventStore for MemoryEventStore {
             (inner.version(stream), inner.stored(stream, &events)?)
         };
         let staged = uow.part(self.order(), || Staged::new(self.clone()));
-        if let Some(retry) = retry.filter(|_| staged.version(stream).is_none()) {
+        // Stored before in this stream: a retry, whatever the unit of work staged since.
+        if let Some(retry) = retry {
             return Ok(retry);
         }
         if let Some((event, other)) = events

@@ -19,6 +19,7 @@ mod appends;
 mod concurrency;
 pub mod idempotency;
 mod ledger;
+mod units_of_work;
 
 pub use aggregates::{
     corrupted_snapshot_falls_back, decode_errors_name_stream_and_version,
@@ -30,6 +31,10 @@ pub use appends::{
 };
 pub use concurrency::{concurrent_any_writers, concurrent_exact_writers, global_feed_order};
 pub use ledger::{Credited, Debited, Ledger, LedgerEvent};
+pub use units_of_work::{
+    BeginUnitOfWork, append_in_resends_committed_events,
+    append_in_resends_events_of_the_same_unit_of_work,
+};
 
 /// Generates one `#[tokio::test]` per contract case; `$store` is an expression (it may
 /// `.await`) evaluated once per test that yields a fresh `impl EventStore`.
@@ -50,6 +55,34 @@ macro_rules! event_store_contract_tests {
             async fn $case() {
                 let store: $crate::SharedEventStore = ::std::sync::Arc::new($store);
                 $crate::testing::$case(store).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per unit-of-work contract case; `$setup` is an expression (it
+/// may `.await`) evaluated once per test that yields a fresh `impl EventStore` and a
+/// [`BeginUnitOfWork`] for it. A backend on a connection pool should give the store a pool of
+/// **one** connection: a unit of work must do everything on its own connection, and a read
+/// through the pool then fails the case instead of passing unnoticed.
+///
+/// ```ignore
+/// dtx::unit_of_work_contract_tests!((dtx::MemoryEventStore::new(), begin_memory()));
+/// ```
+#[macro_export]
+macro_rules! unit_of_work_contract_tests {
+    ($setup:expr) => {
+        $crate::unit_of_work_contract_tests!(@cases $setup;
+            append_in_resends_committed_events,
+            append_in_resends_events_of_the_same_unit_of_work);
+    };
+    (@cases $setup:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let (store, begin) = $setup;
+                let store: $crate::SharedEventStore = ::std::sync::Arc::new(store);
+                $crate::testing::$case(store, begin).await;
             }
         )*
     };
