@@ -409,7 +409,7 @@ pub enum CommitMode {
 /// With axum, take it as `Extension<RequestUnitOfWork>`:
 ///
 /// ```
-/// use axum::{Extension, Json, Router, extract::State, routing::post};
+/// use axum::{Extension, Router, extract::State, routing::post};
 /// use dtx::idempotency::http::{IdempotencyLayer, RequestUnitOfWork};
 /// use dtx::idempotency::{MemoryIdempotencyStore, Scope};
 /// use dtx::outbox::{MemoryOutbox, NewOutboxMessage, Outbox};
