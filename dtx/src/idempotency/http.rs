@@ -649,19 +649,13 @@ where
     request.extensions_mut().insert(handle.clone());
     // Dropping the unit of work anywhere below rolls it back, freeing the key.
     let response = inner.call(request).await?;
-    let (parts, body) = response.into_parts();
-    let body = match body.collect().await.map_err(Into::<BoxError>::into) {
-        Ok(collected) => collected.to_bytes(),
+    let (response, body) = match buffer(response).await {
+        Ok(buffered) => buffered,
         Err(error) => {
             tracing::warn!(key = %digest, %error, "handler's response body failed; nothing committed");
-            return Ok(config.problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Response failed",
-                "the response body could not be produced; nothing was committed",
-            ));
+            return Ok(config.body_failed());
         }
     };
-    let response = Response::from_parts(parts, Full::new(body.clone()));
     let Some(mut uow) = handle.take().await else {
         unreachable!("only the layer takes the request's unit of work")
     };
@@ -709,6 +703,17 @@ where
             ))
         }
     }
+}
+
+/// The handler's response with its body read whole (to store it), and the body.
+async fn buffer<B>(response: Response<B>) -> Result<(Response<Full<Bytes>>, Bytes), BoxError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(Into::into)?.to_bytes();
+    Ok((Response::from_parts(parts, Full::new(body.clone())), body))
 }
 
 async fn rollback(uow: Box<dyn UnitOfWork>, digest: super::KeyDigest) {
@@ -777,21 +782,14 @@ where
             return Err(error);
         }
     };
-    let (parts, body) = response.into_parts();
-    let collected = body.collect().await.map_err(Into::<BoxError>::into);
-    let body = match collected {
-        Ok(collected) => collected.to_bytes(),
+    let (response, body) = match buffer(response).await {
+        Ok(buffered) => buffered,
         Err(error) => {
             tracing::warn!(key = %digest, %error, "handler's response body failed; key released");
             guard.release().await;
-            return Ok(config.problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Response failed",
-                "the response body could not be produced",
-            ));
+            return Ok(config.body_failed());
         }
     };
-    let response = Response::from_parts(parts, Full::new(body.clone()));
     if !(config.cache_status)(response.status()) {
         tracing::debug!(key = %digest, status = response.status().as_u16(), "outcome not cached; key released");
         guard.release().await;
@@ -905,6 +903,15 @@ impl Config {
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         response
+    }
+
+    /// 500: the handler's response body failed; nothing of the request was kept.
+    fn body_failed(&self) -> Response<Full<Bytes>> {
+        self.problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Response failed",
+            "the response body could not be produced; nothing was stored",
+        )
     }
 
     /// An RFC 9457 problem response.
