@@ -4,6 +4,7 @@
 //! cargo run --release -p dtx-bench              # table
 //! cargo run --release -p dtx-bench -- --json    # one JSON object per row
 //! cargo run --release -p dtx-bench -- append    # only rows whose name contains "append"
+//! cargo run --release -p dtx-bench -- --http-secs 10 --http-rounds 3 http_command
 //! ```
 //!
 //! Every row is measured against a baseline doing the same work without dtx (plain sqlx on the
@@ -26,6 +27,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 mod cqrs;
+mod http_load;
 mod idempotency;
 mod outbox;
 mod saga;
@@ -88,6 +90,10 @@ struct Options {
     json: bool,
     filter: Option<String>,
     iterations: usize,
+    /// Seconds each side of an HTTP load row runs per round.
+    http_secs: f64,
+    /// Rounds of the HTTP load rows (each runs every side once).
+    http_rounds: usize,
 }
 
 impl Options {
@@ -96,6 +102,8 @@ impl Options {
             json: false,
             filter: None,
             iterations: 400,
+            http_secs: 5.0,
+            http_rounds: 3,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -105,8 +113,20 @@ impl Options {
                     options.iterations =
                         args.next().ok_or("--iterations needs a number")?.parse()?;
                 }
+                "--http-secs" => {
+                    options.http_secs = args.next().ok_or("--http-secs needs a number")?.parse()?;
+                }
+                "--http-rounds" => {
+                    options.http_rounds = args
+                        .next()
+                        .ok_or("--http-rounds needs a number")?
+                        .parse::<usize>()?
+                        .max(1);
+                }
                 "--help" | "-h" => {
-                    println!("usage: dtx-bench [--json] [--iterations N] [FILTER]");
+                    println!(
+                        "usage: dtx-bench [--json] [--iterations N] [--http-secs S] [--http-rounds N] [FILTER]"
+                    );
                     std::process::exit(0);
                 }
                 filter => options.filter = Some(filter.to_owned()),
@@ -289,6 +309,7 @@ async fn main() -> Result<(), BoxError> {
     saga::saga_rows(&options, &pool).await?;
     idempotency::idempotency_rows(&options, &pool).await?;
     outbox::outbox_rows(&options, &pool).await?;
+    http_load::http_rows(&options, &pool).await?;
     trace::trace_rows(&options).await;
     Ok(())
 }
