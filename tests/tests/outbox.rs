@@ -974,6 +974,7 @@ async fn indexes_serve_every_outbox_statement() {
             "{name} scans a table:\n{plan}"
         );
     }
-    // The six outbox appends and the relay's ten statements.
-    assert_eq!(plans.len(), 16);
+    // The eight outbox appends (six, and two inside a unit of work) and the relay's ten
+    // statements.
+    assert_eq!(plans.len(), 18);
 }
