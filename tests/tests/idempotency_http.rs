@@ -414,6 +414,39 @@ async fn missing_and_malformed_keys_are_refused_before_any_lookup() {
     assert_eq!(quoted.body, bare.body);
 }
 
+/// A retry that reaches the instance that stored the response replays it without asking the
+/// store; another payload with the key, an expired record, or a layer without the cache asks it.
+#[tokio::test]
+async fn replays_of_this_instance_need_no_lookup() {
+    for cache in [true, false] {
+        let store = Arc::new(Counting::default());
+        let app = Arc::new(App::default());
+        let mut layer = principal_layer(Arc::clone(&store)).ttl(Duration::from_millis(1500));
+        if !cache {
+            layer = layer.replay_cache_bytes(0);
+        }
+        let http = Http::new(serve(router(&app, layer)).await);
+        let key = new_key();
+        let first = http.post("alice", &key, "{}").await;
+        let claims = store.claims.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            let replay = http.post("alice", &key, "{}").await;
+            assert!(replay.replayed());
+            assert_eq!(replay.stored_part(), first.stored_part());
+        }
+        let lookups = store.claims.load(Ordering::SeqCst) - claims;
+        assert_eq!(lookups, if cache { 0 } else { 3 }, "cache: {cache}");
+        let other = http.post("alice", &key, r#"{"other":1}"#).await;
+        assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+        let other_principal = http.post("bob", &key, "{}").await;
+        assert!(!other_principal.replayed());
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let after_expiry = http.post("alice", &key, "{}").await;
+        assert!(!after_expiry.replayed(), "an expired record runs again");
+        assert_eq!(app.runs.load(Ordering::SeqCst), 3);
+    }
+}
+
 /// A 5xx is not stored: the key is released and the retry runs the handler again; the
 /// successful outcome is then stored and replayed.
 #[tokio::test]

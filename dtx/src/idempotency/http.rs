@@ -94,6 +94,8 @@ struct Config {
     principal: Arc<PrincipalFn>,
     mode: CommitMode,
     wait: Duration,
+    /// Responses this instance stored, replayed without asking the store; `None`: off.
+    replays: Option<Replays>,
     header: HeaderName,
     methods: Vec<Method>,
     required: bool,
@@ -143,6 +145,7 @@ impl IdempotencyLayer {
                 principal: Arc::new(principal),
                 mode: CommitMode::OneCommit,
                 wait: Duration::from_secs(5),
+                replays: Replays::with_bytes(DEFAULT_REPLAY_CACHE_BYTES),
                 header: IDEMPOTENCY_KEY,
                 methods: vec![Method::POST, Method::PATCH],
                 required: true,
@@ -194,6 +197,19 @@ impl IdempotencyLayer {
     #[must_use]
     pub fn wait(self, wait: Duration) -> Self {
         self.edit(|c| c.wait = wait)
+    }
+
+    /// Keeps up to `bytes` of the responses this instance stored (default 64 MiB; 0: none), so
+    /// a retry that reaches the same instance replays without a round trip to the store.
+    ///
+    /// A completed record never changes before it expires (only expired records are taken
+    /// over or cleaned up), so the copy is exact; it is kept no longer than the record's TTL,
+    /// counted from before its claim, and used only for the same fingerprint (any other
+    /// request with the key asks the store). A record deleted by hand before it expires may
+    /// still be replayed by an instance that kept it.
+    #[must_use]
+    pub fn replay_cache_bytes(self, bytes: u64) -> Self {
+        self.edit(|c| c.replays = Replays::with_bytes(bytes))
     }
 
     /// The commit mode: [`one_commit`](Self::one_commit) or [`two_phase`](Self::two_phase).
@@ -516,12 +532,70 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    match hold(&config, &claim).await {
-        Ok(Held::InUnitOfWork(uow, lease)) => run_in(&config, inner, request, uow, lease).await,
-        Ok(Held::Committed(lease)) => run(&config, inner, request, lease).await,
-        Err(answer) => Ok(*answer),
+    if let Some(stored) = config.replays.as_ref().and_then(|r| r.get(&claim)) {
+        return Ok(replay(&config, claim.digest(), &stored));
+    }
+    // The record expires no earlier than its claim's TTL from now.
+    let kept_until = std::time::Instant::now() + claim.ttl();
+    let (response, stored) = match hold(&config, &claim).await {
+        Ok(Held::InUnitOfWork(uow, lease)) => run_in(&config, inner, request, uow, lease).await?,
+        Ok(Held::Committed(lease)) => run(&config, inner, request, lease).await?,
+        Err(answer) => return Ok(*answer),
+    };
+    if let (Some(replays), Some(stored)) = (&config.replays, stored) {
+        replays.insert(&claim, stored, kept_until);
+    }
+    Ok(response)
+}
+
+/// The default size of a layer's replay cache.
+const DEFAULT_REPLAY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Responses this instance stored, by scope and key: see [`IdempotencyLayer::replay_cache_bytes`].
+#[derive(Clone)]
+struct Replays(moka::sync::Cache<(Scope, IdempotencyKey), Arc<Kept>>);
+
+/// A stored response as this instance stored it.
+struct Kept {
+    fingerprint: Fingerprint,
+    stored: Vec<u8>,
+    until: std::time::Instant,
+}
+
+impl Replays {
+    fn with_bytes(bytes: u64) -> Option<Self> {
+        (bytes > 0).then(|| {
+            Self(
+                moka::sync::Cache::builder()
+                    .max_capacity(bytes)
+                    .weigher(|_, kept: &Arc<Kept>| {
+                        u32::try_from(kept.stored.len().saturating_add(128)).unwrap_or(u32::MAX)
+                    })
+                    .build(),
+            )
+        })
+    }
+
+    /// The response stored for this claim's key and fingerprint, while its record lives.
+    fn get(&self, claim: &ClaimRequest) -> Option<Vec<u8>> {
+        let kept = self.0.get(&(claim.scope.clone(), claim.key.clone()))?;
+        (kept.fingerprint == claim.fingerprint && std::time::Instant::now() < kept.until)
+            .then(|| kept.stored.clone())
+    }
+
+    fn insert(&self, claim: &ClaimRequest, stored: Vec<u8>, until: std::time::Instant) {
+        let kept = Kept {
+            fingerprint: claim.fingerprint,
+            stored,
+            until,
+        };
+        self.0
+            .insert((claim.scope.clone(), claim.key.clone()), Arc::new(kept));
     }
 }
+
+/// A response, and what was stored of it (committed), if anything.
+type Outcome = (Response<Full<Bytes>>, Option<Vec<u8>>);
 
 /// Claims the key: waits (up to the layer's `wait`) while another request holds it, and
 /// answers a replay, a mismatch, a key still held, or an unavailable store.
@@ -638,7 +712,7 @@ async fn run_in<S, ReqBody, ResBody>(
     mut request: Request<ReqBody>,
     uow: Box<dyn UnitOfWork>,
     lease: Lease,
-) -> Result<Response<Full<Bytes>>, S::Error>
+) -> Result<Outcome, S::Error>
 where
     S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
@@ -653,7 +727,7 @@ where
         Ok(buffered) => buffered,
         Err(error) => {
             tracing::warn!(key = %digest, %error, "handler's response body failed; nothing committed");
-            return Ok(config.body_failed());
+            return Ok((config.body_failed(), None));
         }
     };
     let Some(mut uow) = handle.take().await else {
@@ -662,7 +736,7 @@ where
     if !(config.cache_status)(response.status()) {
         tracing::debug!(key = %digest, status = response.status().as_u16(), "outcome not cached; rolled back, key free");
         rollback(uow, digest).await;
-        return Ok(response);
+        return Ok((response, None));
     }
     let stored = encode(
         response.status(),
@@ -673,7 +747,7 @@ where
     if let Err(error) = config.store.complete_in(&mut *uow, &lease, &stored).await {
         tracing::warn!(key = %digest, %error, "response not stored; rolled back, key free");
         rollback(uow, digest).await;
-        return Ok(match error {
+        let answer = match error {
             IdempotencyError::ResponseTooLarge { .. } => config.problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Response too large to store",
@@ -683,23 +757,30 @@ where
                 "Idempotency store unavailable",
                 "the request was not committed; retry it with the same Idempotency-Key",
             ),
-        });
+        };
+        return Ok((answer, None));
     }
     match uow.commit_boxed().await {
-        Ok(()) => Ok(response),
+        Ok(()) => Ok((response, Some(stored))),
         Err(error @ Error::CommitOutcomeUnknown { .. }) => {
             tracing::warn!(key = %digest, %error, "commit outcome unknown");
-            Ok(config.retry_later(
-                "Outcome unknown",
-                "the connection failed while committing; retry with the same Idempotency-Key: \
+            Ok((
+                config.retry_later(
+                    "Outcome unknown",
+                    "the connection failed while committing; retry with the same Idempotency-Key: \
                  it replays the response if the request committed, or runs it once if not",
+                ),
+                None,
             ))
         }
         Err(error) => {
             tracing::warn!(key = %digest, %error, "commit failed; nothing committed, key free");
-            Ok(config.retry_later(
-                "Not committed",
-                "the request could not be committed; retry it with the same Idempotency-Key",
+            Ok((
+                config.retry_later(
+                    "Not committed",
+                    "the request could not be committed; retry it with the same Idempotency-Key",
+                ),
+                None,
             ))
         }
     }
@@ -764,7 +845,7 @@ async fn run<S, ReqBody, ResBody>(
     mut inner: S,
     request: Request<ReqBody>,
     lease: Lease,
-) -> Result<Response<Full<Bytes>>, S::Error>
+) -> Result<Outcome, S::Error>
 where
     S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
@@ -787,13 +868,13 @@ where
         Err(error) => {
             tracing::warn!(key = %digest, %error, "handler's response body failed; key released");
             guard.release().await;
-            return Ok(config.body_failed());
+            return Ok((config.body_failed(), None));
         }
     };
     if !(config.cache_status)(response.status()) {
         tracing::debug!(key = %digest, status = response.status().as_u16(), "outcome not cached; key released");
         guard.release().await;
-        return Ok(response);
+        return Ok((response, None));
     }
     let stored = encode(
         response.status(),
@@ -805,7 +886,7 @@ where
     // or stays held (409) until its lock runs out.
     guard.disarm();
     match store_response(&*config.store, &lease, &stored).await {
-        Ok(()) => {}
+        Ok(()) => return Ok((response, Some(stored))),
         Err(error @ IdempotencyError::ResponseTooLarge { .. }) => {
             // Nothing can ever be stored: a retry would run again. Say so rather than
             // answer as if the outcome were kept.
@@ -815,7 +896,7 @@ where
             tracing::error!(key = %digest, %error, "response not stored; the key stays held until its lock times out");
         }
     }
-    Ok(response)
+    Ok((response, None))
 }
 
 /// Stores a handler's response, retrying failures (a lost connection, say) until it is
