@@ -157,62 +157,8 @@ async fn a_nats_server_restarted_while_the_relay_publishes_loses_and_reorders_no
     let store = tests::pg_store().await.with_outbox(true);
     let outbox = PgOutbox::new(store.pool().clone());
     let publisher = NatsPublisher::new(client.clone(), "faults");
-    let relay = outbox.relay(
-        publisher.clone(),
-        RelayOptions {
-            // The outage must not dead-letter anything: retry for as long as it lasts.
-            max_retries: u32::MAX - 1,
-            base_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(200),
-            poll_interval: Duration::from_millis(100),
-            ..RelayOptions::default()
-        },
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        relay
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-
-    let half = PER_STREAM / 2;
-    append_round(&store, 1..=half).await;
-    until(
-        "some events published",
-        Duration::from_mins(1),
-        async || outbox.counts().await.unwrap().published > 0,
-    )
-    .await;
-    server.kill();
-    append_round(&store, half + 1..=PER_STREAM).await;
-    // The relay fails while the server is down: each failure is kept for a retry.
-    until(
-        "a failed publish recorded",
-        Duration::from_mins(1),
-        async || {
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox_events WHERE attempts > 0)")
-                .fetch_one(store.pool())
-                .await
-                .unwrap()
-        },
-    )
-    .await;
-    server.restart();
+    publish_through_an_outage(&store, &outbox, publisher.clone(), &mut server).await;
     let total = STREAMS * PER_STREAM;
-    until(
-        "every event published",
-        Duration::from_mins(2),
-        async || {
-            let counts = outbox.counts().await.unwrap();
-            counts.pending == 0 && counts.published >= total
-        },
-    )
-    .await;
-    assert_eq!(outbox.counts().await.unwrap().dead, 0);
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
 
     // Read everything back: per stream, the first copy of each event in version order.
     let consumer = js
@@ -429,62 +375,8 @@ async fn a_kafka_broker_restarted_while_the_relay_publishes_loses_and_reorders_n
         KafkaPublisher::connect_with_timeout(broker.brokers(), topic, Duration::from_secs(2))
             .await
             .unwrap();
-    let relay = outbox.relay(
-        publisher,
-        RelayOptions {
-            // The outage must not dead-letter anything: retry for as long as it lasts.
-            max_retries: u32::MAX - 1,
-            base_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(200),
-            poll_interval: Duration::from_millis(100),
-            ..RelayOptions::default()
-        },
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        relay
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-
-    let half = PER_STREAM / 2;
-    append_round(&store, 1..=half).await;
-    until(
-        "some events published",
-        Duration::from_mins(1),
-        async || outbox.counts().await.unwrap().published > 0,
-    )
-    .await;
-    broker.kill();
-    append_round(&store, half + 1..=PER_STREAM).await;
-    // The relay fails while the broker is down: each failure is kept for a retry.
-    until(
-        "a failed publish recorded",
-        Duration::from_mins(1),
-        async || {
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox_events WHERE attempts > 0)")
-                .fetch_one(store.pool())
-                .await
-                .unwrap()
-        },
-    )
-    .await;
-    broker.restart();
+    publish_through_an_outage(&store, &outbox, publisher, &mut broker).await;
     let total = STREAMS * PER_STREAM;
-    until(
-        "every event published",
-        Duration::from_mins(2),
-        async || {
-            let counts = outbox.counts().await.unwrap();
-            counts.pending == 0 && counts.published >= total
-        },
-    )
-    .await;
-    assert_eq!(outbox.counts().await.unwrap().dead, 0);
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
 
     // Read every partition back from offset 0, the records written before the crash included,
     // until every event is there (tansu's high watermark may lag behind what it acknowledged):
@@ -546,4 +438,95 @@ async fn a_kafka_broker_restarted_while_the_relay_publishes_loses_and_reorders_n
     for (stream, ns) in per_stream {
         assert!(ns.iter().copied().eq(1..=PER_STREAM), "{stream}: {ns:?}");
     }
+}
+
+/// A broker this file starts, kills with SIGKILL and restarts.
+trait Broker {
+    fn kill(&mut self);
+    fn restart(&mut self);
+}
+
+impl Broker for NatsServer {
+    fn kill(&mut self) {
+        NatsServer::kill(self);
+    }
+    fn restart(&mut self) {
+        NatsServer::restart(self);
+    }
+}
+
+impl Broker for TansuBroker {
+    fn kill(&mut self) {
+        TansuBroker::kill(self);
+    }
+    fn restart(&mut self) {
+        TansuBroker::restart(self);
+    }
+}
+
+/// The outage: a relay publishes half the events, the broker is killed, the rest are
+/// appended, the relay fails (each failure kept for a retry), the broker comes back; then every
+/// event is published and none dead-lettered.
+async fn publish_through_an_outage<P: dtx::outbox::Publisher + 'static>(
+    store: &dtx_postgres::PgEventStore,
+    outbox: &PgOutbox,
+    publisher: P,
+    broker: &mut impl Broker,
+) {
+    let relay = outbox.relay(
+        publisher,
+        RelayOptions {
+            // The outage must not dead-letter anything: retry for as long as it lasts.
+            max_retries: u32::MAX - 1,
+            base_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(100),
+            ..RelayOptions::default()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        relay
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    let half = PER_STREAM / 2;
+    append_round(store, 1..=half).await;
+    until(
+        "some events published",
+        Duration::from_mins(1),
+        async || outbox.counts().await.unwrap().published > 0,
+    )
+    .await;
+    broker.kill();
+    append_round(store, half + 1..=PER_STREAM).await;
+    // The relay fails while the broker is down: each failure is kept for a retry.
+    until(
+        "a failed publish recorded",
+        Duration::from_mins(1),
+        async || {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox_events WHERE attempts > 0)")
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    broker.restart();
+    let total = STREAMS * PER_STREAM;
+    until(
+        "every event published",
+        Duration::from_mins(2),
+        async || {
+            let counts = outbox.counts().await.unwrap();
+            counts.pending == 0 && counts.published >= total
+        },
+    )
+    .await;
+    assert_eq!(outbox.counts().await.unwrap().dead, 0);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
 }
