@@ -28,6 +28,7 @@ mod migrate;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod outbox;
+mod projection;
 mod saga;
 mod sql;
 mod store;
@@ -38,6 +39,7 @@ mod uow;
 pub use idempotency::PgIdempotencyStore;
 pub use migrate::{MIGRATOR, migrate, migrate_in_schema};
 pub use outbox::{OutboxRelay, PgOutbox, RelayPass};
+pub use projection::PgCheckpointStore;
 pub use saga::PgSagaStore;
 pub use store::PgEventStore;
 pub use uow::PgUnitOfWork;

@@ -1,6 +1,7 @@
 //! [`PgEventStore`]: appends, reads and snapshots.
 
 mod statements;
+mod wake;
 
 use crate::sql::{
     Schema, classify, count, stored_schema_version, stored_version, to_i64, to_u64,
@@ -43,6 +44,8 @@ pub struct PgEventStore {
     limits: StoreLimits,
     sql: Arc<Sql>,
     outbox: bool,
+    /// The feed's waker, started by the first reader that asks (shared by clones).
+    waker: Arc<std::sync::OnceLock<Arc<wake::PgFeedWaker>>>,
 }
 
 impl std::fmt::Debug for PgEventStore {
@@ -113,6 +116,7 @@ impl PgEventStore {
             limits: StoreLimits::default(),
             sql: Arc::new(Sql::new(&Schema::default())),
             outbox: false,
+            waker: Arc::default(),
         }
     }
 
@@ -135,6 +139,7 @@ impl PgEventStore {
     /// quoted.
     pub fn with_schema(mut self, schema: &str) -> Result<Self> {
         self.sql = Arc::new(Sql::new(&Schema::named(schema)?));
+        self.waker = Arc::default();
         Ok(self)
     }
 
@@ -163,6 +168,7 @@ impl PgEventStore {
                 ("read_stream", &sql.read_stream),
                 ("read_stream_data", &sql.read_stream_data),
                 ("read_all", &sql.read_all),
+                ("read_feed", &sql.read_feed),
                 ("load_snapshot", &sql.load_snapshot),
                 ("save_snapshot", &sql.save_snapshot),
             ])
@@ -544,6 +550,45 @@ impl EventStore for PgEventStore {
             .await
             .map_err(Error::storage)?;
         rows.iter().map(|row| recorded(row, None)).collect()
+    }
+
+    async fn read_feed(
+        &self,
+        after: GlobalPosition,
+        event_types: &[&str],
+        max_scan: usize,
+    ) -> Result<dtx::FeedPage> {
+        let rows = sqlx::query(&self.sql.read_feed)
+            .bind(to_i64(after.commit))
+            .bind(to_i64(after.sequence))
+            .bind(count(max_scan))
+            .bind(event_types)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::storage)?;
+        let mut page = dtx::FeedPage {
+            events: Vec::with_capacity(rows.len()),
+            scanned_to: after,
+        };
+        for row in &rows {
+            let stream: Option<String> = row.try_get(0).map_err(Error::storage)?;
+            if stream.is_some() {
+                page.events.push(recorded(row, None)?);
+            } else {
+                page.scanned_to = GlobalPosition {
+                    sequence: to_u64(row.try_get(2).map_err(Error::storage)?),
+                    commit: to_u64(row.try_get(3).map_err(Error::storage)?),
+                };
+            }
+        }
+        Ok(page)
+    }
+
+    fn feed_waker(&self) -> Option<Arc<dyn dtx::FeedWaker>> {
+        let waker = self
+            .waker
+            .get_or_init(|| Arc::new(wake::PgFeedWaker::start(&self.pool, &self.sql.events)));
+        Some(Arc::clone(waker) as Arc<dyn dtx::FeedWaker>)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {

@@ -57,6 +57,25 @@ impl PgUnitOfWork {
     pub(crate) fn of(uow: &mut dyn UnitOfWork) -> Result<&mut PgConnection> {
         Ok(uow.downcast::<Self>("postgres")?.connection())
     }
+
+    /// The transaction's connection when all a function has is `&mut dyn UnitOfWork` (a
+    /// projection's handler, say): the user's own SQL on it commits with the unit of work.
+    /// [`Error::UnitOfWork`] when `uow` is another backend's.
+    ///
+    /// ```no_run
+    /// # async fn demo(uow: &mut dyn dtx::UnitOfWork) -> dtx::Result<()> {
+    /// let conn = dtx_postgres::PgUnitOfWork::connection_of(uow)?;
+    /// sqlx::query("UPDATE order_summaries SET items = items + 1 WHERE id = $1")
+    ///     .bind(42_i64)
+    ///     .execute(conn)
+    ///     .await
+    ///     .map_err(dtx::Error::storage)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connection_of(uow: &mut dyn UnitOfWork) -> Result<&mut PgConnection> {
+        Self::of(uow)
+    }
 }
 
 impl UnitOfWork for PgUnitOfWork {

@@ -55,6 +55,7 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 pub mod outbox;
+pub mod projection;
 pub(crate) mod retry;
 pub mod saga;
 pub mod store;
@@ -73,8 +74,9 @@ pub use error::{Error, InvariantViolation, Result};
 pub use event::{DecodeError, DomainEvent, EventMetadata};
 pub use retry::{Backoff, Jitter};
 pub use store::{
-    AppendResult, EventData, EventStore, ExpectedVersion, GlobalPosition, MemoryEventStore,
-    NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
+    AppendResult, EventData, EventStore, ExpectedVersion, FeedPage, FeedWaker, GlobalPosition,
+    MemoryEventStore, NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
+    WakeTicket,
 };
 pub use uow::{MemoryUnitOfWork, UnitOfWork};
 /// The UUID type of event, command and correlation ids.

@@ -128,6 +128,7 @@ pub(crate) mod rank {
     pub(crate) const OUTBOX: u8 = 1;
     pub(crate) const SAGAS: u8 = 2;
     pub(crate) const IDEMPOTENCY: u8 = 3;
+    pub(crate) const CHECKPOINTS: u8 = 4;
 }
 
 /// The in-memory unit of work: writes are staged and become visible all at once on
@@ -140,12 +141,14 @@ pub(crate) mod rank {
 #[derive(Default)]
 pub struct MemoryUnitOfWork {
     parts: Vec<Box<dyn Participant>>,
+    on_commit: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl fmt::Debug for MemoryUnitOfWork {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryUnitOfWork")
             .field("stores", &self.parts.len())
+            .field("on_commit", &self.on_commit.len())
             .finish()
     }
 }
@@ -154,6 +157,37 @@ impl MemoryUnitOfWork {
     /// An empty unit of work.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Runs `write` when the unit of work commits, after dtx's stores applied their writes and
+    /// before the commit returns; never if it is rolled back or dropped. This is how an
+    /// in-memory read model joins a unit of work (a projection's writes apply exactly when its
+    /// checkpoint moves).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use dtx::{MemoryUnitOfWork, UnitOfWork};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let totals = Arc::new(Mutex::new(0));
+    /// let mut uow = MemoryUnitOfWork::new();
+    /// let shared = Arc::clone(&totals);
+    /// uow.on_commit(move || *shared.lock().unwrap() += 5);
+    /// assert_eq!(*totals.lock().unwrap(), 0);
+    /// uow.commit().await?;
+    /// assert_eq!(*totals.lock().unwrap(), 5);
+    /// # Ok::<(), dtx::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn on_commit(&mut self, write: impl FnOnce() + Send + 'static) {
+        self.on_commit.push(Box::new(write));
+    }
+
+    /// The in-memory unit of work inside `uow` ([`Error::UnitOfWork`] when it is another
+    /// backend's): how code written for `&mut dyn UnitOfWork` reaches
+    /// [`on_commit`](Self::on_commit).
+    pub fn downcast(uow: &mut dyn UnitOfWork) -> Result<&mut Self> {
+        Self::of(uow)
     }
 
     /// The staged writes of the store at `order`, created by `make` on first use.
@@ -187,7 +221,7 @@ impl MemoryUnitOfWork {
     fn commit_now(&mut self) -> Result<()> {
         let mut parts = std::mem::take(&mut self.parts);
         parts.sort_by_key(|p| p.order());
-        let result = apply_all(&mut parts);
+        let result = apply_all(&mut parts, std::mem::take(&mut self.on_commit));
         if result.is_err() {
             // Every lock `prepare` took is released by now; undo what was taken ahead.
             for part in &mut parts {
@@ -198,14 +232,21 @@ impl MemoryUnitOfWork {
     }
 }
 
-/// Prepares every participant (taking their locks in order), then applies them all.
-fn apply_all(parts: &mut [Box<dyn Participant>]) -> Result<()> {
+/// Prepares every participant (taking their locks in order), then applies them all and runs
+/// the commit hooks.
+fn apply_all(
+    parts: &mut [Box<dyn Participant>],
+    on_commit: Vec<Box<dyn FnOnce() + Send>>,
+) -> Result<()> {
     let mut prepared = parts
         .iter_mut()
         .map(|p| p.prepare())
         .collect::<Result<Vec<_>>>()?;
     for write in &mut prepared {
         write.apply();
+    }
+    for write in on_commit {
+        write();
     }
     // Only now are the locks released: no reader sees a part of the writes.
     drop(prepared);

@@ -15,6 +15,11 @@ pub(super) struct Sql {
     pub(super) read_stream: String,
     pub(super) read_stream_data: String,
     pub(super) read_all: String,
+    /// [`dtx::EventStore::read_feed`]: a window of the feed, filtered by type, and the window's
+    /// last position (a row with a NULL stream id).
+    pub(super) read_feed: String,
+    /// The event table, schema-qualified.
+    pub(super) events: String,
     pub(super) load_snapshot: String,
     pub(super) save_snapshot: String,
 }
@@ -86,6 +91,26 @@ impl Sql {
                    AND commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
                  ORDER BY commit_order, global_position LIMIT $3"
             ),
+            read_feed: format!(
+                "WITH w AS MATERIALIZED (
+                     SELECT stream_id, version, global_position, commit_order, event_id, event_type,
+                            schema_version, data, correlation_id, causation_id, traceparent,
+                            recorded_at
+                     FROM {events}
+                     WHERE (commit_order, global_position) > ($1, $2)
+                       AND commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                     ORDER BY commit_order, global_position LIMIT $3
+                 )
+                 (SELECT {COLUMNS} FROM w
+                  WHERE cardinality($4::text[]) = 0 OR event_type = ANY($4::text[])
+                  ORDER BY commit_order, global_position)
+                 UNION ALL
+                 (SELECT NULL::text, NULL::bigint, global_position, commit_order, NULL::uuid,
+                         NULL::text, NULL::int4, NULL::text, NULL::uuid, NULL::uuid, NULL::text,
+                         NULL::timestamptz
+                  FROM w ORDER BY commit_order DESC, global_position DESC LIMIT 1)"
+            ),
+            events: events.clone(),
             load_snapshot: format!(
                 "SELECT aggregate_type, version, schema_hash, state::text AS state
                  FROM {snapshots} WHERE stream_id = $1"
@@ -195,7 +220,11 @@ fn append_statement(events: &str, shape: Shape, outbox: bool, many: bool) -> Str
     } else {
         ("", "")
     };
-    let mut returning = "RETURNING version, global_position, commit_order".to_owned();
+    // Every append wakes an idle, armed feed reader (see `super::wake`).
+    let mut returning = format!(
+        "RETURNING version, global_position, commit_order, {} AS fed",
+        super::wake::feed_wake_check(events)
+    );
     if outbox {
         returning = format!("{returning}, {} AS woke", crate::outbox::wake_check(events));
     }
@@ -324,7 +353,11 @@ mod tests {
             assert_eq!(name.contains("_many"), many, "{name}");
             assert_eq!(statement.contains("UNNEST"), many, "{name}");
             assert_eq!(name.ends_with("_outbox"), outbox, "{name}");
-            assert_eq!(statement.contains("pg_notify"), outbox, "{name}");
+            assert_eq!(statement.contains("'dtx_outbox_'"), outbox, "{name}");
+            assert!(
+                statement.contains("'dtx_feed_'"),
+                "every append wakes feed readers: {name}"
+            );
             assert_eq!(
                 statement.contains("max(version)"),
                 shape == Shape::Head,

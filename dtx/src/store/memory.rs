@@ -1,6 +1,6 @@
 use super::{
-    AppendResult, EventData, EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent,
-    Snapshot, StoreLimits, StreamId,
+    AppendResult, EventData, EventStore, ExpectedVersion, FeedWaker, GlobalPosition, NewEvent,
+    RecordedEvent, Snapshot, StoreLimits, StreamId, WakeTicket,
 };
 use crate::error::{Error, Result};
 use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};
@@ -40,6 +40,36 @@ struct Inner {
     streams: HashMap<StreamId, Vec<usize>>,
     event_ids: HashMap<Uuid, usize>,
     snapshots: HashMap<StreamId, Snapshot>,
+    /// The length of `log`, for the readers waiting for new events.
+    appended: Appended,
+}
+
+/// Tells waiting feed readers the log's length after each write.
+struct Appended(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for Appended {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+/// The [`FeedWaker`] of a [`MemoryEventStore`]: always armed, woken by every write.
+struct MemoryFeedWaker(Arc<tokio::sync::watch::Sender<u64>>);
+
+#[async_trait]
+impl FeedWaker for MemoryFeedWaker {
+    fn ticket(&self) -> WakeTicket {
+        WakeTicket {
+            epoch: *self.0.borrow(),
+            armed: true,
+        }
+    }
+
+    async fn wait(&self, ticket: WakeTicket, timeout: std::time::Duration) {
+        let mut changes = self.0.subscribe();
+        let moved = changes.wait_for(|&length| length != ticket.epoch);
+        let _ = tokio::time::timeout(timeout, moved).await;
+    }
 }
 
 impl MemoryEventStore {
@@ -155,6 +185,7 @@ impl Inner {
                 recorded_at: now,
             });
         }
+        self.appended.0.send_replace(self.log.len() as u64);
         AppendResult {
             first_version: current + 1,
             last_version: current + positions.len() as u64,
@@ -330,6 +361,11 @@ impl EventStore for MemoryEventStore {
             .take(max_count)
             .cloned()
             .collect())
+    }
+
+    fn feed_waker(&self) -> Option<Arc<dyn FeedWaker>> {
+        let sender = Arc::clone(&self.lock().appended.0);
+        Some(Arc::new(MemoryFeedWaker(sender)))
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {

@@ -439,6 +439,32 @@ pub trait EventStore: Send + Sync + 'static {
     async fn read_all(&self, after: GlobalPosition, max_count: usize)
     -> Result<Vec<RecordedEvent>>;
 
+    /// Reads the global feed after `after` like [`EventStore::read_all`], looking at up to
+    /// `max_scan` events and returning only those whose type is in `event_types` (all of them
+    /// when it is empty). The filter runs where the events are stored: a reader of a few types
+    /// does not receive the others. [`FeedPage::scanned_to`] is the position of the last event
+    /// looked at, so a reader can move past a stretch of events it does not handle.
+    async fn read_feed(
+        &self,
+        after: GlobalPosition,
+        event_types: &[&str],
+        max_scan: usize,
+    ) -> Result<FeedPage> {
+        let events = self.read_all(after, max_scan).await?;
+        let scanned_to = events.last().map_or(after, |e| e.position);
+        let events = events
+            .into_iter()
+            .filter(|e| event_types.is_empty() || event_types.contains(&e.event_type.as_str()))
+            .collect();
+        Ok(FeedPage { events, scanned_to })
+    }
+
+    /// What wakes a reader of the feed waiting for new events, if this backend has it (else
+    /// readers poll). Readers sharing the store share it.
+    fn feed_waker(&self) -> Option<Arc<dyn FeedWaker>> {
+        None
+    }
+
     /// The stream's current version (0 when it does not exist).
     async fn stream_version(&self, stream: &StreamId) -> Result<u64>;
 
@@ -490,6 +516,44 @@ pub trait EventStore: Send + Sync + 'static {
         let _ = (stream, snapshot);
         Err(crate::uow::refused::<Self>(uow))
     }
+}
+
+/// A page of the global feed read by [`EventStore::read_feed`].
+#[derive(Debug, Clone, Default)]
+pub struct FeedPage {
+    /// The events of the requested types, in feed order.
+    pub events: Vec<RecordedEvent>,
+    /// The position of the last event looked at (the `after` position when there was none):
+    /// every event up to it of another type was passed over.
+    pub scanned_to: GlobalPosition,
+}
+
+/// The state of a [`FeedWaker`] when a reader last looked: pass it back to
+/// [`FeedWaker::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WakeTicket {
+    /// Changes whenever the waker arms or is woken.
+    pub epoch: u64,
+    /// Whether a commit of new events wakes the waiters from now on.
+    pub armed: bool,
+}
+
+/// Wakes readers of the global feed when new events commit, so they need not poll.
+///
+/// A reader takes a [`ticket`](Self::ticket) *before* reading; when the read finds nothing new
+/// it calls [`wait`](Self::wait) with that ticket, which returns as soon as anything changed
+/// since the ticket (then the reader reads again), and otherwise waits for new events or the
+/// timeout. A ticket taken while the waker is armed guarantees that an event committed after
+/// the read wakes the wait; with an unarmed ticket, `wait` arms the waker and returns so the
+/// reader reads once more.
+#[async_trait]
+pub trait FeedWaker: Send + Sync + 'static {
+    /// The waker's state now.
+    fn ticket(&self) -> WakeTicket;
+
+    /// Waits until the state differs from `ticket` (armed, or woken by new events), or
+    /// `timeout` passes.
+    async fn wait(&self, ticket: WakeTicket, timeout: std::time::Duration);
 }
 
 /// A shareable, type-erased event store.

@@ -23,6 +23,10 @@ mod instruments {
         pub(super) idempotency_conflicts: Counter<u64>,
         pub(super) function_duration: Histogram<f64>,
         pub(super) function_errors: Counter<u64>,
+        pub(super) projection_events: Counter<u64>,
+        pub(super) projection_lag: Histogram<f64>,
+        pub(super) projection_lag_events: Histogram<u64>,
+        pub(super) projection_failures: Counter<u64>,
     }
 
     pub(super) fn get() -> &'static Instruments {
@@ -84,6 +88,23 @@ mod instruments {
                 function_errors: counter(
                     "dtx.function.errors",
                     "Err returns of #[dtx::trace] functions",
+                ),
+                projection_events: counter(
+                    "dtx.projection.events",
+                    "Events applied by projections",
+                ),
+                projection_lag: seconds(
+                    "dtx.projection.lag",
+                    "Time from an event's commit to its projection's batch commit",
+                ),
+                projection_lag_events: meter
+                    .u64_histogram("dtx.projection.lag_events")
+                    .with_unit("{event}")
+                    .with_description("Events of the feed a projection still had to read")
+                    .build(),
+                projection_failures: counter(
+                    "dtx.projection.failures",
+                    "Projections stopped at an event they could not apply",
                 ),
             }
         })
@@ -225,4 +246,33 @@ pub fn record_function(function: &'static str, duration: Duration, error: bool) 
     }
     #[cfg(not(feature = "otel"))]
     let _ = (function, duration, error);
+}
+
+/// Projection `name` committed a batch of `events` events, the oldest recorded `lag` before
+/// the commit, with `behind` events of the feed still after the batch when it was read.
+#[inline]
+pub fn record_projection_batch(name: &str, events: usize, lag: Duration, behind: usize) {
+    #[cfg(feature = "otel")]
+    {
+        let i = instruments::get();
+        let attributes = [KeyValue::new("projection", name.to_owned())];
+        i.projection_events
+            .add(u64::try_from(events).unwrap_or(u64::MAX), &attributes);
+        i.projection_lag.record(lag.as_secs_f64(), &attributes);
+        i.projection_lag_events
+            .record(u64::try_from(behind).unwrap_or(u64::MAX), &attributes);
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (name, events, lag, behind);
+}
+
+/// Projection `name` stopped at an event it could not apply.
+#[inline]
+pub fn record_projection_failure(name: &str) {
+    #[cfg(feature = "otel")]
+    instruments::get()
+        .projection_failures
+        .add(1, &[KeyValue::new("projection", name.to_owned())]);
+    #[cfg(not(feature = "otel"))]
+    let _ = name;
 }

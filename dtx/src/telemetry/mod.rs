@@ -46,6 +46,10 @@
 //! | `dtx.idempotency.conflicts` | counter | `reason` (`key_reused`, `in_flight`) | an idempotent call was refused |
 //! | `dtx.function.duration` | histogram (s) | `code.function.name` | a `#[dtx::trace]` function returned |
 //! | `dtx.function.errors` | counter | `code.function.name` | it returned an `Err` |
+//! | `dtx.projection.events` | counter | `projection` | a projection committed a batch |
+//! | `dtx.projection.lag` | histogram (s) | `projection` | ... from its oldest event's commit |
+//! | `dtx.projection.lag_events` | histogram | `projection` | ... with this many feed events read after it |
+//! | `dtx.projection.failures` | counter | `projection` | a projection stopped at an event |
 //!
 //! # Trace context
 //!
