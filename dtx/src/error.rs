@@ -169,6 +169,25 @@ pub enum Error {
         /// The backend of the unit of work it was given.
         actual: &'static str,
     },
+    /// Two projections registered under one name (see [`crate::projection::registered`]).
+    #[error("projection `{name}` is declared twice: {first} and {second}")]
+    DuplicateProjection {
+        /// The name.
+        name: &'static str,
+        /// One declaration (`Type (file:line)`).
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// A projection's checkpoint is not where the operation needs it (a skip of a projection
+    /// that has not failed, a checkpoint owned by another runner, ...).
+    #[error("projection `{name}`: {reason}")]
+    Projection {
+        /// The projection.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The storage backend failed before anything was written.
     #[error("storage error: {0}")]
     Storage(#[source] BoxError),

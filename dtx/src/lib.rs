@@ -55,6 +55,7 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 pub mod outbox;
+pub mod projection;
 pub(crate) mod retry;
 pub mod saga;
 pub mod store;
