@@ -18,7 +18,6 @@
 //! position and the error, until an operator [`skips`](CheckpointStore::skip) it (recorded) or
 //! a fixed build resumes it ([`CheckpointStore::resume`]).
 
-
 use crate::cqrs::QueryBus;
 use crate::error::{BoxError, Error, Result};
 use crate::event::DecodeError;
@@ -84,8 +83,11 @@ impl HandlerError {
 /// writes made stale. Take `&mut Invalidations` as a handler parameter.
 #[derive(Default)]
 pub struct Invalidations {
-    pending: Vec<Box<dyn FnOnce(&QueryBus) + Send>>,
+    pending: Vec<Invalidate>,
 }
+
+/// One invalidation asked by a handler.
+type Invalidate = Box<dyn FnOnce(&QueryBus) + Send>;
 
 impl fmt::Debug for Invalidations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -188,8 +190,9 @@ impl ProjectionRegistration {
 ///
 /// [`ProjectionRunner::start`] calls it, so a duplicate name stops a service at start-up.
 pub fn registered() -> Result<Vec<&'static ProjectionRegistration>> {
-    let mut all: Vec<&'static ProjectionRegistration> =
-        inventory::iter::<ProjectionRegistration>.into_iter().collect();
+    let mut all: Vec<&'static ProjectionRegistration> = inventory::iter::<ProjectionRegistration>
+        .into_iter()
+        .collect();
     all.sort_by_key(|r| (r.name, r.file, r.line));
     for pair in all.windows(2) {
         if pair[0].name == pair[1].name {
