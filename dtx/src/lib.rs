@@ -89,6 +89,13 @@ pub use uuid::Uuid;
 /// generates `From<Struct> for Enum` for every variant, and the dispatch that applies each
 /// variant to an aggregate through its [`Apply`] impls.
 ///
+/// Each wrapped struct also gets an impl of [`projection::Event`] (its stored name and version,
+/// and its decoding), which lets a [`#[projection]`](macro@projection) handle it. A struct
+/// wrapped by variants of **two enums** would then get two conflicting impls (error E0119):
+/// write `#[event(payload_impl = false)]` on the variant of the enum that should not provide it,
+/// or on that enum to opt out for all its variants. The struct keeps the `Event` impl of the
+/// other enum, with that enum's name and version.
+///
 /// ```
 /// use dtx::DomainEvent;
 /// use serde::{Deserialize, Serialize};
@@ -108,6 +115,10 @@ pub use uuid::Uuid;
 /// let event: OrderEvent = OrderCancelled { reason: "duplicate".into() }.into();
 /// assert_eq!(event.event_type(), "OrderCancelled");
 /// assert_eq!(event.schema_version(), 2);
+///
+/// use dtx::projection::Event;
+/// assert_eq!(<OrderCancelled as Event>::EVENT_TYPE, "OrderCancelled");
+/// assert_eq!(<OrderCancelled as Event>::SCHEMA_VERSION, 2);
 /// ```
 pub use dtx_macros::DomainEvent;
 

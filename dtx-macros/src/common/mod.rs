@@ -65,6 +65,20 @@ pub(crate) fn lenient_text(options: &[syn::MetaNameValue], key: &str) -> Option<
         })
 }
 
+/// The boolean given to option `key` among `options` (`payload_impl = false`).
+pub(crate) fn lenient_bool(options: &[syn::MetaNameValue], key: &str) -> Option<bool> {
+    options
+        .iter()
+        .filter(|nv| nv.path.is_ident(key))
+        .find_map(|nv| match &nv.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Bool(value),
+                ..
+            }) => Some(value.value),
+            _ => None,
+        })
+}
+
 /// Wraps generated items in one hidden `const _: () = { .. };` block.
 pub(crate) fn dummy_const(items: &TokenStream) -> TokenStream {
     quote! {
