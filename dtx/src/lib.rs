@@ -323,7 +323,8 @@ pub use dtx_macros::query_handler;
 /// A crate's projections exist only if the final binary links that crate.
 /// [`projection::registered`] lists them, and refuses two projections with one name, naming
 /// both. The module [`dtx::projection`](mod@projection) and this macro share a name in different
-/// namespaces: `use dtx::projection;` imports both.
+/// namespaces: `use dtx::projection;` imports both (but `use dtx::projection::{self, ..}` only
+/// the module).
 ///
 /// ```
 /// use dtx::projection::{Invalidations, Projection, ProjectionKind};

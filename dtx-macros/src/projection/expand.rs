@@ -2,7 +2,7 @@
 
 use super::parse::Input;
 use super::validate::{Clear, Extra, Handler, Model};
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Delimiter, Group, Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
@@ -136,16 +136,24 @@ fn clear_fn(krate: &syn::Path, clear: &Clear) -> TokenStream {
             &'a self,
             __dtx_uow: &'a mut dyn #private::UnitOfWork,
         ) -> #private::ProjectionFuture<'a, ::core::result::Result<(), #private::ProjectionError>> {
-            ::std::boxed::Box::pin(async move { #result })
+            ::std::boxed::Box::pin(async move {
+                #result
+            })
         }
     }
 }
 
-/// `projection_result(call)` under the method's return type, where rustc reports a result that
-/// is not `Result<(), E>` with an error type.
+/// The method's result, bound at its return type and converted by `projection_result` there:
+/// rustc reports a result that is not `Result<(), E>` with an error type under the return type.
 fn result(krate: &syn::Path, output: Span, call: &TokenStream) -> TokenStream {
+    let binding = syn::Ident::new("__dtx_result", output);
     let path = crate::common::respan(quote!(#krate::__private::projection_result), output);
-    quote!(#path(#call))
+    let mut arg = Group::new(Delimiter::Parenthesis, quote!(#binding));
+    arg.set_span(output);
+    quote! {
+        let #binding = #call;
+        #path #arg
+    }
 }
 
 /// What stands in for the `Projection` impl when the projection has errors, so the code that

@@ -103,7 +103,7 @@ pub(super) fn validate(input: Input, errors: &mut darling::error::Accumulator) -
                         "`{first}` clears the read model already: a projection has one `#[clear]` \
                          method; do both in `{first}` and remove this `#[clear]`"
                     ))
-                    .with_span(attr),
+                    .with_span(attr.path()),
                 );
             }
             let checked = clear_method(f, errors);
@@ -196,7 +196,7 @@ fn check_clear_attribute(
                  a replay cannot undo them; remove `#[clear]`, or remove `subscription` if the \
                  handlers write a read model through a unit of work",
             )
-            .with_span(attr),
+            .with_span(attr.path()),
         );
     }
 }
