@@ -246,6 +246,37 @@ fn decode_handled<P: ProjectionEvent>(event: &RecordedEvent) -> Result<P, Projec
     P::from_recorded(event).map_err(ProjectionError::Decode)
 }
 
+/// Whether no two of `event_types` are equal: two handlers of one projection for payloads
+/// stored under one name (variants of two enums named alike) would make the second unreachable.
+pub const fn distinct_event_types(event_types: &[&str]) -> bool {
+    let mut i = 0;
+    while i < event_types.len() {
+        let mut j = i + 1;
+        while j < event_types.len() {
+            if bytes_equal(event_types[i].as_bytes(), event_types[j].as_bytes()) {
+                return false;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+const fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// The unit of work of a read-model handler that writes through one: the runner always gives
 /// a read model one, so its absence is the caller's mistake, reported rather than panicking.
 pub fn projection_uow<'a>(

@@ -31,6 +31,16 @@ pub(super) fn expand(model: &Model) -> TokenStream {
         .map(|(handler, payload_type)| branch(krate, handler, payload_type));
     let clear = clear.as_ref().map(|clear| clear_fn(krate, clear));
     let line = quote_spanned!(self_ty.span()=> ::core::line!());
+    // Payload types that differ but are stored under one name (variants of two enums named
+    // alike) fail compilation under the projection's type.
+    let message = format!(
+        "projection `{name}` has two handlers for one stored event type name: the payloads are \
+         variants of different enums stored under the same name; rename one variant with \
+         `#[event(name = \"..\")]`"
+    );
+    let distinct = quote_spanned! {self_ty.span()=>
+        const _: () = ::core::assert!(#private::distinct_event_types(EVENT_TYPES), #message);
+    };
     let generated = crate::common::dummy_const(&quote! {
         #[automatically_derived]
         impl #private::Projection for #self_ty {
@@ -40,6 +50,7 @@ pub(super) fn expand(model: &Model) -> TokenStream {
 
             fn event_types() -> &'static [&'static str] {
                 const EVENT_TYPES: &[&str] = &[#(#handled.event_type),*];
+                #distinct
                 EVENT_TYPES
             }
 
