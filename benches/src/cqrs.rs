@@ -29,6 +29,8 @@ struct WalletOpened {
 #[derive(Debug, Clone, DomainEvent)]
 enum WalletEvent {
     Opened(WalletOpened),
+    // `AccountEvent` wraps `Deposited` too and provides its `Event` impl.
+    #[event(payload_impl = false)]
     Deposited(Deposited),
 }
 

@@ -6,6 +6,7 @@ mod common;
 mod event;
 mod handler;
 mod idempotent;
+mod projection;
 mod saga;
 mod trace;
 
@@ -39,6 +40,12 @@ pub fn query_handler(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     idempotent::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::projection`.
+#[proc_macro_attribute]
+pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
+    projection::expand(args.into(), item.into()).into()
 }
 
 /// See `dtx::saga`.

@@ -208,6 +208,114 @@ where
 }
 
 // ---------------------------------------------------------------------------------------------
+// Projections (`#[projection]`)
+
+pub use crate::projection::{
+    Event as ProjectionEvent, HandlerError as ProjectionError, Invalidations, Projection,
+    ProjectionKind, ProjectionRegistration,
+};
+pub use crate::store::RecordedEvent;
+pub use crate::uow::{BoxFuture as ProjectionFuture, UnitOfWork};
+
+/// How generated code recognises and decodes the payload one projection handler takes; made by
+/// [`handled`].
+pub struct Handled<P> {
+    /// The stored type name of the payload.
+    pub event_type: &'static str,
+    decode: fn(&RecordedEvent) -> Result<P, ProjectionError>,
+}
+
+/// The payload type a projection handler takes. The only place generated code requires
+/// [`ProjectionEvent`]: called under the handler's parameter type, so a type that is not an event
+/// payload is reported once, there.
+pub const fn handled<P: ProjectionEvent>() -> Handled<P> {
+    Handled {
+        event_type: P::EVENT_TYPE,
+        decode: decode_handled::<P>,
+    }
+}
+
+impl<P> Handled<P> {
+    /// Decodes the payload of `event`; a failure stops the projection at once.
+    pub fn decode(&self, event: &RecordedEvent) -> Result<P, ProjectionError> {
+        (self.decode)(event)
+    }
+}
+
+fn decode_handled<P: ProjectionEvent>(event: &RecordedEvent) -> Result<P, ProjectionError> {
+    P::from_recorded(event).map_err(ProjectionError::Decode)
+}
+
+/// Whether no two of `event_types` are equal: two handlers of one projection for payloads
+/// stored under one name (variants of two enums named alike) would make the second unreachable.
+pub const fn distinct_event_types(event_types: &[&str]) -> bool {
+    let mut i = 0;
+    while i < event_types.len() {
+        let mut j = i + 1;
+        while j < event_types.len() {
+            if bytes_equal(event_types[i].as_bytes(), event_types[j].as_bytes()) {
+                return false;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+const fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The unit of work of a read-model handler that writes through one: the runner always gives
+/// a read model one, so its absence is the caller's mistake, reported rather than panicking.
+pub fn projection_uow<'a>(
+    uow: Option<&'a mut dyn UnitOfWork>,
+    projection: &str,
+    handler: &str,
+) -> Result<&'a mut dyn UnitOfWork, ProjectionError> {
+    uow.ok_or_else(|| {
+        ProjectionError::failed(format!(
+            "projection `{projection}`: handler `{handler}` writes through a unit of work, but \
+             none was given (a read model's events are handled in the unit of work that commits \
+             its checkpoint)"
+        ))
+    })
+}
+
+/// What a projection handler may return: `Result<(), E>` with an error type dtx can carry.
+#[diagnostic::on_unimplemented(
+    message = "a projection handler must return `Result<(), E>` where `E` is an error type, not `{Self}`",
+    label = "the handler's return type",
+    note = "return e.g. `Result<(), MyError>` with `MyError: std::error::Error + Send + Sync + 'static`, or `Result<(), dtx::Error>`"
+)]
+pub trait ProjectionResult {
+    /// The result as the runner sees it.
+    fn into_handler_result(self) -> Result<(), ProjectionError>;
+}
+
+impl<E: Into<crate::error::BoxError>> ProjectionResult for Result<(), E> {
+    fn into_handler_result(self) -> Result<(), ProjectionError> {
+        self.map_err(ProjectionError::failed)
+    }
+}
+
+/// Maps a projection handler's result to the runner's; called under the return type.
+pub fn projection_result<R: ProjectionResult>(result: R) -> Result<(), ProjectionError> {
+    result.into_handler_result()
+}
+
+// ---------------------------------------------------------------------------------------------
 // Idempotent calls (`#[idempotent]`)
 
 pub use crate::idempotency::IdempotentCall;

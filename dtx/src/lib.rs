@@ -90,6 +90,13 @@ pub use uuid::Uuid;
 /// generates `From<Struct> for Enum` for every variant, and the dispatch that applies each
 /// variant to an aggregate through its [`Apply`] impls.
 ///
+/// Each wrapped struct also gets an impl of [`projection::Event`] (its stored name and version,
+/// and its decoding), which lets a [`#[projection]`](macro@projection) handle it. A struct
+/// wrapped by variants of **two enums** would then get two conflicting impls (error E0119):
+/// write `#[event(payload_impl = false)]` on the variant of the enum that should not provide it,
+/// or on that enum to opt out for all its variants. The struct keeps the `Event` impl of the
+/// other enum, with that enum's name and version.
+///
 /// ```
 /// use dtx::DomainEvent;
 /// use serde::{Deserialize, Serialize};
@@ -109,6 +116,10 @@ pub use uuid::Uuid;
 /// let event: OrderEvent = OrderCancelled { reason: "duplicate".into() }.into();
 /// assert_eq!(event.event_type(), "OrderCancelled");
 /// assert_eq!(event.schema_version(), 2);
+///
+/// use dtx::projection::Event;
+/// assert_eq!(<OrderCancelled as Event>::EVENT_TYPE, "OrderCancelled");
+/// assert_eq!(<OrderCancelled as Event>::SCHEMA_VERSION, 2);
 /// ```
 pub use dtx_macros::DomainEvent;
 
@@ -270,6 +281,160 @@ pub use dtx_macros::command_handler;
 /// # }).unwrap();
 /// ```
 pub use dtx_macros::query_handler;
+
+/// Declares a projection (a read model built from events) or a subscription, one handler per
+/// event payload type, and registers it at link time.
+///
+/// On an inherent `impl` block of the projection's type; it implements
+/// [`projection::Projection`] for the type. Every method handles the event payload type it
+/// takes: each struct that a variant of a [`DomainEvent`] enum wraps is one (it implements
+/// [`projection::Event`]). A handler is
+///
+/// ```text
+/// async fn name(&self, event: &Payload, ..) -> Result<(), E>
+/// ```
+///
+/// taking the payload by reference or by value, then, in any order and each at most once:
+///
+/// - `meta: &RecordedEvent`: the stored event (its id, position, stream, metadata);
+/// - `uow: &mut dyn UnitOfWork`: the unit of work the read model writes through, committed
+///   with the projection's checkpoint (exactly once);
+/// - `inv: &mut `[`projection::Invalidations`]: query cache entries to drop once that unit of
+///   work has committed.
+///
+/// `E` is any error convertible into `Box<dyn Error + Send + Sync>` (`dtx::Error`, your own,
+/// `String`): the event is retried with backoff, then the projection stops, visibly. An event
+/// that does not decode stops it at once. Events of other types are ignored (the store does
+/// not even send them: [`Projection::event_types`](projection::Projection::event_types)).
+///
+/// One method may be marked `#[clear]`: `async fn clear(&self, uow: &mut dyn UnitOfWork) ->
+/// Result<(), E>` empties the read model, in the unit of work that resets its checkpoint to the
+/// start (a reset, or the first run of a new `version`).
+///
+/// Options of `#[projection(..)]`:
+///
+/// - `name = ".."`: the key of its checkpoint, unique in a service (default: the type's name in
+///   snake case, `order_summary` for `OrderSummary`);
+/// - `version = N` (default 1): bump it to rebuild the read model from the first event;
+/// - `subscription`: its effects leave the database (a mail, an HTTP call), so its handlers
+///   take no unit of work and run **at least once**: use `meta.event_id` as an idempotency
+///   key. It has no `#[clear]`;
+/// - `crate = path`: where to find `dtx` when it is re-exported under another name.
+///
+/// A crate's projections exist only if the final binary links that crate.
+/// [`projection::registered`] lists them, and refuses two projections with one name, naming
+/// both. The module [`dtx::projection`](mod@projection) and this macro share a name in different
+/// namespaces: `use dtx::projection;` imports both (but `use dtx::projection::{self, ..}` only
+/// the module).
+///
+/// ```
+/// use dtx::projection::{Invalidations, Projection, ProjectionKind};
+/// use dtx::{
+///     DomainEvent, EventMetadata, EventStore, ExpectedVersion, GlobalPosition, MemoryEventStore,
+///     MemoryUnitOfWork, NewEvent, RecordedEvent, StreamId, UnitOfWork, projection,
+/// };
+/// use serde::{Deserialize, Serialize};
+/// use std::collections::BTreeMap;
+/// use std::sync::Mutex;
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct OrderPlaced { pub customer: String }
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct OrderCancelled { pub customer: String }
+///
+/// #[derive(Debug, Clone, DomainEvent)]
+/// pub enum OrderEvent { Placed(OrderPlaced), Cancelled(OrderCancelled) }
+///
+/// /// Open orders per customer. In memory here; a real read model writes its rows through
+/// /// `uow` (a table in the event store's database), so they commit with its checkpoint.
+/// #[derive(Default)]
+/// pub struct OpenOrders { by_customer: Mutex<BTreeMap<String, u32>> }
+///
+/// /// The cached query that reads them.
+/// #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// pub struct GetOpenOrders { pub customer: String }
+///
+/// #[projection(version = 2)]
+/// impl OpenOrders {
+///     async fn on_placed(&self, event: &OrderPlaced, inv: &mut Invalidations) -> Result<(), String> {
+///         *self.rows().entry(event.customer.clone()).or_default() += 1;
+///         inv.query(GetOpenOrders { customer: event.customer.clone() });
+///         Ok(())
+///     }
+///
+///     async fn on_cancelled(&self, event: OrderCancelled) -> Result<(), String> {
+///         let mut rows = self.rows();
+///         let open = rows.get_mut(&event.customer).ok_or("no open order")?;
+///         *open -= 1;
+///         Ok(())
+///     }
+///
+///     #[clear]
+///     async fn clear(&self, _uow: &mut dyn UnitOfWork) -> Result<(), String> {
+///         self.rows().clear();
+///         Ok(())
+///     }
+/// }
+///
+/// impl OpenOrders {
+///     fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u32>> {
+///         self.by_customer.lock().expect("not poisoned")
+///     }
+/// }
+///
+/// /// Thanks each customer once per order: at least once, keyed by the event id.
+/// #[derive(Default)]
+/// pub struct ThankYouMail { sent: Mutex<Vec<(dtx::Uuid, String)>> }
+///
+/// #[projection(name = "thank-you-mail", subscription)]
+/// impl ThankYouMail {
+///     async fn on_placed(&self, event: &OrderPlaced, meta: &RecordedEvent) -> Result<(), String> {
+///         let mut sent = self.sent.lock().expect("not poisoned");
+///         if !sent.iter().any(|(id, _)| *id == meta.event_id) {
+///             sent.push((meta.event_id, event.customer.clone()));
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// assert_eq!(OpenOrders::NAME, "open_orders");
+/// assert_eq!((OpenOrders::VERSION, OpenOrders::KIND), (2, ProjectionKind::ReadModel));
+/// assert_eq!(OpenOrders::event_types(), ["Placed", "Cancelled"]);
+/// assert_eq!(ThankYouMail::KIND, ProjectionKind::Subscription);
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryEventStore::new();
+/// let stream = StreamId::new("Order-1")?;
+/// let events = [
+///     OrderEvent::from(OrderPlaced { customer: "ada".into() }),
+///     OrderPlaced { customer: "ada".into() }.into(),
+///     OrderCancelled { customer: "ada".into() }.into(),
+/// ];
+/// let events = events
+///     .iter()
+///     .map(|e| NewEvent::encode(&stream, e, EventMetadata::default()))
+///     .collect::<dtx::Result<_>>()?;
+/// store.append(&stream, ExpectedVersion::NoStream, events).await?;
+///
+/// // What the runner does for each event of the feed: handle it in a unit of work (a read
+/// // model's) and commit.
+/// let (open_orders, mail) = (OpenOrders::default(), ThankYouMail::default());
+/// for event in store.read_all(GlobalPosition::START, 100).await? {
+///     let mut uow = MemoryUnitOfWork::new();
+///     let mut invalidations = Invalidations::default();
+///     open_orders.handle(&event, Some(&mut uow), &mut invalidations).await?;
+///     uow.commit().await?;
+///     mail.handle(&event, None, &mut Invalidations::default()).await?;
+/// }
+/// assert_eq!(open_orders.rows()["ada"], 1);
+/// assert_eq!(mail.sent.lock().expect("not poisoned").len(), 2);
+///
+/// open_orders.clear(&mut MemoryUnitOfWork::new()).await?;
+/// assert!(open_orders.rows().is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub use dtx_macros::projection;
 
 /// Makes an async fn idempotent: the first call with a key runs the body and stores its `Ok`
 /// value; a later call with the same key returns the stored value without running the body.

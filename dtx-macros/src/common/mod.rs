@@ -1,8 +1,8 @@
 //! Helpers shared by every macro: the runtime crate path, the generated-block wrapper and
 //! name helpers.
 
-use proc_macro2::TokenStream;
-use quote::{ToTokens as _, quote};
+use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
+use quote::{ToTokens, quote};
 
 /// The path generated code uses to reach the runtime: `::dtx` unless `crate = path` is given.
 pub(crate) fn crate_path(custom: Option<&syn::Path>) -> syn::Path {
@@ -63,6 +63,72 @@ pub(crate) fn lenient_text(options: &[syn::MetaNameValue], key: &str) -> Option<
             }) => Some(text.value()),
             _ => None,
         })
+}
+
+/// The boolean given to option `key` among `options` (`payload_impl = false`).
+pub(crate) fn lenient_bool(options: &[syn::MetaNameValue], key: &str) -> Option<bool> {
+    options
+        .iter()
+        .filter(|nv| nv.path.is_ident(key))
+        .find_map(|nv| match &nv.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Bool(value),
+                ..
+            }) => Some(value.value),
+            _ => None,
+        })
+}
+
+/// Tokens as a user writes them: `&'static str`, not `& 'static str`.
+pub(crate) fn display(tokens: &impl ToTokens) -> String {
+    let mut out = String::new();
+    write_tokens(&mut out, tokens.to_token_stream());
+    out.trim_end().to_owned()
+}
+
+fn write_tokens(out: &mut String, tokens: TokenStream) {
+    let mut after_word = false;
+    for token in tokens {
+        let word = matches!(token, TokenTree::Ident(_) | TokenTree::Literal(_));
+        match token {
+            TokenTree::Ident(_) | TokenTree::Literal(_) => {
+                if after_word {
+                    out.push(' ');
+                }
+                out.push_str(&token.to_string());
+            }
+            TokenTree::Punct(punct) => match (punct.as_char(), punct.spacing()) {
+                (',' | ';', _) => {
+                    out.push(punct.as_char());
+                    out.push(' ');
+                }
+                (':', Spacing::Alone) if !out.ends_with(':') => out.push_str(": "),
+                ('+' | '=', _) => {
+                    out.push(' ');
+                    out.push(punct.as_char());
+                    out.push(' ');
+                }
+                ('-', Spacing::Joint) => out.push_str(" -"),
+                ('>', _) if out.ends_with('-') => out.push_str("> "),
+                (c, _) => out.push(c),
+            },
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Parenthesis => ("(", ")"),
+                    Delimiter::Bracket => ("[", "]"),
+                    Delimiter::Brace => ("{ ", " }"),
+                    Delimiter::None => ("", ""),
+                };
+                out.push_str(open);
+                write_tokens(out, group.stream());
+                while out.ends_with(' ') {
+                    out.pop();
+                }
+                out.push_str(close);
+            }
+        }
+        after_word = word;
+    }
 }
 
 /// Wraps generated items in one hidden `const _: () = { .. };` block.

@@ -49,6 +49,12 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         }
     };
 
+    let event_impls = variants
+        .iter()
+        .zip(&codecs)
+        .filter(|(variant, _)| variant.payload_impl)
+        .map(|(variant, codec)| event_impl(krate, variant, codec));
+
     let items = quote! {
         #[automatically_derived]
         impl #krate::DomainEvent for #ident {
@@ -94,6 +100,8 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
 
         #dispatch
 
+        #(#event_impls)*
+
         #(
             #[automatically_derived]
             impl ::core::convert::From<#payloads> for #ident {
@@ -113,14 +121,42 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     crate::common::dummy_const(&items)
 }
 
+/// The payload's own `Event` impl: what projections handle. It decodes through the variant's
+/// codec, as `from_payload` does.
+fn event_impl(krate: &syn::Path, variant: &super::Variant, codec: &TokenStream) -> TokenStream {
+    let super::Variant {
+        payload,
+        name,
+        version,
+        ..
+    } = variant;
+    // Spanned on the payload: a struct that two enums wrap gets conflicting impls, which rustc
+    // then reports under the payload in each enum.
+    quote_spanned! {payload.span()=>
+        #[automatically_derived]
+        impl #krate::projection::Event for #payload {
+            const EVENT_TYPE: &'static str = #name;
+            const SCHEMA_VERSION: u32 = #version;
+
+            fn decode(
+                schema_version: u32,
+                data: &str,
+            ) -> ::core::result::Result<Self, #krate::DecodeError> {
+                #codec.decode(#name, schema_version, #version, data)
+            }
+        }
+    }
+}
+
 /// The stand-in impls emitted with the errors: `DomainEvent`, the dispatch to any aggregate, and
-/// the conversions of the well-formed variants, so the aggregates and handlers using the enum
-/// compile and the user sees the derive's errors alone.
+/// the conversions and `Event` impls of the well-formed variants, so the aggregates, handlers and
+/// projections using the enum compile and the user sees the derive's errors alone.
 pub(crate) fn stub(stub: &super::Stub) -> TokenStream {
     let super::Stub {
         ident,
         krate,
         variants,
+        event_payloads,
     } = stub;
     let idents: Vec<&syn::Ident> = variants.iter().map(|(ident, _)| ident).collect();
     let payloads: Vec<&syn::Type> = variants.iter().map(|(_, ty)| ty).collect();
@@ -167,6 +203,26 @@ pub(crate) fn stub(stub: &super::Stub) -> TokenStream {
                 #failed
             }
         }
+
+        // Under `for<'__dtx>`, a payload that cannot be an `Event` disables its stand-in instead
+        // of adding an error of its own.
+        #(
+            #[automatically_derived]
+            impl #krate::projection::Event for #event_payloads
+            where
+                for<'__dtx> #event_payloads: ::core::marker::Send + ::core::marker::Sync + 'static,
+            {
+                const EVENT_TYPE: &'static str = "";
+                const SCHEMA_VERSION: u32 = 1;
+
+                fn decode(
+                    _: u32,
+                    _: &str,
+                ) -> ::core::result::Result<Self, #krate::DecodeError> {
+                    #failed
+                }
+            }
+        )*
 
         #(
             #[automatically_derived]

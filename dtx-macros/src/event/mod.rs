@@ -23,6 +23,9 @@ pub(crate) struct Stub {
     pub(crate) krate: syn::Path,
     /// The variants wrapping one payload of a type no other variant wraps.
     pub(crate) variants: Vec<(syn::Ident, syn::Type)>,
+    /// The payloads that get a stand-in `Event` impl: those of `variants` not opted out with
+    /// `payload_impl = false`.
+    pub(crate) event_payloads: Vec<syn::Type>,
 }
 
 impl Stub {
@@ -35,18 +38,19 @@ impl Stub {
             return None;
         }
         let options = crate::common::lenient_options(&input.attrs, "event");
-        let payloads: Vec<(syn::Ident, syn::Type)> = data
+        let all_impls = crate::common::lenient_bool(&options, "payload_impl").unwrap_or(true);
+        let payloads: Vec<(&syn::Variant, syn::Type)> = data
             .variants
             .iter()
             .filter_map(|v| match &v.fields {
                 syn::Fields::Unnamed(f) if f.unnamed.len() == 1 => {
-                    Some((v.ident.clone(), f.unnamed[0].ty.clone()))
+                    Some((v, f.unnamed[0].ty.clone()))
                 }
                 _ => None,
             })
             .collect();
         let key = |ty: &syn::Type| quote::quote!(#ty).to_string();
-        let variants = payloads
+        let unique: Vec<&(&syn::Variant, syn::Type)> = payloads
             .iter()
             .filter(|(_, ty)| {
                 payloads
@@ -55,7 +59,18 @@ impl Stub {
                     .count()
                     == 1
             })
-            .cloned()
+            .collect();
+        let event_payloads = unique
+            .iter()
+            .filter(|(v, _)| {
+                let options = crate::common::lenient_options(&v.attrs, "event");
+                crate::common::lenient_bool(&options, "payload_impl").unwrap_or(all_impls)
+            })
+            .map(|(_, ty)| ty.clone())
+            .collect();
+        let variants = unique
+            .into_iter()
+            .map(|(v, ty)| (v.ident.clone(), ty.clone()))
             .collect();
         Some(Self {
             ident: input.ident.clone(),
@@ -63,6 +78,7 @@ impl Stub {
                 crate::common::lenient_path(&options, "crate").as_ref(),
             ),
             variants,
+            event_payloads,
         })
     }
 }
@@ -85,6 +101,7 @@ mod raw {
         pub(super) data: Data<RawVariant, Ignored>,
         #[darling(rename = "crate")]
         pub(super) krate: Option<syn::Path>,
+        pub(super) payload_impl: Option<bool>,
     }
 
     #[derive(FromVariant)]
@@ -94,6 +111,7 @@ mod raw {
         pub(super) fields: Fields<RawField>,
         pub(super) name: Option<SpannedValue<String>>,
         pub(super) version: Option<SpannedValue<u32>>,
+        pub(super) payload_impl: Option<bool>,
     }
 
     #[derive(FromField)]
@@ -115,6 +133,9 @@ pub(crate) struct Variant {
     pub(crate) payload: syn::Type,
     pub(crate) name: String,
     pub(crate) version: u32,
+    /// Whether the payload gets its `dtx::projection::Event` impl (`payload_impl = false` on the
+    /// variant or the enum opts out).
+    pub(crate) payload_impl: bool,
 }
 
 impl Model {
@@ -216,6 +237,7 @@ impl Model {
                 payload,
                 name,
                 version,
+                payload_impl: variant.payload_impl.or(raw.payload_impl).unwrap_or(true),
             });
         }
         errors.finish()?;
@@ -267,6 +289,18 @@ mod tests {
                 Placed(OrderPlaced),
                 #[event(name = "OrderShipped", version = 2)]
                 Shipped(Shipped),
+            }
+        }));
+    }
+
+    #[test]
+    fn expansion_without_payload_impls() {
+        insta::assert_snapshot!(expand_pretty(&syn::parse_quote! {
+            #[event(payload_impl = false)]
+            pub enum AuditEvent {
+                Placed(OrderPlaced),
+                #[event(payload_impl = true)]
+                Audited(Audited),
             }
         }));
     }

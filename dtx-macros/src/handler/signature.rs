@@ -2,8 +2,9 @@
 //! and the return type.
 
 use super::Kind;
-use proc_macro2::{Delimiter, Spacing, Span, TokenStream, TokenTree};
-use quote::{ToTokens, format_ident, quote, quote_spanned};
+pub(crate) use crate::common::display;
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 /// Where a handler is declared; decides the signature it may have.
@@ -265,58 +266,6 @@ fn anchor(ty: &syn::Type) -> Span {
     match ty {
         syn::Type::Reference(reference) => anchor(&reference.elem),
         ty => last_segment(ty).map_or_else(|| ty.span(), |segment| segment.ident.span()),
-    }
-}
-
-/// Tokens as a user writes them: `&'static str`, not `& 'static str`.
-pub(crate) fn display(tokens: &impl ToTokens) -> String {
-    let mut out = String::new();
-    write_tokens(&mut out, tokens.to_token_stream());
-    out.trim_end().to_owned()
-}
-
-fn write_tokens(out: &mut String, tokens: TokenStream) {
-    let mut after_word = false;
-    for token in tokens {
-        let word = matches!(token, TokenTree::Ident(_) | TokenTree::Literal(_));
-        match token {
-            TokenTree::Ident(_) | TokenTree::Literal(_) => {
-                if after_word {
-                    out.push(' ');
-                }
-                out.push_str(&token.to_string());
-            }
-            TokenTree::Punct(punct) => match (punct.as_char(), punct.spacing()) {
-                (',' | ';', _) => {
-                    out.push(punct.as_char());
-                    out.push(' ');
-                }
-                (':', Spacing::Alone) if !out.ends_with(':') => out.push_str(": "),
-                ('+' | '=', _) => {
-                    out.push(' ');
-                    out.push(punct.as_char());
-                    out.push(' ');
-                }
-                ('-', Spacing::Joint) => out.push_str(" -"),
-                ('>', _) if out.ends_with('-') => out.push_str("> "),
-                (c, _) => out.push(c),
-            },
-            TokenTree::Group(group) => {
-                let (open, close) = match group.delimiter() {
-                    Delimiter::Parenthesis => ("(", ")"),
-                    Delimiter::Bracket => ("[", "]"),
-                    Delimiter::Brace => ("{ ", " }"),
-                    Delimiter::None => ("", ""),
-                };
-                out.push_str(open);
-                write_tokens(out, group.stream());
-                while out.ends_with(' ') {
-                    out.pop();
-                }
-                out.push_str(close);
-            }
-        }
-        after_word = word;
     }
 }
 

@@ -1,7 +1,7 @@
 //! The read side: projections and subscriptions that follow the gap-free global feed.
 //!
 //! A **projection** builds a read model from events. Declare one with
-//! [`#[projection]`](crate::projection) on an `impl` block, one method per event payload type
+//! [`#[projection]`](macro@crate::projection) on an `impl` block, one method per event payload type
 //! it handles, and run it with a [`ProjectionRunner`]: the runner reads the feed from the
 //! projection's checkpoint (only the event types it handles, filtered by the store), calls the
 //! handlers, and advances the checkpoint **in the same unit of work as the handlers' writes**.
@@ -134,7 +134,7 @@ impl Invalidations {
     }
 }
 
-/// A projection or subscription; implemented by [`#[projection]`](crate::projection).
+/// A projection or subscription; implemented by [`#[projection]`](macro@crate::projection).
 pub trait Projection: Send + Sync + 'static {
     /// Its name: the key of its checkpoint, unique among the projections of a service.
     const NAME: &'static str;
@@ -167,7 +167,7 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
-/// A projection registered at link time by [`#[projection]`](crate::projection).
+/// A projection registered at link time by [`#[projection]`](macro@crate::projection).
 #[derive(Debug)]
 pub struct ProjectionRegistration {
     /// Its name.

@@ -193,7 +193,8 @@ impl ProjectionRunner {
 
     /// Adds a projection split into `partitions` partitions by stream: each has its own
     /// checkpoint and lease, so several runners share the projection, and each stream's events
-    /// stay in order (a stream always falls in the same partition).
+    /// stay in order (a stream always falls in the same partition). Its clear hook runs only on
+    /// [`reset`](Self::reset), for all partitions at once.
     #[must_use]
     pub fn partitioned<P: Projection>(mut self, projection: P, partitions: u32) -> Self {
         self.entries.push(Entry {
@@ -632,7 +633,11 @@ impl Worker {
             let moved = match self.entry.kind {
                 ProjectionKind::ReadModel => {
                     let mut uow = self.runner.checkpoints.begin().await?;
+                    // A new (or reset) checkpoint starts from an empty read model. The clear
+                    // hook clears the whole read model, so a partitioned projection is cleared
+                    // only by `reset`, for all its partitions at once.
                     if from == GlobalPosition::START
+                        && self.key.partitions == 1
                         && let Err(error) = self.entry.projection.clear(&mut *uow).await
                     {
                         let _ = uow.rollback_boxed().await;

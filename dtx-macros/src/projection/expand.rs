@@ -1,0 +1,213 @@
+//! Code generation for `#[projection]`: from the validated model only, never an error.
+
+use super::parse::Input;
+use super::validate::{Clear, Extra, Handler, Model};
+use proc_macro2::{Delimiter, Group, Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+/// The user's `impl` block, then the `Projection` impl and its link-time registration.
+pub(super) fn expand(model: &Model) -> TokenStream {
+    let Model {
+        krate,
+        item,
+        name,
+        version,
+        subscription,
+        handlers,
+        clear,
+    } = model;
+    let self_ty = &item.self_ty;
+    let private = quote!(#krate::__private);
+    let kind = if *subscription {
+        quote!(Subscription)
+    } else {
+        quote!(ReadModel)
+    };
+    let handled: Vec<TokenStream> = handlers.iter().map(|h| handled(krate, h)).collect();
+    let branches = handlers
+        .iter()
+        .zip(&handled)
+        .map(|(handler, payload_type)| branch(krate, handler, payload_type));
+    let clear = clear.as_ref().map(|clear| clear_fn(krate, clear));
+    let line = quote_spanned!(self_ty.span()=> ::core::line!());
+    // Payload types that differ but are stored under one name (variants of two enums named
+    // alike) fail compilation under the projection's type.
+    let message = format!(
+        "projection `{name}` has two handlers for one stored event type name: the payloads are \
+         variants of different enums stored under the same name; rename one variant with \
+         `#[event(name = \"..\")]`"
+    );
+    let distinct = quote_spanned! {self_ty.span()=>
+        const _: () = ::core::assert!(#private::distinct_event_types(EVENT_TYPES), #message);
+    };
+    let generated = crate::common::dummy_const(&quote! {
+        #[automatically_derived]
+        impl #private::Projection for #self_ty {
+            const NAME: &'static str = #name;
+            const VERSION: u32 = #version;
+            const KIND: #private::ProjectionKind = #private::ProjectionKind::#kind;
+
+            fn event_types() -> &'static [&'static str] {
+                const EVENT_TYPES: &[&str] = &[#(#handled.event_type),*];
+                #distinct
+                EVENT_TYPES
+            }
+
+            fn handle<'a>(
+                &'a self,
+                __dtx_event: &'a #private::RecordedEvent,
+                __dtx_uow: ::core::option::Option<&'a mut dyn #private::UnitOfWork>,
+                __dtx_invalidations: &'a mut #private::Invalidations,
+            ) -> #private::ProjectionFuture<'a, ::core::result::Result<(), #private::ProjectionError>> {
+                ::std::boxed::Box::pin(async move {
+                    #(#branches else)* {
+                        ::core::result::Result::Ok(())
+                    }
+                })
+            }
+
+            #clear
+        }
+
+        #private::inventory::submit! {
+            #private::ProjectionRegistration {
+                name: #name,
+                version: #version,
+                kind: #private::ProjectionKind::#kind,
+                type_name: #private::type_name::<#self_ty>,
+                event_types: <#self_ty as #private::Projection>::event_types,
+                file: ::core::file!(),
+                line: #line,
+            }
+        }
+    });
+    quote! {
+        #item
+        #generated
+    }
+}
+
+/// `handled::<P>()` under the payload type `P`, where rustc reports a type that is not an event
+/// payload.
+fn handled(krate: &syn::Path, handler: &Handler) -> TokenStream {
+    let payload = &handler.payload;
+    let path = crate::common::respan(quote!(#krate::__private::handled), payload.span());
+    quote!(#path::<#payload>())
+}
+
+/// `if` the event is of the handler's type: decode it, call the handler, convert its result.
+fn branch(krate: &syn::Path, handler: &Handler, payload_type: &TokenStream) -> TokenStream {
+    let Handler {
+        ident,
+        by_ref,
+        extras,
+        output,
+        ..
+    } = handler;
+    let payload = if *by_ref {
+        quote!(&__dtx_payload)
+    } else {
+        quote!(__dtx_payload)
+    };
+    let uow = extras.contains(&Extra::UnitOfWork).then(|| {
+        let handler = ident.to_string();
+        quote! {
+            let __dtx_uow = #krate::__private::projection_uow(
+                __dtx_uow,
+                <Self as #krate::__private::Projection>::NAME,
+                #handler,
+            )?;
+        }
+    });
+    let extras = extras.iter().map(|extra| match extra {
+        Extra::Meta => quote!(__dtx_event),
+        Extra::UnitOfWork => quote!(__dtx_uow),
+        Extra::Invalidations => quote!(__dtx_invalidations),
+    });
+    let call = quote_spanned!(ident.span()=> self.#ident(#payload #(, #extras)*).await);
+    let result = result(krate, *output, &call);
+    quote! {
+        if __dtx_event.event_type == #payload_type.event_type {
+            let __dtx_payload = #payload_type.decode(__dtx_event)?;
+            #uow
+            #result
+        }
+    }
+}
+
+/// `Projection::clear`, calling the `#[clear]` method.
+fn clear_fn(krate: &syn::Path, clear: &Clear) -> TokenStream {
+    let Clear { ident, output } = clear;
+    let private = quote!(#krate::__private);
+    let call = quote_spanned!(ident.span()=> self.#ident(__dtx_uow).await);
+    let result = result(krate, *output, &call);
+    quote! {
+        fn clear<'a>(
+            &'a self,
+            __dtx_uow: &'a mut dyn #private::UnitOfWork,
+        ) -> #private::ProjectionFuture<'a, ::core::result::Result<(), #private::ProjectionError>> {
+            ::std::boxed::Box::pin(async move {
+                #result
+            })
+        }
+    }
+}
+
+/// The method's result, bound at its return type and converted by `projection_result` there:
+/// rustc reports a result that is not `Result<(), E>` with an error type under the return type.
+fn result(krate: &syn::Path, output: Span, call: &TokenStream) -> TokenStream {
+    let binding = syn::Ident::new("__dtx_result", output);
+    let path = crate::common::respan(quote!(#krate::__private::projection_result), output);
+    let mut arg = Group::new(Delimiter::Parenthesis, quote!(#binding));
+    arg.set_span(output);
+    quote! {
+        let #binding = #call;
+        #path #arg
+    }
+}
+
+/// What stands in for the `Projection` impl when the projection has errors, so the code that
+/// runs it compiles and reports nothing more. Nothing for a generic block, a trait impl or a type
+/// that is not a plain path (the error says what to write).
+pub(super) fn stub(input: &Input) -> Option<TokenStream> {
+    let item = &input.item;
+    if !item.generics.params.is_empty() || item.trait_.is_some() || input.type_ident().is_none() {
+        return None;
+    }
+    let krate = crate::common::crate_path(input.args.krate.as_ref());
+    let private = quote!(#krate::__private);
+    let self_ty = &item.self_ty;
+    let name = input.name();
+    let kind = if input.args.subscription.is_present() {
+        quote!(Subscription)
+    } else {
+        quote!(ReadModel)
+    };
+    // Under `for<'__dtx>`, a bound the type does not meet disables the stand-in instead of adding
+    // an error of its own.
+    Some(quote! {
+        #[automatically_derived]
+        impl #private::Projection for #self_ty
+        where
+            for<'__dtx> #self_ty: ::core::marker::Send + ::core::marker::Sync + 'static,
+        {
+            const NAME: &'static str = #name;
+            const VERSION: u32 = 1;
+            const KIND: #private::ProjectionKind = #private::ProjectionKind::#kind;
+
+            fn event_types() -> &'static [&'static str] {
+                &[]
+            }
+
+            fn handle<'a>(
+                &'a self,
+                _: &'a #private::RecordedEvent,
+                _: ::core::option::Option<&'a mut dyn #private::UnitOfWork>,
+                _: &'a mut #private::Invalidations,
+            ) -> #private::ProjectionFuture<'a, ::core::result::Result<(), #private::ProjectionError>> {
+                ::core::unreachable!("`#[projection]` reported errors")
+            }
+        }
+    })
+}

@@ -1,0 +1,22 @@
+use dtx::{DomainEvent, projection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderPlaced {
+    customer: String,
+}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum OrderEvent {
+    Placed(OrderPlaced),
+}
+
+
+
+#[projection]
+async fn on_placed(event: &OrderPlaced) -> Result<(), String> {
+    let _ = &event.customer;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,28 @@
+use dtx::{DomainEvent, projection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderPlaced {
+    customer: String,
+}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum OrderEvent {
+    Placed(OrderPlaced),
+}
+
+struct OrderSummary;
+
+trait Summary {
+    async fn on_placed(&self, event: &OrderPlaced) -> Result<(), String>;
+}
+
+#[projection]
+impl Summary for OrderSummary {
+    async fn on_placed(&self, event: &OrderPlaced) -> Result<(), String> {
+        let _ = &event.customer;
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,26 @@
+use dtx::{DomainEvent, projection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderPlaced {
+    customer: String,
+}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum OrderEvent {
+    Placed(OrderPlaced),
+}
+
+struct OrderSummary;
+
+use dtx::UnitOfWork;
+
+#[projection(subscription)]
+impl OrderSummary {
+    async fn on_placed(&self, event: &OrderPlaced, uow: &mut dyn UnitOfWork) -> Result<(), String> {
+        let _ = (&event.customer, uow);
+        Ok(())
+    }
+}
+
+fn main() {}
