@@ -6,7 +6,6 @@
 //! duration and error metrics.
 
 use darling::FromMeta;
-use darling::ast::NestedMeta;
 use darling::util::{PathList, SpannedValue};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
@@ -45,11 +44,7 @@ fn fallback(item: TokenStream, errors: &darling::Error) -> TokenStream {
 
 fn parse(args: TokenStream, item: TokenStream) -> darling::Result<Model> {
     let mut errors = darling::Error::accumulator();
-    let args = errors.handle(
-        NestedMeta::parse_meta_list(args)
-            .map_err(darling::Error::from)
-            .and_then(|list| Args::from_list(&list)),
-    );
+    let args = errors.handle(crate::common::options::<Args>(args));
     let Ok(f) = syn::parse2::<syn::ItemFn>(item.clone()) else {
         let span = syn::parse2::<syn::Item>(item).map_or_else(|_| Span::call_site(), |i| i.span());
         errors.push(

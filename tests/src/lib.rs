@@ -30,6 +30,24 @@ pub async fn pg_store() -> PgEventStore {
     PgEventStore::new(pool)
 }
 
+/// The URL of the database `pool` connects to, for a child process of a test (the crash tests'
+/// workers, relays and runners).
+///
+/// # Panics
+/// When the pool's options name no database.
+pub fn database_url(pool: &sqlx::PgPool) -> String {
+    let options = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options
+            .get_database()
+            .unwrap_or_else(|| panic!("the test pool names no database"))
+    )
+}
+
 /// An event store whose every call first yields to the scheduler, as real I/O would: lets
 /// concurrency tests interleave tasks on the in-memory backend, which never waits otherwise.
 #[derive(Debug, Clone, Default)]

@@ -3,18 +3,25 @@
 //! not above the last one fails, so an event applied twice or out of order stops the
 //! projection visibly; the checksum shows one skipped.
 
-use dtx::projection::{HandlerError, Invalidations, Projection, ProjectionKind};
-use dtx::uow::BoxFuture;
-use dtx::{RecordedEvent, UnitOfWork};
+use dtx::{DomainEvent, MemoryUnitOfWork, RecordedEvent, UnitOfWork};
 use dtx_postgres::PgUnitOfWork;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The payload the projection tests append.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Tick {
     /// Any number: folded into the checksum.
     pub n: u64,
+}
+
+/// The events of the projection tests (the crash test's `Tick` only).
+#[derive(Debug, Clone, DomainEvent)]
+pub enum TickEvent {
+    /// A tick.
+    Tick(Tick),
 }
 
 /// What a stream folds to: events, last version, checksum.
@@ -51,19 +58,6 @@ pub async fn expected_folds(store: &dyn dtx::EventStore) -> dtx::Result<BTreeMap
             *fold = step(*fold, event.version, tick.n);
         }
     }
-}
-
-fn decode(event: &RecordedEvent) -> Result<Tick, HandlerError> {
-    serde_json::from_str(&event.data).map_err(|source| {
-        HandlerError::Decode(dtx::Error::Decode {
-            stream: event.stream_id.clone(),
-            version: event.version,
-            source: dtx::DecodeError::Malformed {
-                event_type: event.event_type.clone(),
-                source,
-            },
-        })
-    })
 }
 
 /// The read model in PostgreSQL, in table `table`.
@@ -105,30 +99,36 @@ impl PgFolds {
             .map(|(s, e, v, c)| (s, (e.unsigned_abs(), v.unsigned_abs(), c)))
             .collect())
     }
+}
 
-    async fn apply(
+/// A boxed error, as the tests' handlers return.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[dtx::projection(name = "pg_folds")]
+impl PgFolds {
+    async fn tick(
         &self,
+        tick: &Tick,
         event: &RecordedEvent,
         uow: &mut dyn UnitOfWork,
-    ) -> Result<(), HandlerError> {
-        let tick = decode(event)?;
-        let conn = PgUnitOfWork::connection_of(uow).map_err(HandlerError::failed)?;
+    ) -> Result<(), BoxError> {
+        let conn = PgUnitOfWork::connection_of(uow)?;
         let row: Option<(i64, i64, i64)> = sqlx::query_as(&format!(
             "SELECT events, last_version, checksum FROM {} WHERE stream_id = $1",
             self.table
         ))
         .bind(event.stream_id.as_str())
         .fetch_optional(&mut *conn)
-        .await
-        .map_err(HandlerError::failed)?;
+        .await?;
         let fold = row.map_or((0, 0, 0), |(e, v, c)| {
             (e.unsigned_abs(), v.unsigned_abs(), c)
         });
         if event.version <= fold.1 {
-            return Err(HandlerError::failed(format!(
+            return Err(format!(
                 "stream {} at version {} got version {}",
                 event.stream_id, fold.1, event.version
-            )));
+            )
+            .into());
         }
         let (events, version, checksum) = step(fold, event.version, tick.n);
         sqlx::query(&format!(
@@ -139,47 +139,21 @@ impl PgFolds {
             self.table
         ))
         .bind(event.stream_id.as_str())
-        .bind(i64::try_from(events).unwrap_or(i64::MAX))
-        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .bind(i64::try_from(events)?)
+        .bind(i64::try_from(version)?)
         .bind(checksum)
         .execute(&mut *conn)
-        .await
-        .map_err(HandlerError::failed)?;
+        .await?;
         Ok(())
     }
-}
 
-impl Projection for PgFolds {
-    const NAME: &'static str = "pg_folds";
-    const VERSION: u32 = 1;
-    const KIND: ProjectionKind = ProjectionKind::ReadModel;
-
-    fn event_types() -> &'static [&'static str] {
-        &["Tick"]
-    }
-
-    fn handle<'a>(
-        &'a self,
-        event: &'a RecordedEvent,
-        uow: Option<&'a mut dyn UnitOfWork>,
-        _invalidations: &'a mut Invalidations,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let uow =
-                uow.ok_or_else(|| HandlerError::failed("a read model needs its unit of work"))?;
-            self.apply(event, uow).await
-        })
-    }
-
-    fn clear<'a>(&'a self, uow: &'a mut dyn UnitOfWork) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let conn = PgUnitOfWork::connection_of(uow).map_err(HandlerError::failed)?;
-            sqlx::query(&format!("DELETE FROM {}", self.table))
-                .execute(conn)
-                .await
-                .map_err(HandlerError::failed)?;
-            Ok(())
-        })
+    #[clear]
+    async fn clear(&self, uow: &mut dyn UnitOfWork) -> Result<(), BoxError> {
+        let conn = PgUnitOfWork::connection_of(uow)?;
+        sqlx::query(&format!("DELETE FROM {}", self.table))
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 }
 
@@ -187,74 +161,51 @@ impl Projection for PgFolds {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryFolds {
     /// The folds.
-    pub folds: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Fold>>>,
+    pub folds: Arc<Mutex<BTreeMap<String, Fold>>>,
     /// Events applied out of order or twice (must stay 0).
-    pub violations: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub violations: Arc<AtomicUsize>,
 }
 
 impl MemoryFolds {
     /// What it holds.
-    ///
-    /// # Panics
-    /// When a handler panicked holding the lock.
     pub fn read(&self) -> BTreeMap<String, Fold> {
         self.folds
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 }
 
-impl Projection for MemoryFolds {
-    const NAME: &'static str = "memory_folds";
-    const VERSION: u32 = 1;
-    const KIND: ProjectionKind = ProjectionKind::ReadModel;
-
-    fn event_types() -> &'static [&'static str] {
-        &["Tick"]
+#[dtx::projection(name = "memory_folds")]
+impl MemoryFolds {
+    #[allow(clippy::unused_async, reason = "handlers are async")]
+    async fn tick(
+        &self,
+        tick: &Tick,
+        event: &RecordedEvent,
+        uow: &mut dyn UnitOfWork,
+    ) -> Result<(), dtx::Error> {
+        // Applied when the unit of work commits, with the checkpoint's move.
+        let (folds, violations) = (Arc::clone(&self.folds), Arc::clone(&self.violations));
+        let (stream, version, n) = (event.stream_id.to_string(), event.version, tick.n);
+        MemoryUnitOfWork::downcast(uow)?.on_commit(move || {
+            let mut folds = folds.lock().unwrap_or_else(PoisonError::into_inner);
+            let fold = folds.entry(stream).or_insert((0, 0, 0));
+            if version <= fold.1 {
+                violations.fetch_add(1, Ordering::SeqCst);
+            }
+            *fold = step(*fold, version, n);
+        });
+        Ok(())
     }
 
-    fn handle<'a>(
-        &'a self,
-        event: &'a RecordedEvent,
-        uow: Option<&'a mut dyn UnitOfWork>,
-        _invalidations: &'a mut Invalidations,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let tick = decode(event)?;
-            let uow =
-                uow.ok_or_else(|| HandlerError::failed("a read model needs its unit of work"))?;
-            let uow = dtx::MemoryUnitOfWork::downcast(uow).map_err(HandlerError::failed)?;
-            // Staged until the commit: the check runs against what is committed then.
-            let folds = std::sync::Arc::clone(&self.folds);
-            let stream = event.stream_id.to_string();
-            let version = event.version;
-            let violations = std::sync::Arc::clone(&self.violations);
-            uow.on_commit(move || {
-                let mut folds = folds
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let fold = folds.entry(stream).or_insert((0, 0, 0));
-                if version <= fold.1 {
-                    violations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-                *fold = step(*fold, version, tick.n);
-            });
-            Ok(())
-        })
-    }
-
-    fn clear<'a>(&'a self, uow: &'a mut dyn UnitOfWork) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let uow = dtx::MemoryUnitOfWork::downcast(uow).map_err(HandlerError::failed)?;
-            let folds = std::sync::Arc::clone(&self.folds);
-            uow.on_commit(move || {
-                folds
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clear();
-            });
-            Ok(())
-        })
+    #[clear]
+    #[allow(clippy::unused_async, reason = "handlers are async")]
+    async fn clear(&self, uow: &mut dyn UnitOfWork) -> Result<(), dtx::Error> {
+        let folds = Arc::clone(&self.folds);
+        MemoryUnitOfWork::downcast(uow)?.on_commit(move || {
+            folds.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        });
+        Ok(())
     }
 }

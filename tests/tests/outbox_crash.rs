@@ -40,14 +40,7 @@ async fn relays_killed_with_sigkill_lose_nothing_and_keep_order() {
     .execute(&pool)
     .await
     .unwrap();
-    let options = pool.connect_options();
-    let url = format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap()
-    );
+    let url = tests::database_url(&pool);
     let outbox = dtx_postgres::PgOutbox::new(pool.clone());
     let mut relays: Vec<Child> = (0..RELAYS).map(|_| spawn_relay(&url)).collect();
 

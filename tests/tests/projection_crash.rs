@@ -33,14 +33,7 @@ async fn a_read_model_survives_runners_killed_with_sigkill() {
         table: "folds_crash",
     };
     folds.create(&pool).await.unwrap();
-    let options = pool.connect_options();
-    let url = format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap()
-    );
+    let url = tests::database_url(&pool);
     let store: Arc<dyn EventStore> = Arc::new(store);
     // Half the events exist before the runners start (catch-up), half arrive while they run
     // and are killed (live).

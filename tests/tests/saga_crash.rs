@@ -29,14 +29,7 @@ async fn sagas_survive_workers_killed_with_sigkill() {
     let events = tests::pg_store().await;
     let pool = events.pool().clone();
     create_tables(&pool).await.unwrap();
-    let options = pool.connect_options();
-    let url = format!(
-        "postgres://{}@{}:{}/{}",
-        options.get_username(),
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap()
-    );
+    let url = tests::database_url(&pool);
     let store = Arc::new(dtx_postgres::PgSagaStore::new(pool.clone()));
     let sagas = SagaOrchestrator::builder(store)
         .saga(<CrashSaga as dtx::saga::Saga>::definition())

@@ -231,6 +231,13 @@ pub(crate) fn derive_fallback(errors: darling::Error, stubs: Option<TokenStream>
     tokens
 }
 
+/// Parses an attribute macro's options (`#[macro(a = 1, b)]`) into `A`.
+pub(crate) fn options<A: darling::FromMeta>(args: TokenStream) -> darling::Result<A> {
+    darling::ast::NestedMeta::parse_meta_list(args)
+        .map_err(darling::Error::from)
+        .and_then(|list| A::from_list(&list))
+}
+
 #[cfg(test)]
 mod tests {
     use quote::format_ident;

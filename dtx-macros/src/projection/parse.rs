@@ -2,7 +2,6 @@
 //! reported here; the rules across them and the methods are checked in `validate`.
 
 use darling::FromMeta;
-use darling::ast::NestedMeta;
 use darling::util::{Flag, SpannedValue};
 use proc_macro2::TokenStream;
 use syn::spanned::Spanned;
@@ -59,11 +58,7 @@ pub(super) fn parse(
     errors: &mut darling::error::Accumulator,
 ) -> Option<Input> {
     let args = errors
-        .handle(
-            NestedMeta::parse_meta_list(args)
-                .map_err(darling::Error::from)
-                .and_then(|list| Args::from_list(&list)),
-        )
+        .handle(crate::common::options::<Args>(args))
         .unwrap_or_default();
     match errors.handle(syn::parse2::<syn::Item>(item).map_err(darling::Error::from))? {
         syn::Item::Impl(item) => Some(Input { args, item }),

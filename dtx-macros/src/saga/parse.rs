@@ -90,11 +90,7 @@ pub(super) fn parse(
     errors: &mut darling::error::Accumulator,
 ) -> Option<Input> {
     let args = errors
-        .handle(
-            NestedMeta::parse_meta_list(args)
-                .map_err(darling::Error::from)
-                .and_then(|list| Args::from_list(&list)),
-        )
+        .handle(crate::common::options::<Args>(args))
         .unwrap_or_default();
     let item = match errors.handle(syn::parse2::<syn::Item>(item).map_err(darling::Error::from))? {
         syn::Item::Impl(imp) => imp,

@@ -72,6 +72,20 @@ fn lease_until(lease: Duration) -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX)
 }
 
+/// A new checkpoint: at the start of the feed, running, held by no one.
+fn at_start(key: &CheckpointKey) -> Checkpoint {
+    Checkpoint {
+        key: key.clone(),
+        position: GlobalPosition::START,
+        status: ProjectionStatus::Running,
+        applied: 0,
+        failure: None,
+        owner: None,
+        lease_until: None,
+        updated_at: Utc::now(),
+    }
+}
+
 fn not_found(key: &CheckpointKey) -> Error {
     Error::Projection {
         name: key.name.clone(),
@@ -217,16 +231,7 @@ impl CheckpointStore for MemoryCheckpointStore {
         let mut created = false;
         let checkpoint = state.checkpoints.entry(key.clone()).or_insert_with(|| {
             created = true;
-            Checkpoint {
-                key: key.clone(),
-                position: GlobalPosition::START,
-                status: ProjectionStatus::Running,
-                applied: 0,
-                failure: None,
-                owner: None,
-                lease_until: None,
-                updated_at: now,
-            }
+            at_start(key)
         });
         let free = checkpoint.owner.is_none()
             || checkpoint.owner == Some(owner)
@@ -352,25 +357,10 @@ impl CheckpointStore for MemoryCheckpointStore {
     }
 
     async fn reset_in(&self, uow: &mut dyn UnitOfWork, key: &CheckpointKey) -> Result<()> {
-        {
-            let mut state = self.lock();
-            if !state.checkpoints.contains_key(key) {
-                let now = Utc::now();
-                state.checkpoints.insert(
-                    key.clone(),
-                    Checkpoint {
-                        key: key.clone(),
-                        position: GlobalPosition::START,
-                        status: ProjectionStatus::Running,
-                        applied: 0,
-                        failure: None,
-                        owner: None,
-                        lease_until: None,
-                        updated_at: now,
-                    },
-                );
-            }
-        }
+        self.lock()
+            .checkpoints
+            .entry(key.clone())
+            .or_insert_with(|| at_start(key));
         self.stage(
             uow,
             Move {

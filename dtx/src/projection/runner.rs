@@ -210,13 +210,19 @@ impl ProjectionRunner {
 
     /// The checkpoint keys of every projection (and partition) this runner runs.
     pub fn keys(&self) -> Vec<CheckpointKey> {
-        self.entries
-            .iter()
-            .flat_map(|e| {
-                (0..e.partitions)
-                    .map(|p| CheckpointKey::new(e.name, e.version).partition(p, e.partitions))
+        self.workers().map(|w| w.key).collect()
+    }
+
+    /// A worker per projection partition.
+    fn workers(&self) -> impl Iterator<Item = Worker> + '_ {
+        self.entries.iter().flat_map(move |entry| {
+            (0..entry.partitions).map(move |partition| Worker {
+                runner: self.clone(),
+                entry: entry.clone(),
+                key: CheckpointKey::new(entry.name, entry.version)
+                    .partition(partition, entry.partitions),
             })
-            .collect()
+        })
     }
 
     /// Checks the projections: registered names must be unique (both declarations are named
@@ -239,19 +245,10 @@ impl ProjectionRunner {
     pub fn start(&self) -> Result<RunnerHandle> {
         self.check()?;
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        for entry in &self.entries {
-            for partition in 0..entry.partitions {
-                let worker = Worker {
-                    runner: self.clone(),
-                    entry: entry.clone(),
-                    key: CheckpointKey::new(entry.name, entry.version)
-                        .partition(partition, entry.partitions),
-                };
-                let stopped = stopped.clone();
-                tasks.push(tokio::spawn(async move { worker.run(stopped).await }));
-            }
-        }
+        let tasks = self
+            .workers()
+            .map(|worker| tokio::spawn(worker.run(stopped.clone())))
+            .collect();
         Ok(RunnerHandle { stop, tasks })
     }
 
@@ -261,16 +258,8 @@ impl ProjectionRunner {
     pub async fn run_once(&self) -> Result<usize> {
         self.check()?;
         let mut applied = 0;
-        for entry in &self.entries {
-            for partition in 0..entry.partitions {
-                let worker = Worker {
-                    runner: self.clone(),
-                    entry: entry.clone(),
-                    key: CheckpointKey::new(entry.name, entry.version)
-                        .partition(partition, entry.partitions),
-                };
-                applied += worker.catch_up().await?;
-            }
+        for worker in self.workers() {
+            applied += worker.catch_up().await?;
         }
         Ok(applied)
     }
@@ -453,13 +442,17 @@ impl Worker {
             return Ok(0);
         }
         let mut position = lease.checkpoint.position;
-        let before = self.applied().await?;
         while let Step::Moved(to) = self.step(position).await? {
             position = to;
         }
-        Ok(usize::try_from(self.applied().await?.saturating_sub(before)).unwrap_or(usize::MAX))
+        let applied = self
+            .applied()
+            .await?
+            .saturating_sub(lease.checkpoint.applied);
+        Ok(usize::try_from(applied).unwrap_or(usize::MAX))
     }
 
+    /// The checkpoint's count of applied events.
     async fn applied(&self) -> Result<u64> {
         Ok(self
             .runner
