@@ -5,7 +5,9 @@ use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;
-use dtx::saga::{CompletedStep, Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore};
+use dtx::saga::{
+    CompletedStep, Correlated, Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore,
+};
 use dtx::{Error, Result};
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
@@ -68,6 +70,37 @@ impl PgSagaStore {
         ]
     }
 
+    /// [`SagaStore::correlated`] on `executor`.
+    async fn correlated_on<'c, E>(
+        &self,
+        executor: E,
+        correlation_id: Uuid,
+    ) -> Result<Vec<Correlated>>
+    where
+        E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+    {
+        let rows: Vec<(Uuid, String, String, i32, Option<String>)> =
+            sqlx::query_as(&self.sql.correlated)
+                .bind(correlation_id)
+                .fetch_all(executor)
+                .await
+                .map_err(Error::storage)?;
+        rows.into_iter()
+            .map(|(id, name, status, step, awaiting)| {
+                let status = SagaStatus::parse(&status).ok_or_else(|| {
+                    Error::storage(format!("saga {id} has the unknown status `{status}`"))
+                })?;
+                Ok(Correlated {
+                    id,
+                    name,
+                    status,
+                    step: to_u32(step),
+                    awaiting,
+                })
+            })
+            .collect()
+    }
+
     async fn insert_on<'c, E>(&self, executor: E, r: &SagaRecord) -> Result<()>
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
@@ -103,6 +136,7 @@ struct Sql {
     claim: String,
     save: String,
     deliver: String,
+    correlated: String,
     get: String,
     list: String,
     counts: String,
@@ -118,7 +152,14 @@ impl Sql {
                 "INSERT INTO {table} (id, name, status, data, step, completed, received, \
                  attempts, next_run_at, deadline, awaiting, last_error, correlation_id, version, \
                  created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                 ON CONFLICT (id) DO NOTHING"
+            ),
+            correlated: format!(
+                "SELECT id, name, status, step, awaiting FROM {table}
+                 WHERE correlation_id = $1
+                   AND status IN ('running', 'waiting', 'compensating')
+                 ORDER BY created_at, id"
             ),
             claim: format!(
                 "WITH due AS (
@@ -307,6 +348,19 @@ impl SagaStore for PgSagaStore {
                 awaiting: saga.awaiting,
             }),
         }
+    }
+
+    async fn correlated(&self, correlation_id: Uuid) -> Result<Vec<Correlated>> {
+        self.correlated_on(&self.pool, correlation_id).await
+    }
+
+    async fn correlated_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        correlation_id: Uuid,
+    ) -> Result<Vec<Correlated>> {
+        self.correlated_on(PgUnitOfWork::of(uow)?, correlation_id)
+            .await
     }
 
     async fn list(&self, status: SagaStatus, limit: usize) -> Result<Vec<SagaRecord>> {

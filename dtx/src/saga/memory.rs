@@ -1,4 +1,4 @@
-use super::store::{Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore};
+use super::store::{Correlated, Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore};
 use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -34,7 +34,9 @@ fn chrono(d: Duration) -> chrono::Duration {
 impl SagaStore for MemorySagaStore {
     async fn insert(&self, record: &SagaRecord) -> crate::Result<()> {
         record.check_storable()?;
-        self.lock().insert(record.id, record.clone());
+        self.lock()
+            .entry(record.id)
+            .or_insert_with(|| record.clone());
         Ok(())
     }
 
@@ -131,6 +133,48 @@ impl SagaStore for MemorySagaStore {
         Ok(Delivery::Delivered)
     }
 
+    async fn correlated(&self, correlation_id: Uuid) -> crate::Result<Vec<Correlated>> {
+        let sagas = self.lock();
+        let mut found: Vec<&SagaRecord> = sagas
+            .values()
+            .filter(|s| s.correlation_id == Some(correlation_id) && !s.status.is_finished())
+            .collect();
+        found.sort_by_key(|s| (s.created_at, s.id));
+        Ok(found
+            .into_iter()
+            .map(|s| Correlated {
+                id: s.id,
+                name: s.name.clone(),
+                status: s.status,
+                step: s.step,
+                awaiting: s.awaiting.clone(),
+            })
+            .collect())
+    }
+
+    async fn correlated_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        correlation_id: Uuid,
+    ) -> crate::Result<Vec<Correlated>> {
+        let mut found = self.correlated(correlation_id).await?;
+        let order = (rank::SAGAS, address(&self.sagas));
+        if let Some(staged) = MemoryUnitOfWork::of(uow)?.existing::<Staged>(order) {
+            for s in &staged.inserts {
+                if s.correlation_id == Some(correlation_id) && !found.iter().any(|f| f.id == s.id) {
+                    found.push(Correlated {
+                        id: s.id,
+                        name: s.name.clone(),
+                        status: s.status,
+                        step: s.step,
+                        awaiting: s.awaiting.clone(),
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn list(&self, status: SagaStatus, limit: usize) -> crate::Result<Vec<SagaRecord>> {
         let sagas = self.lock();
         let mut found: Vec<SagaRecord> = sagas
@@ -200,7 +244,7 @@ struct Commit<'a> {
 impl Prepared for Commit<'_> {
     fn apply(&mut self) {
         for record in self.inserts.drain(..) {
-            self.sagas.insert(record.id, record);
+            self.sagas.entry(record.id).or_insert(record);
         }
     }
 }

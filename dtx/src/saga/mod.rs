@@ -15,6 +15,7 @@
 //! [`SagaOrchestrator::retry`] — never dropped.
 
 mod definition;
+mod feed;
 mod handle;
 mod memory;
 mod orchestrator;
@@ -34,7 +35,7 @@ pub use handle::SagaHandle;
 pub use memory::MemorySagaStore;
 pub use orchestrator::{SagaError, SagaOrchestrator, SagaOrchestratorBuilder};
 pub use store::{
-    Clock, CompletedStep, Delivery, ManualClock, SagaEvent, SagaRecord, SagaStatus, SagaStore,
-    SystemClock,
+    Clock, CompletedStep, Correlated, Delivery, ManualClock, SagaEvent, SagaRecord, SagaStatus,
+    SagaStore, SystemClock,
 };
 pub use worker::{SagaWorker, WorkerOptions};

@@ -232,11 +232,27 @@ pub enum Delivery {
     },
 }
 
+/// An unfinished saga of a correlation, as [`SagaStore::correlated`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correlated {
+    /// Its id.
+    pub id: Uuid,
+    /// Its saga's name.
+    pub name: String,
+    /// Its status.
+    pub status: SagaStatus,
+    /// The next step to run forward.
+    pub step: u32,
+    /// The event it awaits, if any.
+    pub awaiting: Option<String>,
+}
+
 /// Where sagas live: in memory ([`super::MemorySagaStore`]) or in PostgreSQL
 /// (`dtx_postgres::PgSagaStore`). Both pass the same contract suite.
 #[async_trait]
 pub trait SagaStore: Send + Sync + 'static {
-    /// Stores a new saga.
+    /// Stores a new saga; a saga with this id already stored is kept as it is (starting a saga
+    /// under an id derived from what started it, twice, starts it once).
     async fn insert(&self, record: &SagaRecord) -> crate::Result<()>;
 
     /// [`SagaStore::insert`] as part of a unit of work: the saga starts if and only if the unit
@@ -280,6 +296,21 @@ pub trait SagaStore: Send + Sync + 'static {
         event: &SagaEvent,
         now: DateTime<Utc>,
     ) -> crate::Result<Delivery>;
+
+    /// The sagas started with `correlation_id` that are not finished: id, name, status and
+    /// the event each awaits.
+    async fn correlated(&self, correlation_id: Uuid) -> crate::Result<Vec<Correlated>>;
+
+    /// [`SagaStore::correlated`] as `uow` sees the sagas: with those it started and has not
+    /// committed yet. The default ignores the unit of work.
+    async fn correlated_in(
+        &self,
+        uow: &mut dyn crate::uow::UnitOfWork,
+        correlation_id: Uuid,
+    ) -> crate::Result<Vec<Correlated>> {
+        let _ = uow;
+        self.correlated(correlation_id).await
+    }
 
     /// Sagas in a status, oldest first.
     async fn list(&self, status: SagaStatus, limit: usize) -> crate::Result<Vec<SagaRecord>>;

@@ -470,6 +470,53 @@ pub async fn unstorable_saga_data_is_refused(store: Arc<dyn SagaStore>, events: 
     assert_eq!((stored.version, stored.received.len()), (1, 0), "unchanged");
 }
 
+/// A saga inserted under an id already stored leaves the stored one as it is (a start repeated
+/// under an id derived from what started it starts once), and the unfinished sagas of a
+/// correlation are found by it.
+pub async fn repeated_insert_keeps_the_first_and_correlation_finds_it(
+    store: Arc<dyn SagaStore>,
+    events: SharedEventStore,
+) {
+    use crate::saga::SagaRecord;
+    let _ = events;
+    let now = chrono::Utc::now();
+    let correlation = uuid::Uuid::now_v7();
+    let first = SagaRecord::new(
+        "Fulfil",
+        serde_json::json!({"n": 1}),
+        now,
+        None,
+        Some(correlation),
+    );
+    store.insert(&first).await.unwrap();
+    let mut again = SagaRecord::new("Fulfil", serde_json::json!({"n": 2}), now, None, None);
+    again.id = first.id;
+    store.insert(&again).await.unwrap();
+    let stored = store.get(first.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.data,
+        serde_json::json!({"n": 1}),
+        "the first start stands"
+    );
+    assert_eq!(stored.correlation_id, Some(correlation));
+
+    let other = SagaRecord::new("Fulfil", serde_json::json!({}), now, None, None);
+    store.insert(&other).await.unwrap();
+    let found = store.correlated(correlation).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0].id, found[0].status),
+        (first.id, SagaStatus::Running)
+    );
+    assert!(
+        store
+            .correlated(uuid::Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Generates one `#[tokio::test]` per saga contract case for a backend; `$stores` is an
 /// expression (it may `.await`) yielding `(Arc<dyn SagaStore>, SharedEventStore)`.
 #[macro_export]
@@ -480,7 +527,8 @@ macro_rules! saga_contract_tests {
             permanent_failure_skips_retries, failing_compensation_ends_failed_and_retries,
             deadline_triggers_compensation, awaited_event_resumes, awaited_event_timeout_compensates,
             handle_event_errors_are_typed, dead_workers_lease_expires, step_events_recorded_once,
-            unstorable_saga_data_is_refused);
+            unstorable_saga_data_is_refused,
+            repeated_insert_keeps_the_first_and_correlation_finds_it);
     };
     (@cases $stores:expr; $($case:ident),*) => {
         $(
