@@ -399,3 +399,80 @@ async fn the_feed_is_filtered_by_type_where_it_is_stored() {
         assert_eq!(none.scanned_to, rest.scanned_to);
     }
 }
+
+/// A subscription: its handler gets no unit of work and the event id as its idempotency key;
+/// a failing event is retried alone, and the events before it in the batch are not handled
+/// again.
+#[derive(Clone, Default)]
+struct Mailer {
+    sent: Arc<std::sync::Mutex<Vec<(String, u64, dtx::Uuid)>>>,
+    failures_left: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[dtx::projection(name = "mailer", subscription)]
+impl Mailer {
+    #[allow(clippy::unused_async, reason = "handlers are async")]
+    async fn tick(&self, tick: &Tick, event: &dtx::RecordedEvent) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        if tick.n == 3
+            && self
+                .failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err("the mail server is down".to_owned());
+        }
+        self.sent.lock().unwrap().push((
+            event.stream_id.to_string(),
+            event.version,
+            event.event_id,
+        ));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_subscription_retries_a_failing_event_without_repeating_the_others() {
+    let store = Arc::new(MemoryEventStore::new());
+    let stream = StreamId::new("Tick-mail").unwrap();
+    let events: Vec<NewEvent> = (1..=5).map(tick).collect();
+    let ids: Vec<dtx::Uuid> = events.iter().map(|e| e.event_id).collect();
+    store
+        .append(&stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let mailer = Mailer::default();
+    mailer
+        .failures_left
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    let runner = ProjectionRunner::new(store.clone(), checkpoints.clone())
+        .config(config())
+        .projection(mailer.clone());
+    assert_eq!(runner.run_once().await.unwrap(), 5);
+    let sent = mailer.sent.lock().unwrap().clone();
+    let sent_ids: Vec<dtx::Uuid> = sent.iter().map(|s| s.2).collect();
+    assert_eq!(
+        sent_ids, ids,
+        "each event once, in order, the failing one after its retries"
+    );
+    assert_eq!(
+        checkpoint(&*checkpoints, "mailer").await.status,
+        ProjectionStatus::Running
+    );
+
+    // One that keeps failing stops the subscription at it, visibly.
+    mailer
+        .failures_left
+        .store(100, std::sync::atomic::Ordering::SeqCst);
+    store
+        .append(&stream, ExpectedVersion::Any, vec![tick(3)])
+        .await
+        .unwrap();
+    runner.run_once().await.unwrap();
+    let cp = checkpoint(&*checkpoints, "mailer").await;
+    assert_eq!(cp.status, ProjectionStatus::Failed);
+    let failure = cp.failure.unwrap();
+    assert_eq!((failure.version, failure.attempts), (6, 3));
+    assert!(failure.error.contains("mail server"), "{}", failure.error);
+}
