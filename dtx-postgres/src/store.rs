@@ -569,11 +569,29 @@ impl EventStore for PgEventStore {
         let mut page = dtx::FeedPage {
             events: Vec::with_capacity(rows.len()),
             scanned_to: after,
+            unreadable: None,
         };
         for row in &rows {
             let stream: Option<String> = row.try_get(0).map_err(Error::storage)?;
-            if stream.is_some() {
-                page.events.push(recorded(row, None)?);
+            if let Some(stream) = stream {
+                match recorded(row, None) {
+                    Ok(event) => page.events.push(event),
+                    Err(error) => {
+                        // Stop before it: what came before is readable, and the reader reports
+                        // this row with its position.
+                        page.unreadable = Some(dtx::Unreadable {
+                            position: GlobalPosition {
+                                sequence: to_u64(row.try_get(2).map_err(Error::storage)?),
+                                commit: to_u64(row.try_get(3).map_err(Error::storage)?),
+                            },
+                            stream_id: stream,
+                            event_id: row.try_get(4).ok(),
+                            error: error.to_string(),
+                        });
+                        page.scanned_to = page.events.last().map_or(after, |e| e.position);
+                        break;
+                    }
+                }
             } else {
                 page.scanned_to = GlobalPosition {
                     sequence: to_u64(row.try_get(2).map_err(Error::storage)?),

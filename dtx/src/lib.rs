@@ -76,7 +76,7 @@ pub use retry::{Backoff, Jitter};
 pub use store::{
     AppendResult, EventData, EventStore, ExpectedVersion, FeedPage, FeedWaker, GlobalPosition,
     MemoryEventStore, NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
-    WakeTicket,
+    Unreadable, WakeTicket,
 };
 pub use uow::{MemoryUnitOfWork, UnitOfWork};
 /// The UUID type of event, command and correlation ids.

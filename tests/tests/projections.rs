@@ -476,3 +476,74 @@ async fn a_subscription_retries_a_failing_event_without_repeating_the_others() {
     assert_eq!((failure.version, failure.attempts), (6, 3));
     assert!(failure.error.contains("mail server"), "{}", failure.error);
 }
+
+/// A stored row that cannot be read (a value dtx never writes) stops the projection at its
+/// position, after the events before it, instead of failing every read; a skip passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_row_stops_its_projection_at_its_position() {
+    let store = tests::pg_store().await;
+    let pool = store.pool().clone();
+    let folds = PgFolds {
+        table: "folds_unreadable",
+    };
+    folds.create(&pool).await.unwrap();
+    let stream = StreamId::new("Tick-u").unwrap();
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![tick(1), tick(2)])
+        .await
+        .unwrap();
+    // Another program writes a row with a schema version dtx never writes.
+    let bad_id = dtx::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO event_store (stream_id, version, commit_order, event_id, event_type,
+                                  schema_version, data)
+         VALUES ('Tick-u', 3, pg_current_xact_id()::text::bigint, $1, 'Tick', 0, '{\"n\": 3}')",
+    )
+    .bind(bad_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    store
+        .append(
+            &StreamId::new("Tick-v").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![tick(4)],
+        )
+        .await
+        .unwrap();
+    wait_for("the feed horizon", async || {
+        let page = store
+            .read_feed(dtx::GlobalPosition::START, &[], 10)
+            .await
+            .unwrap();
+        let Some(bad) = page.unreadable else {
+            return false;
+        };
+        assert_eq!(page.events.len(), 2, "the page stops before the row");
+        let after = store.read_feed(bad.position, &[], 10).await.unwrap();
+        after.events.len() == 1
+    })
+    .await;
+    let checkpoints = Arc::new(PgCheckpointStore::new(pool.clone()));
+    let runner = ProjectionRunner::new(Arc::new(store), checkpoints.clone())
+        .config(config())
+        .projection(folds.clone());
+    assert_eq!(runner.run_once().await.unwrap(), 2, "the events before it");
+    let cp = checkpoint(&*checkpoints, PgFolds::NAME).await;
+    assert_eq!(cp.status, ProjectionStatus::Failed, "{cp:?}");
+    let failure = cp.failure.unwrap();
+    assert_eq!(
+        (failure.stream_id.as_str(), failure.event_id),
+        ("Tick-u", bad_id)
+    );
+    assert!(
+        failure.error.contains("schema_version"),
+        "{}",
+        failure.error
+    );
+    checkpoints.skip(&cp.key, "written by hand").await.unwrap();
+    assert_eq!(runner.run_once().await.unwrap(), 1, "the event after it");
+    let read = folds.read(&pool).await.unwrap();
+    assert_eq!(read.get("Tick-u").map(|f| f.0), Some(2));
+    assert_eq!(read.get("Tick-v").map(|f| f.0), Some(1));
+}

@@ -473,49 +473,77 @@ impl Worker {
             .read_feed(position, self.entry.event_types, config.scan_size)
             .await?;
         let behind = page.events.len();
-        let events: Vec<RecordedEvent> = if self.key.partitions > 1 {
-            page.events
-                .into_iter()
-                .filter(|e| {
-                    partition_of(e.stream_id.as_str(), self.key.partitions) == self.key.partition
-                })
-                .collect()
-        } else {
-            page.events
+        let ours = |stream: &str| {
+            self.key.partitions <= 1
+                || partition_of(stream, self.key.partitions) == self.key.partition
         };
+        let mut scanned_to = page.scanned_to;
+        // A row that cannot be read stops the partition it belongs to; the others pass it.
+        let unreadable = match page.unreadable {
+            Some(row) if !ours(&row.stream_id) => {
+                scanned_to = row.position;
+                None
+            }
+            other => other,
+        };
+        let events: Vec<RecordedEvent> = page
+            .events
+            .into_iter()
+            .filter(|e| ours(e.stream_id.as_str()))
+            .collect();
+        let mut from = position;
         if events.is_empty() {
-            if page.scanned_to > position {
+            if scanned_to > position {
                 let moved = self
                     .runner
                     .checkpoints
-                    .advance(&self.key, &self.advance(position, page.scanned_to, 0))
+                    .advance(&self.key, &self.advance(position, scanned_to, 0))
                     .await;
-                return match moved {
-                    Ok(()) => Ok(Step::Moved(page.scanned_to)),
-                    Err(error) => match self.moved_elsewhere(error)? {
-                        Applied::Moved(_) | Applied::Lost | Applied::Failed => Ok(Step::Lost),
-                    },
+                match moved {
+                    Ok(()) => from = scanned_to,
+                    Err(error) => {
+                        return match self.moved_elsewhere(error)? {
+                            Applied::Moved(_) | Applied::Lost | Applied::Failed => Ok(Step::Lost),
+                        };
+                    }
+                }
+            }
+        } else {
+            let chunks: Vec<&[RecordedEvent]> = events.chunks(config.batch_size.max(1)).collect();
+            let last = chunks.len() - 1;
+            for (index, chunk) in chunks.into_iter().enumerate() {
+                // The last chunk moves the checkpoint over the events of other types after it.
+                let to = if index == last {
+                    scanned_to
+                } else {
+                    chunk[chunk.len() - 1].position
                 };
+                match self.apply_with_retries(chunk, from, to, behind).await? {
+                    Applied::Moved(at) => from = at,
+                    Applied::Lost => return Ok(Step::Lost),
+                    Applied::Failed => return Ok(Step::Failed),
+                }
             }
-            return Ok(Step::Idle);
         }
-        let mut from = position;
-        let chunks: Vec<&[RecordedEvent]> = events.chunks(config.batch_size.max(1)).collect();
-        let last = chunks.len() - 1;
-        for (index, chunk) in chunks.into_iter().enumerate() {
-            // The last chunk moves the checkpoint over the events of other types after it.
-            let to = if index == last {
-                page.scanned_to
-            } else {
-                chunk[chunk.len() - 1].position
+        if let Some(row) = unreadable {
+            let failure = Failure {
+                position: row.position,
+                stream_id: row.stream_id,
+                version: 0,
+                event_id: row.event_id.unwrap_or_default(),
+                error: format!("the stored row cannot be read: {}", row.error),
+                attempts: 1,
             };
-            match self.apply_with_retries(chunk, from, to, behind).await? {
-                Applied::Moved(at) => from = at,
-                Applied::Lost => return Ok(Step::Lost),
-                Applied::Failed => return Ok(Step::Failed),
-            }
+            return Ok(match self.stop_at(failure).await? {
+                Applied::Failed => Step::Failed,
+                Applied::Moved(_) | Applied::Lost => Step::Lost,
+            });
         }
-        Ok(Step::Moved(from))
+        Ok(if from == position {
+            Step::Idle
+        } else {
+            Step::Moved(from)
+        })
     }
 
     /// Applies `events` (moving the checkpoint from `from` to `to`); on a handler failure,
@@ -579,12 +607,17 @@ impl Worker {
                 Err((_, again)) => error = again,
             }
         }
-        let failure = Failure::of(event, error.to_string(), attempts);
+        self.stop_at(Failure::of(event, error.to_string(), attempts))
+            .await
+    }
+
+    /// Stops the projection as failed at `failure`, visibly.
+    async fn stop_at(&self, failure: Failure) -> Result<Applied> {
         tracing::error!(
             projection = %self.key,
-            position = %event.position,
-            stream = %event.stream_id,
-            version = event.version,
+            position = %failure.position,
+            stream = %failure.stream_id,
+            version = failure.version,
             error = %failure.error,
             "projection stopped at an event it cannot apply"
         );
@@ -592,7 +625,7 @@ impl Worker {
         match self
             .runner
             .checkpoints
-            .fail(&self.key, config.owner, &failure)
+            .fail(&self.key, self.config().owner, &failure)
             .await
         {
             Ok(()) => Ok(Applied::Failed),

@@ -456,7 +456,11 @@ pub trait EventStore: Send + Sync + 'static {
             .into_iter()
             .filter(|e| event_types.is_empty() || event_types.contains(&e.event_type.as_str()))
             .collect();
-        Ok(FeedPage { events, scanned_to })
+        Ok(FeedPage {
+            events,
+            scanned_to,
+            unreadable: None,
+        })
     }
 
     /// What wakes a reader of the feed waiting for new events, if this backend has it (else
@@ -526,6 +530,23 @@ pub struct FeedPage {
     /// The position of the last event looked at (the `after` position when there was none):
     /// every event up to it of another type was passed over.
     pub scanned_to: GlobalPosition,
+    /// A stored row of a requested type that cannot be read (a value dtx never writes): the
+    /// page stops before it, and a reader reports it with its position instead of failing on
+    /// every read.
+    pub unreadable: Option<Unreadable>,
+}
+
+/// A row of the feed that cannot be read as a [`RecordedEvent`], as [`FeedPage`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its position.
+    pub position: GlobalPosition,
+    /// Its stream id as stored.
+    pub stream_id: String,
+    /// Its event id, when that could be read.
+    pub event_id: Option<Uuid>,
+    /// Why it cannot be read.
+    pub error: String,
 }
 
 /// The state of a [`FeedWaker`] when a reader last looked: pass it back to
