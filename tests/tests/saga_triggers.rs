@@ -1,6 +1,7 @@
 //! Sagas driven by the feed: a projection starts a saga for each `Placed` event (once, however
-//! often the event is handled: two runners, a reset that replays the feed) and completes its
-//! awaited step with the `Paid` event of the same correlation, on PostgreSQL and in memory.
+//! often the event is handled: runners aborted mid-batch, two runners, a reset that replays
+//! the feed) and completes its awaited step with the `Paid` event of the same correlation, on
+//! PostgreSQL and in memory.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -151,21 +152,37 @@ async fn sagas_follow_the_feed(
                     dtx::Jitter::Equal,
                 ),
                 max_attempts: 50,
+                lease: Duration::from_secs(1),
                 ..RunnerConfig::default()
             })
             .projection(Triggers {
                 sagas: sagas.clone(),
             })
     };
-    // Two runners compete for the projection.
-    let first = runner().start().unwrap();
-    let second = runner().start().unwrap();
     let correlations: Vec<Uuid> = (0..ORDERS).map(|_| Uuid::now_v7()).collect();
-    for (order, &correlation) in correlations.iter().enumerate() {
+    // Runners that crash (aborted mid-batch, leases kept until they expire) while the first
+    // orders come in.
+    for (order, &correlation) in correlations.iter().enumerate().take(ORDERS / 2) {
         let placed = Placed {
             order: format!("o-{order}"),
         };
         append(&*store, order, correlation, placed.into()).await;
+    }
+    for crash in 0..3_u64 {
+        let crashing = runner().start().unwrap();
+        tokio::time::sleep(Duration::from_millis(5 + crash * 7)).await;
+        crashing.abort();
+    }
+    // Two runners compete for the projection.
+    let first = runner().start().unwrap();
+    let second = runner().start().unwrap();
+    for (order, &correlation) in correlations.iter().enumerate() {
+        if order >= ORDERS / 2 {
+            let placed = Placed {
+                order: format!("o-{order}"),
+            };
+            append(&*store, order, correlation, placed.into()).await;
+        }
         // Half the payments arrive at once, before their saga can await them.
         if order % 2 == 0 {
             let paid = Paid {
