@@ -1,7 +1,8 @@
 //! Order to cash, step by step: place an order through the command bus (validated, concurrent,
 //! under an invariant), confirm it, fulfil it with a saga (reserve inventory, charge payment,
 //! create shipment — and a second order whose shipment fails, so payment and inventory are
-//! compensated), read it through the cached query bus, and follow the global feed.
+//! compensated), read it through the cached query bus (from the aggregate, and from a read model
+//! a projection keeps up to date), and follow the global feed.
 //!
 //! Runs in memory by default; set `DATABASE_URL` to run the same code on PostgreSQL.
 //!
@@ -10,13 +11,16 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo run --example order_to_cash
 //! ```
 
-use dtx::cqrs::{CommandBus, CommandError, CommandMetadata, Committed, QueryBus};
+use dtx::cqrs::{CommandBus, CommandError, CommandMetadata, Committed, QueryBus, QueryOptions};
+use dtx::projection::ProjectionRunner;
 use dtx::saga::{SagaOrchestrator, SagaStatus, WorkerOptions};
 use dtx::{Error, GlobalPosition};
 use examples::fulfillment::{Fulfillment, Services};
 use examples::order::{
     AddLine, ConfirmOrder, GetOrderSummary, Line, MAX_LINES, OrderId, OrderSummary, PlaceOrder,
 };
+use examples::order_summaries::GetOrderSummaryView;
+use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -46,8 +50,15 @@ async fn main() -> Result<(), BoxError> {
         .build()?;
     let queries = QueryBus::builder()
         .state(store.clone())
+        .state(backend.order_summaries.clone())
         .registry()
         .build()?;
+    // The order-summary read model follows the feed in the background; after each batch it
+    // commits, the cached answers of the orders it changed are dropped.
+    let projections = ProjectionRunner::new(store.clone(), backend.checkpoints.clone())
+        .projection(backend.order_summaries.clone())
+        .invalidating(queries.clone())
+        .start()?;
     let order_id = OrderId::new();
     // One correlation id for the whole business operation.
     let operation = CommandMetadata::new();
@@ -204,6 +215,34 @@ async fn main() -> Result<(), BoxError> {
         summary.version,
         summary == cached
     );
+    assert_eq!(summary, cached);
+
+    println!("   and from the order-summary read model, once the projection has caught up:");
+    let view = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let view: Option<OrderSummary> = queries
+                .execute_with(GetOrderSummaryView { order_id }, QueryOptions::uncached())
+                .await?;
+            match view {
+                Some(view) if view.version >= summary.version => return Ok::<_, BoxError>(view),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the projection did not catch up within 10 s")??;
+    let cached: Option<OrderSummary> = queries.execute(GetOrderSummaryView { order_id }).await?;
+    println!(
+        "   {:?}, {} lines, total {}.{:02}, version {} (equal to the aggregate's: {})",
+        view.status,
+        view.lines,
+        view.total_cents / 100,
+        view.total_cents % 100,
+        view.version,
+        view == summary
+    );
+    assert_eq!(view, summary, "the read model agrees with the aggregate");
+    assert_eq!(cached, Some(view));
 
     println!("10. the global feed, as a projection or the outbox would read it");
     let mut after = GlobalPosition::START;
@@ -229,6 +268,7 @@ async fn main() -> Result<(), BoxError> {
             );
         }
     }
+    projections.stop().await;
     println!("\ndone");
     Ok(())
 }

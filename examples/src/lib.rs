@@ -1,11 +1,14 @@
-//! Shared pieces of the dtx examples: the order domain, the fulfillment saga, and backend
-//! selection.
+//! Shared pieces of the dtx examples: the order domain, its summary read model, the
+//! fulfillment saga, and backend selection.
 
 pub mod fulfillment;
 pub mod order;
+pub mod order_summaries;
 
+use dtx::projection::{MemoryCheckpointStore, SharedCheckpointStore};
 use dtx::saga::{MemorySagaStore, SagaStore};
 use dtx::{DtxConfig, MemoryEventStore, SharedEventStore};
+use order_summaries::OrderSummaries;
 use std::sync::Arc;
 
 /// The stores the examples run on.
@@ -14,11 +17,16 @@ pub struct Backend {
     pub events: SharedEventStore,
     /// Sagas.
     pub sagas: Arc<dyn SagaStore>,
+    /// Projection checkpoints, committed with the read models' writes.
+    pub checkpoints: SharedCheckpointStore,
+    /// The order-summary read model.
+    pub order_summaries: OrderSummaries,
     /// `"PostgreSQL"` or `"in-memory"`.
     pub name: &'static str,
 }
 
-/// PostgreSQL when `DATABASE_URL` is set (migrated on start), otherwise the in-memory default.
+/// PostgreSQL when `DATABASE_URL` is set (migrated on start, the read model's table created),
+/// otherwise the in-memory default.
 pub async fn backend_from_env() -> Result<Backend, Box<dyn std::error::Error>> {
     let config = DtxConfig::from_env()?;
     match config.database_url {
@@ -27,13 +35,17 @@ pub async fn backend_from_env() -> Result<Backend, Box<dyn std::error::Error>> {
             dtx_postgres::migrate(&pool).await?;
             Ok(Backend {
                 events: Arc::new(dtx_postgres::PgEventStore::new(pool.clone())),
-                sagas: Arc::new(dtx_postgres::PgSagaStore::new(pool)),
+                sagas: Arc::new(dtx_postgres::PgSagaStore::new(pool.clone())),
+                checkpoints: Arc::new(dtx_postgres::PgCheckpointStore::new(pool.clone())),
+                order_summaries: OrderSummaries::postgres(pool).await?,
                 name: "PostgreSQL",
             })
         }
         None => Ok(Backend {
             events: Arc::new(MemoryEventStore::new()),
             sagas: Arc::new(MemorySagaStore::new()),
+            checkpoints: Arc::new(MemoryCheckpointStore::new()),
+            order_summaries: OrderSummaries::in_memory(),
             name: "in-memory",
         }),
     }

@@ -220,8 +220,8 @@ impl Order {
     }
 }
 
-/// Read model of one order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Summary of one order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderSummary {
     /// Who ordered.
     pub customer: String,

@@ -17,6 +17,7 @@ use examples::order::{
     AddLine, ConfirmOrder, GetOrderSummary, Line, Order, OrderError, OrderId, OrderSummary,
     PlaceOrder, Status,
 };
+use examples::order_summaries::OrderSummaries;
 
 use dtx::cqrs::{
     BusError, CommandBus, CommandContext, CommandError, CommandMetadata, Committed, QueryBus,
@@ -292,6 +293,7 @@ async fn handlers_from_another_crate_are_found(store: SharedEventStore) {
     let queries = QueryBus::builder()
         .state(Arc::clone(&store))
         .state(Calls::default())
+        .state(OrderSummaries::in_memory())
         .registry()
         .build()
         .unwrap();
@@ -573,7 +575,9 @@ fn missing_handlers_and_state_fail_at_start_up() {
     match QueryBus::builder().registry().build() {
         Err(BusError::MissingState { handler, state }) => {
             assert!(
-                state.ends_with("Calls") || state.contains("EventStore"),
+                state.ends_with("Calls")
+                    || state.contains("EventStore")
+                    || state.ends_with("OrderSummaries"),
                 "{state}"
             );
             assert!(handler.file.ends_with(".rs") && handler.line > 0);
@@ -589,6 +593,7 @@ async fn cached_queries_run_once_until_ttl_or_invalidation() {
     let bus = QueryBus::builder()
         .state(calls.clone())
         .state::<SharedEventStore>(Arc::new(dtx::MemoryEventStore::new()))
+        .state(OrderSummaries::in_memory())
         .registry()
         .build()
         .unwrap();
