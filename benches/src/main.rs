@@ -5,6 +5,7 @@
 //! cargo run --release -p dtx-bench -- --json    # one JSON object per row
 //! cargo run --release -p dtx-bench -- append    # only rows whose name contains "append"
 //! cargo run --release -p dtx-bench -- --http-secs 10 --http-rounds 3 http_command
+//! cargo run --release -p dtx-bench -- --projection-rounds 5 projection
 //! ```
 //!
 //! Every row is measured against a baseline doing the same work without dtx (plain sqlx on the
@@ -30,6 +31,7 @@ mod cqrs;
 mod http_load;
 mod idempotency;
 mod outbox;
+mod projection;
 mod saga;
 mod trace;
 
@@ -94,6 +96,8 @@ struct Options {
     http_secs: f64,
     /// Rounds of the HTTP load rows (each runs every side once).
     http_rounds: usize,
+    /// Rounds of the projection catch-up row (each runs every side once).
+    projection_rounds: usize,
 }
 
 impl Options {
@@ -104,6 +108,7 @@ impl Options {
             iterations: 400,
             http_secs: 5.0,
             http_rounds: 3,
+            projection_rounds: 3,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -123,9 +128,16 @@ impl Options {
                         .parse::<usize>()?
                         .max(1);
                 }
+                "--projection-rounds" => {
+                    options.projection_rounds = args
+                        .next()
+                        .ok_or("--projection-rounds needs a number")?
+                        .parse::<usize>()?
+                        .max(1);
+                }
                 "--help" | "-h" => {
                     println!(
-                        "usage: dtx-bench [--json] [--iterations N] [--http-secs S] [--http-rounds N] [FILTER]"
+                        "usage: dtx-bench [--json] [--iterations N] [--http-secs S] [--http-rounds N] [--projection-rounds N] [FILTER]"
                     );
                     std::process::exit(0);
                 }
@@ -309,6 +321,7 @@ async fn main() -> Result<(), BoxError> {
     saga::saga_rows(&options, &pool).await?;
     idempotency::idempotency_rows(&options, &pool).await?;
     outbox::outbox_rows(&options, &pool).await?;
+    projection::projection_rows(&options, &pool).await?;
     http_load::http_rows(&options, &pool).await?;
     trace::trace_rows(&options).await;
     Ok(())
