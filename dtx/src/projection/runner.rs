@@ -313,17 +313,6 @@ impl RunnerHandle {
     }
 }
 
-impl RunnerHandle {
-    /// Ends every task at once, mid-batch, without giving the leases up: what a crash does
-    /// (a batch in flight is rolled back, and another runner takes over once the leases
-    /// expire). For tests of failover; a service stops with [`stop`](Self::stop).
-    pub fn abort(mut self) {
-        for task in std::mem::take(&mut self.tasks) {
-            task.abort();
-        }
-    }
-}
-
 impl Drop for RunnerHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
