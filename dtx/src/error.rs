@@ -188,6 +188,38 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Two consumers registered under one name (see [`crate::inbox::registered`]).
+    #[error("consumer `{name}` is declared twice: {first} and {second}")]
+    DuplicateConsumer {
+        /// The name.
+        name: &'static str,
+        /// One declaration (`Type (file:line)`).
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// An inbox operation could not be done as asked (a partition owned by another instance,
+    /// a dead letter that is not there, a message another unit of work is handling, ...).
+    #[error("consumer `{consumer}`: {reason}")]
+    Inbox {
+        /// The consumer.
+        consumer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A message from a broker cannot be applied as it is (its payload does not decode, a
+    /// header is missing or malformed): no retry can help.
+    #[error("message {message_id} (`{event_type}`{}): {reason}", source_suffix(.source_name))]
+    InvalidMessage {
+        /// The message's id.
+        message_id: uuid::Uuid,
+        /// Its type.
+        event_type: String,
+        /// Where it came from (`subject #sequence`, `topic/partition@offset`).
+        source_name: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
     /// The storage backend failed before anything was written.
     #[error("storage error: {0}")]
     Storage(#[source] BoxError),
@@ -220,4 +252,11 @@ impl fmt::Display for InvariantViolation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+fn source_suffix(source: &Option<String>) -> String {
+    source
+        .as_deref()
+        .map(|s| format!(" from {s}"))
+        .unwrap_or_default()
 }

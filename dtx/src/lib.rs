@@ -54,6 +54,7 @@ pub mod cqrs;
 pub mod error;
 pub mod event;
 pub mod idempotency;
+pub mod inbox;
 pub mod outbox;
 pub mod projection;
 pub(crate) mod retry;

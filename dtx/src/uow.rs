@@ -129,6 +129,7 @@ pub(crate) mod rank {
     pub(crate) const SAGAS: u8 = 2;
     pub(crate) const IDEMPOTENCY: u8 = 3;
     pub(crate) const CHECKPOINTS: u8 = 4;
+    pub(crate) const INBOX: u8 = 5;
 }
 
 /// The in-memory unit of work: writes are staged and become visible all at once on

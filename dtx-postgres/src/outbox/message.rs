@@ -23,6 +23,7 @@ pub(super) struct MessageRow {
     correlation_id: Option<Uuid>,
     causation_id: Option<Uuid>,
     traceparent: Option<String>,
+    schema_version: Option<i32>,
     attempts: i32,
     last_error: Option<String>,
     created_at: DateTime<Utc>,
@@ -124,6 +125,9 @@ impl MessageRow {
             all.insert(headers::EVENT_TYPE.to_owned(), kind.clone());
         }
         all.insert(headers::STREAM_ID.to_owned(), self.stream_key.clone());
+        if let Some(version) = self.schema_version {
+            all.insert(headers::SCHEMA_VERSION.to_owned(), version.to_string());
+        }
         for (name, id) in [
             (headers::CORRELATION_ID, self.correlation_id),
             (headers::CAUSATION_ID, self.causation_id),

@@ -35,7 +35,7 @@ pub(super) struct OutboxSql {
 const MESSAGE_COLUMNS: &str = "o.id, o.stream_key, o.sequence, \
      COALESCE(o.event_id, e.event_id) AS event_id, COALESCE(o.event_type, e.event_type) AS event_type, \
      COALESCE(o.payload, e.data)::text AS payload, o.headers::text AS headers, \
-     e.correlation_id, e.causation_id, e.traceparent, o.attempts, o.last_error, o.created_at";
+     e.correlation_id, e.causation_id, e.traceparent, e.schema_version, o.attempts, o.last_error, o.created_at";
 
 impl OutboxSql {
     /// The statements on the tables of `schema`.
@@ -73,7 +73,7 @@ impl OutboxSql {
                         e.version AS sequence, e.commit_order, e.outbox,
                         e.commit_order < h.horizon AS ready,
                         e.event_id, e.event_type, CASE WHEN e.outbox THEN e.data::text END AS payload,
-                        NULL::text AS headers, e.correlation_id, e.causation_id, e.traceparent,
+                        NULL::text AS headers, e.correlation_id, e.causation_id, e.traceparent, e.schema_version,
                         0 AS attempts, NULL::text AS last_error, e.recorded_at AS created_at,
                         CASE WHEN e.outbox AND e.commit_order < h.horizon
                              THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(e.stream_id) # {scope})

@@ -14,6 +14,8 @@ use uuid::Uuid;
 pub const EVENT_ID: &str = "dtx-event-id";
 /// The stored event type name.
 pub const EVENT_TYPE: &str = "dtx-event-type";
+/// The schema version of an event's payload (consumers decode it at that version).
+pub const SCHEMA_VERSION: &str = "dtx-schema-version";
 /// The stream (ordering key) the message belongs to.
 pub const STREAM_ID: &str = "dtx-stream-id";
 /// The correlation id of the business operation.

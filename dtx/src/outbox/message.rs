@@ -158,6 +158,10 @@ pub fn event_headers(stream: &StreamId, event: &NewEvent) -> BTreeMap<String, St
     all.insert(headers::EVENT_ID.to_owned(), event.event_id.to_string());
     all.insert(headers::EVENT_TYPE.to_owned(), event.event_type.clone());
     all.insert(headers::STREAM_ID.to_owned(), stream.to_string());
+    all.insert(
+        headers::SCHEMA_VERSION.to_owned(),
+        event.schema_version.to_string(),
+    );
     let meta = &event.metadata;
     if let Some(id) = meta.correlation_id {
         all.insert(headers::CORRELATION_ID.to_owned(), id.to_string());

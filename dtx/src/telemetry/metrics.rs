@@ -27,6 +27,9 @@ mod instruments {
         pub(super) projection_lag: Histogram<f64>,
         pub(super) projection_lag_events: Histogram<u64>,
         pub(super) projection_failures: Counter<u64>,
+        pub(super) inbox_messages: Counter<u64>,
+        pub(super) inbox_duration: Histogram<f64>,
+        pub(super) inbox_dead_letters: Counter<u64>,
     }
 
     pub(super) fn get() -> &'static Instruments {
@@ -105,6 +108,18 @@ mod instruments {
                 projection_failures: counter(
                     "dtx.projection.failures",
                     "Projections stopped at an event they could not apply",
+                ),
+                inbox_messages: counter(
+                    "dtx.inbox.messages",
+                    "Deliveries handled by consumers, by outcome",
+                ),
+                inbox_duration: seconds(
+                    "dtx.inbox.duration",
+                    "Time to handle one delivery and commit it with its inbox record",
+                ),
+                inbox_dead_letters: counter(
+                    "dtx.inbox.dead_letters",
+                    "Messages consumers gave up on",
                 ),
             }
         })
@@ -275,4 +290,38 @@ pub fn record_projection_failure(name: &str) {
         .add(1, &[KeyValue::new("projection", name.to_owned())]);
     #[cfg(not(feature = "otel"))]
     let _ = name;
+}
+
+/// Consumer `consumer` handled a delivery with `outcome` (`applied`, `ignored`, `duplicate`,
+/// `failed`, `poison`) in `duration`.
+#[inline]
+pub fn record_inbox_message(consumer: &str, outcome: &'static str, duration: Duration) {
+    #[cfg(feature = "otel")]
+    {
+        let i = instruments::get();
+        i.inbox_messages.add(
+            1,
+            &[
+                KeyValue::new("consumer", consumer.to_owned()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+        i.inbox_duration.record(
+            duration.as_secs_f64(),
+            &[KeyValue::new("consumer", consumer.to_owned())],
+        );
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (consumer, outcome, duration);
+}
+
+/// Consumer `consumer` dead-lettered a message.
+#[inline]
+pub fn record_inbox_dead_letter(consumer: &str) {
+    #[cfg(feature = "otel")]
+    instruments::get()
+        .inbox_dead_letters
+        .add(1, &[KeyValue::new("consumer", consumer.to_owned())]);
+    #[cfg(not(feature = "otel"))]
+    let _ = consumer;
 }

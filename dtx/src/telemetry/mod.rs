@@ -50,6 +50,9 @@
 //! | `dtx.projection.lag` | histogram (s) | `projection` | ... from its oldest event's commit |
 //! | `dtx.projection.lag_events` | histogram | `projection` | ... with this many feed events read after it |
 //! | `dtx.projection.failures` | counter | `projection` | a projection stopped at an event |
+//! | `dtx.inbox.messages` | counter | `consumer`, `outcome` | a consumer handled a delivery (`applied`, `ignored`, `duplicate`, `failed`, `poison`) |
+//! | `dtx.inbox.duration` | histogram (s) | `consumer` | one delivery, handled and committed with its inbox record |
+//! | `dtx.inbox.dead_letters` | counter | `consumer` | a consumer gave up on a message |
 //!
 //! # Trace context
 //!
