@@ -4,6 +4,7 @@
 pub mod fulfillment;
 pub mod order;
 pub mod order_summaries;
+pub mod two_services;
 
 use dtx::projection::{MemoryCheckpointStore, SharedCheckpointStore};
 use dtx::saga::{MemorySagaStore, SagaStore};
