@@ -1,7 +1,7 @@
 //! Two services in two processes, one business operation across them: an order service (HTTP
 //! API behind the idempotency layer, command bus, fulfilment saga, outbox, inbox) and a payment
 //! service (inbox consumer, its own aggregate and outbox), each with its own database, talking
-//! through NATS JetStream. See `examples/src/two_services.rs` for the services.
+//! through NATS `JetStream`. See `examples/src/two_services.rs` for the services.
 //!
 //! ```sh
 //! cargo run --example two_services   # PostgreSQL (DATABASE_URL or 127.0.0.1:5432), NATS (NATS_URL or 127.0.0.1:4222)
@@ -62,19 +62,16 @@ impl Service {
 
     async fn stop(mut self) -> Result<(), Failure> {
         drop(self.child.stdin.take());
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("a service exited with {status}").into())
-                }
-            }
-            Err(_) => {
-                self.child.kill().await?;
-                Err("a service did not stop within 30 s".into())
-            }
+        let Ok(status) = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await
+        else {
+            self.child.kill().await?;
+            return Err("a service did not stop within 30 s".into());
+        };
+        let status = status?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("a service exited with {status}").into())
         }
     }
 }
@@ -90,14 +87,14 @@ async fn drive() -> Result<(), Failure> {
     let orders = Service::start(&["order", &orders_db, &port.to_string()])?;
     let payments = Service::start(&["payment", &payments_db])?;
     let http = OrderClient::new(port);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
     while !http.ready().await {
         if tokio::time::Instant::now() > deadline {
             return Err("the order service did not answer within 60 s".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (poll, limit) = (Duration::from_millis(100), Duration::from_secs(120));
+    let (poll, limit) = (Duration::from_millis(100), Duration::from_mins(2));
 
     println!("\n3. an order of 42.00: paid, shipped");
     let key = Uuid::now_v7().to_string();
@@ -161,9 +158,10 @@ async fn main() -> Result<(), Failure> {
         None => drive().await,
         Some("order") => {
             let _tracing = init_tracing();
-            let (url, port) = match (args.get(1), args.get(2).and_then(|p| p.parse::<u16>().ok())) {
-                (Some(url), Some(port)) => (url, port),
-                _ => return Err(usage.into()),
+            let (Some(url), Some(port)) =
+                (args.get(1), args.get(2).and_then(|p| p.parse::<u16>().ok()))
+            else {
+                return Err(usage.into());
             };
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
             order_service(url, listener, on_stdin_closed()).await

@@ -34,6 +34,7 @@ mod outbox;
 mod projection;
 mod saga;
 mod trace;
+mod two_services;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -324,6 +325,7 @@ async fn main() -> Result<(), BoxError> {
     projection::projection_rows(&options, &pool).await?;
     http_load::http_rows(&options, &pool).await?;
     trace::trace_rows(&options).await;
+    two_services::two_services_rows(&options).await?;
     Ok(())
 }
 

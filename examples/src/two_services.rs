@@ -1,5 +1,5 @@
 //! The two services of `cargo run --example two_services`: an order service and a payment
-//! service, each with its own database, talking through NATS JetStream. The example runs each
+//! service, each with its own database, talking through NATS `JetStream`. The example runs each
 //! in a process of its own; the `two_services_roundtrip` benchmark runs both in one.
 //!
 //! - The **order service** takes `POST /orders` behind the `Idempotency-Key` layer, places the
@@ -26,7 +26,7 @@ use dtx::idempotency::http::{IdempotencyLayer, RequestUnitOfWork};
 use dtx::inbox::{Consumer, InboundMessage, Inbox};
 use dtx::outbox::{NewOutboxMessage, Outbox, RelayOptions, headers};
 use dtx::projection::HandlerError;
-use dtx::saga::{SagaError, SagaOrchestrator, StepContext, StepError, WorkerOptions};
+use dtx::saga::{SagaOrchestrator, StepContext, StepError, WorkerOptions};
 use dtx::uow::{BoxFuture, UnitOfWork};
 use dtx::{Aggregate, Apply, DomainEvent, Id, command_handler};
 use dtx_postgres::nats::{NatsConsumer, NatsConsumerConfig, NatsPublisher};
@@ -117,7 +117,7 @@ impl Apply<PaymentSettled> for Payment {
 }
 
 /// Charge an order's payment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Charge {
     /// The payment (the order's id).
     pub payment_id: Id<Payment>,
@@ -346,8 +346,8 @@ impl Consumer for PaymentAnswers {
             );
             match self.sagas.deliver_message_in(uow, message).await {
                 Ok(_) => Ok(()),
-                // Came before the saga waits for it: the consumer retries it.
-                Err(e @ SagaError::NotWaiting { .. }) => Err(HandlerError::failed(e)),
+                // `SagaError::NotWaiting`: it came before the saga waits for it; like any
+                // other failure, the consumer retries it with backoff.
                 Err(e) => Err(HandlerError::failed(e)),
             }
         })
@@ -534,16 +534,16 @@ pub async fn order_service(
         .layer(idempotency);
     say!("  [orders]   listening on {}", listener.local_addr()?);
     let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().wait());
-    let (served, worked, relayed, consumed) = tokio::join!(
+    let (server_end, worker_end, relay_end, consumer_end) = tokio::join!(
         server.into_future(),
         worker.run(shutdown.clone().wait()),
         relay.run(shutdown.clone().wait()),
         consumer.run(shutdown.clone().wait()),
     );
-    served?;
-    worked?;
-    relayed?;
-    consumed?;
+    server_end?;
+    worker_end?;
+    relay_end?;
+    consumer_end?;
     Ok(())
 }
 
@@ -583,12 +583,12 @@ pub async fn payment_service(database_url: &str, shutdown: Shutdown) -> Result<(
     );
     consumer.ensure().await?;
     say!("  [payments] consuming {ORDER_SUBJECTS}.>");
-    let (relayed, consumed) = tokio::join!(
+    let (relay_end, consumer_end) = tokio::join!(
         relay.run(shutdown.clone().wait()),
         consumer.run(shutdown.clone().wait())
     );
-    relayed?;
-    consumed?;
+    relay_end?;
+    consumer_end?;
     Ok(())
 }
 
@@ -617,7 +617,7 @@ pub async fn prepare(prefix: &str) -> Result<(String, String), Failure> {
             .create_stream(dtx_postgres::async_nats::jetstream::stream::Config {
                 name: stream.to_owned(),
                 subjects: vec![format!("{subjects}.>")],
-                duplicate_window: Duration::from_secs(120),
+                duplicate_window: Duration::from_mins(2),
                 ..Default::default()
             })
             .await?;
@@ -641,7 +641,7 @@ impl std::fmt::Debug for OrderClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrderClient")
             .field("base", &self.base)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
