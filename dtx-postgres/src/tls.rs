@@ -235,10 +235,7 @@ impl Tls {
 }
 
 /// Every certificate in `source`; at least one.
-fn certificates(
-    source: &Source,
-    what: PemItem,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certificates(source: &Source, what: PemItem) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = source.read(what)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()

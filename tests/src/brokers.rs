@@ -60,12 +60,8 @@ impl NatsServer {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
-        let dir = std::env::temp_dir().join(format!(
-            "dtx-nats-{}",
-            uuid::Uuid::now_v7().simple()
-        ));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let dir = std::env::temp_dir().join(format!("dtx-nats-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let mut server = Self {
             port: free_port(),
             dir,
@@ -89,7 +85,14 @@ impl NatsServer {
     /// When `nats-server` is not on PATH or does not come up.
     pub fn restart(&mut self) {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(self.dir.join("store"))
             .args(&self.args)
             .stdout(Stdio::null())

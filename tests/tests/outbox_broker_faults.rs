@@ -24,8 +24,8 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use tests::brokers::{NatsServer, free_port, tansu_bin, wait_for_port};
 use std::time::{Duration, Instant};
+use tests::brokers::{NatsServer, free_port, tansu_bin, wait_for_port};
 
 const STREAMS: u64 = 20;
 const PER_STREAM: u64 = 30;

@@ -92,11 +92,16 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 /// A certificate for 127.0.0.1 and localhost signed by `ca`: (certificate PEM, key PEM).
-fn leaf(ca: &CertifiedIssuer<'static, KeyPair>, usage: ExtendedKeyUsagePurpose) -> (String, String) {
+fn leaf(
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    usage: ExtendedKeyUsagePurpose,
+) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut params =
         CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "dtx test");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "dtx test");
     params.extended_key_usages = vec![usage];
     let cert = params.signed_by(&key, ca).unwrap();
     (cert.pem(), key.serialize_pem())
@@ -109,7 +114,12 @@ fn tls_url(server: &NatsServer) -> String {
 /// A server with TLS and user/password auth.
 fn tls_server_with_password(pki: &Pki) -> NatsServer {
     let mut args = pki.nats_tls_args();
-    args.extend(["--user".into(), USER.into(), "--pass".into(), PASSWORD.into()]);
+    args.extend([
+        "--user".into(),
+        USER.into(),
+        "--pass".into(),
+        PASSWORD.into(),
+    ]);
     NatsServer::start_with(args)
 }
 
@@ -449,9 +459,15 @@ async fn a_plaintext_kafka_connection_publishes() {
         .partition_client(topic, 0, UnknownTopicHandling::Retry)
         .await
         .unwrap();
-    let (records, _) = partition.fetch_records(0, 1..1_000_000, 1_000).await.unwrap();
+    let (records, _) = partition
+        .fetch_records(0, 1..1_000_000, 1_000)
+        .await
+        .unwrap();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].record.value.as_deref(), Some(&b"{\"total\":42}"[..]));
+    assert_eq!(
+        records[0].record.value.as_deref(),
+        Some(&b"{\"total\":42}"[..])
+    );
 
     // TLS settings against this plaintext broker fail the handshake, within the timeout.
     let pki = Pki::new();

@@ -340,7 +340,13 @@ mod tests {
             .tls(Tls::new().ca_file("/nonexistent/kafka-ca.pem"))
             .builder()
             .unwrap_err();
-        assert!(matches!(error, KafkaConnectError::Tls(TlsError::Unreadable { .. })));
-        assert!(error.to_string().contains("/nonexistent/kafka-ca.pem"), "{error}");
+        assert!(matches!(
+            error,
+            KafkaConnectError::Tls(TlsError::Unreadable { .. })
+        ));
+        assert!(
+            error.to_string().contains("/nonexistent/kafka-ca.pem"),
+            "{error}"
+        );
     }
 }

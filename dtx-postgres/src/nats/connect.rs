@@ -134,7 +134,11 @@ impl NatsConnection {
     ///     .user_and_password("orders", "s3cr3t");
     /// ```
     #[must_use]
-    pub fn user_and_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn user_and_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
         self.auth = Auth::UserPassword {
             user: user.into(),
             password: Secret::new(password),
@@ -272,9 +276,11 @@ impl NatsConnection {
                 })?;
                 with_creds(options, &creds, path.display().to_string())?
             }
-            Auth::Credentials(creds) => {
-                with_creds(options, creds.expose(), "the credentials given as text".to_owned())?
-            }
+            Auth::Credentials(creds) => with_creds(
+                options,
+                creds.expose(),
+                "the credentials given as text".to_owned(),
+            )?,
         })
     }
 
@@ -326,10 +332,7 @@ impl NatsConnection {
     pub async fn connect(&self) -> Result<async_nats::Client, NatsConnectError> {
         let options = self.options()?;
         let addrs = self.server_addrs()?;
-        options
-            .connect(addrs)
-            .await
-            .map_err(|e| self.refused(&e))
+        options.connect(addrs).await.map_err(|e| self.refused(&e))
     }
 
     /// The error a failed connect becomes.
@@ -346,9 +349,30 @@ impl NatsConnection {
             ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
                 NatsConnectError::Refused { servers, problem }
             }
+            // async-nats reports a failed handshake (an untrusted certificate) as I/O.
+            _ if caused_by_tls(error) => NatsConnectError::TlsHandshake { servers, problem },
             _ => NatsConnectError::Unreachable { servers, problem },
         }
     }
+}
+
+/// Whether a rustls error is among the causes of `error`, looking inside I/O errors too (their
+/// `source` skips the error they wrap).
+fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        cause = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 fn with_creds(
