@@ -13,7 +13,7 @@
 
 use async_nats::jetstream::{self, consumer, stream};
 use dtx::outbox::{RelayOptions, headers};
-use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId, Uuid};
+use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId};
 use dtx_postgres::PgOutbox;
 use dtx_postgres::kafka::KafkaPublisher;
 use dtx_postgres::nats::NatsPublisher;

@@ -1,7 +1,7 @@
 //! Secure connections: the NATS and Kafka connection settings against real servers.
 //!
 //! - NATS: each test runs its own `nats-server` (on a free port, with its own store) with TLS on a
-//!   certificate the test generates (its own CA, made with rcgen) and user/password, token, NKey
+//!   certificate the test generates (its own CA, made with rcgen) and user/password, token, `NKey`
 //!   or client-certificate auth. The outbox relay publishes over it; a client without the CA, or
 //!   with wrong credentials, is refused with a typed error that names the cause and hides the
 //!   secret.

@@ -38,7 +38,7 @@ enum Auth {
 }
 
 /// How to connect to a NATS cluster: the servers, TLS, and one kind of credentials
-/// (user and password, token, NKey seed, or a `.creds` file); [`connect`](Self::connect) gives
+/// (user and password, token, `NKey` seed, or a `.creds` file); [`connect`](Self::connect) gives
 /// the client.
 ///
 /// Setting credentials again replaces the earlier ones. Secrets (passwords, tokens, seeds, the
@@ -157,7 +157,7 @@ impl NatsConnection {
         self
     }
 
-    /// Authenticates with an NKey: `seed` is the user's seed (`SU…`), which signs the server's
+    /// Authenticates with an `NKey`: `seed` is the user's seed (`SU…`), which signs the server's
     /// challenge; only its public key is sent.
     ///
     /// ```
@@ -170,7 +170,7 @@ impl NatsConnection {
         self
     }
 
-    /// Authenticates with the user JWT and NKey seed of a `.creds` file (decentralised auth, as
+    /// Authenticates with the user JWT and `NKey` seed of a `.creds` file (decentralised auth, as
     /// `nsc` writes them); the file is read by [`options`](Self::options).
     ///
     /// ```
@@ -428,7 +428,7 @@ pub enum NatsConnectError {
     /// A seed or `.creds` content that does not parse.
     #[error("{origin} is not usable: {problem}")]
     BadCredentials {
-        /// What was given: the `.creds` file's path, "the NKey seed", ….
+        /// What was given: the `.creds` file's path, the `NKey` seed, ….
         origin: String,
         /// What is wrong.
         problem: String,
