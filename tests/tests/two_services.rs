@@ -29,7 +29,7 @@ async fn the_two_services_example_completes_one_order_and_compensates_the_other(
     let mut command = std::process::Command::new(example());
     command.env("DATABASE_URL", dtx_postgres::testing::database_url());
     let run = tokio::task::spawn_blocking(move || command.output());
-    let output = tokio::time::timeout(Duration::from_secs(600), run)
+    let output = tokio::time::timeout(Duration::from_mins(10), run)
         .await
         .expect("the example finishes within 10 minutes")
         .unwrap()

@@ -41,6 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
+mod connect;
+pub use connect::{KafkaConnectError, KafkaConnection, SaslMechanism};
+
 /// The default bound on one produce (and on connecting, in [`KafkaPublisher::connect`]).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -33,6 +33,9 @@ pub use consumer::{ConsumeStats, JetStream, NatsConsumer, NatsConsumerConfig, Na
 use async_trait::async_trait;
 use dtx::outbox::{OutboxMessage, PublishError, Publisher};
 
+mod connect;
+pub use connect::{NatsConnectError, NatsConnection};
+
 /// Publishes outbox messages to NATS `JetStream`; a stream must capture `{prefix}.>`.
 #[derive(Clone)]
 pub struct NatsPublisher {
