@@ -562,6 +562,43 @@ async fn a_relay_publishing_does_not_hold_back_the_feed_for_other_readers() {
     assert_eq!(publishing.await.unwrap().unwrap().published, 1);
 }
 
+/// `run_until_idle` returns only once it has read the feed to its end: a pass that finds
+/// another relay reading the feed is not idle, since that relay may stop after its batch (as the
+/// last pass of an aborted relay does) and leave the rest of the feed behind.
+#[tokio::test]
+async fn run_until_idle_reads_on_after_a_relay_that_held_the_feed() {
+    let (store, outbox) = outbox_store().await;
+    first_event(&store, "First").await;
+    first_event(&store, "Second").await;
+    let held = Held::default();
+    let other = outbox.relay(
+        held.clone(),
+        RelayOptions {
+            batch_size: 1,
+            ..fast()
+        },
+    );
+    let entered = held.entered.notified();
+    let one_batch = tokio::spawn(async move { tests::pass_with_work(&other).await });
+    entered.await;
+    // The other relay holds the feed while it publishes "First", then stops.
+    let publisher = MemoryPublisher::new();
+    let relay = outbox.relay(publisher.clone(), fast());
+    let until_idle = tokio::spawn(async move { relay.run_until_idle().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !until_idle.is_finished(),
+        "run_until_idle returned while another relay read the feed: {:?}",
+        until_idle.await
+    );
+    held.release.add_permits(1);
+    assert_eq!(one_batch.await.unwrap().published, 1);
+    assert_eq!(until_idle.await.unwrap().unwrap(), 1);
+    let keys: Vec<String> = publisher.published().into_iter().map(|m| m.key).collect();
+    assert_eq!(keys, ["Second"]);
+    assert_eq!(outbox.counts().await.unwrap().pending, 0);
+}
+
 /// Relay tasks aborted at any moment (mid-pass, mid-publish, armed and waiting) leave nothing
 /// behind: no pooled connection inside a transaction, no wake lock held, and every event is
 /// still published.
@@ -617,6 +654,8 @@ async fn relays_aborted_at_any_moment_leave_no_transaction_or_lock_behind() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A pass of an aborted relay may still be reading the feed (a statement in flight is no
+    // connection idle in a transaction): `run_until_idle` waits for it and reads on after it.
     let relay = outbox.relay(publisher.clone(), fast());
     relay.run_until_idle().await.unwrap();
     let keys = by_key(&publisher.published());
@@ -629,8 +668,136 @@ async fn relays_aborted_at_any_moment_leave_no_transaction_or_lock_behind() {
         }
         delivered += seen;
     }
-    assert_eq!(delivered, appended, "every event published");
+    if delivered != appended {
+        use std::fmt::Write as _;
+        let mut report = outbox_report(&store, &outbox, &publisher).await;
+        let again = relay.run_until_idle().await;
+        let _ = write!(
+            report,
+            "a second run_until_idle: {again:?}, then {} published",
+            publisher.count()
+        );
+        panic!("every event published: {delivered} of {appended}\n{report}");
+    }
     assert_eq!(outbox.counts().await.unwrap().pending, 0);
+}
+
+/// What the outbox holds, for the message of a failed assertion that not every event was
+/// published: the events not published (and how many of them lie behind the feed's checkpoint,
+/// which would be a lost event), those published twice, the counts, the checkpoint, the
+/// horizon, the backlog table, the advisory locks held and the sessions of the test's database.
+async fn outbox_report(
+    store: &PgEventStore,
+    outbox: &PgOutbox,
+    publisher: &MemoryPublisher,
+) -> String {
+    use std::collections::BTreeSet;
+    use std::fmt::Write as _;
+    let pool = store.pool();
+    let mut report = String::new();
+    // The checkpoint first: a relay publishes before it moves the checkpoint, so an event behind
+    // this checkpoint that the publisher has not seen afterwards was lost, whatever a relay
+    // still running does meanwhile.
+    let checkpoint: Option<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT commit_order, global_position, published FROM outbox_feed WHERE feed = 'events'",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap();
+    let published: BTreeSet<(String, u64)> = publisher
+        .published()
+        .into_iter()
+        .map(|m| (m.key, m.sequence.unwrap_or(0)))
+        .collect();
+    let stored: Vec<(String, i64, i64, i64, bool)> = sqlx::query_as(
+        "SELECT stream_id, version, commit_order, global_position, outbox FROM event_store
+         ORDER BY commit_order, global_position",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let missing: Vec<_> = stored
+        .iter()
+        .filter(|(stream, version, ..)| {
+            !published.contains(&(stream.clone(), u64::try_from(*version).unwrap()))
+        })
+        .collect();
+    let _ = writeln!(
+        report,
+        "{} events stored, {} published (distinct), {} not published{}",
+        stored.len(),
+        published.len(),
+        missing.len(),
+        if missing.is_empty() {
+            ""
+        } else {
+            " (stream, version, commit_order, global_position, outbox):"
+        }
+    );
+    for row in missing.iter().take(40) {
+        let _ = writeln!(report, "  {row:?}");
+    }
+    let mut seen = BTreeSet::new();
+    let order: Vec<(String, u64, i64)> = publisher
+        .published()
+        .into_iter()
+        .map(|m| (m.key, m.sequence.unwrap_or(0), m.id))
+        .collect();
+    let twice: Vec<_> = order
+        .iter()
+        .filter(|m| !seen.insert((m.0.clone(), m.1)))
+        .collect();
+    let _ = writeln!(report, "published twice (stream, version, id): {twice:?}");
+    let _ = writeln!(report, "counts: {:?}", outbox.counts().await);
+    let horizon: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let _ = writeln!(
+        report,
+        "feed checkpoint (commit_order, global_position, published): {checkpoint:?}, horizon now: {horizon}"
+    );
+    if let Some((order, position, _)) = checkpoint {
+        let behind = missing
+            .iter()
+            .filter(|(_, _, o, p, _)| (*o, *p) <= (order, position))
+            .count();
+        let _ = writeln!(
+            report,
+            "not published and behind the checkpoint: {behind}, after it: {}",
+            missing.len() - behind
+        );
+    }
+    let backlog: Vec<String> = sqlx::query_scalar(
+        "SELECT (stream_key, id, sequence, status, attempts, last_error)::text FROM outbox_events
+         ORDER BY stream_key, id LIMIT 40",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let _ = writeln!(report, "backlog table (first 40 rows): {backlog:?}");
+    let locks: Vec<String> = sqlx::query_scalar(
+        "SELECT (classid, objid, pid, mode, granted)::text FROM pg_locks
+         WHERE locktype = 'advisory'
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let _ = writeln!(
+        report,
+        "advisory locks (classid, objid, pid, mode, granted): {locks:?}"
+    );
+    let sessions: Vec<String> = sqlx::query_scalar(
+        "SELECT (pid, state, backend_xid, left(query, 80))::text FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let _ = writeln!(report, "sessions (pid, state, xid, query): {sessions:?}");
+    report
 }
 
 /// A relay that finds the feed's checkpoint gone stops with an error naming it (starting over

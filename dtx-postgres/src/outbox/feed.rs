@@ -64,6 +64,7 @@ impl OutboxRelay {
             .map_err(Error::storage)?;
         if !lock.leader {
             // Another relay is reading the feed.
+            pass.feed_held = true;
             tx.commit().await.map_err(Error::storage)?;
             return Ok((pass, lock.backlog));
         }

@@ -24,6 +24,9 @@ pub struct RelayPass {
     /// Whether committed events wait in the feed for an older transaction that is still running
     /// (the feed never passes a position such a transaction could still fill).
     pub waiting: bool,
+    /// Whether another relay was reading the feed: this pass did not look at it (it worked the
+    /// backlog table only), so even an idle pass cannot tell whether the feed has events left.
+    pub feed_held: bool,
 }
 
 impl RelayPass {
@@ -38,6 +41,7 @@ impl RelayPass {
         self.dead += other.dead;
         self.from_feed += other.from_feed;
         self.waiting |= other.waiting;
+        self.feed_held |= other.feed_held;
     }
 
     /// Counts a failed attempt.
@@ -133,7 +137,9 @@ impl OutboxRelay {
 
     /// Runs passes until one finds nothing to do (for tests and examples); returns how many
     /// messages it published. Committed events that wait in the feed for an older transaction
-    /// still running are waited for.
+    /// still running are waited for, and so is another relay reading the feed: a pass that
+    /// could not read it is never the last, since that relay may stop after its batch (a relay
+    /// shut down, or the last pass of an aborted one) and leave the rest of the feed to this one.
     pub async fn run_until_idle(&self) -> Result<usize> {
         let mut total = 0;
         let mut wait = WaitForFeed::default();
@@ -141,7 +147,7 @@ impl OutboxRelay {
             let pass = self.run_once().await?;
             total += pass.published;
             if pass.is_idle() {
-                if !pass.waiting {
+                if !pass.waiting && !pass.feed_held {
                     return Ok(total);
                 }
                 wait.sleep().await;
