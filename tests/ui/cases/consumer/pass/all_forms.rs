@@ -159,7 +159,7 @@ async fn run() {
 
     assert_eq!(
         log.lines(),
-        ["placed ada #1 memory", "shipped post v2"].map(String::from)
+        ["placed ada #1 memory", "shipped post vSome(2)"].map(String::from)
     );
 
     let mailer = Mailer::default();
