@@ -10,7 +10,7 @@ mod re {
     pub(crate) use dtx as runtime;
 }
 
-use re::runtime::inbox::{self, Consumer, Handled, Inbox, InboundMessage, MemoryInbox, Refused};
+use re::runtime::inbox::{self, Consumer, Handled, InboundMessage, Inbox, MemoryInbox, Refused};
 use re::runtime::{DomainEvent, UnitOfWork};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,9 +105,13 @@ impl Mailer {
 }
 
 fn message(event: &OrderEvent) -> InboundMessage {
-    let payload = event.to_payload().expect("serialisable").get().as_bytes().to_vec();
-    let mut message =
-        InboundMessage::new(re::runtime::Uuid::now_v7(), event.event_type(), payload);
+    let payload = event
+        .to_payload()
+        .expect("serialisable")
+        .get()
+        .as_bytes()
+        .to_vec();
+    let mut message = InboundMessage::new(re::runtime::Uuid::now_v7(), event.event_type(), payload);
     message.schema_version = Some(event.schema_version());
     message
 }
@@ -118,7 +122,10 @@ async fn run() {
         OrderLog::event_types(),
         ["Placed", "OrderShipped", "Cancelled"]
     );
-    assert_eq!((Mailer::NAME, Mailer::event_types()), ("mailer", &["Placed"][..]));
+    assert_eq!(
+        (Mailer::NAME, Mailer::event_types()),
+        ("mailer", &["Placed"][..])
+    );
 
     let inbox = Inbox::new(MemoryInbox::new());
     let log = OrderLog::default();
@@ -140,9 +147,18 @@ async fn run() {
         }
         .into(),
     );
-    assert_eq!(inbox.receive(&log, &placed).await.ok(), Some(Handled::Applied));
-    assert_eq!(inbox.receive(&log, &placed).await.ok(), Some(Handled::Duplicate));
-    assert_eq!(inbox.receive(&log, &shipped).await.ok(), Some(Handled::Applied));
+    assert_eq!(
+        inbox.receive(&log, &placed).await.ok(),
+        Some(Handled::Applied)
+    );
+    assert_eq!(
+        inbox.receive(&log, &placed).await.ok(),
+        Some(Handled::Duplicate)
+    );
+    assert_eq!(
+        inbox.receive(&log, &shipped).await.ok(),
+        Some(Handled::Applied)
+    );
     let failed = inbox.receive(&log, &cancelled).await;
     assert!(matches!(&failed, Err(Refused::Retry(e)) if e.to_string() == "late"));
 
@@ -155,7 +171,10 @@ async fn run() {
     let mut other = shipped.clone();
     other.message_id = re::runtime::Uuid::now_v7();
     other.event_type = "Refunded".into();
-    assert_eq!(inbox.receive(&log, &other).await.ok(), Some(Handled::Ignored));
+    assert_eq!(
+        inbox.receive(&log, &other).await.ok(),
+        Some(Handled::Ignored)
+    );
 
     assert_eq!(
         log.lines(),
@@ -163,7 +182,10 @@ async fn run() {
     );
 
     let mailer = Mailer::default();
-    assert_eq!(inbox.receive(&mailer, &placed).await.ok(), Some(Handled::Applied));
+    assert_eq!(
+        inbox.receive(&mailer, &placed).await.ok(),
+        Some(Handled::Applied)
+    );
     assert_eq!(*mailer.sent.lock().expect("not poisoned"), 1);
 
     let registered = inbox::registered().expect("distinct names");
