@@ -234,7 +234,7 @@ async fn a_typed_event_arrives_decoded_at_the_schema_version_its_header_gives() 
             .iter()
             .map(|e| match e.decode::<PaymentEvent>().unwrap() {
                 PaymentEvent::PaymentRequested(p) => p,
-                other => panic!("unexpected {other:?}"),
+                PaymentEvent::PaymentVoided(_) => panic!("unexpected {e:?}"),
             })
             .collect()
     };
