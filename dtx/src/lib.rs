@@ -439,7 +439,7 @@ pub use dtx_macros::projection;
 
 /// Declares a consumer of another service's messages, one handler per event payload type, and
 /// registers it at link time: the handler shape of [`#[projection]`](macro@projection), run
-/// through an [inbox](inbox) that applies each message exactly once.
+/// through an [`inbox`] that applies each message exactly once.
 ///
 /// On an inherent `impl` block of the consumer's type; it implements [`inbox::Consumer`] for the
 /// type. Every method handles the event payload type it takes: each struct that a variant of a
