@@ -3,6 +3,7 @@
 
 mod aggregate;
 mod common;
+mod consumer;
 mod event;
 mod handler;
 mod idempotent;
@@ -46,6 +47,12 @@ pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, item: TokenStream) -> TokenStream {
     projection::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::consumer`.
+#[proc_macro_attribute]
+pub fn consumer(args: TokenStream, item: TokenStream) -> TokenStream {
+    consumer::expand(args.into(), item.into()).into()
 }
 
 /// See `dtx::saga`.

@@ -217,21 +217,23 @@ pub use crate::projection::{
 pub use crate::store::RecordedEvent;
 pub use crate::uow::{BoxFuture as ProjectionFuture, UnitOfWork};
 
-/// How generated code recognises and decodes the payload one projection handler takes; made by
-/// [`handled`].
+/// How generated code recognises and decodes the payload one projection or consumer handler
+/// takes; made by [`handled`].
 pub struct Handled<P> {
     /// The stored type name of the payload.
     pub event_type: &'static str,
     decode: fn(&RecordedEvent) -> Result<P, ProjectionError>,
+    decode_message: fn(&InboundMessage) -> Result<P, ProjectionError>,
 }
 
-/// The payload type a projection handler takes. The only place generated code requires
-/// [`ProjectionEvent`]: called under the handler's parameter type, so a type that is not an event
-/// payload is reported once, there.
+/// The payload type a projection or consumer handler takes. The only place generated code
+/// requires [`ProjectionEvent`]: called under the handler's parameter type, so a type that is not
+/// an event payload is reported once, there.
 pub const fn handled<P: ProjectionEvent>() -> Handled<P> {
     Handled {
         event_type: P::EVENT_TYPE,
         decode: decode_handled::<P>,
+        decode_message: crate::inbox::decode::<P>,
     }
 }
 
@@ -239,6 +241,11 @@ impl<P> Handled<P> {
     /// Decodes the payload of `event`; a failure stops the projection at once.
     pub fn decode(&self, event: &RecordedEvent) -> Result<P, ProjectionError> {
         (self.decode)(event)
+    }
+
+    /// Decodes the payload of `message` ([`crate::inbox::decode`]); a failure dead-letters it.
+    pub fn decode_message(&self, message: &InboundMessage) -> Result<P, ProjectionError> {
+        (self.decode_message)(message)
     }
 }
 
@@ -312,6 +319,36 @@ impl<E: Into<crate::error::BoxError>> ProjectionResult for Result<(), E> {
 
 /// Maps a projection handler's result to the runner's; called under the return type.
 pub fn projection_result<R: ProjectionResult>(result: R) -> Result<(), ProjectionError> {
+    result.into_handler_result()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers (`#[consumer]`)
+
+pub use crate::inbox::{Consumer, ConsumerRegistration, InboundMessage};
+pub use crate::projection::HandlerError;
+pub use crate::uow::BoxFuture as ConsumerFuture;
+
+/// What a consumer handler may return: `Result<(), E>` with an error type dtx can carry.
+#[diagnostic::on_unimplemented(
+    message = "a consumer handler must return `Result<(), E>` where `E` is an error type, not `{Self}`",
+    label = "the handler's return type",
+    note = "return e.g. `Result<(), MyError>` with `MyError: std::error::Error + Send + Sync + 'static`, or `Result<(), dtx::Error>`"
+)]
+pub trait ConsumerResult {
+    /// The result as the inbox sees it.
+    fn into_handler_result(self) -> Result<(), HandlerError>;
+}
+
+impl<E: Into<crate::error::BoxError>> ConsumerResult for Result<(), E> {
+    fn into_handler_result(self) -> Result<(), HandlerError> {
+        self.map_err(HandlerError::failed)
+    }
+}
+
+/// Maps a consumer handler's result to the inbox's (an error is retried, then dead-lettered);
+/// called under the return type.
+pub fn consumer_result<R: ConsumerResult>(result: R) -> Result<(), HandlerError> {
     result.into_handler_result()
 }
 

@@ -437,6 +437,121 @@ pub use dtx_macros::query_handler;
 /// ```
 pub use dtx_macros::projection;
 
+/// Declares a consumer of another service's messages, one handler per event payload type, and
+/// registers it at link time: the handler shape of [`#[projection]`](macro@projection), run
+/// through an [`inbox`] that applies each message exactly once.
+///
+/// On an inherent `impl` block of the consumer's type; it implements [`inbox::Consumer`] for the
+/// type. Every method handles the event payload type it takes: each struct that a variant of a
+/// [`DomainEvent`] enum wraps is one (it implements [`projection::Event`]), and a message is
+/// handled when its `dtx-event-type` header is that variant's stored name. A handler is
+///
+/// ```text
+/// async fn name(&self, event: &Payload, ..) -> Result<(), E>
+/// ```
+///
+/// taking the payload by reference or by value (decoded at the schema version the message's
+/// `dtx-schema-version` header gives), then, in any order and each at most once:
+///
+/// - `message: &`[`inbox::InboundMessage`]: the message (its id, headers, key, correlation id);
+/// - `uow: &mut dyn UnitOfWork`: the unit of work the handler writes through, committed with the
+///   message's inbox record, so a redelivery finds the record and skips the handler.
+///
+/// `E` is any error convertible into `Box<dyn Error + Send + Sync>` (`dtx::Error`, your own,
+/// `String`): the message's writes roll back and it is retried with backoff, then
+/// dead-lettered. A payload that does not decode is dead-lettered at once. A message of a type
+/// no handler takes is recorded and acknowledged without a call.
+///
+/// Options of `#[consumer(..)]`:
+///
+/// - `name = ".."`: the key of its inbox records, dead letters and partition offsets, unique in
+///   a service (default: the type's name in snake case, `payments` for `Payments`). Renaming a
+///   consumer forgets which messages it received;
+/// - `crate = path`: where to find `dtx` when it is re-exported under another name.
+///
+/// A crate's consumers exist only if the final binary links that crate.
+/// [`inbox::registered`] lists them, and refuses two consumers with one name, naming both.
+///
+/// ```
+/// use dtx::inbox::{Consumer, Handled, Inbox, InboundMessage, MemoryInbox, Refused};
+/// use dtx::{
+///     DomainEvent, EventMetadata, EventStore, ExpectedVersion, MemoryEventStore, NewEvent,
+///     StreamId, UnitOfWork, consumer,
+/// };
+/// use serde::{Deserialize, Serialize};
+///
+/// // The order service's events, as the payment service reads them.
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct OrderPlaced { pub order: String, pub total: u64 }
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct OrderCancelled { pub order: String }
+///
+/// #[derive(Debug, Clone, DomainEvent)]
+/// pub enum OrderEvent { OrderPlaced(OrderPlaced), OrderCancelled(OrderCancelled) }
+///
+/// // The payment service's own events.
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct PaymentRequested { pub amount: u64 }
+///
+/// #[derive(Debug, Clone, DomainEvent)]
+/// pub enum PaymentEvent { PaymentRequested(PaymentRequested) }
+///
+/// pub struct Payments { store: MemoryEventStore }
+///
+/// #[consumer]
+/// impl Payments {
+///     /// Requests the payment: the event is appended in `uow`, with the inbox record.
+///     async fn on_placed(
+///         &self,
+///         event: &OrderPlaced,
+///         message: &InboundMessage,
+///         uow: &mut dyn UnitOfWork,
+///     ) -> Result<(), dtx::Error> {
+///         let stream = StreamId::new(format!("Payment-{}", event.order))?;
+///         let requested = PaymentEvent::from(PaymentRequested { amount: event.total });
+///         let metadata = EventMetadata {
+///             correlation_id: message.correlation_id,
+///             causation_id: Some(message.message_id),
+///             ..EventMetadata::default()
+///         };
+///         let events = vec![NewEvent::encode(&stream, &requested, metadata)?];
+///         self.store.append_in(uow, &stream, ExpectedVersion::NoStream, events).await?;
+///         Ok(())
+///     }
+///
+///     async fn on_cancelled(&self, event: OrderCancelled) -> Result<(), String> {
+///         Err(format!("order {} cannot be cancelled yet", event.order))
+///     }
+/// }
+///
+/// assert_eq!(Payments::NAME, "payments");
+/// assert_eq!(Payments::event_types(), ["OrderPlaced", "OrderCancelled"]);
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// // What a broker driver does for each delivery: receive it, then acknowledge the broker.
+/// let inbox = Inbox::new(MemoryInbox::new());
+/// let payments = Payments { store: MemoryEventStore::new() };
+/// let placed = InboundMessage::new(
+///     dtx::Uuid::new_v4(),
+///     "OrderPlaced",
+///     br#"{"order":"42","total":30}"#.to_vec(),
+/// );
+/// assert_eq!(inbox.receive(&payments, &placed).await?, Handled::Applied);
+/// assert_eq!(inbox.receive(&payments, &placed).await?, Handled::Duplicate);
+/// let stream = StreamId::new("Payment-42")?;
+/// assert_eq!(payments.store.read_stream(&stream, 0, 10).await?.len(), 1);
+///
+/// let cancelled = InboundMessage::new(dtx::Uuid::new_v4(), "OrderCancelled", br#"{"order":"42"}"#.to_vec());
+/// let refused = inbox.receive(&payments, &cancelled).await;
+/// assert!(matches!(refused, Err(Refused::Retry(_))), "{refused:?}");
+///
+/// let names: Vec<_> = dtx::inbox::registered()?.iter().map(|c| c.name).collect();
+/// assert_eq!(names, ["payments"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub use dtx_macros::consumer;
+
 /// Makes an async fn idempotent: the first call with a key runs the body and stores its `Ok`
 /// value; a later call with the same key returns the stored value without running the body.
 ///

@@ -1,5 +1,7 @@
 //! Helpers shared by every macro: the runtime crate path, the generated-block wrapper and
-//! name helpers.
+//! name helpers; [`event_handlers`] for the macros on blocks of event handlers.
+
+pub(crate) mod event_handlers;
 
 use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
 use quote::{ToTokens, quote};

@@ -1,8 +1,9 @@
 //! Code generation for `#[projection]`: from the validated model only, never an error.
 
 use super::parse::Input;
-use super::validate::{Clear, Extra, Handler, Model};
-use proc_macro2::{Delimiter, Group, Span, TokenStream};
+use super::validate::{Clear, Model};
+use crate::common::event_handlers::{self, Extra, Handler};
+use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
@@ -24,7 +25,10 @@ pub(super) fn expand(model: &Model) -> TokenStream {
     } else {
         quote!(ReadModel)
     };
-    let handled: Vec<TokenStream> = handlers.iter().map(|h| handled(krate, h)).collect();
+    let handled: Vec<TokenStream> = handlers
+        .iter()
+        .map(|h| event_handlers::handled(krate, h))
+        .collect();
     let branches = handlers
         .iter()
         .zip(&handled)
@@ -38,9 +42,7 @@ pub(super) fn expand(model: &Model) -> TokenStream {
          variants of different enums stored under the same name; rename one variant with \
          `#[event(name = \"..\")]`"
     );
-    let distinct = quote_spanned! {self_ty.span()=>
-        const _: () = ::core::assert!(#private::distinct_event_types(EVENT_TYPES), #message);
-    };
+    let distinct = event_handlers::distinct_event_types(krate, self_ty, &message);
     let generated = crate::common::dummy_const(&quote! {
         #[automatically_derived]
         impl #private::Projection for #self_ty {
@@ -88,14 +90,6 @@ pub(super) fn expand(model: &Model) -> TokenStream {
     }
 }
 
-/// `handled::<P>()` under the payload type `P`, where rustc reports a type that is not an event
-/// payload.
-fn handled(krate: &syn::Path, handler: &Handler) -> TokenStream {
-    let payload = &handler.payload;
-    let path = crate::common::respan(quote!(#krate::__private::handled), payload.span());
-    quote!(#path::<#payload>())
-}
-
 /// `if` the event is of the handler's type: decode it, call the handler, convert its result.
 fn branch(krate: &syn::Path, handler: &Handler, payload_type: &TokenStream) -> TokenStream {
     let Handler {
@@ -121,7 +115,8 @@ fn branch(krate: &syn::Path, handler: &Handler, payload_type: &TokenStream) -> T
         }
     });
     let extras = extras.iter().map(|extra| match extra {
-        Extra::Meta => quote!(__dtx_event),
+        Extra::Recorded => quote!(__dtx_event),
+        Extra::Message => unreachable!("validation refuses `&InboundMessage` in a projection"),
         Extra::UnitOfWork => quote!(__dtx_uow),
         Extra::Invalidations => quote!(__dtx_invalidations),
     });
@@ -154,17 +149,9 @@ fn clear_fn(krate: &syn::Path, clear: &Clear) -> TokenStream {
     }
 }
 
-/// The method's result, bound at its return type and converted by `projection_result` there:
-/// rustc reports a result that is not `Result<(), E>` with an error type under the return type.
+/// The method's result, converted by `projection_result` under its return type.
 fn result(krate: &syn::Path, output: Span, call: &TokenStream) -> TokenStream {
-    let binding = syn::Ident::new("__dtx_result", output);
-    let path = crate::common::respan(quote!(#krate::__private::projection_result), output);
-    let mut arg = Group::new(Delimiter::Parenthesis, quote!(#binding));
-    arg.set_span(output);
-    quote! {
-        let #binding = #call;
-        #path #arg
-    }
+    event_handlers::result(krate, "projection_result", output, call)
 }
 
 /// What stands in for the `Projection` impl when the projection has errors, so the code that
@@ -172,7 +159,10 @@ fn result(krate: &syn::Path, output: Span, call: &TokenStream) -> TokenStream {
 /// that is not a plain path (the error says what to write).
 pub(super) fn stub(input: &Input) -> Option<TokenStream> {
     let item = &input.item;
-    if !item.generics.params.is_empty() || item.trait_.is_some() || input.type_ident().is_none() {
+    if !item.generics.params.is_empty()
+        || item.trait_.is_some()
+        || event_handlers::type_ident(item).is_none()
+    {
         return None;
     }
     let krate = crate::common::crate_path(input.args.krate.as_ref());

@@ -41,7 +41,7 @@ use std::fmt;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event payload",
     label = "expected a struct that a variant of a `#[derive(dtx::DomainEvent)]` enum wraps",
-    note = "a projection handles the payload structs of a domain event enum: `#[derive(DomainEvent)] enum OrderEvent {{ Placed(OrderPlaced) }}` makes `OrderPlaced` one"
+    note = "a projection or a consumer handles the payload structs of a domain event enum: `#[derive(DomainEvent)] enum OrderEvent {{ Placed(OrderPlaced) }}` makes `OrderPlaced` one"
 )]
 pub trait Event: Sized + Send + Sync + 'static {
     /// The name it is stored under.

@@ -1,5 +1,6 @@
 //! Compile-fail tests of `#[derive(DomainEvent)]`, `#[derive(Aggregate)]`, `#[command_handler]`,
-//! `#[query_handler]`, `#[idempotent]`, `#[projection]`, `#[saga]` and `#[dtx::trace]`.
+//! `#[query_handler]`, `#[idempotent]`, `#[projection]`, `#[consumer]`, `#[saga]` and
+//! `#[dtx::trace]`.
 //!
 //! Every `cases/<macro>/fail/<rule>.rs` must fail to compile with the `.stderr` beside it;
 //! every `cases/<macro>/pass/<rule>.rs` must compile and run. After changing a message,
@@ -24,6 +25,9 @@ mod aggregate_no_snapshots;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/command_handler/pass/all_forms.rs"]
 mod command_handler_all_forms;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/consumer/pass/all_forms.rs"]
+mod consumer_all_forms;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/domain_event/pass/all_options.rs"]
 mod domain_event_all_options;

@@ -1,0 +1,24 @@
+use dtx::{DomainEvent, consumer};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderPlaced {
+    customer: String,
+}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum OrderEvent {
+    Placed(OrderPlaced),
+}
+
+struct Payments;
+
+#[consumer(name = "")]
+impl Payments {
+    async fn on_placed(&self, event: &OrderPlaced) -> Result<(), String> {
+        let _ = &event.customer;
+        Ok(())
+    }
+}
+
+fn main() {}

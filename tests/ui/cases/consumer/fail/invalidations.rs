@@ -1,0 +1,26 @@
+use dtx::{DomainEvent, consumer};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderPlaced {
+    customer: String,
+}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum OrderEvent {
+    Placed(OrderPlaced),
+}
+
+struct Payments;
+
+use dtx::projection::Invalidations;
+
+#[consumer]
+impl Payments {
+    async fn on_placed(&self, event: &OrderPlaced, inv: &mut Invalidations) -> Result<(), String> {
+        let _ = (&event.customer, inv);
+        Ok(())
+    }
+}
+
+fn main() {}

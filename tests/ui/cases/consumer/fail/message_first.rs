@@ -1,0 +1,26 @@
+use dtx::{DomainEvent, consumer};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OrderPlaced {
+    customer: String,
+}
+
+#[derive(Debug, Clone, DomainEvent)]
+enum OrderEvent {
+    Placed(OrderPlaced),
+}
+
+struct Payments;
+
+use dtx::inbox::InboundMessage;
+
+#[consumer]
+impl Payments {
+    async fn on_placed(&self, message: &InboundMessage, event: &OrderPlaced) -> Result<(), String> {
+        let _ = (&event.customer, message);
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use dtx::consumer;
+
+#[consumer]
+struct Payments;
+
+fn main() {}
