@@ -22,6 +22,7 @@
 //! `kafka`).
 
 mod idempotency;
+mod inbox;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod migrate;
@@ -37,6 +38,7 @@ pub mod testing;
 mod uow;
 
 pub use idempotency::PgIdempotencyStore;
+pub use inbox::PgInbox;
 pub use migrate::{MIGRATOR, migrate, migrate_in_schema};
 pub use outbox::{OutboxRelay, PgOutbox, RelayPass};
 pub use projection::PgCheckpointStore;

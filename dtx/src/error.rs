@@ -209,7 +209,7 @@ pub enum Error {
     },
     /// A message from a broker cannot be applied as it is (its payload does not decode, a
     /// header is missing or malformed): no retry can help.
-    #[error("message {message_id} (`{event_type}`{}): {reason}", source_suffix(.source_name))]
+    #[error("message {message_id} (`{event_type}`{}): {reason}", source_suffix(.source_name.as_deref()))]
     InvalidMessage {
         /// The message's id.
         message_id: uuid::Uuid,
@@ -254,9 +254,6 @@ impl fmt::Display for InvariantViolation {
     }
 }
 
-fn source_suffix(source: &Option<String>) -> String {
-    source
-        .as_deref()
-        .map(|s| format!(" from {s}"))
-        .unwrap_or_default()
+fn source_suffix(source: Option<&str>) -> String {
+    source.map(|s| format!(" from {s}")).unwrap_or_default()
 }

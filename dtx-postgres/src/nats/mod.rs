@@ -1,4 +1,5 @@
-//! The NATS `JetStream` outbox publisher (feature `nats`).
+//! NATS `JetStream` (feature `nats`): the outbox publisher, and the inbox consumer
+//! [`NatsConsumer`] (see [its module](consumer)).
 //!
 //! Each message goes to the subject `{prefix}.{key}`, the key escaped into one subject token
 //! ([`NatsPublisher::subject`]): `A-Z a-z 0-9 -` stay as they are, `_` becomes `__`, and every
@@ -24,6 +25,10 @@
 //! # Ok(())
 //! # }
 //! ```
+
+pub mod consumer;
+
+pub use consumer::{ConsumeStats, JetStream, NatsConsumer, NatsConsumerConfig, NatsConsumerError};
 
 use async_trait::async_trait;
 use dtx::outbox::{OutboxMessage, PublishError, Publisher};

@@ -369,7 +369,7 @@ impl InboxStore for MemoryInbox {
     async fn fail_requeued(&self, consumer: &str, message_id: Uuid, error: &str) -> Result<()> {
         if let Some(letter) = self.lock().dead.get_mut(&key(consumer, message_id)) {
             letter.status = DeadLetterStatus::Dead;
-            letter.error = error.to_owned();
+            error.clone_into(&mut letter.error);
             letter.attempts = letter.attempts.saturating_add(1);
             letter.dead_at = Utc::now();
         }

@@ -77,6 +77,10 @@ impl InboundMessage {
     ///
     /// A message with no usable id or type is a [`MessageProblem`]; since it cannot be
     /// recognised on redelivery, a driver dead-letters it under [`InboundMessage::stand_in_id`].
+    #[expect(
+        clippy::result_large_err,
+        reason = "both outcomes carry the whole message, which the caller keeps either way"
+    )]
     pub fn from_headers(
         headers: impl IntoIterator<Item = (String, String)>,
         payload: Vec<u8>,
@@ -98,13 +102,11 @@ impl InboundMessage {
                 .transpose()
         };
         let mut problem = None;
-        let message_id = match get(headers::EVENT_ID).and_then(|v| Uuid::parse_str(v.trim()).ok()) {
-            Some(id) => id,
-            None => {
-                problem.get_or_insert(MessageProblem::MessageId);
-                Self::stand_in_id(&source)
-            }
-        };
+        let parsed_id = get(headers::EVENT_ID).and_then(|v| Uuid::parse_str(v.trim()).ok());
+        let message_id = parsed_id.unwrap_or_else(|| {
+            problem.get_or_insert(MessageProblem::MessageId);
+            Self::stand_in_id(&source)
+        });
         let event_type = match get(headers::EVENT_TYPE) {
             Some(t) if !t.is_empty() => t.to_owned(),
             _ => {

@@ -4,6 +4,7 @@
 
 use super::store::{Correlated, SagaEvent, SagaStatus};
 use super::{Saga, SagaError, SagaOrchestrator};
+use crate::inbox::InboundMessage;
 use crate::store::RecordedEvent;
 use crate::uow::UnitOfWork;
 use uuid::Uuid;
@@ -80,14 +81,62 @@ impl SagaOrchestrator {
                     source,
                 },
             })?;
-        let delivery = SagaEvent {
-            event_type: event.event_type.clone(),
-            payload,
+        self.deliver_event(
+            sagas,
+            SagaEvent {
+                event_type: event.event_type.clone(),
+                payload,
+            },
+        )
+        .await
+    }
+
+    /// Delivers a message from another service (a consumer's, see [`crate::inbox`]) to every
+    /// unfinished saga of its correlation id that awaits its type, as
+    /// [`deliver_from_feed`](Self::deliver_from_feed) does for events of this service's feed.
+    /// Call it from a consumer's handler with the handler's unit of work: a saga that is still
+    /// running toward the awaited step is [`SagaError::NotWaiting`], and the consumer's retry
+    /// delivers the message again once it waits.
+    ///
+    /// The saga's step sees the message's payload through
+    /// [`StepContext::event`](super::StepContext::event).
+    pub async fn deliver_message_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        message: &InboundMessage,
+    ) -> Result<usize, SagaError> {
+        let Some(correlation) = message.correlation_id else {
+            return Ok(0);
         };
+        let sagas = self.store().correlated_in(uow, correlation).await?;
+        let payload: serde_json::Value = serde_json::from_slice(&message.payload).map_err(|e| {
+            crate::Error::InvalidMessage {
+                message_id: message.message_id,
+                event_type: message.event_type.clone(),
+                source_name: message.source.clone(),
+                reason: format!("the payload is not JSON: {e}"),
+            }
+        })?;
+        self.deliver_event(
+            sagas,
+            SagaEvent {
+                event_type: message.event_type.clone(),
+                payload,
+            },
+        )
+        .await
+    }
+
+    /// Delivers `delivery` to those of `sagas` that await its type.
+    async fn deliver_event(
+        &self,
+        sagas: Vec<Correlated>,
+        delivery: SagaEvent,
+    ) -> Result<usize, SagaError> {
         let mut delivered = 0;
         for saga in sagas {
             if saga.status == SagaStatus::Waiting
-                && saga.awaiting.as_deref() == Some(event.event_type.as_str())
+                && saga.awaiting.as_deref() == Some(delivery.event_type.as_str())
             {
                 match self.handle_event(saga.id, delivery.clone()).await {
                     Ok(()) => delivered += 1,
@@ -97,13 +146,13 @@ impl SagaOrchestrator {
                     Err(error) => return Err(error),
                 }
             } else if saga.status == SagaStatus::Running
-                && self.awaits_later(&saga.name, saga.step, &event.event_type)
+                && self.awaits_later(&saga.name, saga.step, &delivery.event_type)
             {
                 return Err(SagaError::NotWaiting {
                     id: saga.id,
                     status: saga.status,
                     awaiting: saga.awaiting,
-                    event: event.event_type.clone(),
+                    event: delivery.event_type.clone(),
                 });
             }
         }
