@@ -146,7 +146,7 @@ impl KafkaConsumerOptions {
 
 /// Why a [`KafkaConsumer`] could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
+pub enum KafkaConsumerError {
     /// No broker answered.
     #[error("connecting to Kafka at {brokers}: {reason}")]
     Connect {
@@ -177,7 +177,7 @@ pub enum ConsumeError {
 ///
 /// ```no_run
 /// # async fn demo<C: dtx::inbox::Consumer>(inbox: dtx::inbox::Inbox, consumer: C)
-/// # -> Result<(), dtx_postgres::kafka::ConsumeError> {
+/// # -> Result<(), dtx_postgres::kafka::KafkaConsumerError> {
 /// use dtx_postgres::kafka::{KafkaConsumer, KafkaConsumerOptions, StartOffset};
 /// use std::time::Duration;
 ///
@@ -224,7 +224,7 @@ impl<C: Consumer> KafkaConsumer<C> {
         topic: impl Into<String>,
         inbox: Inbox,
         consumer: C,
-    ) -> Result<Self, ConsumeError>
+    ) -> Result<Self, KafkaConsumerError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -239,7 +239,7 @@ impl<C: Consumer> KafkaConsumer<C> {
             .client_id("dtx-inbox")
             .backoff_config(backoff)
             .build();
-        let failed = |reason: String| ConsumeError::Connect {
+        let failed = |reason: String| KafkaConsumerError::Connect {
             brokers: brokers.join(","),
             reason,
         };
@@ -297,7 +297,7 @@ impl<C: Consumer> KafkaConsumer<C> {
     ///
     /// The topic does not exist or its metadata cannot be read when starting. Later failures
     /// (the broker or the database unreachable for a while) are logged and retried.
-    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), ConsumeError> {
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), KafkaConsumerError> {
         let span = tracing::info_span!(
             "dtx.kafka.consumer",
             consumer = C::NAME,
@@ -344,12 +344,12 @@ impl<C: Consumer> KafkaConsumer<C> {
         PartitionKey::new(C::NAME, format!("{}#members", self.topic), slot)
     }
 
-    async fn topic_partitions(&self) -> Result<BTreeSet<i32>, ConsumeError> {
+    async fn topic_partitions(&self) -> Result<BTreeSet<i32>, KafkaConsumerError> {
         let topics = self
             .client
             .list_topics()
             .await
-            .map_err(|source| ConsumeError::Kafka {
+            .map_err(|source| KafkaConsumerError::Kafka {
                 topic: self.topic.clone(),
                 source,
             })?;
@@ -357,14 +357,14 @@ impl<C: Consumer> KafkaConsumer<C> {
             .into_iter()
             .find(|t| t.name == self.topic)
             .map(|t| t.partitions)
-            .ok_or_else(|| ConsumeError::NoTopic(self.topic.clone()))
+            .ok_or_else(|| KafkaConsumerError::NoTopic(self.topic.clone()))
     }
 
     async fn partition_client(
         &self,
         state: &mut Membership,
         partition: i32,
-    ) -> Result<Arc<PartitionClient>, ConsumeError> {
+    ) -> Result<Arc<PartitionClient>, KafkaConsumerError> {
         if let Some(client) = state.clients.get(&partition) {
             return Ok(Arc::clone(client));
         }
@@ -372,7 +372,7 @@ impl<C: Consumer> KafkaConsumer<C> {
             .client
             .partition_client(self.topic.clone(), partition, UnknownTopicHandling::Retry)
             .await
-            .map_err(|source| ConsumeError::Kafka {
+            .map_err(|source| KafkaConsumerError::Kafka {
                 topic: self.topic.clone(),
                 source,
             })?;
@@ -383,7 +383,7 @@ impl<C: Consumer> KafkaConsumer<C> {
 
     /// One round of the partition sharing: renews this instance's membership and leases,
     /// gives back what is over its share, takes free and expired partitions up to it.
-    async fn rebalance(&self, state: &mut Membership) -> Result<(), ConsumeError> {
+    async fn rebalance(&self, state: &mut Membership) -> Result<(), KafkaConsumerError> {
         let partitions = self.topic_partitions().await?;
         let lease = self.options.lease;
         let store = self.store();
@@ -482,7 +482,7 @@ impl<C: Consumer> KafkaConsumer<C> {
         partitions: &BTreeSet<i32>,
         rows: &[dtx::inbox::PartitionOffset],
         share: usize,
-    ) -> Result<(), ConsumeError> {
+    ) -> Result<(), KafkaConsumerError> {
         let now = chrono::Utc::now();
         let live = |r: &dtx::inbox::PartitionOffset| r.lease_until.is_some_and(|u| u > now);
         let store = self.store();
@@ -516,7 +516,7 @@ impl<C: Consumer> KafkaConsumer<C> {
                     client
                         .get_offset(at)
                         .await
-                        .map_err(|source| ConsumeError::Kafka {
+                        .map_err(|source| KafkaConsumerError::Kafka {
                             topic: self.topic.clone(),
                             source,
                         })?

@@ -36,7 +36,7 @@
 
 mod consumer;
 
-pub use consumer::{ConsumeError, KafkaConsumer, KafkaConsumerOptions, StartOffset};
+pub use consumer::{KafkaConsumerError, KafkaConsumer, KafkaConsumerOptions, StartOffset};
 
 use async_trait::async_trait;
 use dtx::outbox::{OutboxMessage, PublishError, Publisher};
