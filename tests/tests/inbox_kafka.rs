@@ -84,8 +84,8 @@ async fn a_consumer_killed_with_sigkill_applies_every_record_exactly_once() {
     // 100 keys of 100 records: 10 000 records, every 40th produced twice.
     let produced = ticks(100, 100, 40);
     produce(&client, &topic, PARTITIONS, &produced).await;
-    let distinct = i64::try_from(produced.iter().map(|p| p.id).collect::<BTreeSet<_>>().len())
-        .unwrap();
+    let distinct =
+        i64::try_from(produced.iter().map(|p| p.id).collect::<BTreeSet<_>>().len()).unwrap();
     assert_eq!(distinct, 10_000);
 
     // One instance, restarted under its owner id after each kill: it takes its partitions back
@@ -121,7 +121,13 @@ async fn a_consumer_killed_with_sigkill_applies_every_record_exactly_once() {
 
     let duplicates = check_exactly_once_in_order(&pool, &produced, &[]).await;
     let inbox = PgInbox::new(pool.clone());
-    assert!(inbox.dead_letters(Some("effects")).await.unwrap().is_empty());
+    assert!(
+        inbox
+            .dead_letters(Some("effects"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     println!(
         "{KILLS} SIGKILLs ({kills_mid_work} mid-work); {} records, {distinct} effects, {duplicates} duplicates skipped",
         produced.len()
@@ -246,10 +252,13 @@ async fn a_poison_record_is_dead_lettered_while_the_others_flow_then_requeued_an
     let total = i64::try_from(produced.len()).unwrap();
 
     let (stop, task) = start(&pool, &topic).await;
-    wait_for("the others applied and the poison dead-lettered", async || {
-        effect_count(&pool).await == total - 1
-            && inbox.dead_letters(Some("effects")).await.unwrap().len() == 1
-    })
+    wait_for(
+        "the others applied and the poison dead-lettered",
+        async || {
+            effect_count(&pool).await == total - 1
+                && inbox.dead_letters(Some("effects")).await.unwrap().len() == 1
+        },
+    )
     .await;
     let letters = inbox.dead_letters(Some("effects")).await.unwrap();
     assert_eq!(letters[0].message.message_id, poison_id);
@@ -266,12 +275,11 @@ async fn a_poison_record_is_dead_lettered_while_the_others_flow_then_requeued_an
         letters[0].message.source
     );
     // The records after it on its key were applied: it did not block its partition.
-    let after: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM inbox_effects WHERE key = 'K-3' AND seq > 10",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inbox_effects WHERE key = 'K-3' AND seq > 10")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(after, 20);
 
     sqlx::query("INSERT INTO inbox_cure VALUES (1)")
@@ -281,7 +289,11 @@ async fn a_poison_record_is_dead_lettered_while_the_others_flow_then_requeued_an
     assert!(inbox.requeue("effects", poison_id).await.unwrap());
     wait_for("the requeued poison applied", async || {
         effect_count(&pool).await == total
-            && inbox.dead_letters(Some("effects")).await.unwrap().is_empty()
+            && inbox
+                .dead_letters(Some("effects"))
+                .await
+                .unwrap()
+                .is_empty()
     })
     .await;
     stop.send(()).unwrap();
@@ -289,7 +301,10 @@ async fn a_poison_record_is_dead_lettered_while_the_others_flow_then_requeued_an
     check_exactly_once_in_order(&pool, &produced, &["K-3"]).await;
     // Released on shutdown: nobody holds the partitions.
     assert!(
-        owners(&inbox, &topic).await.iter().all(|(_, o)| o.is_none()),
+        owners(&inbox, &topic)
+            .await
+            .iter()
+            .all(|(_, o)| o.is_none()),
         "{:?}",
         owners(&inbox, &topic).await
     );
@@ -318,7 +333,13 @@ async fn failing_records_are_retried_and_each_partition_keeps_its_order() {
     stop.send(()).unwrap();
     task.await.unwrap();
     check_exactly_once_in_order(&pool, &produced, &[]).await;
-    assert!(inbox.dead_letters(Some("effects")).await.unwrap().is_empty());
+    assert!(
+        inbox
+            .dead_letters(Some("effects"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Each partition's offset stands past its last record.
     let offsets: i64 = inbox
         .partitions(Some("effects"))

@@ -345,14 +345,14 @@ impl<C: Consumer> KafkaConsumer<C> {
     }
 
     async fn topic_partitions(&self) -> Result<BTreeSet<i32>, KafkaConsumerError> {
-        let topics = self
-            .client
-            .list_topics()
-            .await
-            .map_err(|source| KafkaConsumerError::Kafka {
-                topic: self.topic.clone(),
-                source,
-            })?;
+        let topics =
+            self.client
+                .list_topics()
+                .await
+                .map_err(|source| KafkaConsumerError::Kafka {
+                    topic: self.topic.clone(),
+                    source,
+                })?;
         topics
             .into_iter()
             .find(|t| t.name == self.topic)

@@ -36,7 +36,7 @@
 
 mod consumer;
 
-pub use consumer::{KafkaConsumerError, KafkaConsumer, KafkaConsumerOptions, StartOffset};
+pub use consumer::{KafkaConsumer, KafkaConsumerError, KafkaConsumerOptions, StartOffset};
 
 use async_trait::async_trait;
 use dtx::outbox::{OutboxMessage, PublishError, Publisher};

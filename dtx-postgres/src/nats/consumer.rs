@@ -607,19 +607,16 @@ impl<C: Consumer> NatsConsumer<C> {
             }
         }
         let source = format!("{} #{sequence}", message.subject);
-        let inbound = match InboundMessage::from_headers(
-            headers,
-            message.payload.to_vec(),
-            source,
-            delivery,
-        ) {
-            Ok(inbound) => inbound,
-            Err((problem, stand_in)) => {
-                return self
-                    .dead_letter(&stand_in, &problem.to_string(), delivery)
-                    .await;
-            }
-        };
+        let inbound =
+            match InboundMessage::from_headers(headers, message.payload.to_vec(), source, delivery)
+            {
+                Ok(inbound) => inbound,
+                Err((problem, stand_in)) => {
+                    return self
+                        .dead_letter(&stand_in, &problem.to_string(), delivery)
+                        .await;
+                }
+            };
         let max = self.config.options.max_deliveries.max(1);
         if delivery > max.saturating_mul(2) {
             let error = format!(

@@ -109,14 +109,13 @@ impl SagaOrchestrator {
             return Ok(0);
         };
         let sagas = self.store().correlated_in(uow, correlation).await?;
-        let payload: serde_json::Value = serde_json::from_slice(&message.payload).map_err(|e| {
-            crate::Error::InvalidMessage {
+        let payload: serde_json::Value =
+            serde_json::from_slice(&message.payload).map_err(|e| crate::Error::InvalidMessage {
                 message_id: message.message_id,
                 event_type: message.event_type.clone(),
                 source_name: message.source.clone(),
                 reason: format!("the payload is not JSON: {e}"),
-            }
-        })?;
+            })?;
         self.deliver_event(
             sagas,
             SagaEvent {
