@@ -55,7 +55,7 @@ impl Consumer for Insert {
 }
 
 /// The rows of this module.
-pub async fn inbox_rows(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
+pub(crate) async fn inbox_rows(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
     if options.wants("inbox_consume_kafka") {
         consume_kafka(options, pool).await?;
     }
@@ -247,12 +247,14 @@ async fn consume_baseline(
             let pool = pool.clone();
             tokio::spawn(async move {
                 let mut offset = partition.get_offset(OffsetAt::Earliest).await?;
-                let end = partition.get_offset(OffsetAt::Latest).await?;
-                while offset < end {
-                    let (mut records, _) = partition
+                loop {
+                    let (mut records, high_watermark) = partition
                         .fetch_records(offset, 1..4 * 1024 * 1024, 100)
                         .await?;
                     records.retain(|r| r.offset >= offset);
+                    if records.is_empty() && offset >= high_watermark {
+                        break;
+                    }
                     records.truncate(BATCH);
                     let mut tx = pool.begin().await?;
                     for r in &records {
@@ -285,8 +287,9 @@ async fn consume_baseline(
             .map_err(|e| -> BoxError { e.to_string().into() })?;
     }
     let took = started.elapsed();
-    if count(pool).await? != RECORDS {
-        return Err("the baseline missed records".into());
+    let applied = count(pool).await?;
+    if applied != RECORDS {
+        return Err(format!("the baseline applied {applied} records of {RECORDS}").into());
     }
     Ok(took)
 }

@@ -171,6 +171,8 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
         .collect();
     assert!(!of_a.is_empty() && of_a.len() < 4, "{split:?}");
 
+    // Both at work (a has committed batches of its own) before a dies.
+    wait_for("progress", async || effect_count(&pool).await >= 200).await;
     let before_kill = effect_count(&pool).await;
     kill(&mut worker_a);
     wait_for("b holding every partition", async || {
