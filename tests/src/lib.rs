@@ -6,6 +6,7 @@ use dtx_postgres::PgEventStore;
 
 pub mod brokers;
 pub mod fault_proxy;
+pub mod kafka_inbox;
 pub mod projections;
 
 /// The repository's README: every `rust` block in it runs as a doctest of this package

@@ -1,4 +1,6 @@
-//! The Kafka outbox publisher (feature `kafka`), on the pure-Rust [`rskafka`] client.
+//! The Kafka outbox publisher and inbox consumer (feature `kafka`), on the pure-Rust [`rskafka`]
+//! client. The consumer, [`KafkaConsumer`], is described in its own documentation; what follows
+//! is the publisher.
 //!
 //! Each message becomes one record of the publisher's topic: the record key is the message key
 //! (the stream id for events), the value is the JSON payload, the record headers are the dtx
@@ -31,6 +33,10 @@
 //! # Ok(())
 //! # }
 //! ```
+
+mod consumer;
+
+pub use consumer::{KafkaConsumer, KafkaConsumerError, KafkaConsumerOptions, StartOffset};
 
 use async_trait::async_trait;
 use dtx::outbox::{OutboxMessage, PublishError, Publisher};
