@@ -5,6 +5,7 @@
 use dtx_postgres::PgEventStore;
 
 pub mod fault_proxy;
+pub mod inbox_nats;
 pub mod projections;
 
 /// The repository's README: every `rust` block in it runs as a doctest of this package
