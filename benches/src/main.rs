@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 mod cqrs;
 mod http_load;
 mod idempotency;
+mod inbox;
 mod outbox;
 mod projection;
 mod saga;
@@ -322,6 +323,7 @@ async fn main() -> Result<(), BoxError> {
     idempotency::idempotency_rows(&options, &pool).await?;
     outbox::outbox_rows(&options, &pool).await?;
     projection::projection_rows(&options, &pool).await?;
+    inbox::inbox_rows(&options, &pool).await?;
     http_load::http_rows(&options, &pool).await?;
     trace::trace_rows(&options).await;
     Ok(())
