@@ -60,18 +60,8 @@ pub(crate) async fn inbox_rows(options: &Options, pool: &PgPool) -> Result<(), B
     if !options.wants("inbox_consume_nats") {
         return Ok(());
     }
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
-    let client = match tokio::time::timeout(Duration::from_secs(3), async_nats::connect(&url)).await
-    {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => {
-            eprintln!("inbox_consume_nats skipped (no NATS server): {e}");
-            return Ok(());
-        }
-        Err(e) => {
-            eprintln!("inbox_consume_nats skipped (no NATS server): {e}");
-            return Ok(());
-        }
+    let Some(client) = connect().await else {
+        return Ok(());
     };
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS bench_inbox_effects (
@@ -160,6 +150,22 @@ pub(crate) async fn inbox_rows(options: &Options, pool: &PgPool) -> Result<(), B
     );
     js.delete_stream(&name).await.ok();
     Ok(())
+}
+
+/// The NATS client, or `None` (the row skipped, said on stderr) when no server answers.
+async fn connect() -> Option<async_nats::Client> {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
+    match tokio::time::timeout(Duration::from_secs(3), async_nats::connect(&url)).await {
+        Ok(Ok(client)) => Some(client),
+        Ok(Err(e)) => {
+            eprintln!("inbox_consume_nats skipped (no NATS server): {e}");
+            None
+        }
+        Err(e) => {
+            eprintln!("inbox_consume_nats skipped (no NATS server): {e}");
+            None
+        }
+    }
 }
 
 /// Publishes a round's messages to `{subject}.{key}` with dtx's headers, all acks awaited.

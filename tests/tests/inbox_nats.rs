@@ -466,7 +466,7 @@ async fn per_key_order_is_kept_across_batches_and_a_clean_stop() {
     let durable = "ordered";
 
     let mut acks = Vec::new();
-    let mut rng = 0x0de5_eed_u64;
+    let mut rng = 0x00de_5eed_u64;
     let mut next = vec![1_i64; usize::try_from(KEYS).unwrap()];
     while acks.len() < usize::try_from(total).unwrap() {
         rng ^= rng << 13;
