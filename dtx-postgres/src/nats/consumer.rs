@@ -112,7 +112,7 @@
 //!     .options(ConsumerOptions { max_deliveries: 5, ..ConsumerOptions::default() });
 //! let consumer = NatsConsumer::new(client, inbox, Payments, config);
 //! consumer.ensure().await?; // fail fast on a missing stream or a refused configuration
-//! consumer.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! consumer.run(std::future::pending()).await?; // or a shutdown signal: stops cleanly
 //! # Ok(())
 //! # }
 //! ```
