@@ -6,6 +6,7 @@ use dtx_postgres::PgEventStore;
 
 pub mod brokers;
 pub mod fault_proxy;
+pub mod inbox_nats;
 pub mod kafka_inbox;
 pub mod projections;
 

@@ -33,7 +33,8 @@
 //!   to an instance that died waits before it is delivered again. It must exceed the time one
 //!   handler takes; while a batch is worked through, the messages still waiting in it are kept
 //!   alive (`AckKind::Progress`) every half `ack_wait`.
-//! - `max_ack_pending` ([`NatsConsumerConfig::max_ack_pending`], the batch size by default).
+//! - `max_ack_pending` ([`NatsConsumerConfig::max_ack_pending`], the batch size by default):
+//!   bounds how far later messages can overtake those of an instance that crashed.
 //!
 //! `JetStream` counts every delivery, including those that ended without a verdict (the process
 //! crashed or stopped, the ack timed out). So a message may reach `max_deliveries` with fewer
@@ -46,7 +47,7 @@
 //!
 //! One instance handles a batch sequentially and a batch only after the previous one, so
 //! messages of one key (one subject, one `dtx-stream-id`) are applied in stream order while
-//! their handlers succeed. The guarantee has two honest limits:
+//! their handlers succeed and the instance runs. The guarantee has three limits:
 //!
 //! - **Retries**: a message nak'd with a delay is delivered again after it; the later messages
 //!   of its key that arrive in the meantime are applied first. Where a handler's effect depends
@@ -57,11 +58,12 @@
 //!   per-key order matters (a second one as a standby is fine: it waits while the first holds
 //!   the messages).
 //!
-//! After a crash, the messages the dead instance held come back after `ack_wait`. With
-//! `max_ack_pending` at most the batch size (the default), no later message is delivered in the
-//! meantime — the server holds them back until the dead instance's messages are redelivered,
-//! first — so per-key order survives a crash, at the price of a pause of up to `ack_wait`. A
-//! larger `max_ack_pending` avoids the pause and gives up that order.
+//! - **Crashes**: the messages a dead instance held and had not acknowledged come back after
+//!   `ack_wait`, before any message not yet delivered; but in the meantime another instance
+//!   (or the restarted one) may apply later messages of their keys. With `max_ack_pending` at
+//!   the batch size (the default), at most as many as the dead instance had acknowledged of its
+//!   last batch slip in before them; a clean stop ([`NatsConsumer::run`]'s `shutdown`) hands
+//!   its messages back at once and keeps the order.
 //!
 //! # Stopping
 //!
@@ -110,7 +112,7 @@
 //!     .options(ConsumerOptions { max_deliveries: 5, ..ConsumerOptions::default() });
 //! let consumer = NatsConsumer::new(client, inbox, Payments, config);
 //! consumer.ensure().await?; // fail fast on a missing stream or a refused configuration
-//! consumer.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! consumer.run(std::future::pending()).await?; // or a shutdown signal: stops cleanly
 //! # Ok(())
 //! # }
 //! ```
@@ -177,8 +179,9 @@ impl NatsConsumerConfig {
         self
     }
 
-    /// The most messages delivered and not yet acknowledged (the batch size by default; see
-    /// the [module docs](self) on what a larger value does to order after a crash).
+    /// The most messages delivered and not yet acknowledged (the batch size by default): a
+    /// bound on how many later messages can overtake those of an instance that crashed (see
+    /// the [module docs](self)).
     #[must_use]
     pub fn max_ack_pending(mut self, max_ack_pending: i64) -> Self {
         self.max_ack_pending = Some(max_ack_pending);
@@ -529,10 +532,11 @@ impl<C: Consumer> NatsConsumer<C> {
                     next = messages.next() => Some(next),
                 };
                 let Some(next) = next else {
-                    // Stopping: hand back what the client holds already, so that another
-                    // instance gets it without waiting for `ack_wait`.
+                    // Stopping: hand back what the client holds or is receiving for this
+                    // pull request, so that another instance gets it without waiting for
+                    // `ack_wait`; a request still waiting for messages is left to expire.
                     while let Ok(Some(Ok(message))) =
-                        tokio::time::timeout(Duration::ZERO, messages.next()).await
+                        tokio::time::timeout(Duration::from_millis(100), messages.next()).await
                     {
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                     }

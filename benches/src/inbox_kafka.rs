@@ -22,7 +22,7 @@ const PARTITIONS: i32 = 3;
 const RECORDS: usize = 3_000;
 const BATCH: usize = 100;
 const ROUNDS: usize = 5;
-const INSERT: &str = "INSERT INTO bench_inbox_effects (side, message_id, key) VALUES ($1, $2, $3)";
+const INSERT: &str = "INSERT INTO bench_kafka_effects (side, message_id, key) VALUES ($1, $2, $3)";
 
 /// Inserts one effect row per record, in the unit of work.
 struct Insert;
@@ -87,8 +87,8 @@ async fn consume_kafka(options: &Options, pool: &PgPool) -> Result<(), BoxError>
         }
     };
     sqlx::raw_sql(
-        "DROP TABLE IF EXISTS bench_inbox_effects;
-         CREATE TABLE bench_inbox_effects (
+        "DROP TABLE IF EXISTS bench_kafka_effects;
+         CREATE TABLE bench_kafka_effects (
              id BIGSERIAL PRIMARY KEY, side TEXT NOT NULL, message_id UUID NOT NULL, key TEXT NOT NULL)",
     )
     .execute(pool)
@@ -106,7 +106,7 @@ async fn consume_kafka(options: &Options, pool: &PgPool) -> Result<(), BoxError>
             sides.reverse();
         }
         for dtx_side in sides {
-            sqlx::query("TRUNCATE bench_inbox_effects")
+            sqlx::query("TRUNCATE bench_kafka_effects")
                 .execute(pool)
                 .await?;
             let took = if dtx_side {
@@ -185,7 +185,7 @@ async fn produce(client: &Client, topic: &str) -> Result<(), BoxError> {
 }
 
 async fn count(pool: &PgPool) -> Result<usize, BoxError> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_inbox_effects")
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_kafka_effects")
         .fetch_one(pool)
         .await?;
     Ok(usize::try_from(n)?)
