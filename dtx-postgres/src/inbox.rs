@@ -40,6 +40,7 @@ pub struct PgInbox {
 #[derive(Debug)]
 struct Sql {
     record: String,
+    record_all: String,
     contains: String,
     dead_letter: String,
     dead_letters: String,
@@ -72,6 +73,14 @@ impl Sql {
             record: format!(
                 "INSERT INTO {inbox} (consumer, message_id, message_type) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING"
+            ),
+            // Duplicates within the batch are inserted once (the first: `DO NOTHING` for the
+            // others); the ids returned are those that were new.
+            record_all: format!(
+                "INSERT INTO {inbox} (consumer, message_id, message_type)
+                 SELECT $1, m.id, m.type FROM UNNEST($2::uuid[], $3::text[]) AS m(id, type)
+                 ON CONFLICT DO NOTHING
+                 RETURNING message_id"
             ),
             contains: format!(
                 "SELECT EXISTS (SELECT 1 FROM {inbox} WHERE consumer = $1 AND message_id = $2)"
@@ -243,6 +252,30 @@ impl InboxStore for PgInbox {
             .await
             .map_err(Error::storage)?;
         Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn record_all_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        consumer: &str,
+        messages: &[&InboundMessage],
+    ) -> Result<Vec<bool>> {
+        let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
+        let types: Vec<String> = messages
+            .iter()
+            .map(|m| m.event_type.replace('\0', "\u{FFFD}"))
+            .collect();
+        let conn = PgUnitOfWork::connection_of(uow)?;
+        let inserted: Vec<Uuid> = sqlx::query_scalar(&self.sql.record_all)
+            .bind(consumer)
+            .bind(&ids)
+            .bind(&types)
+            .fetch_all(conn)
+            .await
+            .map_err(Error::storage)?;
+        let mut new: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+        // The first occurrence of a new id is the new one.
+        Ok(ids.iter().map(|id| new.remove(id)).collect())
     }
 
     async fn contains(&self, consumer: &str, message_id: Uuid) -> Result<bool> {

@@ -590,3 +590,58 @@ async fn purge_removes_old_records_in_batches() {
         assert_eq!(store.purge(Duration::ZERO, 5).await.unwrap(), 0, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_batch_of_records_is_new_once_per_message() {
+    for (name, backend) in backends().await {
+        let store = backend.store();
+        let (old, a, b) = (paid(), paid(), paid());
+        backend.inbox.receive(&backend.counter, &old).await.unwrap();
+        let mut uow = store.begin().await.unwrap();
+        let batch = [&a, &old, &b, &a];
+        let fresh = store
+            .record_all_in(uow.as_mut(), "counter", &batch)
+            .await
+            .unwrap();
+        assert_eq!(fresh, [true, false, true, false], "{name}");
+        uow.commit_boxed().await.unwrap();
+        assert!(
+            store.contains("counter", b.message_id).await.unwrap(),
+            "{name}"
+        );
+
+        // Through the inbox: the handlers of the new ones run, in order; a refusal names its
+        // index and the caller rolls everything back.
+        let (c, d) = (paid(), paid());
+        let mut uow = store.begin().await.unwrap();
+        let handled = backend
+            .inbox
+            .handle_all_in(&backend.counter, &[&c, &a, &d], uow.as_mut())
+            .await
+            .unwrap();
+        assert_eq!(
+            handled,
+            [Handled::Applied, Handled::Duplicate, Handled::Applied],
+            "{name}"
+        );
+        uow.rollback_boxed().await.unwrap();
+        assert!(
+            !store.contains("counter", c.message_id).await.unwrap(),
+            "{name}"
+        );
+
+        backend.counter.failing.store(true, Ordering::SeqCst);
+        let mut uow = store.begin().await.unwrap();
+        let refused = backend
+            .inbox
+            .handle_all_in(&backend.counter, &[&a, &c], uow.as_mut())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.0, 1,
+            "{name}: the first new message's handler failed"
+        );
+        uow.rollback_boxed().await.unwrap();
+        backend.counter.failing.store(false, Ordering::SeqCst);
+    }
+}

@@ -839,27 +839,29 @@ impl<C: Consumer> PartitionWorker<C> {
             let started = Instant::now();
             let store = self.inbox.store();
             let mut uow = store.begin().await?;
-            let mut outcomes = Vec::with_capacity(run.len());
+            let mut messages = Vec::with_capacity(run.len());
             for (index, delivery) in run.iter().enumerate() {
-                let refused = match &delivery.message {
-                    Ok(message) => {
-                        match self
-                            .inbox
-                            .handle_in(&*self.consumer, message, uow.as_mut())
-                            .await
-                        {
-                            Ok(handled) => {
-                                outcomes.push(handled);
-                                continue;
-                            }
-                            Err(refused) => refused,
-                        }
+                match &delivery.message {
+                    Ok(message) => messages.push(message),
+                    Err((problem, message)) => {
+                        // Nothing written yet: the records before it are applied on their own.
+                        let _ = uow.rollback_boxed().await;
+                        let refused = Refused::Poison(not_a_message(problem, message));
+                        return Ok(Err((index, refused)));
                     }
-                    Err((problem, message)) => Refused::Poison(not_a_message(problem, message)),
-                };
-                let _ = uow.rollback_boxed().await;
-                return Ok(Err((index, refused)));
+                }
             }
+            let outcomes = match self
+                .inbox
+                .handle_all_in(&*self.consumer, &messages, uow.as_mut())
+                .await
+            {
+                Ok(outcomes) => outcomes,
+                Err(refused) => {
+                    let _ = uow.rollback_boxed().await;
+                    return Ok(Err(refused));
+                }
+            };
             let step = self.advance(last.offset + 1);
             if let Err(e) = store
                 .advance_partition_in(uow.as_mut(), &self.key, &step)

@@ -196,47 +196,47 @@ impl Inbox {
         message: &InboundMessage,
         uow: &mut dyn UnitOfWork,
     ) -> std::result::Result<Handled, Refused> {
-        let span = tracing::info_span!(
-            "dtx.inbox.handle",
-            consumer = C::NAME,
-            message_id = %message.message_id,
-            event_type = %message.event_type,
-            key = message.key.as_deref().unwrap_or(""),
-            delivery = message.delivery,
-            outcome = tracing::field::Empty,
-        );
-        crate::telemetry::set_parent(&span, message.traceparent.as_deref());
+        let span = handle_span::<C>(message);
         let result = async {
             let fresh = self
                 .store
                 .record_in(uow, C::NAME, message)
                 .await
                 .map_err(|e| Refused::Retry(HandlerError::Failed(Box::new(e))))?;
-            if !fresh {
-                return Ok(Handled::Duplicate);
-            }
-            if !C::event_types().contains(&message.event_type.as_str()) {
-                return Ok(Handled::Ignored);
-            }
-            match consumer.handle(message, uow).await {
-                Ok(()) => Ok(Handled::Applied),
-                Err(e @ HandlerError::Decode(_)) => Err(Refused::Poison(e)),
-                Err(e) => Err(Refused::Retry(e)),
-            }
+            run_handler(consumer, message, uow, fresh).await
         }
         .instrument(span.clone())
         .await;
-        span.record(
-            "outcome",
-            match &result {
-                Ok(Handled::Applied) => "applied",
-                Ok(Handled::Ignored) => "ignored",
-                Ok(Handled::Duplicate) => "duplicate",
-                Err(Refused::Retry(_)) => "failed",
-                Err(Refused::Poison(_)) => "poison",
-            },
-        );
+        span.record("outcome", outcome_name(&result));
         result
+    }
+
+    /// [`handle_in`](Self::handle_in) for a batch of messages in one unit of work: their inbox
+    /// records in one statement ([`InboxStore::record_all_in`]), then each fresh one's handler,
+    /// in order. `Err((i, refused))` when the message at `i` was refused: the caller rolls `uow`
+    /// back (with the records and effects of the messages before it) and applies the ones
+    /// before it again without it.
+    pub async fn handle_all_in<C: Consumer>(
+        &self,
+        consumer: &C,
+        messages: &[&InboundMessage],
+        uow: &mut dyn UnitOfWork,
+    ) -> std::result::Result<Vec<Handled>, (usize, Refused)> {
+        let fresh = self
+            .store
+            .record_all_in(uow, C::NAME, messages)
+            .await
+            .map_err(|e| (0, Refused::Retry(HandlerError::Failed(Box::new(e)))))?;
+        let mut handled = Vec::with_capacity(messages.len());
+        for (index, (message, fresh)) in messages.iter().zip(fresh).enumerate() {
+            let span = handle_span::<C>(message);
+            let result = run_handler(consumer, message, uow, fresh)
+                .instrument(span.clone())
+                .await;
+            span.record("outcome", outcome_name(&result));
+            handled.push(result.map_err(|refused| (index, refused))?);
+        }
+        Ok(handled)
     }
 
     /// One delivery in a unit of work of its own: [`handle_in`](Self::handle_in), then commit
@@ -342,6 +342,42 @@ impl Inbox {
             }
         }
         Ok(applied)
+    }
+}
+
+/// The span of one message's handling, its parent the message's trace.
+fn handle_span<C: Consumer>(message: &InboundMessage) -> tracing::Span {
+    let span = tracing::info_span!(
+        "dtx.inbox.handle",
+        consumer = C::NAME,
+        message_id = %message.message_id,
+        event_type = %message.event_type,
+        key = message.key.as_deref().unwrap_or(""),
+        delivery = message.delivery,
+        outcome = tracing::field::Empty,
+    );
+    crate::telemetry::set_parent(&span, message.traceparent.as_deref());
+    span
+}
+
+/// Runs `consumer`'s handler for `message` unless it is a duplicate (`fresh == false`) or of a
+/// type the consumer does not handle.
+async fn run_handler<C: Consumer>(
+    consumer: &C,
+    message: &InboundMessage,
+    uow: &mut dyn UnitOfWork,
+    fresh: bool,
+) -> std::result::Result<Handled, Refused> {
+    if !fresh {
+        return Ok(Handled::Duplicate);
+    }
+    if !C::event_types().contains(&message.event_type.as_str()) {
+        return Ok(Handled::Ignored);
+    }
+    match consumer.handle(message, uow).await {
+        Ok(()) => Ok(Handled::Applied),
+        Err(e @ HandlerError::Decode(_)) => Err(Refused::Poison(e)),
+        Err(e) => Err(Refused::Retry(e)),
     }
 }
 

@@ -135,6 +135,22 @@ pub trait InboxStore: Send + Sync + 'static {
         message: &InboundMessage,
     ) -> Result<bool>;
 
+    /// [`record_in`](Self::record_in) for several messages at once (PostgreSQL: one
+    /// statement): for each, whether it is new. A message id that appears twice in `messages`
+    /// is new at most once (the first time).
+    async fn record_all_in(
+        &self,
+        uow: &mut dyn UnitOfWork,
+        consumer: &str,
+        messages: &[&InboundMessage],
+    ) -> Result<Vec<bool>> {
+        let mut fresh = Vec::with_capacity(messages.len());
+        for message in messages {
+            fresh.push(self.record_in(uow, consumer, message).await?);
+        }
+        Ok(fresh)
+    }
+
     /// Whether `consumer` has received the message `message_id`.
     async fn contains(&self, consumer: &str, message_id: Uuid) -> Result<bool>;
 
