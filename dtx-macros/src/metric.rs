@@ -40,16 +40,18 @@ impl FromMeta for Labels {
         let mut labels = Self::default();
         for item in items {
             let constant = match item {
-                NestedMeta::Meta(syn::Meta::NameValue(nv)) => match (nv.path.get_ident(), &nv.value) {
-                    (
-                        Some(key),
-                        syn::Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Str(value),
-                            ..
-                        }),
-                    ) => Some((key.clone(), value.clone())),
-                    _ => None,
-                },
+                NestedMeta::Meta(syn::Meta::NameValue(nv)) => {
+                    match (nv.path.get_ident(), &nv.value) {
+                        (
+                            Some(key),
+                            syn::Expr::Lit(syn::ExprLit {
+                                lit: syn::Lit::Str(value),
+                                ..
+                            }),
+                        ) => Some((key.clone(), value.clone())),
+                        _ => None,
+                    }
+                }
                 _ => None,
             };
             match constant {
@@ -174,9 +176,12 @@ fn validate(
     let arguments = arguments(&f.sig);
     let mut arg_labels = Vec::new();
     for path in args.arg_labels.iter() {
-        let found = path
-            .get_ident()
-            .and_then(|i| arguments.iter().find(|(name, _)| name == i));
+        let found = path.get_ident().and_then(|key| {
+            arguments
+                .iter()
+                .find(|(name, _)| name == key)
+                .map(|(_, ty)| (key, ty))
+        });
         let Some((ident, ty)) = found else {
             let listed = if arguments.is_empty() {
                 "the function has no arguments that can label its calls".to_owned()
@@ -221,7 +226,10 @@ fn validate(
 fn name_problem(name: &str) -> Option<String> {
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/');
     if name.trim().is_empty() {
-        Some("a metric needs a name: `name = \"..\"` is empty (e.g. `name = \"payments.charge\"`)".into())
+        Some(
+            "a metric needs a name: `name = \"..\"` is empty (e.g. `name = \"payments.charge\"`)"
+                .into(),
+        )
     } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
         Some(format!(
             "metric name `{name}` must start with a letter (e.g. `name = \"payments.charge\"`)"
