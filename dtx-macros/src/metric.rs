@@ -9,7 +9,7 @@ use darling::ast::NestedMeta;
 use darling::util::{PathList, SpannedValue};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use syn::spanned::Spanned;
 
 /// The longest metric name: OpenTelemetry allows 255 characters, and `.duration` is appended.
@@ -133,7 +133,7 @@ fn validate(
             .with_span(constness),
         );
     }
-    let mut keys = BTreeMap::new();
+    let mut keys = BTreeSet::new();
     let mut check_key = |key: &syn::Ident, errors: &mut darling::error::Accumulator| {
         let text = key.to_string();
         if text == "outcome" {
@@ -145,7 +145,7 @@ fn validate(
                 .with_span(key),
             );
             false
-        } else if keys.insert(text, ()).is_some() {
+        } else if !keys.insert(text) {
             errors.push(
                 darling::Error::custom(format!(
                     "label `{key}` is listed twice; a label has one value per call"
@@ -327,10 +327,10 @@ fn generate(model: &Model) -> TokenStream {
     let start = syn::Ident::new("__dtx_start", Span::mixed_site());
     let ret = syn::Ident::new("__dtx_ret", Span::mixed_site());
     let values = syn::Ident::new("__dtx_labels", Span::mixed_site());
-    let name = match name {
-        Some(name) => quote!(::core::option::Option::Some(#name)),
-        None => quote!(::core::option::Option::None),
-    };
+    let name = name.as_ref().map_or_else(
+        || quote!(::core::option::Option::None),
+        |name| quote!(::core::option::Option::Some(#name)),
+    );
     let constant = labels.iter().map(|(k, v)| quote!((#k, #v)));
     let keys = arg_labels.iter().map(|a| a.ident.to_string());
     let count = arg_labels.len();

@@ -539,7 +539,8 @@ impl<T> TraceNoError for TraceOutcome<'_, T> {}
 // Measured functions (`#[dtx::metric]`)
 
 pub use crate::telemetry::call_metrics::{
-    MetricOutcome, MetricPlain, MetricResult, MetricSite, MetricStart};
+    MetricOutcome, MetricPlain, MetricResult, MetricSite, MetricStart,
+};
 
 /// When a measured call started.
 #[inline]

@@ -4,6 +4,12 @@
 //! rejection, a validation failure, and the failure messages of broken expectations.
 
 #![allow(clippy::unwrap_used, missing_docs, reason = "tests")]
+#![allow(
+    clippy::needless_pass_by_value,
+    clippy::unnecessary_wraps,
+    clippy::unused_self,
+    reason = "the handler shapes of the README"
+)]
 
 use dtx::cqrs::testing::AggregateTest;
 use dtx::cqrs::{CommandError, Committed, Validate, Validator};
@@ -78,7 +84,10 @@ pub struct Withdraw {
 
 #[command_handler]
 impl Account {
-    fn deposit(_account: Option<&Self>, cmd: Deposit) -> Result<Deposited, std::convert::Infallible> {
+    fn deposit(
+        _account: Option<&Self>,
+        cmd: Deposit,
+    ) -> Result<Deposited, std::convert::Infallible> {
         Ok(Deposited { amount: cmd.amount })
     }
 
@@ -250,7 +259,10 @@ async fn stock_commands_the_bus_refuses_before_the_handler() {
         })
         .await
         .then_error(|e| matches!(e, CommandError::Invalid { .. }));
-    assert!(invalid.to_string().contains("must be at least 1"), "{invalid}");
+    assert!(
+        invalid.to_string().contains("must be at least 1"),
+        "{invalid}"
+    );
 
     // An update of an aggregate with no events.
     AggregateTest::<Stock>::new(stock_id)
@@ -335,7 +347,10 @@ async fn order_from_the_examples() {
         })
         .await
         .then_invariant_violated();
-    assert_eq!(violation, format!("an order holds at most {MAX_LINES} lines"));
+    assert_eq!(
+        violation,
+        format!("an order holds at most {MAX_LINES} lines")
+    );
 }
 
 #[tokio::test]
@@ -351,9 +366,18 @@ async fn broken_expectations_say_what_differs() {
     let message = panic_message(|| {
         then.then_events([Reserved { quantity: 4 }]);
     });
-    assert!(message.contains("stored other events than expected"), "{message}");
-    assert!(message.contains("expected:\n      1. Reserved {\"quantity\":4}"), "{message}");
-    assert!(message.contains("actual:\n      1. Reserved {\"quantity\":3}"), "{message}");
+    assert!(
+        message.contains("stored other events than expected"),
+        "{message}"
+    );
+    assert!(
+        message.contains("expected:\n      1. Reserved {\"quantity\":4}"),
+        "{message}"
+    );
+    assert!(
+        message.contains("actual:\n      1. Reserved {\"quantity\":3}"),
+        "{message}"
+    );
 
     let then = AggregateTest::<Stock>::new(stock_id)
         .given([Stocked { quantity: 1 }])
@@ -365,7 +389,10 @@ async fn broken_expectations_say_what_differs() {
     let message = panic_message(|| {
         then.then_events([Reserved { quantity: 3 }]);
     });
-    assert!(message.contains("should have stored events, but it failed: command"), "{message}");
+    assert!(
+        message.contains("should have stored events, but it failed: command"),
+        "{message}"
+    );
     assert!(message.contains("only 1 left"), "{message}");
 
     let then = AggregateTest::<Stock>::new(stock_id)
@@ -379,7 +406,10 @@ async fn broken_expectations_say_what_differs() {
         then.then_rejected::<SoldOut>();
     });
     assert!(message.contains("but it succeeded"), "{message}");
-    assert!(message.contains("1. Reserved {\"quantity\":3}"), "{message}");
+    assert!(
+        message.contains("1. Reserved {\"quantity\":3}"),
+        "{message}"
+    );
 
     // A command for another aggregate than the fixture's: its stream is named.
     let other = Id::<Stock>::new();
@@ -392,5 +422,8 @@ async fn broken_expectations_say_what_differs() {
     let message = panic_message(|| {
         then.then_events([Stocked { quantity: 1 }]);
     });
-    assert!(message.contains(&format!("(in stream `Stock-{other}`)")), "{message}");
+    assert!(
+        message.contains(&format!("(in stream `Stock-{other}`)")),
+        "{message}"
+    );
 }

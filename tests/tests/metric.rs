@@ -222,11 +222,19 @@ fn sync_fns_and_methods_take_their_path_as_default_name() {
         points(&metrics, "metric.pricing.Quotes.quote.calls"),
         [
             (
-                labels(&[("express", "false"), ("method", "none"), ("outcome", "error")]),
+                labels(&[
+                    ("express", "false"),
+                    ("method", "none"),
+                    ("outcome", "error")
+                ]),
                 1
             ),
             (
-                labels(&[("express", "false"), ("method", "transfer"), ("outcome", "ok")]),
+                labels(&[
+                    ("express", "false"),
+                    ("method", "transfer"),
+                    ("outcome", "ok")
+                ]),
                 1
             ),
             (

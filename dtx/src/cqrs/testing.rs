@@ -21,7 +21,7 @@ use std::sync::Arc;
 /// the handler's decision, the aggregate's invariants, and the append. A failed expectation
 /// panics with the expected and the actual events (as their stored type names and JSON data).
 ///
-/// ```
+/// ```standalone_crate
 /// use dtx::cqrs::testing::AggregateTest;
 /// use dtx::{Aggregate, Apply, DomainEvent, Id, command_handler};
 /// use serde::{Deserialize, Serialize};
@@ -102,30 +102,39 @@ impl<A: Aggregate> AggregateTest<A> {
     /// policy. Its store is replaced by the harness's in-memory store.
     ///
     /// ```
-    /// # use dtx::cqrs::{CommandBus, testing::AggregateTest};
-    /// # use dtx::{Aggregate, Apply, DomainEvent, Id};
-    /// # use serde::{Deserialize, Serialize};
-    /// # #[derive(Debug, Clone, Serialize, Deserialize)]
-    /// # pub struct Opened { pub owner: String }
-    /// # #[derive(Debug, Clone, DomainEvent)]
-    /// # pub enum TabEvent { Opened(Opened) }
-    /// # #[derive(Debug, Clone, Default, Serialize, Deserialize, Aggregate)]
-    /// # #[aggregate(event = TabEvent)]
-    /// # pub struct Tab { id: Id<Tab>, open: bool }
-    /// # impl Apply<Opened> for Tab { fn apply(&mut self, _: &Opened) { self.open = true; } }
-    /// struct Open { tab: Id<Tab>, owner: String }
-    /// impl dtx::cqrs::Command for Open { type Output = dtx::cqrs::Committed; }
+    /// use dtx::cqrs::{CommandBus, testing::AggregateTest};
+    /// use dtx::{Aggregate, Apply, DomainEvent, Id};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, Clone, Serialize, Deserialize)]
+    /// pub struct Opened { pub owner: String }
+    /// #[derive(Debug, Clone, Serialize, Deserialize)]
+    /// pub struct Paid { pub cents: u64 }
+    /// #[derive(Debug, Clone, DomainEvent)]
+    /// pub enum TabEvent { Opened(Opened), Paid(Paid) }
+    ///
+    /// #[derive(Debug, Clone, Default, Serialize, Deserialize, Aggregate)]
+    /// #[aggregate(event = TabEvent)]
+    /// pub struct Tab { id: Id<Tab>, paid: u64 }
+    /// impl Apply<Opened> for Tab { fn apply(&mut self, _: &Opened) {} }
+    /// impl Apply<Paid> for Tab { fn apply(&mut self, e: &Paid) { self.paid += e.cents; } }
+    ///
+    /// // A command with a handler registered by hand.
+    /// pub struct Pay { tab: Id<Tab>, cents: u64 }
+    /// impl dtx::cqrs::Command for Pay { type Output = dtx::cqrs::Committed; }
     ///
     /// let tab = Id::<Tab>::new();
-    /// let bus = CommandBus::builder().aggregate_handler::<Tab, Open, _, std::convert::Infallible>(
+    /// let bus = CommandBus::builder().aggregate_handler::<Tab, Pay, _, std::convert::Infallible>(
     ///     |cmd| cmd.tab,
-    ///     |_tab, cmd| Ok(vec![Opened { owner: cmd.owner.clone() }]),
+    ///     |_tab, cmd| Ok(vec![Paid { cents: cmd.cents }]),
     /// );
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// AggregateTest::<Tab>::with_bus(tab, bus)
-    ///     .when(Open { tab, owner: "ada".into() })
+    /// let committed = AggregateTest::<Tab>::with_bus(tab, bus)
+    ///     .given([Opened { owner: "ada".into() }])
+    ///     .when(Pay { tab, cents: 450 })
     ///     .await
-    ///     .then_events([Opened { owner: "ada".into() }]);
+    ///     .then_events([Paid { cents: 450 }]);
+    /// assert_eq!(committed.version, 2);
     /// # });
     /// ```
     pub fn with_bus(id: A::Id, bus: CommandBusBuilder) -> Self {
@@ -167,17 +176,12 @@ impl<A: Aggregate> AggregateTest<A> {
                 .iter()
                 .map(|event| NewEvent::encode(&stream, event, EventMetadata::default()))
                 .collect::<crate::Result<Vec<_>>>()
-                .unwrap_or_else(|e| {
-                    panic!("AggregateTest<{}>: a given event: {e}", A::TYPE)
-                });
+                .unwrap_or_else(|e| panic!("AggregateTest<{}>: a given event: {e}", A::TYPE));
             store
                 .append(&stream, ExpectedVersion::NoStream, events)
                 .await
                 .unwrap_or_else(|e| {
-                    panic!(
-                        "AggregateTest<{}>: storing the given events: {e}",
-                        A::TYPE
-                    )
+                    panic!("AggregateTest<{}>: storing the given events: {e}", A::TYPE)
                 });
         }
         let bus = self
@@ -284,7 +288,10 @@ impl<A: Aggregate, C: Command> Then<A, C> {
     /// Then: the command succeeded and stored exactly these events, in this order, in the
     /// aggregate's stream; returns what the command returned. Events are compared by their
     /// stored type name and JSON data, so the event types need no `PartialEq`.
-    pub fn then_events<E: Into<A::Event>>(self, expected: impl IntoIterator<Item = E>) -> C::Output {
+    pub fn then_events<E: Into<A::Event>>(
+        self,
+        expected: impl IntoIterator<Item = E>,
+    ) -> C::Output {
         let expected: Vec<String> = expected
             .into_iter()
             .map(|event| {
@@ -350,7 +357,10 @@ impl<A: Aggregate, C: Command> Then<A, C> {
     /// Then: the handler rejected the command with its own error of type `E`
     /// ([`CommandError::Domain`]) and nothing was stored; returns that error.
     pub fn then_rejected<E: std::error::Error + Send + Sync + 'static>(self) -> E {
-        let error = self.failed(&format!("a rejection with `{}`", std::any::type_name::<E>()));
+        let error = self.failed(&format!(
+            "a rejection with `{}`",
+            std::any::type_name::<E>()
+        ));
         let mismatch = |error: &CommandError| -> ! {
             panic!(
                 "AggregateTest<{}>: `{}` should have been rejected with `{}`, but failed with: \
