@@ -7,6 +7,7 @@ mod consumer;
 mod event;
 mod handler;
 mod idempotent;
+mod metric;
 mod projection;
 mod saga;
 mod trace;
@@ -65,4 +66,10 @@ pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
     trace::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::metric`.
+#[proc_macro_attribute]
+pub fn metric(args: TokenStream, item: TokenStream) -> TokenStream {
+    metric::expand(args.into(), item.into()).into()
 }

@@ -534,3 +534,23 @@ pub trait TraceNoError {
 }
 
 impl<T> TraceNoError for TraceOutcome<'_, T> {}
+
+// ---------------------------------------------------------------------------------------------
+// Measured functions (`#[dtx::metric]`)
+
+pub use crate::telemetry::call_metrics::{
+    MetricOutcome, MetricPlain, MetricResult, MetricSite, MetricStart,
+};
+
+/// When a measured call started.
+#[inline]
+pub fn metric_start() -> MetricStart {
+    MetricStart::now()
+}
+
+/// An argument's label value; called under the argument type's span, so a type that is not a
+/// [`crate::telemetry::MetricLabel`] is reported there.
+#[inline]
+pub fn metric_label<T: crate::telemetry::MetricLabel + ?Sized>(value: &T) -> &'static str {
+    value.metric_label()
+}

@@ -730,3 +730,78 @@ pub use dtx_macros::saga;
 /// # }).unwrap();
 /// ```
 pub use dtx_macros::trace;
+
+/// Measures a function: a call counter and a duration histogram, with the labels you list.
+///
+/// On a `fn` or `async fn`, free or a method. With the feature `otel`, every call records, on
+/// OpenTelemetry's global meter:
+///
+/// - `<name>.calls`, a counter; for a function returning a `Result`, labelled `outcome = "ok"`
+///   or `outcome = "error"`;
+/// - `<name>.duration`, a histogram in seconds.
+///
+/// Both carry the constant labels of `labels(..)` and the argument labels of `arg_labels(..)`.
+/// The instruments are created on the first call and kept in a `static` of the function, so a
+/// call costs an atomic load, a clock read and the two recordings. Without the feature `otel`,
+/// nothing is measured and the function runs as written. A call that panics, or an `async fn`
+/// whose future is dropped before it finishes, is not recorded.
+///
+/// Options:
+///
+/// - `name = ".."`: the metric name, in the characters OpenTelemetry allows (letters, digits,
+///   `_`, `.`, `-`, `/`; default: the function's path with `.` for `::`, e.g.
+///   `my_service.payments.charge`);
+/// - `labels(key = "value", ..)`: constant labels (`service = "payments"`);
+/// - `arg_labels(arg, ..)`: arguments whose value labels each call, under the argument's name.
+///   Every distinct value is a time series of its own, so an argument must be of a type whose
+///   values are a fixed set: one implementing [`telemetry::MetricLabel`] (an enum, `bool`, an
+///   `Option` of these, a reference to one). A `String`, a number or an id is a compile error:
+///   map it to such an enum first. No argument is a label unless listed;
+/// - `crate = path`: where to find `dtx` when it is re-exported under another name.
+///
+/// `outcome` is reserved for the outcome label.
+///
+/// With [`#[dtx::trace]`](macro@trace): write `#[dtx::metric]` above `#[dtx::trace]`. The
+/// attribute above expands first and the one below wraps the result, so the metric is then
+/// recorded inside the function's span. The other order works too: the measured duration then
+/// also covers opening and closing the span.
+///
+/// ```
+/// use dtx::telemetry::MetricLabel;
+///
+/// #[derive(Debug, Clone, Copy)]
+/// pub enum Method { Card, Transfer }
+///
+/// impl MetricLabel for Method {
+///     fn metric_label(&self) -> &'static str {
+///         match self { Method::Card => "card", Method::Transfer => "transfer" }
+///     }
+/// }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("card declined")]
+/// pub struct Declined;
+///
+/// // `payments.charge.calls{service="payments", method="card", outcome="ok"}` and
+/// // `payments.charge.duration{service="payments", method="card"}`; `customer` is no label.
+/// #[dtx::metric(name = "payments.charge", labels(service = "payments"), arg_labels(method))]
+/// #[dtx::trace(name = "payments.charge")]
+/// async fn charge(customer: String, method: Method, amount: u64) -> Result<u64, Declined> {
+///     if amount == 0 { return Err(Declined) }
+///     Ok(amount)
+/// }
+///
+/// // Named after its path: `<crate>.total.calls` and `<crate>.total.duration`.
+/// #[dtx::metric]
+/// fn total(lines: &[u64]) -> u64 {
+///     lines.iter().sum()
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// assert_eq!(charge("ada".into(), Method::Card, 30).await?, 30);
+/// assert!(charge("ada".into(), Method::Transfer, 0).await.is_err(), "counted as an error");
+/// assert_eq!(total(&[1, 2, 3]), 6);
+/// # Ok::<(), Declined>(())
+/// # }).unwrap();
+/// ```
+pub use dtx_macros::metric;

@@ -19,6 +19,8 @@ pub(crate) mod context;
 pub(crate) mod handler;
 pub(crate) mod query;
 mod registry;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 
 pub use aggregate::IntoEvents;

@@ -46,6 +46,8 @@
 //! | `dtx.idempotency.conflicts` | counter | `reason` (`key_reused`, `in_flight`) | an idempotent call was refused |
 //! | `dtx.function.duration` | histogram (s) | `code.function.name` | a `#[dtx::trace]` function returned |
 //! | `dtx.function.errors` | counter | `code.function.name` | it returned an `Err` |
+//! | `<name>.calls` | counter | `labels(..)`, `arg_labels(..)`, `outcome` (`ok`, `error`; for a `Result`) | a [`#[dtx::metric]`](crate::metric) function returned |
+//! | `<name>.duration` | histogram (s) | `labels(..)`, `arg_labels(..)` | idem |
 //! | `dtx.projection.events` | counter | `projection` | a projection committed a batch |
 //! | `dtx.projection.lag` | histogram (s) | `projection` | ... from its oldest event's commit |
 //! | `dtx.projection.lag_events` | histogram | `projection` | ... with this many feed events read after it |
@@ -62,10 +64,12 @@
 //! its record's `received` map under [`SAGA_TRACEPARENT`]: every step's span continues the
 //! trace of the operation that started the saga.
 
+pub(crate) mod call_metrics;
 mod metrics;
 #[cfg(feature = "otel-otlp")]
 mod otlp;
 
+pub use call_metrics::MetricLabel;
 pub use metrics::*;
 #[cfg(feature = "otel-otlp")]
 pub use otlp::{InitError, TelemetryGuard, init};

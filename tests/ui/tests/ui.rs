@@ -1,6 +1,6 @@
 //! Compile-fail tests of `#[derive(DomainEvent)]`, `#[derive(Aggregate)]`, `#[command_handler]`,
-//! `#[query_handler]`, `#[idempotent]`, `#[projection]`, `#[consumer]`, `#[saga]` and
-//! `#[dtx::trace]`.
+//! `#[query_handler]`, `#[idempotent]`, `#[projection]`, `#[consumer]`, `#[saga]`,
+//! `#[dtx::trace]` and `#[dtx::metric]`.
 //!
 //! Every `cases/<macro>/fail/<rule>.rs` must fail to compile with the `.stderr` beside it;
 //! every `cases/<macro>/pass/<rule>.rs` must compile and run. After changing a message,
@@ -34,6 +34,9 @@ mod domain_event_all_options;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/idempotent/pass/all_forms.rs"]
 mod idempotent_all_forms;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/metric/pass/all_forms.rs"]
+mod metric_all_forms;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/projection/pass/all_options.rs"]
 mod projection_all_options;

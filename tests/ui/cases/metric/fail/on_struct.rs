@@ -1,0 +1,8 @@
+#[dtx::metric]
+struct Charge {
+    amount: u64,
+}
+
+fn main() {
+    let _ = Charge { amount: 1 }.amount;
+}
