@@ -55,10 +55,14 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 pub mod inbox;
+#[cfg(feature = "money")]
+pub mod money;
 pub mod outbox;
 pub mod projection;
 pub(crate) mod retry;
 pub mod saga;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod store;
 mod stream;
 pub mod telemetry;
