@@ -102,6 +102,12 @@ pub use uuid::Uuid;
 /// or on that enum to opt out for all its variants. The struct keeps the `Event` impl of the
 /// other enum, with that enum's name and version.
 ///
+/// With dtx's feature `schema`, every variant also registers its event type, version and
+/// payload for `dtx::schema::export`, which needs each payload to implement `schemars::JsonSchema`;
+/// `#[event(schema = false)]` on a variant, or on the enum for all its variants, leaves it out
+/// of the exported contracts (an internal or test event). Without the feature the option is
+/// accepted and nothing is registered.
+///
 /// ```
 /// use dtx::DomainEvent;
 /// use serde::{Deserialize, Serialize};

@@ -307,6 +307,8 @@ mod tests {
                 Placed(OrderPlaced),
                 #[event(payload_impl = true)]
                 Audited(Audited),
+                #[event(schema = false)]
+                Internal(Internal),
             }
         }));
     }
