@@ -314,18 +314,17 @@ impl Rounding {
         let away = quotient + numerator.signum();
         let twice = remainder.unsigned_abs() * 2;
         let half = twice.cmp(&denominator.unsigned_abs());
-        Some(match self {
+        let round_away = match self {
             Self::Exact => return None,
-            Self::Down => quotient,
-            Self::Up => away,
-            Self::Ceiling if numerator > 0 => away,
-            Self::Floor if numerator < 0 => away,
-            Self::Ceiling | Self::Floor => quotient,
-            Self::HalfUp if half.is_ge() => away,
-            Self::HalfDown if half.is_gt() => away,
-            Self::HalfEven if half.is_gt() || (half.is_eq() && quotient % 2 != 0) => away,
-            Self::HalfUp | Self::HalfDown | Self::HalfEven => quotient,
-        })
+            Self::Down => false,
+            Self::Up => true,
+            Self::Ceiling => numerator > 0,
+            Self::Floor => numerator < 0,
+            Self::HalfUp => half.is_ge(),
+            Self::HalfDown => half.is_gt(),
+            Self::HalfEven => half.is_gt() || (half.is_eq() && quotient % 2 != 0),
+        };
+        Some(if round_away { away } else { quotient })
     }
 }
 

@@ -2,7 +2,7 @@
 //! `dtx::schema`, validates the messages as the outbox relay really publishes them to NATS
 //! `JetStream` (`NATS_URL`, default `127.0.0.1:4222`); a wrong payload fails validation.
 
-#![allow(clippy::unwrap_used, reason = "tests")]
+#![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
 
 use async_nats::jetstream::{self, consumer, stream};
 use dtx::cqrs::{CommandBus, Committed};
