@@ -554,3 +554,100 @@ pub fn metric_start() -> MetricStart {
 pub fn metric_label<T: crate::telemetry::MetricLabel + ?Sized>(value: &T) -> &'static str {
     value.metric_label()
 }
+
+// ---- event contracts (`dtx::schema`) ----
+
+/// One event type and version registered by `#[derive(DomainEvent)]` (feature `schema`).
+#[cfg(feature = "schema")]
+pub struct EventContract {
+    /// The stored event type name.
+    pub event_type: &'static str,
+    /// The schema version.
+    pub version: u32,
+    /// The payload type's name.
+    pub payload_type: fn() -> &'static str,
+    /// The payload's root schema, `None` when it does not implement `JsonSchema`.
+    pub schema: fn() -> Option<schemars::Schema>,
+}
+
+#[cfg(feature = "schema")]
+inventory::collect!(EventContract);
+
+/// Picks [`SchemaOf::schema`] when `T: JsonSchema`, else [`NoSchema::schema`] (method
+/// resolution through `&&SchemaProbe<T>`), so a payload without `JsonSchema` compiles and is
+/// reported by `dtx::schema::export`.
+#[cfg(feature = "schema")]
+pub struct SchemaProbe<T>(core::marker::PhantomData<T>);
+
+#[cfg(feature = "schema")]
+impl<T> SchemaProbe<T> {
+    /// The probe.
+    pub const NEW: Self = Self(core::marker::PhantomData);
+}
+
+/// See [`SchemaProbe`].
+#[cfg(feature = "schema")]
+pub trait SchemaOf {
+    /// The payload's root schema.
+    fn schema(&self) -> Option<schemars::Schema>;
+}
+
+#[cfg(feature = "schema")]
+impl<T: schemars::JsonSchema> SchemaOf for &SchemaProbe<T> {
+    fn schema(&self) -> Option<schemars::Schema> {
+        Some(
+            schemars::generate::SchemaSettings::draft2020_12()
+                .into_generator()
+                .into_root_schema_for::<T>(),
+        )
+    }
+}
+
+/// See [`SchemaProbe`].
+#[cfg(feature = "schema")]
+pub trait NoSchema {
+    /// `None`: the payload does not implement `JsonSchema`.
+    fn schema(&self) -> Option<schemars::Schema>;
+}
+
+#[cfg(feature = "schema")]
+impl<T> NoSchema for SchemaProbe<T> {
+    fn schema(&self) -> Option<schemars::Schema> {
+        None
+    }
+}
+
+/// Registers the event types and versions of a `#[derive(DomainEvent)]` enum for
+/// `dtx::schema::export` (feature `schema`; without it, nothing).
+#[cfg(feature = "schema")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dtx_event_contracts {
+    ($($event_type:literal, $version:literal, $payload:ty;)*) => {
+        $(
+            $crate::__private::inventory::submit! {
+                $crate::__private::EventContract {
+                    event_type: $event_type,
+                    version: $version,
+                    payload_type: ::core::any::type_name::<$payload>,
+                    schema: || {
+                        #[allow(unused_imports)]
+                        use $crate::__private::{NoSchema as _, SchemaOf as _};
+                        (&&$crate::__private::SchemaProbe::<$payload>::NEW).schema()
+                    },
+                }
+            }
+        )*
+    };
+}
+
+/// Registers the event types and versions of a `#[derive(DomainEvent)]` enum for
+/// `dtx::schema::export` (feature `schema`; without it, nothing).
+#[cfg(not(feature = "schema"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dtx_event_contracts {
+    ($($tokens:tt)*) => {};
+}
+
+pub use crate::__dtx_event_contracts as event_contracts;

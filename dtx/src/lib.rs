@@ -55,10 +55,14 @@ pub mod error;
 pub mod event;
 pub mod idempotency;
 pub mod inbox;
+#[cfg(feature = "money")]
+pub mod money;
 pub mod outbox;
 pub mod projection;
 pub(crate) mod retry;
 pub mod saga;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod store;
 mod stream;
 pub mod telemetry;
@@ -97,6 +101,12 @@ pub use uuid::Uuid;
 /// write `#[event(payload_impl = false)]` on the variant of the enum that should not provide it,
 /// or on that enum to opt out for all its variants. The struct keeps the `Event` impl of the
 /// other enum, with that enum's name and version.
+///
+/// With dtx's feature `schema`, every variant also registers its event type, version and
+/// payload for `dtx::schema::export`, which needs each payload to implement `schemars::JsonSchema`;
+/// `#[event(schema = false)]` on a variant, or on the enum for all its variants, leaves it out
+/// of the exported contracts (an internal or test event). Without the feature the option is
+/// accepted and nothing is registered.
 ///
 /// ```
 /// use dtx::DomainEvent;

@@ -5,6 +5,7 @@ use dtx::{
     Aggregate, Apply, DomainEvent, DtxConfig, Id, Repository, SharedEventStore, command_handler,
     query_handler,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// An order's id.
@@ -14,7 +15,7 @@ pub type OrderId = Id<Order>;
 pub const MAX_LINES: usize = 20;
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Line {
     /// Stock keeping unit.
     pub sku: String,
@@ -25,28 +26,28 @@ pub struct Line {
 }
 
 /// A customer placed an order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderPlaced {
     /// Who ordered.
     pub customer: String,
 }
 
 /// A line was added.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LineAdded {
     /// The line.
     pub line: Line,
 }
 
 /// The customer confirmed the order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderConfirmed {
     /// The total at confirmation, in cents.
     pub total_cents: u64,
 }
 
 /// The order was cancelled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCancelled {
     /// Why.
     pub reason: String,

@@ -24,6 +24,7 @@ use dtx::cqrs::{CommandBus, CommandMetadata};
 use dtx::idempotency::Scope;
 use dtx::idempotency::http::{IdempotencyLayer, RequestUnitOfWork};
 use dtx::inbox::{Consumer, InboundMessage, Inbox};
+use dtx::money::{Currency, Money};
 use dtx::outbox::{NewOutboxMessage, Outbox, RelayOptions, headers};
 use dtx::projection::HandlerError;
 use dtx::saga::{SagaOrchestrator, StepContext, StepError, WorkerOptions};
@@ -33,6 +34,7 @@ use dtx_postgres::nats::{NatsConsumer, NatsConsumerConfig, NatsPublisher};
 use dtx_postgres::{
     PgEventStore, PgIdempotencyStore, PgInbox, PgOutbox, PgSagaStore, PgUnitOfWork,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -54,8 +56,10 @@ macro_rules! say {
     };
 }
 
-/// Orders above this many cents are refused by the payment service.
-pub const CARD_LIMIT_CENTS: u64 = 100_000;
+/// The currency of the orders.
+pub const CURRENCY: Currency = Currency::EUR;
+/// Orders above this amount are refused by the payment service.
+pub const CARD_LIMIT: Money = Money::from_minor(100_000, CURRENCY);
 /// The subjects of the order service's outbox.
 pub const ORDER_SUBJECTS: &str = "two-services.orders";
 /// The subjects of the payment service's outbox.
@@ -64,16 +68,16 @@ pub const PAYMENT_SUBJECTS: &str = "two-services.payments";
 // ---- the messages between the services (in a real system: a shared contract crate) ----
 
 /// The order service asks for a payment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentRequested {
     /// The order.
     pub order_id: Uuid,
-    /// How much.
-    pub amount_cents: u64,
+    /// How much: `{"amount":"42.00","currency":"EUR"}`.
+    pub amount: Money,
 }
 
 /// The payment service's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentSettled {
     /// The order.
     pub order_id: Uuid,
@@ -124,7 +128,7 @@ pub struct Charge {
     /// The order.
     pub order_id: Uuid,
     /// How much.
-    pub amount_cents: u64,
+    pub amount: Money,
 }
 
 /// The payment service's refusals are answers, not errors.
@@ -136,23 +140,21 @@ pub struct Never;
 impl Payment {
     /// Decides a payment: accepted up to the card limit.
     pub fn charge(cmd: Charge) -> Result<PaymentSettled, Never> {
-        let accepted = cmd.amount_cents <= CARD_LIMIT_CENTS;
+        let reason = match cmd.amount.try_cmp(CARD_LIMIT) {
+            Ok(std::cmp::Ordering::Greater) => Some(format!(
+                "{} exceeds the card limit of {CARD_LIMIT}",
+                cmd.amount
+            )),
+            Ok(_) => None,
+            // Another currency than the card's.
+            Err(e) => Some(e.to_string()),
+        };
         Ok(PaymentSettled {
             order_id: cmd.order_id,
-            accepted,
-            reason: (!accepted).then(|| {
-                format!(
-                    "{} exceeds the card limit of {}",
-                    cents(cmd.amount_cents),
-                    cents(CARD_LIMIT_CENTS)
-                )
-            }),
+            accepted: reason.is_none(),
+            reason,
         })
     }
-}
-
-fn cents(amount: u64) -> String {
-    format!("{}.{:02}", amount / 100, amount % 100)
 }
 
 /// The trace id of the current span, for the log lines.
@@ -184,7 +186,7 @@ impl Consumer for PaymentRequests {
             say!(
                 "  [payments] PaymentRequested for order {} ({}), delivery {}, trace {}",
                 short(request.order_id),
-                cents(request.amount_cents),
+                request.amount,
                 message.delivery,
                 trace_id()
             );
@@ -195,7 +197,7 @@ impl Consumer for PaymentRequests {
             let charge = Charge {
                 payment_id: Id::from_uuid(request.order_id),
                 order_id: request.order_id,
-                amount_cents: request.amount_cents,
+                amount: request.amount,
             };
             self.commands
                 .execute_in_with(uow, charge, metadata)
@@ -209,12 +211,12 @@ impl Consumer for PaymentRequests {
 // ---- the order service's saga and consumer ----
 
 /// The fulfilment of one order.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Fulfilment {
     /// The order.
     pub order_id: Uuid,
     /// How much.
-    pub amount_cents: u64,
+    pub amount: Money,
     /// Stock reserved.
     pub reserved: bool,
     /// The shipment, once made.
@@ -256,7 +258,7 @@ impl Fulfilment {
             "PaymentRequested",
             &PaymentRequested {
                 order_id: self.order_id,
-                amount_cents: self.amount_cents,
+                amount: self.amount,
             },
         )
         .map_err(StepError::permanent)?
@@ -278,7 +280,7 @@ impl Fulfilment {
         uow.commit().await.map_err(StepError::transient)?;
         say!(
             "  [orders]   saga: payment of {} requested for order {}, waiting (trace {})",
-            cents(self.amount_cents),
+            self.amount,
             short(self.order_id),
             trace_id()
         );
@@ -375,6 +377,14 @@ async fn place(
     Json(request): Json<PlaceOrder>,
 ) -> Response {
     let order_id = Uuid::now_v7();
+    let Ok(amount) = i64::try_from(request.amount_cents).map(|c| Money::from_minor(c, CURRENCY))
+    else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_cents is too large",
+        )
+            .into_response();
+    };
     let mut uow = match uow.lock().await {
         Ok(uow) => uow,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -396,8 +406,9 @@ async fn place(
     }
     let saga = Fulfilment {
         order_id,
-        amount_cents: request.amount_cents,
-        ..Fulfilment::default()
+        amount,
+        reserved: false,
+        shipment: None,
     };
     let saga_id = match api
         .sagas
@@ -411,7 +422,7 @@ async fn place(
         "  [orders]   POST /orders: order {} placed for {} ({}), saga started, trace {}",
         short(order_id),
         request.customer,
-        cents(request.amount_cents),
+        amount,
         trace_id()
     );
     (

@@ -19,6 +19,8 @@ pub struct Tick {
 
 /// The events of the projection tests (the crash test's `Tick` only).
 #[derive(Debug, Clone, DomainEvent)]
+// A test fixture, not a published contract.
+#[event(schema = false)]
 pub enum TickEvent {
     /// A tick.
     Tick(Tick),

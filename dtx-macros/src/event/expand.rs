@@ -55,6 +55,8 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         .filter(|(variant, _)| variant.payload_impl)
         .map(|(variant, codec)| event_impl(krate, variant, codec));
 
+    let contracts = contracts(krate, variants);
+
     let items = quote! {
         #[automatically_derived]
         impl #krate::DomainEvent for #ident {
@@ -117,8 +119,31 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                 }
             }
         )*
+
+        #contracts
     };
     crate::common::dummy_const(&items)
+}
+
+/// The event contracts' registration (`dtx::schema`): expands to nothing unless dtx is built
+/// with its `schema` feature.
+fn contracts(krate: &syn::Path, variants: &[super::Variant]) -> TokenStream {
+    let entries = variants.iter().filter(|v| v.schema).map(|v| {
+        let super::Variant {
+            name,
+            version,
+            payload,
+            ..
+        } = v;
+        quote!(#name, #version, #payload;)
+    });
+    let entries: Vec<TokenStream> = entries.collect();
+    if entries.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        #krate::__private::event_contracts! { #(#entries)* }
+    }
 }
 
 /// The payload's own `Event` impl: what projections handle. It decodes through the variant's

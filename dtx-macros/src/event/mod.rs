@@ -102,6 +102,7 @@ mod raw {
         #[darling(rename = "crate")]
         pub(super) krate: Option<syn::Path>,
         pub(super) payload_impl: Option<bool>,
+        pub(super) schema: Option<bool>,
     }
 
     #[derive(FromVariant)]
@@ -112,6 +113,7 @@ mod raw {
         pub(super) name: Option<SpannedValue<String>>,
         pub(super) version: Option<SpannedValue<u32>>,
         pub(super) payload_impl: Option<bool>,
+        pub(super) schema: Option<bool>,
     }
 
     #[derive(FromField)]
@@ -136,6 +138,9 @@ pub(crate) struct Variant {
     /// Whether the payload gets its `dtx::projection::Event` impl (`payload_impl = false` on the
     /// variant or the enum opts out).
     pub(crate) payload_impl: bool,
+    /// Whether the event is part of the exported contracts (`schema = false` on the variant or
+    /// the enum opts out).
+    pub(crate) schema: bool,
 }
 
 impl Model {
@@ -238,6 +243,7 @@ impl Model {
                 name,
                 version,
                 payload_impl: variant.payload_impl.or(raw.payload_impl).unwrap_or(true),
+                schema: variant.schema.or(raw.schema).unwrap_or(true),
             });
         }
         errors.finish()?;
@@ -301,6 +307,8 @@ mod tests {
                 Placed(OrderPlaced),
                 #[event(payload_impl = true)]
                 Audited(Audited),
+                #[event(schema = false)]
+                Internal(Internal),
             }
         }));
     }

@@ -25,6 +25,8 @@ pub struct Debited {
 #[doc(hidden)]
 /// The contract suite's event enum.
 #[derive(Debug, Clone, PartialEq, DomainEvent)]
+// A test fixture, not a published contract.
+#[event(schema = false)]
 pub enum LedgerEvent {
     /// See [`Credited`].
     Credited(Credited),

@@ -45,6 +45,8 @@ pub struct Shipped {
 #[doc(hidden)]
 /// The contract saga's events.
 #[derive(Debug, Clone, DomainEvent)]
+// A test fixture, not a published contract.
+#[event(schema = false)]
 pub enum FulfilEvent {
     /// See [`Shipped`].
     Shipped(Shipped),

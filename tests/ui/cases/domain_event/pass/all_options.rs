@@ -1,5 +1,5 @@
-//! Every option of `#[derive(DomainEvent)]`: `name`, `version` and `crate = ..` through a
-//! re-export, used through the generated impls.
+//! Every option of `#[derive(DomainEvent)]`: `name`, `version`, `schema = false` and
+//! `crate = ..` through a re-export, used through the generated impls.
 #![deny(warnings)]
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,7 @@ enum OrderEvent {
     Placed(OrderPlaced),
     #[event(name = "OrderCancelled", version = 2)]
     Cancelled(OrderCancelled),
-    #[event(version = 3)]
+    #[event(version = 3, schema = false)]
     Shipped(Shipped),
 }
 
