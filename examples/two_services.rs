@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo run --example two_services   # PostgreSQL (DATABASE_URL or 127.0.0.1:5432), NATS (NATS_URL or 127.0.0.1:4222)
+//! cargo run --example two_services -- --kafka   # Kafka (KAFKA_BROKERS or 127.0.0.1:9092) instead of NATS
 //! ```
 //!
 //! It runs itself three times: the driver (no argument) prepares the databases and the
@@ -13,7 +14,7 @@
 //! and exits 0 when both ended as expected.
 
 use examples::two_services::{
-    Failure, OrderClient, Shutdown, order_service, payment_service, prepare,
+    Failure, OrderClient, Shutdown, Transport, order_service, payment_service, prepare,
 };
 use std::time::Duration;
 use uuid::Uuid;
@@ -76,16 +77,32 @@ impl Service {
     }
 }
 
-async fn drive() -> Result<(), Failure> {
-    println!("two_services: an order service and a payment service, on PostgreSQL and NATS\n");
-    println!("1. fresh databases for both services, fresh streams for both outboxes");
-    let (orders_db, payments_db) = prepare("dtx_two_services").await?;
+async fn drive(kafka: bool) -> Result<(), Failure> {
+    let (orders_db, payments_db, transport) = prepare(
+        if kafka {
+            "dtx_two_services_kafka"
+        } else {
+            "dtx_two_services"
+        },
+        kafka,
+    )
+    .await?;
+    println!(
+        "two_services: an order service and a payment service, on PostgreSQL and {transport}\n"
+    );
+    println!("1. fresh databases for both services, fresh streams or topics for both outboxes");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     println!("2. starting both services, two processes");
-    let orders = Service::start(&["order", &orders_db, &port.to_string()])?;
-    let payments = Service::start(&["payment", &payments_db])?;
+    let port_arg = port.to_string();
+    let mut order_args = vec!["order", &orders_db, &port_arg];
+    let mut payment_args = vec!["payment", &payments_db];
+    let transport_args = transport.args();
+    order_args.extend(transport_args.iter().map(String::as_str));
+    payment_args.extend(transport_args.iter().map(String::as_str));
+    let orders = Service::start(&order_args)?;
+    let payments = Service::start(&payment_args)?;
     let http = OrderClient::new(port);
     let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
     while !http.ready().await {
@@ -153,22 +170,31 @@ async fn drive() -> Result<(), Failure> {
 #[tokio::main]
 async fn main() -> Result<(), Failure> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: two_services [order DATABASE_URL PORT | payment DATABASE_URL]";
+    let usage = "usage: two_services [--kafka] | order DATABASE_URL PORT TRANSPORT.. | payment DATABASE_URL TRANSPORT..";
     match args.first().map(String::as_str) {
-        None => drive().await,
+        None => drive(false).await,
+        Some("--kafka") => drive(true).await,
         Some("order") => {
             let _tracing = init_tracing();
-            let (Some(url), Some(port)) =
-                (args.get(1), args.get(2).and_then(|p| p.parse::<u16>().ok()))
-            else {
+            let (Some(url), Some(port), Some(transport)) = (
+                args.get(1),
+                args.get(2).and_then(|p| p.parse::<u16>().ok()),
+                Transport::from_args(args.get(3..).unwrap_or_default()),
+            ) else {
                 return Err(usage.into());
             };
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-            order_service(url, listener, on_stdin_closed()).await
+            order_service(url, &transport, listener, on_stdin_closed()).await
         }
         Some("payment") => {
             let _tracing = init_tracing();
-            payment_service(args.get(1).ok_or(usage)?, on_stdin_closed()).await
+            let (Some(url), Some(transport)) = (
+                args.get(1),
+                Transport::from_args(args.get(2..).unwrap_or_default()),
+            ) else {
+                return Err(usage.into());
+            };
+            payment_service(url, &transport, on_stdin_closed()).await
         }
         Some(_) => Err(usage.into()),
     }

@@ -24,16 +24,17 @@ pub(crate) async fn two_services_rows(options: &Options) -> Result<(), BoxError>
         return Ok(());
     }
     two_services::set_verbose(false);
-    let (orders_db, payments_db) = two_services::prepare("dtx_bench_two_services")
-        .await
-        .map_err(|e| e.to_string())?;
+    let (orders_db, payments_db, transport) =
+        two_services::prepare("dtx_bench_two_services", false)
+            .await
+            .map_err(|e| e.to_string())?;
     let (stop, shutdown) = Shutdown::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let orders = tokio::spawn({
-        let shutdown = shutdown.clone();
+        let (shutdown, transport) = (shutdown.clone(), transport.clone());
         async move {
-            two_services::order_service(&orders_db, listener, shutdown)
+            two_services::order_service(&orders_db, &transport, listener, shutdown)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -41,7 +42,7 @@ pub(crate) async fn two_services_rows(options: &Options) -> Result<(), BoxError>
     let payments = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            two_services::payment_service(&payments_db, shutdown)
+            two_services::payment_service(&payments_db, &transport, shutdown)
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -30,6 +30,8 @@ use dtx::projection::HandlerError;
 use dtx::saga::{SagaOrchestrator, StepContext, StepError, WorkerOptions};
 use dtx::uow::{BoxFuture, UnitOfWork};
 use dtx::{Aggregate, Apply, DomainEvent, Id, command_handler};
+use dtx_postgres::OutboxRelay;
+use dtx_postgres::kafka::{KafkaConsumer, KafkaPublisher};
 use dtx_postgres::nats::{NatsConsumer, NatsConsumerConfig, NatsPublisher};
 use dtx_postgres::{
     PgEventStore, PgIdempotencyStore, PgInbox, PgOutbox, PgSagaStore, PgUnitOfWork,
@@ -498,6 +500,7 @@ impl Shutdown {
 /// outbox relay and the inbox consumer of the payment service's events.
 pub async fn order_service(
     database_url: &str,
+    transport: &Transport,
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Failure> {
@@ -514,25 +517,20 @@ pub async fn order_service(
         .state(outbox.clone())
         .registry()
         .build()?;
-    let client = dtx_postgres::async_nats::connect(nats_url()).await?;
     let worker = sagas.worker(WorkerOptions {
         poll_interval: Duration::from_millis(50),
         ..WorkerOptions::default()
     });
-    let relay = outbox.relay(
-        NatsPublisher::new(client.clone(), ORDER_SUBJECTS),
-        RelayOptions::default(),
-    );
-    let consumer = NatsConsumer::new(
-        client,
-        Inbox::new(PgInbox::new(pool.clone())),
-        PaymentAnswers {
-            sagas: sagas.clone(),
-        },
-        NatsConsumerConfig::new("TWO_SERVICES_PAYMENTS", "order-service")
-            .filter_subject(format!("{PAYMENT_SUBJECTS}.>")),
-    );
-    consumer.ensure().await?;
+    let relay = transport.relay(&outbox, Side::Orders).await?;
+    let consumer = transport
+        .consumer(
+            Side::Payments,
+            Inbox::new(PgInbox::new(pool.clone())),
+            PaymentAnswers {
+                sagas: sagas.clone(),
+            },
+        )
+        .await?;
     let api = OrderApi { commands, sagas };
     let idempotency = IdempotencyLayer::new(PgIdempotencyStore::new(pool.clone()), |_| {
         Scope::new("two-services-demo").ok()
@@ -549,7 +547,7 @@ pub async fn order_service(
         server.into_future(),
         worker.run(shutdown.clone().wait()),
         relay.run(shutdown.clone().wait()),
-        consumer.run(shutdown.clone().wait()),
+        consumer.run(shutdown.clone()),
     );
     server_end?;
     worker_end?;
@@ -571,7 +569,11 @@ async fn traced_place(
 
 /// Runs the payment service until `shutdown`: the inbox consumer of the order service's
 /// messages and the outbox relay of its own events.
-pub async fn payment_service(database_url: &str, shutdown: Shutdown) -> Result<(), Failure> {
+pub async fn payment_service(
+    database_url: &str,
+    transport: &Transport,
+    shutdown: Shutdown,
+) -> Result<(), Failure> {
     let pool = connect_database(database_url).await?;
     // Every append also publishes its events (the event rows are their own outbox records).
     let events = Arc::new(PgEventStore::new(pool.clone()).with_outbox(true));
@@ -580,32 +582,30 @@ pub async fn payment_service(database_url: &str, shutdown: Shutdown) -> Result<(
         .registry()
         .require::<Charge>()
         .build()?;
-    let client = dtx_postgres::async_nats::connect(nats_url()).await?;
-    let relay = PgOutbox::new(pool.clone()).relay(
-        NatsPublisher::new(client.clone(), PAYMENT_SUBJECTS),
-        RelayOptions::default(),
-    );
-    let consumer = NatsConsumer::new(
-        client,
-        Inbox::new(PgInbox::new(pool)),
-        PaymentRequests { commands },
-        NatsConsumerConfig::new("TWO_SERVICES_ORDERS", "payment-service")
-            .filter_subject(format!("{ORDER_SUBJECTS}.>")),
-    );
-    consumer.ensure().await?;
-    say!("  [payments] consuming {ORDER_SUBJECTS}.>");
+    let relay = transport
+        .relay(&PgOutbox::new(pool.clone()), Side::Payments)
+        .await?;
+    let consumer = transport
+        .consumer(
+            Side::Orders,
+            Inbox::new(PgInbox::new(pool)),
+            PaymentRequests { commands },
+        )
+        .await?;
+    say!("  [payments] consuming the order service's messages ({transport})");
     let (relay_end, consumer_end) = tokio::join!(
         relay.run(shutdown.clone().wait()),
-        consumer.run(shutdown.clone().wait())
+        consumer.run(shutdown.clone())
     );
     relay_end?;
     consumer_end?;
     Ok(())
 }
 
-/// Fresh databases for both services (`{prefix}_orders`, `{prefix}_payments`), fresh streams
-/// for both outboxes; returns the two databases' URLs.
-pub async fn prepare(prefix: &str) -> Result<(String, String), Failure> {
+/// Fresh databases for both services (`{prefix}_orders`, `{prefix}_payments`), and fresh
+/// streams (NATS) or topics (Kafka, when `kafka`) for both outboxes; returns the two databases'
+/// URLs and the transport.
+pub async fn prepare(prefix: &str, kafka: bool) -> Result<(String, String, Transport), Failure> {
     let admin = PgPool::connect(&database_url("postgres")).await?;
     let names = [format!("{prefix}_orders"), format!("{prefix}_payments")];
     for name in &names {
@@ -616,24 +616,199 @@ pub async fn prepare(prefix: &str) -> Result<(String, String), Failure> {
             .execute(&admin)
             .await?;
     }
-    let jetstream = dtx_postgres::async_nats::jetstream::new(
-        dtx_postgres::async_nats::connect(nats_url()).await?,
-    );
-    for (stream, subjects) in [
-        ("TWO_SERVICES_ORDERS", ORDER_SUBJECTS),
-        ("TWO_SERVICES_PAYMENTS", PAYMENT_SUBJECTS),
-    ] {
-        let _ = jetstream.delete_stream(stream).await;
-        jetstream
-            .create_stream(dtx_postgres::async_nats::jetstream::stream::Config {
-                name: stream.to_owned(),
-                subjects: vec![format!("{subjects}.>")],
-                duplicate_window: Duration::from_mins(2),
-                ..Default::default()
-            })
+    let transport = if kafka {
+        let brokers = kafka_brokers();
+        let client = dtx_postgres::rskafka::client::ClientBuilder::new(vec![brokers.clone()])
+            .build()
             .await?;
+        let run = &Uuid::now_v7().simple().to_string()[20..];
+        let topics = [
+            format!("two-services-orders-{run}"),
+            format!("two-services-payments-{run}"),
+        ];
+        for topic in &topics {
+            client
+                .controller_client()?
+                .create_topic(topic.clone(), 2, 1, 5_000)
+                .await?;
+        }
+        let [orders_topic, payments_topic] = topics;
+        Transport::Kafka {
+            brokers,
+            orders_topic,
+            payments_topic,
+        }
+    } else {
+        let jetstream = dtx_postgres::async_nats::jetstream::new(
+            dtx_postgres::async_nats::connect(nats_url()).await?,
+        );
+        for (stream, subjects) in [
+            ("TWO_SERVICES_ORDERS", ORDER_SUBJECTS),
+            ("TWO_SERVICES_PAYMENTS", PAYMENT_SUBJECTS),
+        ] {
+            let _ = jetstream.delete_stream(stream).await;
+            jetstream
+                .create_stream(dtx_postgres::async_nats::jetstream::stream::Config {
+                    name: stream.to_owned(),
+                    subjects: vec![format!("{subjects}.>")],
+                    duplicate_window: Duration::from_mins(2),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        Transport::Nats
+    };
+    Ok((database_url(&names[0]), database_url(&names[1]), transport))
+}
+
+/// The Kafka brokers: `KAFKA_BROKERS`, or 127.0.0.1:9092.
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// Which service's outbox a stream or topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The order service's messages (`PaymentRequested`).
+    Orders,
+    /// The payment service's events (`PaymentSettled`).
+    Payments,
+}
+
+/// How the services exchange messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// NATS `JetStream` (`NATS_URL` or 127.0.0.1:4222): a stream per service's outbox.
+    Nats,
+    /// Kafka: the bootstrap brokers and a topic per service's outbox.
+    Kafka {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The order service's topic.
+        orders_topic: String,
+        /// The payment service's topic.
+        payments_topic: String,
+    },
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Nats => f.write_str("NATS JetStream"),
+            Self::Kafka { brokers, .. } => write!(f, "Kafka at {brokers}"),
+        }
     }
-    Ok((database_url(&names[0]), database_url(&names[1])))
+}
+
+impl Transport {
+    /// As command-line arguments of a service process ([`Transport::from_args`] reads them).
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            Self::Nats => vec!["nats".to_owned()],
+            Self::Kafka {
+                brokers,
+                orders_topic,
+                payments_topic,
+            } => vec![
+                "kafka".to_owned(),
+                brokers.clone(),
+                orders_topic.clone(),
+                payments_topic.clone(),
+            ],
+        }
+    }
+
+    /// Reads what [`Transport::args`] wrote.
+    pub fn from_args(args: &[String]) -> Option<Self> {
+        match args {
+            [nats] if nats == "nats" => Some(Self::Nats),
+            [kafka, brokers, orders_topic, payments_topic] if kafka == "kafka" => {
+                Some(Self::Kafka {
+                    brokers: brokers.clone(),
+                    orders_topic: orders_topic.clone(),
+                    payments_topic: payments_topic.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The relay of `side`'s outbox.
+    async fn relay(&self, outbox: &PgOutbox, side: Side) -> Result<OutboxRelay, Failure> {
+        Ok(match self {
+            Self::Nats => {
+                let client = dtx_postgres::async_nats::connect(nats_url()).await?;
+                let subjects = match side {
+                    Side::Orders => ORDER_SUBJECTS,
+                    Side::Payments => PAYMENT_SUBJECTS,
+                };
+                outbox.relay(
+                    NatsPublisher::new(client, subjects),
+                    RelayOptions::default(),
+                )
+            }
+            Self::Kafka { brokers, .. } => {
+                let publisher =
+                    KafkaPublisher::connect([brokers.clone()], self.topic(side)).await?;
+                outbox.relay(publisher, RelayOptions::default())
+            }
+        })
+    }
+
+    fn topic(&self, side: Side) -> String {
+        match (self, side) {
+            (Self::Kafka { orders_topic, .. }, Side::Orders) => orders_topic.clone(),
+            (Self::Kafka { payments_topic, .. }, Side::Payments) => payments_topic.clone(),
+            (Self::Nats, _) => String::new(),
+        }
+    }
+
+    /// The inbox consumer `consumer` of `side`'s messages.
+    async fn consumer<C: Consumer>(
+        &self,
+        side: Side,
+        inbox: Inbox,
+        consumer: C,
+    ) -> Result<BrokerConsumer<C>, Failure> {
+        Ok(match self {
+            Self::Nats => {
+                let (stream, subjects) = match side {
+                    Side::Orders => ("TWO_SERVICES_ORDERS", ORDER_SUBJECTS),
+                    Side::Payments => ("TWO_SERVICES_PAYMENTS", PAYMENT_SUBJECTS),
+                };
+                let client = dtx_postgres::async_nats::connect(nats_url()).await?;
+                let consumer = NatsConsumer::new(
+                    client,
+                    inbox,
+                    consumer,
+                    NatsConsumerConfig::new(stream, C::NAME)
+                        .filter_subject(format!("{subjects}.>")),
+                );
+                consumer.ensure().await?;
+                BrokerConsumer::Nats(Box::new(consumer))
+            }
+            Self::Kafka { brokers, .. } => BrokerConsumer::Kafka(
+                KafkaConsumer::connect([brokers.clone()], self.topic(side), inbox, consumer)
+                    .await?,
+            ),
+        })
+    }
+}
+
+/// A consumer on either broker.
+enum BrokerConsumer<C: Consumer> {
+    Nats(Box<NatsConsumer<C>>),
+    Kafka(KafkaConsumer<C>),
+}
+
+impl<C: Consumer> BrokerConsumer<C> {
+    async fn run(&self, shutdown: Shutdown) -> Result<(), Failure> {
+        match self {
+            Self::Nats(consumer) => consumer.run(shutdown.wait()).await?,
+            Self::Kafka(consumer) => consumer.run(shutdown.wait()).await?,
+        }
+        Ok(())
+    }
 }
 
 // ---- a client of the order service ----

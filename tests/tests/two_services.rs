@@ -26,7 +26,19 @@ fn example() -> PathBuf {
 
 #[tokio::test]
 async fn the_two_services_example_completes_one_order_and_compensates_the_other() {
+    check_run(&[]).await;
+}
+
+/// The same with `--kafka`: both services' outboxes and inboxes on Kafka topics.
+#[tokio::test]
+async fn the_two_services_example_runs_on_kafka_too() {
+    check_run(&["--kafka"]).await;
+}
+
+/// Runs the example with `args` and checks what it printed.
+async fn check_run(args: &[&str]) {
     let mut command = std::process::Command::new(example());
+    command.args(args);
     command.env("DATABASE_URL", dtx_postgres::testing::database_url());
     let run = tokio::task::spawn_blocking(move || command.output());
     let output = tokio::time::timeout(Duration::from_mins(10), run)
