@@ -49,6 +49,7 @@
 extern crate self as dtx;
 
 pub mod aggregate;
+pub mod breaker;
 pub mod config;
 pub mod cqrs;
 pub mod error;
@@ -73,7 +74,7 @@ pub use aggregate::{Aggregate, AggregateId, AggregateRoot, Apply, Id, Repository
 pub use config::{ConfigError, DtxConfig};
 pub use error::{Error, InvariantViolation, Result};
 pub use event::{DecodeError, DomainEvent, EventMetadata};
-pub use retry::{Backoff, Jitter};
+pub use retry::{Backoff, Jitter, Retry};
 pub use store::{
     AppendResult, EventData, EventStore, ExpectedVersion, FeedPage, FeedWaker, GlobalPosition,
     MemoryEventStore, NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
