@@ -8,6 +8,7 @@ mod event;
 mod handler;
 mod idempotent;
 mod projection;
+mod resilience;
 mod saga;
 mod trace;
 
@@ -65,4 +66,16 @@ pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
     trace::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::circuit_breaker`.
+#[proc_macro_attribute]
+pub fn circuit_breaker(args: TokenStream, item: TokenStream) -> TokenStream {
+    resilience::breaker::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::retry`.
+#[proc_macro_attribute]
+pub fn retry(args: TokenStream, item: TokenStream) -> TokenStream {
+    resilience::retry::expand(args.into(), item.into()).into()
 }

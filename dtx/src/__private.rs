@@ -537,5 +537,5 @@ impl<T> TraceNoError for TraceOutcome<'_, T> {}
 
 // `#[dtx::circuit_breaker]` and `#[dtx::retry]`
 pub use crate::breaker::__private::{BreakerSite, assert_result, breaker_in, every_error};
-pub use crate::retry::Attempts;
+pub use crate::retry::{Attempts, no_retry_after};
 pub use ::tokio::time::sleep;

@@ -731,3 +731,9 @@ pub use dtx_macros::saga;
 /// # }).unwrap();
 /// ```
 pub use dtx_macros::trace;
+
+#[doc = include_str!("breaker/circuit_breaker.md")]
+pub use dtx_macros::circuit_breaker;
+
+#[doc = include_str!("retry/retry.md")]
+pub use dtx_macros::retry;

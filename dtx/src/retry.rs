@@ -3,7 +3,7 @@
 
 mod call;
 
-pub use call::{Attempts, Retry};
+pub use call::{Attempts, Retry, no_retry_after};
 use std::time::Duration;
 
 /// How a [`Backoff`] spreads the pauses under its ceiling.

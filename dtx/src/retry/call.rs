@@ -69,6 +69,12 @@ fn no_hint<E>(_: &E) -> Option<Duration> {
     None
 }
 
+/// No error asks for a longer pause than the backoff's.
+#[doc(hidden)]
+pub fn no_retry_after<E>(_: &E) -> Option<Duration> {
+    None
+}
+
 /// A call to retry, made by [`Backoff::retry`]: which errors are retried, how long an error
 /// asks to wait; then [`run`](Self::run).
 ///
