@@ -27,7 +27,9 @@ impl CallError {
 }
 
 fn breaker(name: &str) -> dtx::breaker::CircuitBreaker {
-    BreakerRegistry::global().get(name).expect("made by its first call")
+    BreakerRegistry::global()
+        .get(name)
+        .expect("made by its first call")
 }
 
 static INVENTORY_CALLS: AtomicU32 = AtomicU32::new(0);
@@ -88,7 +90,12 @@ static PROBES_ENTERED: AtomicU32 = AtomicU32::new(0);
 static PROBES_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
 
 // Open for no time: the call after the one that opens it finds the breaker half-open.
-#[dtx::circuit_breaker(name = "tests.probes", failure_threshold = 1, open_secs = 0, half_open_probes = 3)]
+#[dtx::circuit_breaker(
+    name = "tests.probes",
+    failure_threshold = 1,
+    open_secs = 0,
+    half_open_probes = 3
+)]
 async fn probed(fail: bool) -> Result<(), CallError> {
     if fail {
         return Err(CallError::Down);
@@ -188,7 +195,11 @@ async fn one_name_is_one_breaker_across_call_sites() {
         matches!(release().await, Err(CallError::Open(open)) if open.name() == "tests.stock"),
         "opened by the other function"
     );
-    assert_eq!(STOCK_CALLS.load(Ordering::SeqCst), 2, "`release` did not run");
+    assert_eq!(
+        STOCK_CALLS.load(Ordering::SeqCst),
+        2,
+        "`release` did not run"
+    );
 }
 
 static LOOKUPS: AtomicU32 = AtomicU32::new(0);
@@ -196,7 +207,11 @@ static LOOKUPS: AtomicU32 = AtomicU32::new(0);
 #[dtx::circuit_breaker(name = "tests.lookup", failure_threshold = 1, is_failure = CallError::is_outage)]
 async fn lookup(found: bool) -> Result<(), CallError> {
     LOOKUPS.fetch_add(1, Ordering::SeqCst);
-    if found { Ok(()) } else { Err(CallError::NotFound) }
+    if found {
+        Ok(())
+    } else {
+        Err(CallError::NotFound)
+    }
 }
 
 #[tokio::test]
@@ -215,17 +230,29 @@ async fn a_failure_rate_needs_its_minimum_of_calls_in_the_window() {
     });
     let outcome = |failed: bool| {
         let permit = breaker.try_acquire().expect("closed");
-        if failed { permit.failure() } else { permit.success() }
+        if failed {
+            permit.failure()
+        } else {
+            permit.success()
+        }
     };
     outcome(true);
     outcome(true);
     outcome(true);
-    assert_eq!(breaker.state(), BreakerState::Closed, "3 calls, under the minimum");
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "3 calls, under the minimum"
+    );
     advance(Duration::from_secs(11)).await;
     outcome(false);
     outcome(false);
     outcome(true);
-    assert_eq!(breaker.state(), BreakerState::Closed, "the old failures left the window");
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "the old failures left the window"
+    );
     outcome(true);
     assert_eq!(breaker.state(), BreakerState::Open, "2 of 4 failed");
 }
@@ -245,7 +272,11 @@ mod saga {
     #[dtx::circuit_breaker(name = "tests.saga.payments", failure_threshold = 1, open_secs = 60)]
     async fn charge() -> Result<(), CallError> {
         CHARGES.fetch_add(1, Ordering::SeqCst);
-        if PAYMENTS_DOWN.load(Ordering::SeqCst) { Err(CallError::Down) } else { Ok(()) }
+        if PAYMENTS_DOWN.load(Ordering::SeqCst) {
+            Err(CallError::Down)
+        } else {
+            Ok(())
+        }
     }
 
     #[derive(Debug, Default, Serialize, Deserialize)]
@@ -288,9 +319,16 @@ mod saga {
         let saga = test.status(id).await;
         assert_eq!(saga.status, SagaStatus::Running, "{:?}", saga.last_error);
         assert_eq!(test.attempts(id, "pay"), 1);
-        assert_eq!(CHARGES.load(Ordering::SeqCst), 1, "failed fast: not charged again");
+        assert_eq!(
+            CHARGES.load(Ordering::SeqCst),
+            1,
+            "failed fast: not charged again"
+        );
         assert!(
-            saga.last_error.as_deref().unwrap_or_default().contains("is open"),
+            saga.last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("is open"),
             "{:?}",
             saga.last_error
         );

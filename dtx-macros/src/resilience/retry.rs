@@ -79,7 +79,7 @@ fn generate(args: &Args, f: &syn::ItemFn) -> TokenStream {
                 .await;
                 match #attempts_ident.pause(&#ret, #when, #retry_after) {
                     ::core::option::Option::Some(#pause) => #krate::__private::sleep(#pause).await,
-                    ::core::option::Option::None => return #ret,
+                    ::core::option::Option::None => break #ret,
                 }
             }
         }
