@@ -536,6 +536,8 @@ pub trait TraceNoError {
 impl<T> TraceNoError for TraceOutcome<'_, T> {}
 
 // `#[dtx::circuit_breaker]` and `#[dtx::retry]`
-pub use crate::breaker::__private::{BreakerSite, assert_result, breaker_in, every_error};
+pub use crate::breaker::__private::{
+    BreakerSite, CallResult, assert_result, breaker_in, every_error, record, rejected,
+};
 pub use crate::retry::{Attempts, no_retry_after};
 pub use ::tokio::time::sleep;

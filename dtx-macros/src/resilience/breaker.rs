@@ -140,10 +140,14 @@ fn generate(args: &Args, f: &syn::ItemFn) -> TokenStream {
         syn::ReturnType::Type(_, ty) => ty.span(),
         syn::ReturnType::Default => f.sig.ident.span(),
     };
-    let open = syn::Ident::new("__dtx_open", proc_macro2::Span::mixed_site());
-    let rejected = quote_spanned! {output_span=>
-        ::core::result::Result::Err(::core::convert::From::from(#open))
-    };
+    // Under the return type's span: a missing `From<BreakerOpen>` is reported there.
+    let open = syn::Ident::new(
+        "__dtx_open",
+        proc_macro2::Span::mixed_site().located_at(output_span),
+    );
+    let krate_at = crate::common::respan(&krate, output_span);
+    let rejected = quote_spanned!(output_span=> #krate_at::__private::rejected(#open));
+    let record = quote_spanned!(output_span=> #krate_at::__private::record);
     let permit = syn::Ident::new("__dtx_permit", proc_macro2::Span::mixed_site());
     let breaker_ident = syn::Ident::new("__dtx_breaker", proc_macro2::Span::mixed_site());
     let ret = syn::Ident::new("__dtx_ret", proc_macro2::Span::mixed_site());
@@ -165,7 +169,7 @@ fn generate(args: &Args, f: &syn::ItemFn) -> TokenStream {
                 #ret
             }
             .await;
-            #permit.record(&#ret, #is_failure);
+            #record(#permit, &#ret, #is_failure);
             #ret
         }
     }

@@ -12,7 +12,7 @@ use syn::spanned::Spanned;
 /// `#[retry(..)]`'s options.
 #[derive(FromMeta)]
 struct Args {
-    attempts: SpannedValue<u32>,
+    attempts: Option<SpannedValue<u32>>,
     backoff: Option<syn::Expr>,
     when: Option<syn::Path>,
     retry_after: Option<syn::Path>,
@@ -24,16 +24,19 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = darling::Error::accumulator();
     let args = errors.handle(crate::common::options::<Args>(args));
     let f = super::function(item.clone(), "retry", &mut errors);
-    if let Some(args) = &args
-        && *args.attempts < 2
-    {
-        errors.push(
+    match args.as_ref().map(|args| &args.attempts) {
+        Some(Some(attempts)) if **attempts < 2 => errors.push(
             darling::Error::custom(
                 "`attempts` counts every call, the first included: at least 2 for one retry \
                  (`attempts = 3` calls at most three times)",
             )
-            .with_span(&args.attempts.span()),
-        );
+            .with_span(&attempts.span()),
+        ),
+        Some(None) => errors.push(darling::Error::custom(
+            "how many calls in all? add `attempts = N` (the first call included): \
+             `#[dtx::retry(attempts = 3)]`",
+        )),
+        _ => {}
     }
     match (errors.finish(), args, f) {
         (Ok(()), Some(args), Some(f)) => generate(&args, &f),
@@ -44,7 +47,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 
 fn generate(args: &Args, f: &syn::ItemFn) -> TokenStream {
     let krate = crate::common::crate_path(args.krate.as_ref());
-    let attempts = *args.attempts;
+    let attempts = args.attempts.as_deref().copied().unwrap_or(2);
     let backoff = args.backoff.as_ref().map_or_else(
         || quote!(#krate::Backoff::CALLS),
         |expr| quote_spanned!(expr.span()=> { let backoff: #krate::Backoff = #expr; backoff }),

@@ -448,9 +448,56 @@ pub mod __private {
         label = "not a `Result`",
         note = "return `Result<T, E>`: the breaker counts and the retry inspects its `Err`s"
     )]
-    pub trait CallResult {}
-    impl<T, E> CallResult for Result<T, E> {}
+    pub trait CallResult {
+        /// The error type.
+        type Error;
+        /// The error, if any.
+        fn error(&self) -> Option<&Self::Error>;
+        /// An `Err`.
+        fn from_error(error: Self::Error) -> Self;
+    }
+
+    impl<T, E> CallResult for Result<T, E> {
+        type Error = E;
+        fn error(&self) -> Option<&E> {
+            self.as_ref().err()
+        }
+        fn from_error(error: E) -> Self {
+            Err(error)
+        }
+    }
+
+    /// Requires the error type to report an open breaker.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot report an open circuit breaker: it needs `From<dtx::breaker::BreakerOpen>`",
+        label = "the function returns this error when the breaker is open",
+        note = "add a variant `#[error(transparent)] Open(#[from] dtx::breaker::BreakerOpen)`, or `impl From<dtx::breaker::BreakerOpen> for {Self}`"
+    )]
+    pub trait OpenError: From<super::BreakerOpen> {}
+    impl<E: From<super::BreakerOpen>> OpenError for E {}
 
     /// Called under the return type's span.
     pub fn assert_result<R: CallResult>() {}
+
+    /// What the function returns when the breaker refuses the call.
+    pub fn rejected<R: CallResult>(open: super::BreakerOpen) -> R
+    where
+        R::Error: OpenError,
+    {
+        R::from_error(open.into())
+    }
+
+    /// Records the call's result on its permit.
+    pub fn record<R: CallResult>(
+        permit: super::Permit,
+        result: &R,
+        is_failure: impl FnOnce(&R::Error) -> bool,
+    ) {
+        let failed = result.error().is_some_and(is_failure);
+        if failed {
+            permit.failure();
+        } else {
+            permit.success();
+        }
+    }
 }

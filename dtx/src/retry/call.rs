@@ -202,14 +202,14 @@ impl Attempts {
 
     /// After an attempt ended with `result`: the pause before the next one, or `None` to
     /// return `result`.
-    pub fn pause<T, E>(
+    pub fn pause<R: crate::breaker::__private::CallResult>(
         &mut self,
-        result: &Result<T, E>,
-        retryable: impl Fn(&E) -> bool,
-        retry_after: impl Fn(&E) -> Option<Duration>,
+        result: &R,
+        retryable: impl Fn(&R::Error) -> bool,
+        retry_after: impl Fn(&R::Error) -> Option<Duration>,
     ) -> Option<Duration> {
         self.made += 1;
-        let error = result.as_ref().err()?;
+        let error = result.error()?;
         if self.made >= self.limit || !retryable(error) {
             return None;
         }
