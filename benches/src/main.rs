@@ -32,6 +32,7 @@ mod http_load;
 mod idempotency;
 mod outbox;
 mod projection;
+mod resilience;
 mod saga;
 mod trace;
 mod two_services;
@@ -325,6 +326,7 @@ async fn main() -> Result<(), BoxError> {
     projection::projection_rows(&options, &pool).await?;
     http_load::http_rows(&options, &pool).await?;
     trace::trace_rows(&options).await;
+    resilience::resilience_rows(&options).await;
     two_services::two_services_rows(&options).await?;
     Ok(())
 }

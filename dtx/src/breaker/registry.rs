@@ -48,7 +48,8 @@ impl BreakerRegistry {
     }
 
     /// Breaker `name`, made with `config()` if it does not exist yet. A later call site that
-    /// asks with another configuration gets the existing breaker, and a warning is logged.
+    /// asks with another configuration gets the existing breaker, and a warning is logged (so
+    /// `config` runs on every call: keep it cheap, or keep the breaker).
     ///
     /// ```
     /// # use dtx::breaker::{BreakerConfig, BreakerRegistry};
