@@ -3,6 +3,7 @@
 //! `#[dtx::trace]` (one span over all attempts).
 //!
 //! Backoff pauses pass on tokio's paused clock, which jumps to the next timer when idle.
+#![allow(clippy::unwrap_used, reason = "tests")]
 
 use dtx::breaker::{BreakerOpen, BreakerRegistry, BreakerState};
 use dtx::{Backoff, Jitter};

@@ -119,17 +119,16 @@ fn generate(args: &Args, f: &syn::ItemFn) -> TokenStream {
         let n = **n;
         config.extend(quote!(.half_open_probes(#n)));
     }
-    let breaker = match &args.registry {
-        Some(registry) => quote! {
-            #krate::__private::breaker_in(&#registry, #name, || #config)
-        },
-        None => quote! {
+    let breaker = if let Some(registry) = &args.registry {
+        quote!(#krate::__private::breaker_in(&#registry, #name, || #config))
+    } else {
+        quote! {
             {
                 static __DTX_BREAKER: #krate::__private::BreakerSite =
                     #krate::__private::BreakerSite::new(#name, || #config);
                 __DTX_BREAKER.get()
             }
-        },
+        }
     };
     let is_failure = args.is_failure.as_ref().map_or_else(
         || quote!(#krate::__private::every_error),

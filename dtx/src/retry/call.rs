@@ -55,7 +55,7 @@ impl Backoff {
             backoff: *self,
             attempts,
             when: every_error::<E>,
-            retry_after: no_hint::<E>,
+            hint: no_hint::<E>,
             error: PhantomData,
         }
     }
@@ -90,7 +90,7 @@ pub struct Retry<E, W = fn(&E) -> bool, A = fn(&E) -> Option<Duration>> {
     backoff: Backoff,
     attempts: u32,
     when: W,
-    retry_after: A,
+    hint: A,
     error: PhantomData<fn(&E)>,
 }
 
@@ -123,7 +123,7 @@ where
             backoff: self.backoff,
             attempts: self.attempts,
             when: retryable,
-            retry_after: self.retry_after,
+            hint: self.hint,
             error: PhantomData,
         }
     }
@@ -147,7 +147,7 @@ where
             backoff: self.backoff,
             attempts: self.attempts,
             when: self.when,
-            retry_after: hint,
+            hint,
             error: PhantomData,
         }
     }
@@ -171,7 +171,7 @@ where
         let mut attempts = Attempts::new("retry", self.backoff, self.attempts);
         loop {
             let result = call().await;
-            match attempts.pause(&result, &self.when, &self.retry_after) {
+            match attempts.pause(&result, &self.when, &self.hint) {
                 Some(pause) => tokio::time::sleep(pause).await,
                 None => return result,
             }
