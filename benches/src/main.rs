@@ -34,6 +34,7 @@ mod inbox_kafka;
 mod inbox_nats;
 mod outbox;
 mod projection;
+mod resilience;
 mod saga;
 mod trace;
 mod two_services;
@@ -329,6 +330,7 @@ async fn main() -> Result<(), BoxError> {
     inbox_kafka::inbox_rows(&options, &pool).await?;
     http_load::http_rows(&options, &pool).await?;
     trace::trace_rows(&options).await;
+    resilience::resilience_rows(&options).await;
     two_services::two_services_rows(&options).await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ mod handler;
 mod idempotent;
 mod metric;
 mod projection;
+mod resilience;
 mod saga;
 mod trace;
 
@@ -72,4 +73,16 @@ pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn metric(args: TokenStream, item: TokenStream) -> TokenStream {
     metric::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::circuit_breaker`.
+#[proc_macro_attribute]
+pub fn circuit_breaker(args: TokenStream, item: TokenStream) -> TokenStream {
+    resilience::breaker::expand(args.into(), item.into()).into()
+}
+
+/// See `dtx::retry`.
+#[proc_macro_attribute]
+pub fn retry(args: TokenStream, item: TokenStream) -> TokenStream {
+    resilience::retry::expand(args.into(), item.into()).into()
 }

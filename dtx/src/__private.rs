@@ -651,3 +651,10 @@ macro_rules! __dtx_event_contracts {
 }
 
 pub use crate::__dtx_event_contracts as event_contracts;
+
+// `#[dtx::circuit_breaker]` and `#[dtx::retry]`
+pub use crate::breaker::__private::{
+    BreakerSite, CallResult, assert_result, breaker_in, every_error, record, rejected,
+};
+pub use crate::retry::{Attempts, no_retry_after};
+pub use ::tokio::time::sleep;

@@ -49,6 +49,7 @@
 extern crate self as dtx;
 
 pub mod aggregate;
+pub mod breaker;
 pub mod config;
 pub mod cqrs;
 pub mod error;
@@ -77,7 +78,7 @@ pub use aggregate::{Aggregate, AggregateId, AggregateRoot, Apply, Id, Repository
 pub use config::{ConfigError, DtxConfig};
 pub use error::{Error, InvariantViolation, Result};
 pub use event::{DecodeError, DomainEvent, EventMetadata};
-pub use retry::{Backoff, Jitter};
+pub use retry::{Backoff, Jitter, Retry};
 pub use store::{
     AppendResult, EventData, EventStore, ExpectedVersion, FeedPage, FeedWaker, GlobalPosition,
     MemoryEventStore, NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
@@ -815,3 +816,9 @@ pub use dtx_macros::trace;
 /// # }).unwrap();
 /// ```
 pub use dtx_macros::metric;
+
+#[doc = include_str!("breaker/circuit_breaker.md")]
+pub use dtx_macros::circuit_breaker;
+
+#[doc = include_str!("retry/retry.md")]
+pub use dtx_macros::retry;

@@ -1,6 +1,9 @@
 //! Exponential backoff with jitter: the one retry schedule of dtx (command retries, saga steps
-//! and compensations, outbox relays).
+//! and compensations, outbox relays), and of users' calls ([`Backoff::retry`]).
 
+mod call;
+
+pub use call::{Attempts, Retry, no_retry_after};
 use std::time::Duration;
 
 /// How a [`Backoff`] spreads the pauses under its ceiling.

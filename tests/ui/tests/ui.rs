@@ -23,6 +23,9 @@ mod aggregate_all_options;
 #[path = "../cases/aggregate/pass/no_snapshots.rs"]
 mod aggregate_no_snapshots;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/breaker/pass/all_options.rs"]
+mod breaker_all_options;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/command_handler/pass/all_forms.rs"]
 mod command_handler_all_forms;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
@@ -43,6 +46,9 @@ mod projection_all_options;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/query_handler/pass/all_forms.rs"]
 mod query_handler_all_forms;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/retry/pass/function_form.rs"]
+mod retry_function_form;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/saga/pass/all_options.rs"]
 mod saga_all_options;

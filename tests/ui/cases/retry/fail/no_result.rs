@@ -1,0 +1,8 @@
+#[dtx::retry(attempts = 3)]
+async fn fetch() -> Option<u32> {
+    None
+}
+
+fn main() {
+    let _ = fetch();
+}

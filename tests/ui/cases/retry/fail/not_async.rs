@@ -1,0 +1,8 @@
+#[dtx::retry(attempts = 3)]
+fn fetch() -> Result<(), String> {
+    Ok(())
+}
+
+fn main() {
+    let _ = fetch();
+}
