@@ -39,7 +39,7 @@
 //!
 //! ```no_run
 //! # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-//! use dtx::inbox::{Consumer, Inbox, InboundMessage, MemoryInbox};
+//! use dtx::inbox::{Consumer, Inbox, InboundMessage};
 //! use dtx::projection::HandlerError;
 //! use dtx::uow::{BoxFuture, UnitOfWork};
 //! use dtx_postgres::kafka::{KafkaConsumer, KafkaConsumerOptions};
@@ -63,11 +63,12 @@
 //!     }
 //! }
 //!
-//! # let inbox: Inbox = todo!();
+//! let inbox = Inbox::new(dtx_postgres::PgInbox::new(pool));
 //! let consumer = KafkaConsumer::connect(["127.0.0.1:9092"], "orders.events", inbox, Payments)
 //!     .await?
 //!     .with_options(KafkaConsumerOptions::default());
-//! consumer.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! // Until the future given completes: a signal, a shutdown channel (here: never).
+//! consumer.run(std::future::pending()).await?;
 //! # Ok(())
 //! # }
 //! ```
