@@ -173,7 +173,7 @@ fn validate(
             labels.push((key.to_string(), value.value()));
         }
     }
-    let arguments = arguments(&f.sig);
+    let arguments = crate::common::typed_arguments(&f.sig);
     let mut arg_labels = Vec::new();
     for path in args.arg_labels.iter() {
         let found = path.get_ident().and_then(|key| {
@@ -283,37 +283,6 @@ fn unbounded(ty: &syn::Type) -> Option<&'static str> {
     }
 }
 
-/// The plain identifiers the signature binds, with their types (`self` excluded).
-fn arguments(sig: &syn::Signature) -> Vec<(syn::Ident, syn::Type)> {
-    sig.inputs
-        .iter()
-        .filter_map(|input| match input {
-            syn::FnArg::Typed(arg) => match &*arg.pat {
-                syn::Pat::Ident(p) => Some((p.ident.clone(), (*arg.ty).clone())),
-                _ => None,
-            },
-            syn::FnArg::Receiver(_) => None,
-        })
-        .collect()
-}
-
-/// Whether the return type can be written on a closure or a `let` (no `impl Trait`, no
-/// borrowed lifetimes that elision would resolve differently there).
-fn nameable(output: &syn::ReturnType) -> Option<&syn::Type> {
-    fn plain(tokens: TokenStream) -> bool {
-        tokens.into_iter().all(|token| match token {
-            proc_macro2::TokenTree::Ident(i) => i != "impl" && i != "Self",
-            proc_macro2::TokenTree::Punct(p) => p.as_char() != '&' && p.as_char() != '\'',
-            proc_macro2::TokenTree::Group(g) => plain(g.stream()),
-            proc_macro2::TokenTree::Literal(_) => true,
-        })
-    }
-    match output {
-        syn::ReturnType::Type(_, ty) if plain(ty.to_token_stream()) => Some(ty),
-        _ => None,
-    }
-}
-
 fn generate(model: &Model) -> TokenStream {
     let Model {
         krate,
@@ -341,7 +310,7 @@ fn generate(model: &Model) -> TokenStream {
         }
     });
     let block = &f.block;
-    let annotated = nameable(&f.sig.output).map(|ty| quote!(: #ty));
+    let annotated = crate::common::nameable(&f.sig.output).map(|ty| quote!(: #ty));
     let run = if f.sig.asyncness.is_some() {
         quote! {
             async move {
@@ -351,7 +320,7 @@ fn generate(model: &Model) -> TokenStream {
             .await
         }
     } else {
-        let returns = nameable(&f.sig.output).map(|ty| quote!(-> #ty));
+        let returns = crate::common::nameable(&f.sig.output).map(|ty| quote!(-> #ty));
         quote! {
             {
                 #[allow(clippy::redundant_closure_call)]

@@ -90,7 +90,10 @@ fn validate(
             .with_span(constness),
         );
     }
-    let arguments = argument_names(&f.sig);
+    let arguments: BTreeSet<String> = crate::common::typed_arguments(&f.sig)
+        .into_iter()
+        .map(|(ident, _)| ident.to_string())
+        .collect();
     let mut fields = Vec::new();
     let mut seen = BTreeSet::new();
     for path in args.fields.iter() {
@@ -125,38 +128,6 @@ fn validate(
     fields
 }
 
-/// The plain identifiers the signature binds (`self` excluded: record a field of it instead
-/// by passing it as an argument).
-fn argument_names(sig: &syn::Signature) -> BTreeSet<String> {
-    sig.inputs
-        .iter()
-        .filter_map(|input| match input {
-            syn::FnArg::Typed(arg) => match &*arg.pat {
-                syn::Pat::Ident(p) => Some(p.ident.to_string()),
-                _ => None,
-            },
-            syn::FnArg::Receiver(_) => None,
-        })
-        .collect()
-}
-
-/// Whether the return type can be written on a closure or a `let` (no `impl Trait`, no
-/// borrowed lifetimes that elision would resolve differently there).
-fn nameable(output: &syn::ReturnType) -> Option<&syn::Type> {
-    fn plain(tokens: TokenStream) -> bool {
-        tokens.into_iter().all(|token| match token {
-            proc_macro2::TokenTree::Ident(i) => i != "impl" && i != "Self",
-            proc_macro2::TokenTree::Punct(p) => p.as_char() != '&' && p.as_char() != '\'',
-            proc_macro2::TokenTree::Group(g) => plain(g.stream()),
-            proc_macro2::TokenTree::Literal(_) => true,
-        })
-    }
-    match output {
-        syn::ReturnType::Type(_, ty) if plain(ty.to_token_stream()) => Some(ty),
-        _ => None,
-    }
-}
-
 fn generate(model: &Model) -> TokenStream {
     let Model {
         krate,
@@ -170,7 +141,7 @@ fn generate(model: &Model) -> TokenStream {
     let entered = syn::Ident::new("__dtx_entered", Span::mixed_site());
     let recorded = fields.iter().map(|field| quote!(#field = ?#field));
     let block = &f.block;
-    let annotated = nameable(&f.sig.output).map(|ty| quote!(: #ty));
+    let annotated = crate::common::nameable(&f.sig.output).map(|ty| quote!(: #ty));
     let run = if f.sig.asyncness.is_some() {
         quote! {
             #krate::__private::tracing::Instrument::instrument(
@@ -183,7 +154,7 @@ fn generate(model: &Model) -> TokenStream {
             .await
         }
     } else {
-        let returns = nameable(&f.sig.output).map(|ty| quote!(-> #ty));
+        let returns = crate::common::nameable(&f.sig.output).map(|ty| quote!(-> #ty));
         quote! {
             {
                 let #entered = #span.enter();

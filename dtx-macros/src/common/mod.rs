@@ -240,6 +240,37 @@ pub(crate) fn options<A: darling::FromMeta>(args: TokenStream) -> darling::Resul
         .and_then(|list| A::from_list(&list))
 }
 
+/// The plain identifiers a signature binds, with their types (`self` excluded).
+pub(crate) fn typed_arguments(sig: &syn::Signature) -> Vec<(syn::Ident, syn::Type)> {
+    sig.inputs
+        .iter()
+        .filter_map(|input| match input {
+            syn::FnArg::Typed(arg) => match &*arg.pat {
+                syn::Pat::Ident(p) => Some((p.ident.clone(), (*arg.ty).clone())),
+                _ => None,
+            },
+            syn::FnArg::Receiver(_) => None,
+        })
+        .collect()
+}
+
+/// The return type, when it can be written on a closure or a `let` (no `impl Trait`, `Self`
+/// or borrowed lifetimes that elision would resolve differently there).
+pub(crate) fn nameable(output: &syn::ReturnType) -> Option<&syn::Type> {
+    fn plain(tokens: TokenStream) -> bool {
+        tokens.into_iter().all(|token| match token {
+            proc_macro2::TokenTree::Ident(i) => i != "impl" && i != "Self",
+            proc_macro2::TokenTree::Punct(p) => p.as_char() != '&' && p.as_char() != '\'',
+            proc_macro2::TokenTree::Group(g) => plain(g.stream()),
+            proc_macro2::TokenTree::Literal(_) => true,
+        })
+    }
+    match output {
+        syn::ReturnType::Type(_, ty) if plain(ty.to_token_stream()) => Some(ty),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use quote::format_ident;

@@ -5,7 +5,7 @@ pub(crate) mod breaker;
 pub(crate) mod retry;
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote, quote_spanned};
+use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
 /// The function, or the error that it is not one.
@@ -69,26 +69,9 @@ fn check_signature(
     }
 }
 
-/// The return type, when it can be written on a `let` (no `impl Trait`, `Self` or borrowed
-/// lifetimes that elision would resolve differently there).
-fn nameable(output: &syn::ReturnType) -> Option<&syn::Type> {
-    fn plain(tokens: TokenStream) -> bool {
-        tokens.into_iter().all(|token| match token {
-            proc_macro2::TokenTree::Ident(i) => i != "impl" && i != "Self",
-            proc_macro2::TokenTree::Punct(p) => p.as_char() != '&' && p.as_char() != '\'',
-            proc_macro2::TokenTree::Group(g) => plain(g.stream()),
-            proc_macro2::TokenTree::Literal(_) => true,
-        })
-    }
-    match output {
-        syn::ReturnType::Type(_, ty) if plain(ty.to_token_stream()) => Some(ty),
-        _ => None,
-    }
-}
-
 /// `let` annotation and the assertion, under the return type's span, that it is a `Result`.
 fn result_type(krate: &syn::Path, f: &syn::ItemFn) -> (Option<TokenStream>, TokenStream) {
-    let Some(ty) = nameable(&f.sig.output) else {
+    let Some(ty) = crate::common::nameable(&f.sig.output) else {
         return (None, TokenStream::new());
     };
     let assertion = quote_spanned!(ty.span()=> #krate::__private::assert_result::<#ty>();
