@@ -1,7 +1,7 @@
 //! The inbox on PostgreSQL (`inbox_messages`, `inbox_dead_letters`, `consumer_offsets`).
 
 use crate::PgUnitOfWork;
-use crate::sql::{Schema, to_i32, to_u32};
+use crate::sql::{Schema, get, millis, to_i32, to_u32};
 use async_trait::async_trait;
 use dtx::inbox::{
     DeadLetter, DeadLetterStatus, InboundMessage, InboxStore, OffsetAdvance, PartitionKey,
@@ -9,7 +9,6 @@ use dtx::inbox::{
 };
 use dtx::{Error, Result, UnitOfWork};
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Row};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,17 +172,6 @@ impl PgInbox {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
-    row: &'r PgRow,
-    column: &str,
-) -> Result<T> {
-    row.try_get(column).map_err(Error::storage)
 }
 
 fn dead_letter(row: &PgRow) -> Result<DeadLetter> {

@@ -1,7 +1,7 @@
 //! Projection checkpoints on PostgreSQL (`projection_checkpoints`, `projection_skips`).
 
 use crate::PgUnitOfWork;
-use crate::sql::{Schema, to_i32, to_i64, to_u32, to_u64};
+use crate::sql::{Schema, get, millis, to_i32, to_i64, to_u32, to_u64};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::projection::{
@@ -10,7 +10,7 @@ use dtx::projection::{
 };
 use dtx::{Error, GlobalPosition, Result, UnitOfWork};
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Executor, Postgres, Row};
+use sqlx::{Executor, Postgres};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -203,17 +203,6 @@ impl PgCheckpointStore {
             })
         }
     }
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
-    row: &'r PgRow,
-    column: &str,
-) -> Result<T> {
-    row.try_get(column).map_err(Error::storage)
 }
 
 fn position(commit: i64, sequence: i64) -> GlobalPosition {

@@ -131,6 +131,20 @@ pub(crate) fn classify_commit(error: sqlx::Error) -> Error {
     }
 }
 
+/// A duration in whole milliseconds, for `$n * interval '1 millisecond'` (saturating).
+pub(crate) fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Column `column` of `row`, a storage error when it cannot be read as `T`.
+pub(crate) fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
+    row: &'r sqlx::postgres::PgRow,
+    column: &str,
+) -> dtx::Result<T> {
+    use sqlx::Row as _;
+    row.try_get(column).map_err(dtx::Error::storage)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
