@@ -118,15 +118,23 @@ ensure_kafka() {
 }
 
 # The broker-fault tests (tests/tests/outbox_broker_faults.rs) kill and restart a tansu of their
-# own, whose data outlives it on an S3 server of their own: moto_server, installed when missing.
+# own, whose data outlives it on an S3 server of their own: moto_server, installed when missing
+# or older than MOTO_MIN. (Under moto 5.2.1, tansu 0.6 on S3 acknowledged records that fetches
+# then never returned, 3 runs of 3; 5.2.6 serves them all.)
+MOTO_MIN=5.2.6
 ensure_fault_brokers() {
   tansu_bin >/dev/null || exit 1
-  command -v moto_server >/dev/null && return 0
   local py
   py=$(command -v python3 || command -v python) || { log "python3 is missing to install moto_server (pip install 'moto[server]')"; exit 1; }
-  log "installing moto_server (pip install 'moto[server]')"
-  "$py" -m pip install -q --disable-pip-version-check 'moto[server]' >/dev/null 2>&1 ||
-    { log "pip install 'moto[server]' failed"; exit 1; }
+  if command -v moto_server >/dev/null && "$py" - "$MOTO_MIN" <<'EOF' 2>/dev/null; then return 0; fi
+import sys
+from importlib.metadata import version
+have = tuple(int(p) for p in version("moto").split(".")[:3])
+sys.exit(0 if have >= tuple(int(p) for p in sys.argv[1].split(".")) else 1)
+EOF
+  log "installing moto_server (pip install 'moto[server]>=$MOTO_MIN')"
+  "$py" -m pip install -q --disable-pip-version-check "moto[server]>=$MOTO_MIN" >/dev/null 2>&1 ||
+    { log "pip install 'moto[server]>=$MOTO_MIN' failed"; exit 1; }
   command -v moto_server >/dev/null || { log "moto_server is not on PATH after pip install 'moto[server]'"; exit 1; }
 }
 
