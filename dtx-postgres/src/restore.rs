@@ -69,7 +69,11 @@ pub async fn check_feed_in_schema(pool: &PgPool, schema: &str) -> Result<()> {
 
 async fn check_on(pool: &PgPool, sql: &str) -> Result<()> {
     let mut conn = pool.acquire().await.map_err(Error::storage)?;
-    let (stored, next_xid) = positions(&mut conn, sql).await?;
+    check_with(&mut conn, sql).await
+}
+
+async fn check_with(conn: &mut PgConnection, sql: &str) -> Result<()> {
+    let (stored, next_xid) = positions(conn, sql).await?;
     if stored >= next_xid {
         return Err(Error::FeedAhead { stored, next_xid });
     }
@@ -95,8 +99,23 @@ impl FeedGuard {
 
     /// [`check_feed`], once it passed never again.
     pub(crate) async fn ensure(&self, pool: &PgPool) -> Result<()> {
+        if self.passed.initialized() {
+            return Ok(());
+        }
         self.passed
             .get_or_try_init(|| check_on(pool, &self.sql))
+            .await
+            .map(|()| ())
+    }
+
+    /// [`FeedGuard::ensure`] on a connection already held (a unit of work's transaction: the
+    /// pool may have no other connection to give).
+    pub(crate) async fn ensure_on(&self, conn: &mut PgConnection) -> Result<()> {
+        if self.passed.initialized() {
+            return Ok(());
+        }
+        self.passed
+            .get_or_try_init(|| check_with(conn, &self.sql))
             .await
             .map(|()| ())
     }

@@ -652,9 +652,9 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        self.guard.ensure(&self.pool).await?;
-        self.append_on(PgUnitOfWork::of(uow)?, stream, expected, events)
-            .await
+        let conn = PgUnitOfWork::of(uow)?;
+        self.guard.ensure_on(conn).await?;
+        self.append_on(conn, stream, expected, events).await
     }
 
     async fn read_stream_data_in(
