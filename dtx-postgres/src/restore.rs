@@ -104,8 +104,8 @@ impl FeedGuard {
         }
         self.passed
             .get_or_try_init(|| check_on(pool, &self.sql))
-            .await
-            .map(|()| ())
+            .await?;
+        Ok(())
     }
 
     /// [`FeedGuard::ensure`] on a connection already held (a unit of work's transaction: the
@@ -116,8 +116,8 @@ impl FeedGuard {
         }
         self.passed
             .get_or_try_init(|| check_with(conn, &self.sql))
-            .await
-            .map(|()| ())
+            .await?;
+        Ok(())
     }
 }
 
