@@ -31,6 +31,7 @@ mod migrate;
 pub mod nats;
 pub mod outbox;
 mod projection;
+mod restore;
 mod saga;
 mod sql;
 mod store;
@@ -45,6 +46,10 @@ pub use inbox::PgInbox;
 pub use migrate::{MIGRATOR, migrate, migrate_in_schema};
 pub use outbox::{OutboxRelay, PgOutbox, RelayPass};
 pub use projection::PgCheckpointStore;
+pub use restore::{
+    FeedRepair, check_feed, check_feed_in_schema, repair_restored_feed,
+    repair_restored_feed_in_schema,
+};
 pub use saga::PgSagaStore;
 pub use store::PgEventStore;
 pub use uow::PgUnitOfWork;

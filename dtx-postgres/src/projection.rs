@@ -1,6 +1,7 @@
 //! Projection checkpoints on PostgreSQL (`projection_checkpoints`, `projection_skips`).
 
 use crate::PgUnitOfWork;
+use crate::restore::FeedGuard;
 use crate::sql::{Schema, get, millis, to_i32, to_i64, to_u32, to_u64};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -37,6 +38,9 @@ use uuid::Uuid;
 pub struct PgCheckpointStore {
     pool: PgPool,
     sql: Arc<Sql>,
+    /// The check before a runner first takes a checkpoint that the feed is not ahead of the
+    /// transaction ids (see [`crate::check_feed`]).
+    guard: FeedGuard,
 }
 
 #[derive(Debug)]
@@ -149,12 +153,15 @@ impl PgCheckpointStore {
         Self {
             pool,
             sql: Arc::new(Sql::new(&Schema::default())),
+            guard: FeedGuard::new(&Schema::default()),
         }
     }
 
     /// Checkpoints in the tables of `schema` (validated and quoted).
     pub fn with_schema(mut self, schema: &str) -> Result<Self> {
-        self.sql = Arc::new(Sql::new(&Schema::named(schema)?));
+        let named = Schema::named(schema)?;
+        self.guard = FeedGuard::new(&named);
+        self.sql = Arc::new(Sql::new(&named));
         Ok(self)
     }
 
@@ -290,6 +297,7 @@ impl CheckpointStore for PgCheckpointStore {
         owner: Uuid,
         lease: Duration,
     ) -> Result<Option<Lease>> {
+        self.guard.ensure(&self.pool).await?;
         let row = bind_key(sqlx::query(&self.sql.acquire), key)
             .bind(to_i32(key.partitions))
             .bind(owner)

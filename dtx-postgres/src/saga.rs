@@ -17,7 +17,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// The columns of a saga, as [`SagaRow`] reads them.
-const COLUMNS: &str = "id, name, status, data, step, completed, received, attempts, next_run_at, \
+const COLUMNS: &str = "id, name, definition_version, definition_fingerprint, status, data, step, completed, received, attempts, next_run_at, \
      deadline, awaiting, last_error, correlation_id, version, lease_owner, lease_expires_at, \
      created_at, updated_at";
 
@@ -123,6 +123,8 @@ impl PgSagaStore {
             .bind(to_i64(r.version))
             .bind(r.created_at)
             .bind(r.updated_at)
+            .bind(definition_version(r)?)
+            .bind(&r.definition_fingerprint)
             .execute(executor)
             .await
             .map_err(Error::storage)?;
@@ -151,8 +153,9 @@ impl Sql {
             insert: format!(
                 "INSERT INTO {table} (id, name, status, data, step, completed, received, \
                  attempts, next_run_at, deadline, awaiting, last_error, correlation_id, version, \
-                 created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                 created_at, updated_at, definition_version, definition_fingerprint)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $18)
                  ON CONFLICT (id) DO NOTHING"
             ),
             correlated: format!(
@@ -178,7 +181,7 @@ impl Sql {
                 "UPDATE {table} SET status = $3, data = $4, step = $5, completed = $6, \
                  received = $7, attempts = $8, next_run_at = $9, deadline = $10, awaiting = $11, \
                  last_error = $12, version = $13, lease_owner = $14, lease_expires_at = $15, \
-                 updated_at = $16
+                 updated_at = $16, definition_version = $17, definition_fingerprint = $18
                  WHERE id = $1 AND lease_owner = $2 AND version = $13 - 1"
             ),
             deliver: format!(
@@ -202,6 +205,18 @@ impl Sql {
     }
 }
 
+/// The record's definition version as stored (`INTEGER`, at least 1).
+fn definition_version(r: &SagaRecord) -> Result<i32> {
+    i32::try_from(r.definition_version)
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| Error::Invalid {
+            what: "saga definition version",
+            value: r.definition_version.to_string(),
+            reason: "versions are 1 to 2^31 - 1",
+        })
+}
+
 fn chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -211,6 +226,8 @@ fn chrono(d: Duration) -> chrono::Duration {
 struct SagaRow {
     id: Uuid,
     name: String,
+    definition_version: i32,
+    definition_fingerprint: Option<String>,
     status: String,
     data: Json<serde_json::Value>,
     step: i32,
@@ -241,6 +258,8 @@ impl TryFrom<SagaRow> for SagaRecord {
         Ok(SagaRecord {
             id: row.id,
             name: row.name,
+            definition_version: to_u32(row.definition_version),
+            definition_fingerprint: row.definition_fingerprint,
             status,
             data: row.data.0,
             step: to_u32(row.step),
@@ -313,6 +332,8 @@ impl SagaStore for PgSagaStore {
             .bind(lease_until.map(|_| owner))
             .bind(lease_until)
             .bind(r.updated_at)
+            .bind(definition_version(r)?)
+            .bind(&r.definition_fingerprint)
             .execute(&self.pool)
             .await
             .map_err(Error::storage)?;

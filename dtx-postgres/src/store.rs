@@ -3,6 +3,7 @@
 mod statements;
 mod wake;
 
+use crate::restore::FeedGuard;
 use crate::sql::{
     Schema, classify, count, stored_schema_version, stored_version, to_i64, to_u64,
     unique_violation,
@@ -46,6 +47,9 @@ pub struct PgEventStore {
     outbox: bool,
     /// The feed's waker, started by the first reader that asks (shared by clones).
     waker: Arc<std::sync::OnceLock<Arc<wake::PgFeedWaker>>>,
+    /// The check before the first append that the feed is not ahead of the transaction ids
+    /// (see [`crate::check_feed`]).
+    guard: FeedGuard,
 }
 
 impl std::fmt::Debug for PgEventStore {
@@ -117,6 +121,7 @@ impl PgEventStore {
             sql: Arc::new(Sql::new(&Schema::default())),
             outbox: false,
             waker: Arc::default(),
+            guard: FeedGuard::new(&Schema::default()),
         }
     }
 
@@ -138,7 +143,9 @@ impl PgEventStore {
     /// Uses the tables in `schema` (see [`crate::migrate_in_schema`]); the name is validated and
     /// quoted.
     pub fn with_schema(mut self, schema: &str) -> Result<Self> {
-        self.sql = Arc::new(Sql::new(&Schema::named(schema)?));
+        let named = Schema::named(schema)?;
+        self.guard = FeedGuard::new(&named);
+        self.sql = Arc::new(Sql::new(&named));
         self.waker = Arc::default();
         Ok(self)
     }
@@ -477,6 +484,7 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
+        self.guard.ensure(&self.pool).await?;
         self.limits.check(stream, &events)?;
         let count = events.len();
         let batch = Batch::new(events);
@@ -644,8 +652,9 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        self.append_on(PgUnitOfWork::of(uow)?, stream, expected, events)
-            .await
+        let conn = PgUnitOfWork::of(uow)?;
+        self.guard.ensure_on(conn).await?;
+        self.append_on(conn, stream, expected, events).await
     }
 
     async fn read_stream_data_in(

@@ -220,6 +220,24 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The event feed's stored order is ahead of the database's transaction ids: the database
+    /// was restored from a logical dump (`pg_dump`) into another cluster, or copied there, and
+    /// events appended now would sort below positions the outbox relay and projections have
+    /// passed, and be skipped. Refused at start-up until the feed is repaired
+    /// (`dtx_postgres::repair_restored_feed`).
+    #[error(
+        "the event feed is ahead of this database's transaction ids (stored commit order \
+         {stored}, next transaction id {next_xid}): the database was restored from a logical \
+         dump or copied to another cluster, and events appended now would sort below positions \
+         feed readers have passed. Stop the services and run \
+         `dtx_postgres::repair_restored_feed` once (README, \"Running in production\")"
+    )]
+    FeedAhead {
+        /// The highest commit order stored (in events or feed checkpoints).
+        stored: u64,
+        /// The database's next transaction id.
+        next_xid: u64,
+    },
     /// The storage backend failed before anything was written.
     #[error("storage error: {0}")]
     Storage(#[source] BoxError),

@@ -13,11 +13,13 @@ pub(super) fn expand(model: &Model) -> TokenStream {
         krate,
         item,
         name,
+        version,
         steps,
         max_retries,
         step_timeout_secs,
         deadline_secs,
     } = model;
+    let version = Literal::u32_unsuffixed(*version);
     let self_ty = &item.self_ty;
     // One adapter `fn` per method, even when it compensates several steps.
     let mut seen = HashSet::new();
@@ -45,9 +47,11 @@ pub(super) fn expand(model: &Model) -> TokenStream {
         #[automatically_derived]
         impl #krate::saga::Saga for #self_ty {
             const NAME: &'static str = #name;
+            const VERSION: u32 = #version;
 
             fn definition() -> #krate::saga::SagaDefinition<Self> {
                 #krate::saga::SagaBuilder::<Self>::new(#name)
+                    .version(#version)
                     #(#adds)*
                     #max_retries
                     #step_timeout
@@ -59,6 +63,7 @@ pub(super) fn expand(model: &Model) -> TokenStream {
         #krate::__private::inventory::submit! {
             #krate::saga::SagaRegistration {
                 name: #name,
+                version: #version,
                 runner: #krate::__private::saga_runner::<#self_ty>,
             }
         }

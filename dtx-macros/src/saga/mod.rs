@@ -35,6 +35,7 @@ mod tests {
         insta::assert_snapshot!(pretty(super::expand(
             quote!(
                 name = "OrderFulfillment",
+                version = 2,
                 max_retries = 3,
                 step_timeout_secs = 30,
                 deadline_secs = 86400,

@@ -11,6 +11,7 @@ use syn::spanned::Spanned;
 #[derive(FromMeta, Default)]
 pub(super) struct Args {
     pub(super) name: Option<SpannedValue<String>>,
+    pub(super) version: Option<SpannedValue<u32>>,
     pub(super) max_retries: Option<u32>,
     pub(super) step_timeout_secs: Option<u64>,
     pub(super) deadline_secs: Option<u64>,

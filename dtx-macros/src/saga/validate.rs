@@ -16,6 +16,8 @@ pub(super) struct Model {
     /// The `impl` block, its `#[step]` attributes removed.
     pub(super) item: syn::ItemImpl,
     pub(super) name: String,
+    /// `version = ..`, at least 1 (1 by default).
+    pub(super) version: u32,
     pub(super) steps: Vec<Step>,
     pub(super) max_retries: Option<u32>,
     pub(super) step_timeout_secs: Option<u64>,
@@ -77,6 +79,20 @@ pub(super) fn validate(input: Input, errors: &mut darling::error::Accumulator) -
             .with_span(&span),
         );
     }
+    let version = match &input.args.version {
+        Some(v) if **v == 0 => {
+            errors.push(
+                darling::Error::custom(
+                    "saga versions start at 1, the default: remove `version = 0` or write \
+                     `version = 1`",
+                )
+                .with_span(&v.span()),
+            );
+            1
+        }
+        Some(v) => **v,
+        None => 1,
+    };
     let steps = steps(&input, errors);
     if input.steps.is_empty() {
         errors.push(no_steps(&input.item));
@@ -87,6 +103,7 @@ pub(super) fn validate(input: Input, errors: &mut darling::error::Accumulator) -
         krate: crate::common::crate_path(args.krate.as_ref()),
         item,
         name,
+        version,
         steps,
         max_retries: args.max_retries,
         step_timeout_secs: args.step_timeout_secs,

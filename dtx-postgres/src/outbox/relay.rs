@@ -118,6 +118,8 @@ impl OutboxRelay {
 
     /// The pass [`run_once`](Self::run_once) runs.
     async fn pass(&self) -> Result<RelayPass> {
+        // Refuses, at start-up, a feed restored from a logical dump (see `crate::check_feed`).
+        self.outbox.guard.ensure(&self.outbox.pool).await?;
         let (mut pass, backlog) = self.feed_pass().await?;
         if backlog {
             pass.add(self.table_pass().await?);

@@ -3,6 +3,7 @@
 use super::message::{MessageRow, missing_checkpoint};
 use super::relay::OutboxRelay;
 use super::sql::OutboxSql;
+use crate::restore::FeedGuard;
 use crate::sql::{Schema, count, to_u64};
 use dtx::outbox::{NewOutboxMessage, OutboxCounts, OutboxMessage, Publisher, RelayOptions};
 use dtx::{Error, Result};
@@ -17,6 +18,9 @@ use std::time::Duration;
 pub struct PgOutbox {
     pub(super) pool: PgPool,
     pub(super) sql: Arc<OutboxSql>,
+    /// The check before a relay's first pass that the feed is not ahead of the transaction ids
+    /// (see [`crate::check_feed`]), shared by the relays of this outbox.
+    pub(super) guard: FeedGuard,
 }
 
 impl std::fmt::Debug for PgOutbox {
@@ -43,13 +47,16 @@ impl PgOutbox {
         Self {
             pool,
             sql: Arc::new(OutboxSql::new(&Schema::default())),
+            guard: FeedGuard::new(&Schema::default()),
         }
     }
 
     /// Uses the tables in `schema` (see [`crate::migrate_in_schema`]); the name is validated and
     /// quoted.
     pub fn with_schema(mut self, schema: &str) -> Result<Self> {
-        self.sql = Arc::new(OutboxSql::new(&Schema::named(schema)?));
+        let named = Schema::named(schema)?;
+        self.guard = FeedGuard::new(&named);
+        self.sql = Arc::new(OutboxSql::new(&named));
         Ok(self)
     }
 

@@ -197,9 +197,14 @@ impl<D> Clone for StepDef<D> {
     }
 }
 
-/// A saga: its name, ordered steps and options. Built by `#[saga]` or [`SagaBuilder`].
+/// A saga: its name, version, ordered steps and options. Built by `#[saga]` or
+/// [`SagaBuilder`].
+///
+/// Several versions of one name may be registered with an orchestrator: a saga runs, to its
+/// end, under the version it started on (see [`SagaDefinition::fingerprint`]).
 pub struct SagaDefinition<D> {
     pub(crate) name: &'static str,
+    pub(crate) version: u32,
     pub(crate) steps: Vec<StepDef<D>>,
     pub(crate) max_retries: Option<u32>,
     pub(crate) step_timeout: Option<Duration>,
@@ -210,6 +215,7 @@ impl<D> Clone for SagaDefinition<D> {
     fn clone(&self) -> Self {
         Self {
             name: self.name,
+            version: self.version,
             steps: self.steps.clone(),
             max_retries: self.max_retries,
             step_timeout: self.step_timeout,
@@ -222,6 +228,7 @@ impl<D> fmt::Debug for SagaDefinition<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SagaDefinition")
             .field("name", &self.name)
+            .field("version", &self.version)
             .field(
                 "steps",
                 &self.steps.iter().map(|s| s.name).collect::<Vec<_>>(),
@@ -236,9 +243,28 @@ impl<D> SagaDefinition<D> {
         self.name
     }
 
+    /// The definition's version (1 unless `#[saga(version = ..)]` or
+    /// [`SagaBuilder::version`] says otherwise).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     /// The steps' names, in order.
     pub fn step_names(&self) -> Vec<&'static str> {
         self.steps.iter().map(|s| s.name).collect()
+    }
+
+    /// What identifies the shape of this definition: the names and order of its steps, and which
+    /// of them have a compensation, hashed (16 hexadecimal digits of a SHA-256 of a canonical
+    /// text, the same on every build, compiler and platform). Stored with every saga when it
+    /// starts; a worker runs a saga only under a definition with the same version and
+    /// fingerprint.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(
+            self.steps
+                .iter()
+                .map(|s| (s.name, s.compensation.is_some())),
+        )
     }
 
     /// Replaces a step's action (for tests: inject failures, count calls).
@@ -279,6 +305,8 @@ impl<D> SagaDefinition<D> {
 pub trait Saga: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The saga's registered name.
     const NAME: &'static str;
+    /// The version of its definition (`#[saga(version = ..)]`, default 1).
+    const VERSION: u32 = 1;
     /// Its definition.
     fn definition() -> SagaDefinition<Self>;
 }
@@ -329,6 +357,7 @@ impl<D: Send + 'static> SagaBuilder<D> {
         Self {
             definition: SagaDefinition {
                 name,
+                version: 1,
                 steps: Vec::new(),
                 max_retries: None,
                 step_timeout: None,
@@ -397,6 +426,20 @@ impl<D: Send + 'static> SagaBuilder<D> {
         self
     }
 
+    /// The definition's version (default 1). Register a new version, under the same name, when
+    /// steps are added, removed, renamed or reordered, or gain or lose a compensation: sagas
+    /// started on the old version finish on it while it stays registered (see the README,
+    /// "Running in production").
+    #[must_use]
+    pub fn version(mut self, version: u32) -> Self {
+        if version == 0 {
+            self.errors
+                .push("versions start at 1, the default".to_owned());
+        }
+        self.definition.version = version;
+        self
+    }
+
     /// Retries of the last added step (overrides [`SagaBuilder::max_retries`] for it).
     #[must_use]
     pub fn step_retries(mut self, retries: u32) -> Self {
@@ -454,13 +497,58 @@ impl<D: Send + 'static> SagaBuilder<D> {
     }
 }
 
+/// The fingerprint of steps given as `(name, has a compensation)`, in order: see
+/// [`SagaDefinition::fingerprint`]. The canonical text is `dtx-saga-steps/1` then, per step,
+/// `\n`, its name's length in bytes, `:`, its name, and `+` (compensated) or `-`.
+pub(crate) fn fingerprint<'a>(steps: impl IntoIterator<Item = (&'a str, bool)>) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let mut text = String::from("dtx-saga-steps/1");
+    for (name, compensated) in steps {
+        let mark = if compensated { '+' } else { '-' };
+        let _ = write!(text, "\n{}:{name}{mark}", name.len());
+    }
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8]
+        .iter()
+        .fold(String::with_capacity(16), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
 /// A saga type registered at link time by `#[saga]`, so any worker can resume it by name.
 #[derive(Debug)]
 pub struct SagaRegistration {
     /// The saga's name.
     pub name: &'static str,
+    /// Its definition's version.
+    pub version: u32,
     /// Builds its type-erased runner.
     pub runner: fn() -> Arc<dyn super::runtime::ErasedSaga>,
 }
 
 inventory::collect!(SagaRegistration);
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    /// The fingerprint is a function of the steps' names, order and compensations alone, and
+    /// the same on every build: sagas stored by one build are recognised by the next.
+    #[test]
+    fn fingerprints_are_stable_and_see_order_names_and_compensations() {
+        let steps = [("reserve", true), ("charge", true), ("ship", false)];
+        // SHA-256 of "dtx-saga-steps/1\n7:reserve+\n6:charge+\n4:ship-", first 8 bytes.
+        assert_eq!(fingerprint(steps), "e13076a6fba6eaa4");
+        let reordered = [("charge", true), ("reserve", true), ("ship", false)];
+        let uncompensated = [("reserve", true), ("charge", false), ("ship", false)];
+        let renamed = [("reserve", true), ("charge", true), ("send", false)];
+        // Names that would collide if they were only concatenated.
+        let (a, b) = ([("ab", false), ("c", false)], [("a", false), ("bc", false)]);
+        for other in [reordered, uncompensated, renamed] {
+            assert_ne!(fingerprint(steps), fingerprint(other));
+        }
+        assert_ne!(fingerprint(a), fingerprint(b));
+    }
+}

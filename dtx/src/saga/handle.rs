@@ -37,6 +37,7 @@ use uuid::Uuid;
 /// ```
 pub struct SagaHandle<D> {
     name: &'static str,
+    version: u32,
     data: PhantomData<fn(D)>,
 }
 
@@ -50,7 +51,10 @@ impl<D> Copy for SagaHandle<D> {}
 
 impl<D> fmt::Debug for SagaHandle<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SagaHandle").field(&self.name).finish()
+        f.debug_tuple("SagaHandle")
+            .field(&self.name)
+            .field(&self.version)
+            .finish()
     }
 }
 
@@ -60,6 +64,7 @@ impl<D> SagaDefinition<D> {
     pub fn handle(&self) -> SagaHandle<D> {
         SagaHandle {
             name: self.name,
+            version: self.version,
             data: PhantomData,
         }
     }
@@ -71,19 +76,25 @@ impl<D: Serialize> SagaHandle<D> {
         self.name
     }
 
+    /// The version of the definition it starts sagas on.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     /// A new saga's record, not stored yet: see [`SagaOrchestrator::prepare`].
     ///
     /// # Errors
     ///
-    /// [`SagaError::UnknownSaga`] if `orchestrator` has no saga of this name, and
-    /// [`SagaError::Encode`] if `data` does not serialise.
+    /// [`SagaError::UnknownSaga`] if `orchestrator` has no saga of this name,
+    /// [`SagaError::Superseded`] or [`SagaError::UnknownVersion`] if this definition's version
+    /// is not the newest it has, and [`SagaError::Encode`] if `data` does not serialise.
     pub fn prepare(
         &self,
         orchestrator: &SagaOrchestrator,
         data: &D,
         correlation_id: Option<Uuid>,
     ) -> Result<SagaRecord, SagaError> {
-        orchestrator.prepare_named(self.name, data, correlation_id)
+        orchestrator.prepare_named(self.name, self.version, data, correlation_id)
     }
 
     /// Starts a saga: stores it, due now, and returns its id (see [`SagaOrchestrator::start`]).

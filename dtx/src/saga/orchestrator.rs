@@ -8,7 +8,7 @@ use super::transition::to_chrono;
 use crate::{Backoff, DtxConfig, Jitter, SharedEventStore};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,11 +50,59 @@ pub enum SagaError {
         /// The name.
         name: String,
     },
-    /// Two sagas share a name.
-    #[error("two sagas are named `{name}`")]
+    /// Two sagas share a name and a version.
+    #[error(
+        "saga `{name}` version {version} is registered twice: give the newer definition the next \
+         version (`#[saga(version = ..)]`, `SagaBuilder::version`)"
+    )]
     DuplicateSaga {
         /// The name.
         name: &'static str,
+        /// The version.
+        version: u32,
+    },
+    /// A saga is started on a version the orchestrator does not have.
+    #[error(
+        "saga `{name}` version {version} is not registered (registered versions: {registered:?})"
+    )]
+    UnknownVersion {
+        /// The saga's name.
+        name: String,
+        /// The version asked for.
+        version: u32,
+        /// The versions registered under the name.
+        registered: Vec<u32>,
+    },
+    /// A saga is started on a version older than the newest registered one: new sagas start on
+    /// the newest version, older ones are registered only so that the sagas started on them
+    /// finish.
+    #[error(
+        "saga `{name}` version {version} is superseded by version {latest}: new sagas start on \
+         the newest registered version; start it with that version's data"
+    )]
+    Superseded {
+        /// The saga's name.
+        name: &'static str,
+        /// The version asked for.
+        version: u32,
+        /// The newest registered version.
+        latest: u32,
+    },
+    /// A worker met a saga started on a version newer than any it has (a worker of an older
+    /// deploy): it leaves the saga to the workers that have that version.
+    #[error(
+        "saga `{name}` {id} runs on version {version}, newer than this worker's ({registered:?}); \
+         a worker with version {version} registered runs it"
+    )]
+    NewerVersion {
+        /// The saga's id.
+        id: Uuid,
+        /// Its name.
+        name: String,
+        /// The version it runs on.
+        version: u32,
+        /// The versions this worker has.
+        registered: Vec<u32>,
     },
     /// The saga's data could not be serialised.
     #[error("cannot encode the data of saga `{name}`: {source}")]
@@ -84,7 +132,8 @@ pub(super) struct Settings {
 pub(super) struct Inner {
     pub(super) store: Arc<dyn SagaStore>,
     pub(super) events: Option<SharedEventStore>,
-    pub(super) sagas: HashMap<&'static str, Arc<dyn ErasedSaga>>,
+    /// The registered definitions, by name and version.
+    pub(super) sagas: HashMap<&'static str, BTreeMap<u32, Arc<dyn ErasedSaga>>>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) settings: Settings,
     pub(super) state: crate::cqrs::context::StateMap,
@@ -100,7 +149,12 @@ pub struct SagaOrchestrator {
 
 impl fmt::Debug for SagaOrchestrator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&str> = self.inner.sagas.keys().copied().collect();
+        let mut names: Vec<(&str, Vec<u32>)> = self
+            .inner
+            .sagas
+            .iter()
+            .map(|(name, versions)| (*name, versions.keys().copied().collect()))
+            .collect();
         names.sort_unstable();
         f.debug_struct("SagaOrchestrator")
             .field("sagas", &names)
@@ -167,7 +221,8 @@ impl SagaOrchestratorBuilder {
         self
     }
 
-    /// Registers a saga definition.
+    /// Registers a saga definition. Several versions of one name may be registered: new sagas
+    /// start on the newest, and each started saga runs on the version it started on.
     #[must_use]
     pub fn saga<D>(mut self, definition: SagaDefinition<D>) -> Self
     where
@@ -177,23 +232,29 @@ impl SagaOrchestratorBuilder {
         self
     }
 
-    /// Registers every saga linked into this binary by `#[saga]`.
+    /// Registers every saga linked into this binary by `#[saga]`, every version.
     #[must_use]
     pub fn registry(mut self) -> Self {
         let mut all: Vec<&SagaRegistration> =
             inventory::iter::<SagaRegistration>.into_iter().collect();
-        all.sort_by_key(|r| r.name);
+        all.sort_by_key(|r| (r.name, r.version));
         self.sagas.extend(all.into_iter().map(|r| (r.runner)()));
         self
     }
 
-    /// Checks the names and builds the orchestrator.
+    /// Checks the names and versions ([`SagaError::DuplicateSaga`] for a name and version
+    /// registered twice) and builds the orchestrator.
     pub fn build(self) -> Result<SagaOrchestrator, SagaError> {
-        let mut sagas = HashMap::new();
+        let mut sagas: HashMap<&'static str, BTreeMap<u32, Arc<dyn ErasedSaga>>> = HashMap::new();
         for saga in self.sagas {
-            let name = saga.name();
-            if sagas.insert(name, saga).is_some() {
-                return Err(SagaError::DuplicateSaga { name });
+            let (name, version) = (saga.name(), saga.version());
+            if sagas
+                .entry(name)
+                .or_default()
+                .insert(version, saga)
+                .is_some()
+            {
+                return Err(SagaError::DuplicateSaga { name, version });
             }
         }
         Ok(SagaOrchestrator {
@@ -238,22 +299,41 @@ impl SagaOrchestrator {
 
     /// A new saga's record, not stored yet (for [`SagaStore::insert_in`]); to start a saga
     /// with the caller's other writes, [`SagaOrchestrator::start_in`] does both.
+    ///
+    /// New sagas start on the newest registered version of their name, which must be `S`'s
+    /// ([`SagaError::Superseded`] otherwise).
     pub fn prepare<S: Saga>(
         &self,
         data: &S,
         correlation_id: Option<Uuid>,
     ) -> Result<SagaRecord, SagaError> {
-        self.prepare_named(S::NAME, data, correlation_id)
+        self.prepare_named(S::NAME, S::VERSION, data, correlation_id)
     }
 
-    /// [`Self::prepare`] for the saga registered as `name` (see `SagaHandle`).
+    /// [`Self::prepare`] for version `version` of the saga registered as `name` (see
+    /// `SagaHandle`).
     pub(crate) fn prepare_named<D: serde::Serialize>(
         &self,
         name: &'static str,
+        version: u32,
         data: &D,
         correlation_id: Option<Uuid>,
     ) -> Result<SagaRecord, SagaError> {
         let saga = self.saga(name)?;
+        if saga.version() != version {
+            return Err(match self.inner.sagas.get(name) {
+                Some(versions) if versions.contains_key(&version) => SagaError::Superseded {
+                    name,
+                    version,
+                    latest: saga.version(),
+                },
+                _ => SagaError::UnknownVersion {
+                    name: name.to_owned(),
+                    version,
+                    registered: self.versions(name),
+                },
+            });
+        }
         let now = self.inner.clock.now();
         let data =
             serde_json::to_value(data).map_err(|source| SagaError::Encode { name, source })?;
@@ -265,6 +345,8 @@ impl SagaOrchestrator {
             Some(now + to_chrono(deadline)),
             correlation_id,
         );
+        record.definition_version = saga.version();
+        record.definition_fingerprint = Some(saga.fingerprint());
         // Every step continues the trace of the operation that started the saga.
         if let Some(traceparent) = crate::telemetry::current_traceparent() {
             record.received.insert(
@@ -360,13 +442,110 @@ impl SagaOrchestrator {
         })
     }
 
-    /// The registered saga of this name.
+    /// The versions registered under `name`, oldest first.
+    pub fn versions(&self, name: &str) -> Vec<u32> {
+        self.inner
+            .sagas
+            .get(name)
+            .map(|v| v.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The newest registered version of the saga of this name.
     pub(super) fn saga(&self, name: &str) -> Result<&Arc<dyn ErasedSaga>, SagaError> {
         self.inner
             .sagas
             .get(name)
+            .and_then(|versions| versions.values().next_back())
             .ok_or_else(|| SagaError::UnknownSaga {
                 name: name.to_owned(),
             })
     }
+
+    /// The definition a claimed saga runs under: the registered one with the version and
+    /// fingerprint it started on. A saga whose version is gone (older than the newest
+    /// registered) or whose steps changed under the same version is to be parked, with the
+    /// reason; one on a version newer than any registered here, or of a name not registered
+    /// here, is an error (another worker runs it).
+    pub(super) fn resolve(&self, saga: &SagaRecord) -> Result<Resolved, SagaError> {
+        let versions =
+            self.inner
+                .sagas
+                .get(saga.name.as_str())
+                .ok_or_else(|| SagaError::UnknownSaga {
+                    name: saga.name.clone(),
+                })?;
+        let stored = saga.definition_version;
+        let fingerprint = saga.definition_fingerprint.as_deref().unwrap_or("none");
+        let registered = || {
+            versions
+                .iter()
+                .map(|(v, def)| format!("{v} (fingerprint {})", def.fingerprint()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let parked = |why: String| {
+            format!(
+                "saga `{}` {} started on version {stored} (fingerprint {fingerprint}); {why}. \
+                 Registered versions: {}. It was parked without running a step of another \
+                 version: register version {stored} with its original steps again, then \
+                 `retry` compensates it under that version",
+                saga.name,
+                saga.id,
+                registered()
+            )
+        };
+        let Some(definition) = versions.get(&stored) else {
+            let newest = versions.keys().next_back().copied().unwrap_or_default();
+            if stored > newest {
+                return Err(SagaError::NewerVersion {
+                    id: saga.id,
+                    name: saga.name.clone(),
+                    version: stored,
+                    registered: versions.keys().copied().collect(),
+                });
+            }
+            return Ok(Resolved::Park(parked(format!(
+                "version {stored} is no longer registered"
+            ))));
+        };
+        let current = definition.fingerprint();
+        if saga
+            .definition_fingerprint
+            .as_deref()
+            .is_some_and(|f| f != current)
+        {
+            return Ok(Resolved::Park(parked(format!(
+                "the steps of version {stored} changed since (its fingerprint is {current} now) \
+                 without a new version"
+            ))));
+        }
+        // Sagas stored before fingerprints were: their completed steps must be the first steps
+        // of the definition, by name.
+        let names_match = saga.completed.len() <= definition.steps()
+            && saga
+                .completed
+                .iter()
+                .enumerate()
+                .all(|(i, c)| definition.step_name(i) == c.step);
+        if !names_match {
+            let done: Vec<&str> = saga.completed.iter().map(|c| c.step.as_str()).collect();
+            let steps: Vec<&str> = (0..definition.steps())
+                .map(|i| definition.step_name(i))
+                .collect();
+            return Ok(Resolved::Park(parked(format!(
+                "its completed steps {done:?} are not the first steps of version {stored} \
+                 ({steps:?})"
+            ))));
+        }
+        Ok(Resolved::Run(Arc::clone(definition)))
+    }
+}
+
+/// The definition a claimed saga runs under, or why it must not run.
+pub(super) enum Resolved {
+    /// Run it under this definition.
+    Run(Arc<dyn ErasedSaga>),
+    /// Park it as failed, for this reason.
+    Park(String),
 }

@@ -18,8 +18,12 @@ use uuid::Uuid;
 #[async_trait]
 pub trait ErasedSaga: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn fingerprint(&self) -> String;
     fn steps(&self) -> usize;
     fn step_name(&self, step: usize) -> &'static str;
+    /// The index of the step named `name`.
+    fn position(&self, name: &str) -> Option<usize>;
     fn await_event(&self, step: usize) -> Option<(&'static str, Duration)>;
     fn has_compensation(&self, step: usize) -> bool;
     fn max_retries(&self, step: usize) -> Option<u32>;
@@ -46,11 +50,20 @@ where
     fn name(&self) -> &'static str {
         self.0.name
     }
+    fn version(&self) -> u32 {
+        self.0.version
+    }
+    fn fingerprint(&self) -> String {
+        self.0.fingerprint()
+    }
     fn steps(&self) -> usize {
         self.0.steps.len()
     }
     fn step_name(&self, step: usize) -> &'static str {
         self.0.steps[step].name
+    }
+    fn position(&self, name: &str) -> Option<usize> {
+        self.0.steps.iter().position(|s| s.name == name)
     }
     fn await_event(&self, step: usize) -> Option<(&'static str, Duration)> {
         self.0.steps[step].await_event

@@ -113,13 +113,20 @@ pub struct SagaRecord {
     pub id: Uuid,
     /// Its registered name.
     pub name: String,
+    /// The version of the definition it started on, and runs under to its end.
+    pub definition_version: u32,
+    /// The [fingerprint](super::SagaDefinition::fingerprint) of that definition: workers run the
+    /// saga only under a definition with the same version and fingerprint. `None` for sagas
+    /// stored before fingerprints were (the worker then checks the completed steps' names
+    /// against the definition and records its fingerprint).
+    pub definition_fingerprint: Option<String>,
     /// Its status.
     pub status: SagaStatus,
     /// Its data, as JSON.
     pub data: serde_json::Value,
-    /// The index of the next step to run (forward).
+    /// The index of the next step to run (forward), in its definition's version.
     pub step: u32,
-    /// The completed steps, in order.
+    /// The completed steps, by name, in order (compensation finds them by name).
     pub completed: Vec<CompletedStep>,
     /// External events received, by type.
     pub received: HashMap<String, serde_json::Value>,
@@ -148,7 +155,8 @@ pub struct SagaRecord {
 }
 
 impl SagaRecord {
-    /// A new saga, due now.
+    /// A new saga, due now, on version 1 of its definition and without a fingerprint (the
+    /// orchestrator's `prepare` sets both from the definition it starts the saga on).
     pub fn new(
         name: &str,
         data: serde_json::Value,
@@ -159,6 +167,8 @@ impl SagaRecord {
         Self {
             id: Uuid::now_v7(),
             name: name.to_owned(),
+            definition_version: 1,
+            definition_fingerprint: None,
             status: SagaStatus::Running,
             data,
             step: 0,
@@ -195,9 +205,14 @@ impl SagaRecord {
             check_text(None, event_type, || what("received events"))?;
             check_value(None, payload, || what("received events"))?;
         }
-        for text in [&self.awaiting, &self.last_error, &self.lease_owner]
-            .into_iter()
-            .flatten()
+        for text in [
+            &self.awaiting,
+            &self.last_error,
+            &self.lease_owner,
+            &self.definition_fingerprint,
+        ]
+        .into_iter()
+        .flatten()
         {
             check_text(None, text, || what("status texts"))?;
         }

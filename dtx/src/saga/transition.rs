@@ -23,6 +23,11 @@
 //! | Compensating | compensation ok           | step undone  | goes on                      |
 //! | Compensating | failed, retries left      | Compensating | lets it go until the backoff |
 //! | Compensating | failed for good           | Failed       | lets it go                   |
+//! | Compensating | due, step name unknown    | Failed       | lets it go                   |
+//!
+//! Compensation finds the step to undo by its name among the completed steps, never by
+//! position. Which definition a saga runs under (the version and fingerprint it started on) is
+//! settled before the machine sees it (`SagaOrchestrator::resolve`).
 //!
 //! A waiting saga is due again when its event is delivered (then it runs its next step), and a
 //! failed one when an operator retries it (then it compensates again).
@@ -135,13 +140,15 @@ impl Machine<'_> {
                 compensate(saga, format!("no `{awaited}` event arrived in time"))
             }
             SagaStatus::Compensating => {
-                let Some(step) = to_compensate(&saga) else {
-                    return enter(saga, SagaStatus::Compensated);
+                let (done, step) = match self.to_compensate(&saga) {
+                    None => return enter(saga, SagaStatus::Compensated),
+                    Some(Err(reason)) => return park(saga, reason),
+                    Some(Ok(found)) => found,
                 };
                 if self.saga.has_compensation(step) {
                     return run(saga, step, true);
                 }
-                saga.completed[step].compensated = true;
+                saga.completed[done].compensated = true;
                 keep(saga)
             }
             SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed => release(saga),
@@ -202,7 +209,7 @@ impl Machine<'_> {
         result: Result<(serde_json::Value, Vec<Uuid>), StepError>,
         now: DateTime<Utc>,
     ) -> Transition {
-        let Some(step) = to_compensate(&saga) else {
+        let Some(Ok((done, step))) = self.to_compensate(&saga) else {
             return release(saga);
         };
         let name = self.saga.step_name(step);
@@ -210,7 +217,7 @@ impl Machine<'_> {
         match result {
             Ok((data, events)) => {
                 saga.data = data;
-                let undone = &mut saga.completed[step];
+                let undone = &mut saga.completed[done];
                 undone.compensated = true;
                 undone.events.extend(events);
                 saga.attempts = 0;
@@ -262,10 +269,23 @@ impl Machine<'_> {
     }
 }
 
-/// The index of the latest completed step not yet compensated. Completed steps are a prefix of
-/// the definition, in order, so it is also the step's index in the definition.
-fn to_compensate(saga: &SagaRecord) -> Option<usize> {
-    saga.completed.iter().rposition(|c| !c.compensated)
+impl Machine<'_> {
+    /// The latest completed step not yet compensated: its index among the completed steps, and
+    /// the index of the step of that name in the definition (found by name, never by
+    /// position), or why it cannot be undone under this definition.
+    fn to_compensate(&self, saga: &SagaRecord) -> Option<Result<(usize, usize), String>> {
+        let done = saga.completed.iter().rposition(|c| !c.compensated)?;
+        let name = &saga.completed[done].step;
+        Some(self.saga.position(name).map(|step| (done, step)).ok_or_else(|| {
+            format!(
+                "saga `{}` {}: its completed step `{name}` is not a step of version {} of its \
+                 definition, so it cannot be compensated",
+                saga.name,
+                saga.id,
+                self.saga.version()
+            )
+        }))
+    }
 }
 
 fn run(saga: SagaRecord, step: usize, compensation: bool) -> Transition {
@@ -278,6 +298,15 @@ fn run(saga: SagaRecord, step: usize, compensation: bool) -> Transition {
             attempt,
         }),
     }
+}
+
+/// The saga cannot go on under its definition: parked as failed, with the reason, for an
+/// operator.
+pub(crate) fn park(mut saga: SagaRecord, reason: String) -> Transition {
+    saga.attempts = 0;
+    saga.awaiting = None;
+    saga.last_error = Some(reason);
+    enter(saga, SagaStatus::Failed)
 }
 
 /// Compensation starts: the worker goes on with it.

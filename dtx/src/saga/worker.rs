@@ -1,12 +1,11 @@
 //! [`SagaWorker`]s: claim due sagas, run their steps, and save every transition.
 
-use super::orchestrator::{SagaError, SagaOrchestrator};
+use super::orchestrator::{Resolved, SagaError, SagaOrchestrator};
 use super::runtime::{StepEnv, run_step};
 use super::store::{SagaRecord, SagaStatus};
-use super::transition::{Lease, Machine, Outcome, Save, Then, Transition, to_chrono};
+use super::transition::{Lease, Machine, Outcome, Save, Then, Transition, park, to_chrono};
 use crate::StreamId;
 use chrono::{DateTime, Utc};
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -130,7 +129,25 @@ impl SagaWorker {
     /// saved, until one lets the saga go (or the lease is lost).
     async fn advance(&self, saga: SagaRecord) -> Result<(), SagaError> {
         let inner = &self.orchestrator.inner;
-        let definition = Arc::clone(self.orchestrator.saga(&saga.name)?);
+        let mut saga = saga;
+        // Never run a saga against a definition other than the one it started on.
+        let definition = match self.orchestrator.resolve(&saga)? {
+            Resolved::Run(definition) => definition,
+            Resolved::Park(reason) => {
+                let Transition {
+                    saga: mut parked,
+                    then,
+                } = park(saga, reason);
+                if let Then::Save(save) = then {
+                    self.save(&mut parked, save, inner.clock.now()).await?;
+                }
+                return Ok(());
+            }
+        };
+        if saga.definition_fingerprint.is_none() {
+            // Stored before fingerprints were; its completed steps matched this definition's.
+            saga.definition_fingerprint = Some(definition.fingerprint());
+        }
         let stream = StreamId::new(format!("{}-{}", saga.name, saga.id))?;
         let env = StepEnv {
             state: &inner.state,
@@ -143,7 +160,6 @@ impl SagaWorker {
             // One draw is enough: a retry ends this call.
             jitter: crate::retry::random_u64(),
         };
-        let mut saga = saga;
         let mut outcome = Outcome::Due;
         loop {
             let now = inner.clock.now();
@@ -203,7 +219,7 @@ impl SagaWorker {
                     tracing::info!(saga = %name, saga_id = %id, "saga compensated");
                 }
                 SagaStatus::Failed => {
-                    tracing::error!(saga = %name, saga_id = %id, error = %reason, "compensation failed; saga needs an operator");
+                    tracing::error!(saga = %name, saga_id = %id, error = %reason, "saga failed; it needs an operator");
                 }
                 SagaStatus::Running | SagaStatus::Waiting => {}
             }

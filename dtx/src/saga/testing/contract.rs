@@ -1,6 +1,13 @@
 //! The saga contract suite: one scenario per guarantee of the saga runtime, run against every
 //! saga store with [`saga_contract_tests!`](crate::saga_contract_tests).
 
+mod versions;
+
+pub use versions::{
+    compensation_after_a_reorder_undoes_by_name, retired_or_edited_versions_park_the_saga,
+    started_sagas_finish_on_their_version,
+};
+
 use super::{Failure, SagaTest};
 use crate::saga::{SagaError, SagaEvent, SagaStatus, SagaStore, StepContext, StepError};
 use crate::{DomainEvent, SharedEventStore, StreamId};
@@ -530,7 +537,9 @@ macro_rules! saga_contract_tests {
             deadline_triggers_compensation, awaited_event_resumes, awaited_event_timeout_compensates,
             handle_event_errors_are_typed, dead_workers_lease_expires, step_events_recorded_once,
             unstorable_saga_data_is_refused,
-            repeated_insert_keeps_the_first_and_correlation_finds_it);
+            repeated_insert_keeps_the_first_and_correlation_finds_it,
+            started_sagas_finish_on_their_version, retired_or_edited_versions_park_the_saga,
+            compensation_after_a_reorder_undoes_by_name);
     };
     (@cases $stores:expr; $($case:ident),*) => {
         $(

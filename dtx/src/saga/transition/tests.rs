@@ -299,6 +299,46 @@ fn compensation_undoes_the_latest_step_first_and_skips_steps_without_one() {
 }
 
 #[test]
+fn compensation_finds_the_step_to_undo_by_name_not_by_position() {
+    let def = definition();
+    // Completed in an order that is not the definition's: `reserve` (index 0) last.
+    let mut saga = compensating(2);
+    saga.completed.swap(0, 1);
+    let t = machine(&def).transition(saga, Outcome::Due, now());
+    assert_eq!(
+        t.then,
+        Then::Run(Run {
+            step: 0,
+            compensation: true,
+            attempt: 1
+        }),
+        "`reserve`'s compensation, found by name"
+    );
+    let t = machine(&def).transition(t.saga, ok(7), now());
+    let flags: Vec<(&str, bool)> = t
+        .saga
+        .completed
+        .iter()
+        .map(|c| (c.step.as_str(), c.compensated))
+        .collect();
+    assert_eq!(flags, [("notify", false), ("reserve", true)]);
+}
+
+#[test]
+fn a_completed_step_the_definition_does_not_have_parks_the_saga() {
+    let def = definition();
+    let mut saga = compensating(1);
+    saga.completed[0].step = "reserve_v0".to_owned();
+    let t = machine(&def).transition(saga, Outcome::Due, now());
+    assert_eq!(t.then, saved(Lease::Release, Some(SagaStatus::Failed)));
+    let error = t.saga.last_error.unwrap_or_default();
+    assert!(
+        error.contains("completed step `reserve_v0` is not a step of version 1"),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_compensation_that_succeeds_marks_its_step_undone() {
     let def = definition();
     let mut saga = compensating(1);

@@ -1,7 +1,7 @@
 //! Every option of `#[saga]` and `#[step]`, run by a worker to completion and to compensation:
-//! `name`, `max_retries`, `step_timeout_secs`, `deadline_secs` and `crate = ..` through a
-//! re-export; steps with and without `ctx: &StepContext`, a compensation, a renamed step with its
-//! own retries that awaits an external event, and a step returning events of a
+//! `name`, `version`, `max_retries`, `step_timeout_secs`, `deadline_secs` and `crate = ..`
+//! through a re-export; steps with and without `ctx: &StepContext`, a compensation, a renamed
+//! step with its own retries that awaits an external event, and a step returning events of a
 //! `#[derive(DomainEvent)]` enum.
 #![deny(warnings)]
 
@@ -46,6 +46,7 @@ struct Checkout {
 #[re::runtime::saga(
     crate = re::runtime,
     name = "Checkout",
+    version = 2,
     max_retries = 0,
     step_timeout_secs = 30,
     deadline_secs = 3600,
@@ -137,7 +138,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     sagas.handle_event(shipped, confirmed.clone()).await?;
     worker.run_until_idle().await?;
     let done = sagas.status(shipped).await?;
-    assert_eq!(done.name, "Checkout");
+    assert_eq!(
+        (done.name.as_str(), done.definition_version),
+        ("Checkout", 2)
+    );
     assert_eq!(done.status, SagaStatus::Completed);
     let steps: Vec<&str> = done.completed.iter().map(|c| c.step.as_str()).collect();
     assert_eq!(steps, ["reserve", "PAY", "ship"]);
