@@ -329,9 +329,10 @@ fn timeline(saga: &SagaRecord, shape: Option<&SagaShape>) -> Vec<Entry> {
                     "compensation started",
                     (next < shape.map_or(usize::MAX, |s| s.steps.len())).then(|| name_of(next)),
                     None,
+                    // The reason, unless a compensation's error has replaced it since.
                     saga.last_error
                         .clone()
-                        .filter(|_| saga.status != SagaStatus::Failed),
+                        .filter(|_| saga.status != SagaStatus::Failed && saga.attempts == 0),
                 )),
             }
             for done in saga.completed.iter().rev().filter(|c| c.compensated) {
@@ -364,8 +365,9 @@ fn timeline(saga: &SagaRecord, shape: Option<&SagaShape>) -> Vec<Entry> {
                     Some(step.step.clone()),
                     Some(saga.updated_at),
                     Some(format!(
-                        "after {} attempts: {} (`dtx saga retry {}` compensates again)",
+                        "after {} attempt{}: {} (`dtx saga retry {}` compensates again)",
                         saga.attempts,
+                        if saga.attempts == 1 { "" } else { "s" },
                         saga.last_error.as_deref().unwrap_or("no error recorded"),
                         saga.id
                     )),
@@ -429,6 +431,12 @@ fn show(saga: &SagaRecord, timeline: &[Entry], out: &mut Out<'_>) -> Result<(), 
         out.line(format!("  received: {}", received.join(", ")))?;
     }
     out.line("")?;
+    let width = timeline
+        .iter()
+        .filter_map(|e| e.step.as_deref())
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0);
     for e in timeline {
         let (mark, paint) = match e.kind {
             "started" => ("○", Paint::Dim),
@@ -446,8 +454,9 @@ fn show(saga: &SagaRecord, timeline: &[Entry], out: &mut Out<'_>) -> Result<(), 
         };
         let mark = out.paint(mark, paint);
         let step = e.step.as_deref().unwrap_or("");
-        let at = e.at.map(|t| format!("  {}", time(t))).unwrap_or_default();
-        out.line(format!("  {mark} {:<21} {step}{at}", e.kind))?;
+        let at = e.at.map(time).unwrap_or_default();
+        let line = format!("  {mark} {:<20} {step:<width$}  {at}", e.kind);
+        out.line(line.trim_end())?;
         if let Some(detail) = &e.detail {
             out.line(format!("      {}", cut(detail, 200)))?;
         }

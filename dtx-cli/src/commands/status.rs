@@ -59,11 +59,11 @@ fn print(report: &HealthReport, problems: &[Problem], out: &mut Out<'_>) -> Resu
     let feed = &report.feed;
     out.heading("feed")?;
     out.line(format!(
-        "  horizon xid {} · head position {} · {} committed events wait behind the horizon",
+        "  horizon xid {} · head position {} · {} committed at or above the horizon",
         feed.horizon,
         feed.head
             .map_or_else(|| "none".to_owned(), |h| h.to_string()),
-        feed.waiting
+        plural(feed.waiting, "event")
     ))?;
     match &feed.oldest_transaction {
         Some(tx) => {
@@ -191,7 +191,7 @@ fn print(report: &HealthReport, problems: &[Problem], out: &mut Out<'_>) -> Resu
     let inbox = &report.inbox;
     out.heading("inbox")?;
     out.line(format!(
-        "  {} dead letters{} · {} requeued",
+        "  {} dead{} · {} requeued",
         inbox.dead,
         if inbox.dead_by_consumer.is_empty() {
             String::new()
@@ -214,10 +214,11 @@ fn print(report: &HealthReport, problems: &[Problem], out: &mut Out<'_>) -> Resu
         let ok = out.paint("all is well: nothing needs a person", Paint::Green);
         out.line(ok)?;
     } else {
-        let heading = out.paint(
-            &format!("{} problems need a person:", problems.len()),
-            Paint::Red,
-        );
+        let heading = match problems.len() {
+            1 => "1 problem needs a person:".to_owned(),
+            n => format!("{n} problems need a person:"),
+        };
+        let heading = out.paint(&heading, Paint::Red);
         out.line(heading)?;
         for problem in problems {
             let mark = out.paint("✗", Paint::Red);
@@ -225,4 +226,13 @@ fn print(report: &HealthReport, problems: &[Problem], out: &mut Out<'_>) -> Resu
         }
     }
     Ok(())
+}
+
+/// `n thing` or `n things`.
+fn plural(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
 }

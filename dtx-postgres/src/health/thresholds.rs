@@ -85,6 +85,15 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// `n thing` or `n things`.
+fn count(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 /// `90s` as `1m30s`, for messages.
 pub fn human(duration: Duration) -> String {
     let secs = duration.as_secs();
@@ -124,10 +133,10 @@ impl HealthReport {
                 "feed",
                 who,
                 format!(
-                    "transaction open for {} ({}) holds the feed back: {} committed events wait behind it",
+                    "transaction open for {} ({}) holds the feed back, {} behind it",
                     human(tx.age),
                     tx.state.as_deref().unwrap_or("unknown state"),
-                    self.feed.waiting
+                    count(self.feed.waiting, "committed event")
                 ),
             );
         }
@@ -139,8 +148,8 @@ impl HealthReport {
                 "outbox",
                 "pending".to_owned(),
                 format!(
-                    "{} messages pending, the oldest for {}: is a relay running?",
-                    outbox.pending,
+                    "{} pending, the oldest for {}: is a relay running?",
+                    count(outbox.pending, "message"),
                     human(age)
                 ),
             );
@@ -151,10 +160,10 @@ impl HealthReport {
                     "outbox",
                     format!("message {}", dead.id),
                     format!(
-                        "dead letter (key {}, {}) after {} attempts: {}",
+                        "dead letter (key {}, {}) after {}: {}",
                         dead.key,
                         dead.message_type,
-                        dead.attempts,
+                        count(u64::from(dead.attempts), "attempt"),
                         dead.last_error.as_deref().unwrap_or("no error recorded")
                     ),
                 );
@@ -164,7 +173,7 @@ impl HealthReport {
                 add(
                     "outbox",
                     "dead letters".to_owned(),
-                    format!("{more} more dead letters"),
+                    format!("{} more", count(more, "dead letter")),
                 );
             }
         }
@@ -182,11 +191,7 @@ impl HealthReport {
             let failed = self.sagas.counts.get("failed").copied().unwrap_or(0);
             let more = failed.saturating_sub(self.sagas.failed.len() as u64);
             if more > 0 {
-                add(
-                    "sagas",
-                    "failed".to_owned(),
-                    format!("{more} more failed sagas"),
-                );
+                add("sagas", "failed".to_owned(), format!("{more} more failed"));
             }
         }
         if let Some(max) = thresholds.saga_lease_expired {
@@ -218,11 +223,11 @@ impl HealthReport {
                     "projections",
                     subject.clone(),
                     format!(
-                        "failed at event {} ({} v{}) after {} attempts: {}",
+                        "failed at event {} ({} v{}) after {}: {}",
                         failure.position,
                         failure.stream_id,
                         failure.version,
-                        failure.attempts,
+                        count(u64::from(failure.attempts), "attempt"),
                         failure.error
                     ),
                 );
@@ -234,7 +239,8 @@ impl HealthReport {
                 (Some(max), Some(oldest)) => since(oldest, self.at) > max,
                 _ => false,
             };
-            if lagging || old {
+            // A failed projection falls behind as a matter of course: its failure says it all.
+            if (lagging || old) && projection.failure.is_none() {
                 let age = projection
                     .oldest_unapplied
                     .map(|oldest| human(since(oldest, self.at)))
@@ -243,10 +249,10 @@ impl HealthReport {
                     "projections",
                     subject,
                     format!(
-                        "{}{} events behind the feed, the oldest recorded {age} ago",
-                        projection.lag,
+                        "{}{} behind the feed, the oldest recorded {age} ago",
+                        count(projection.lag, "event"),
                         if projection.lag >= super::LAG_CAP {
-                            "+"
+                            " (or more)"
                         } else {
                             ""
                         }
@@ -259,7 +265,7 @@ impl HealthReport {
                 add(
                     "inbox",
                     consumer.clone(),
-                    format!("{dead} dead letters wait for an operator"),
+                    format!("{} waiting for an operator", count(*dead, "dead letter")),
                 );
             }
         }
