@@ -18,11 +18,11 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// The schema of a tenant's tables (default: the tables the search_path finds).
+    /// The schema of a tenant's tables (default: the tables the `search_path` finds).
     #[arg(long, env = "DTX_SCHEMA", global = true, hide_env_values = true)]
     pub schema: Option<String>,
 
-    /// When to colour the output: on a terminal without NO_COLOR (auto), always or never.
+    /// When to colour the output: on a terminal without `NO_COLOR` (auto), always or never.
     #[arg(long, value_enum, default_value_t = Colour::Auto, global = true)]
     pub color: Colour,
 

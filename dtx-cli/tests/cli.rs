@@ -3,6 +3,13 @@
 //! an inbox dead letter and a transaction held open. Outputs are snapshot-tested (ids, times,
 //! ages and positions normalised) and every `--json` is parsed.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::similar_names,
+    reason = "tests"
+)]
+
 use dtx::inbox::{InboundMessage, InboxStore as _};
 use dtx::outbox::{MemoryPublisher, RelayOptions};
 use dtx::projection::{CheckpointKey, CheckpointStore as _, Failure, ProjectionRunner};
@@ -350,7 +357,7 @@ async fn status_fails_while_a_transaction_holds_the_feed_and_passes_after() {
     let placed = NewEvent::encode(
         &stream,
         &OrderEvent::Placed(Placed { total: 5 }),
-        Default::default(),
+        dtx::EventMetadata::default(),
     )
     .unwrap();
 
@@ -506,7 +513,7 @@ async fn seed() -> Seeded {
         let event = NewEvent::encode(
             &stream,
             &OrderEvent::Placed(Placed { total }),
-            Default::default(),
+            dtx::EventMetadata::default(),
         )
         .unwrap();
         events
@@ -563,7 +570,7 @@ async fn seed() -> Seeded {
         correlation_id: None,
         causation_id: None,
         traceparent: None,
-        headers: Default::default(),
+        headers: std::collections::BTreeMap::default(),
         payload: br#"{"amount": -1}"#.to_vec(),
         source: Some("payments/0@41".into()),
         delivery: 3,

@@ -40,7 +40,7 @@ fn shown(e: &RecordedEvent, metadata: bool) -> Shown<'_> {
         schema_version: e.schema_version,
         data: serde_json::from_str(&e.data)
             .unwrap_or_else(|_| serde_json::Value::String(e.data.to_string())),
-        metadata: metadata.then(|| Metadata {
+        metadata: metadata.then_some(Metadata {
             event_id: e.event_id,
             correlation_id: e.metadata.correlation_id,
             causation_id: e.metadata.causation_id,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use uuid::Uuid;
 
+#[expect(clippy::too_many_lines, reason = "one arm per command")]
 pub(crate) async fn run(
     op: &Operator,
     db: &Database,
@@ -258,6 +259,7 @@ fn entry(
 
 /// The timeline of `saga`: what ran, what runs next, and how it ended. With its `shape` (the
 /// saga registered in this binary), the steps still to come are named too.
+#[expect(clippy::too_many_lines, reason = "one arm per status")]
 fn timeline(saga: &SagaRecord, shape: Option<&SagaShape>) -> Vec<Entry> {
     let name_of = |i: usize| {
         shape
@@ -382,16 +384,16 @@ fn timeline(saga: &SagaRecord, shape: Option<&SagaShape>) -> Vec<Entry> {
             lines.push(entry("completed", None, Some(saga.updated_at), None));
         }
     }
-    if saga.status == SagaStatus::Running || saga.status == SagaStatus::Waiting {
-        if let Some(shape) = shape {
-            let first = if saga.status == SagaStatus::Running {
-                next + 1
-            } else {
-                next
-            };
-            for i in first..shape.steps.len() {
-                lines.push(entry("pending", Some(name_of(i)), None, None));
-            }
+    if matches!(saga.status, SagaStatus::Running | SagaStatus::Waiting)
+        && let Some(shape) = shape
+    {
+        let first = if saga.status == SagaStatus::Running {
+            next + 1
+        } else {
+            next
+        };
+        for i in first..shape.steps.len() {
+            lines.push(entry("pending", Some(name_of(i)), None, None));
         }
     }
     lines
@@ -446,10 +448,9 @@ fn show(saga: &SagaRecord, timeline: &[Entry], out: &mut Out<'_>) -> Result<(), 
             "waiting" => ("⏸", Paint::Yellow),
             "pending" => ("·", Paint::Dim),
             "cancelled" => ("✋", Paint::Red),
-            "compensation started" => ("✗", Paint::Red),
+            "compensation started" | "undo failed" => ("✗", Paint::Red),
             "undone" => ("↶", Paint::Green),
             "undo next" => ("↶", Paint::Yellow),
-            "undo failed" => ("✗", Paint::Red),
             _ => ("■", Paint::Bold),
         };
         let mark = out.paint(mark, paint);

@@ -51,6 +51,10 @@ pub(crate) async fn run(
     })
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the screen's sections, one after the other"
+)]
 fn print(report: &HealthReport, problems: &[Problem], out: &mut Out<'_>) -> Result<(), CliError> {
     let now = report.at;
     out.heading(&format!("dtx status at {}", time(now)))?;

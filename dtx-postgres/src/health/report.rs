@@ -170,6 +170,10 @@ pub(crate) fn seconds<S: Serializer>(value: &Duration, serializer: S) -> Result<
     serializer.serialize_f64(value.as_secs_f64())
 }
 
+#[expect(
+    clippy::ref_option,
+    reason = "serde's `serialize_with` passes the field by reference"
+)]
 pub(crate) fn opt_seconds<S: Serializer>(
     value: &Option<Duration>,
     serializer: S,

@@ -11,6 +11,10 @@ use std::time::Duration;
 /// [`Thresholds::none`] turns every check off (only the database's answer counts), for a
 /// liveness probe that must not restart a service over the data it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one switch per check, each independent of the others"
+)]
 pub struct Thresholds {
     /// A transaction open longer than this holds the feed back (default 5 minutes): no
     /// projection, outbox relay or subscriber sees what commits after it began.
@@ -113,14 +117,17 @@ fn since(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 impl HealthReport {
     /// The problems `thresholds` find, in the order of the report.
     pub fn problems(&self, thresholds: &Thresholds) -> Vec<Problem> {
-        let mut found = Vec::new();
-        let mut add = |area, subject: String, message: String| {
-            found.push(Problem {
-                area,
-                subject,
-                message,
-            });
-        };
+        let mut found = Found(Vec::new());
+        self.feed_problems(thresholds, &mut found);
+        self.outbox_problems(thresholds, &mut found);
+        self.saga_problems(thresholds, &mut found);
+        self.projection_problems(thresholds, &mut found);
+        self.inbox_problems(thresholds, &mut found);
+        found.0
+    }
+
+    fn feed_problems(&self, thresholds: &Thresholds, found: &mut Found) {
+        let mut add = |area, subject, message| found.add(area, subject, message);
         if let (Some(max), Some(tx)) = (thresholds.transaction_age, &self.feed.oldest_transaction)
             && tx.age > max
         {
@@ -140,6 +147,10 @@ impl HealthReport {
                 ),
             );
         }
+    }
+
+    fn outbox_problems(&self, thresholds: &Thresholds, found: &mut Found) {
+        let mut add = |area, subject, message| found.add(area, subject, message);
         let outbox = &self.outbox;
         if let (Some(max), Some(age)) = (thresholds.outbox_age, outbox.oldest_pending_age)
             && age > max
@@ -177,6 +188,10 @@ impl HealthReport {
                 );
             }
         }
+    }
+
+    fn saga_problems(&self, thresholds: &Thresholds, found: &mut Found) {
+        let mut add = |area, subject, message| found.add(area, subject, message);
         if thresholds.saga_failed {
             for saga in &self.sagas.failed {
                 add(
@@ -214,6 +229,10 @@ impl HealthReport {
                 }
             }
         }
+    }
+
+    fn projection_problems(&self, thresholds: &Thresholds, found: &mut Found) {
+        let mut add = |area, subject, message| found.add(area, subject, message);
         for projection in &self.projections {
             let subject = projection.key.to_string();
             if thresholds.projection_failed
@@ -260,6 +279,10 @@ impl HealthReport {
                 );
             }
         }
+    }
+
+    fn inbox_problems(&self, thresholds: &Thresholds, found: &mut Found) {
+        let mut add = |area, subject, message| found.add(area, subject, message);
         if thresholds.inbox_dead {
             for (consumer, dead) in &self.inbox.dead_by_consumer {
                 add(
@@ -269,6 +292,18 @@ impl HealthReport {
                 );
             }
         }
-        found
+    }
+}
+
+/// The problems found so far.
+struct Found(Vec<Problem>);
+
+impl Found {
+    fn add(&mut self, area: &'static str, subject: String, message: String) {
+        self.0.push(Problem {
+            area,
+            subject,
+            message,
+        });
     }
 }

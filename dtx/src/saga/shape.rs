@@ -82,6 +82,10 @@ pub fn registered_shapes() -> Vec<SagaShape> {
     all
 }
 
+#[expect(
+    clippy::ref_option,
+    reason = "serde's `serialize_with` passes the field by reference"
+)]
 fn seconds<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
     value.map(|d| d.as_secs_f64()).serialize(serializer)
 }

@@ -574,7 +574,7 @@ pub async fn operator_cancel_compensates(store: Arc<dyn SagaStore>, events: Shar
     assert!(claimed.iter().any(|s| s.id == held));
     match t.orchestrator().cancel(held, &decision).await {
         Err(SagaError::Busy { id, owner, .. }) => {
-            assert_eq!((id, owner.as_str()), (held, "busy-worker"))
+            assert_eq!((id, owner.as_str()), (held, "busy-worker"));
         }
         other => panic!("a held saga must be refused as busy, got {other:?}"),
     }
