@@ -22,6 +22,7 @@
 //! `kafka`). [`nats::NatsConnection`] and [`kafka::KafkaConnection`] connect them to a real
 //! cluster: TLS ([`tls::Tls`]) and credentials.
 
+pub mod health;
 mod idempotency;
 mod inbox;
 #[cfg(feature = "kafka")]
@@ -43,7 +44,7 @@ mod uow;
 
 pub use idempotency::PgIdempotencyStore;
 pub use inbox::PgInbox;
-pub use migrate::{MIGRATOR, migrate, migrate_in_schema};
+pub use migrate::{MIGRATOR, MigrationState, migrate, migrate_in_schema, migration_status};
 pub use outbox::{OutboxRelay, PgOutbox, RelayPass};
 pub use projection::PgCheckpointStore;
 pub use restore::{

@@ -33,6 +33,87 @@ pub async fn migrate_in_schema(
     result
 }
 
+/// Where one of dtx's migrations stands in a database, as [`migration_status`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationState {
+    /// Its version (the file name's number).
+    pub version: i64,
+    /// What it does (the rest of the file name).
+    pub description: String,
+    /// When it was applied; `None` while pending.
+    pub applied_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether the applied SQL differs from this build's file (`false` while pending): someone
+    /// edited a migration after it ran, and `migrate` refuses to go on.
+    pub changed: bool,
+    /// Whether this build knows it: `false` for a migration a newer build applied.
+    pub known: bool,
+}
+
+impl MigrationState {
+    /// Whether it is still to apply.
+    pub fn pending(&self) -> bool {
+        self.applied_at.is_none()
+    }
+}
+
+/// Every migration this build embeds, and any other the database recorded, by version: which
+/// are applied (when), pending, or changed since they ran. `schema` as for
+/// [`migrate_in_schema`] (`None`: the tables the `search_path` finds). Reads only.
+pub async fn migration_status(
+    pool: &PgPool,
+    schema: Option<&str>,
+) -> Result<Vec<MigrationState>, sqlx::migrate::MigrateError> {
+    let table = match schema {
+        Some(schema) => format!(
+            "{}._sqlx_migrations",
+            crate::quote_identifier(schema)
+                .map_err(|e| sqlx::migrate::MigrateError::Source(Box::new(e)))?
+        ),
+        None => "_sqlx_migrations".to_owned(),
+    };
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&table)
+        .fetch_one(pool)
+        .await?;
+    let applied: Vec<(i64, String, chrono::DateTime<chrono::Utc>, Vec<u8>)> = if exists {
+        sqlx::query_as(&format!(
+            "SELECT version, description, installed_on, checksum FROM {table}
+             WHERE success ORDER BY version"
+        ))
+        .fetch_all(pool)
+        .await?
+    } else {
+        Vec::new()
+    };
+    let mut states: Vec<MigrationState> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| {
+            let done = applied.iter().find(|a| a.0 == m.version);
+            MigrationState {
+                version: m.version,
+                description: m.description.to_string(),
+                applied_at: done.map(|a| a.2),
+                changed: done.is_some_and(|a| a.3 != *m.checksum),
+                known: true,
+            }
+        })
+        .collect();
+    for (version, description, applied_at, _) in applied {
+        if !states.iter().any(|s| s.version == version) {
+            states.push(MigrationState {
+                version,
+                description,
+                applied_at: Some(applied_at),
+                changed: false,
+                known: false,
+            });
+        }
+    }
+    states.sort_by_key(|s| s.version);
+    Ok(states)
+}
+
 #[cfg(test)]
 mod tests {
     use super::MIGRATOR;

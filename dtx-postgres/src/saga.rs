@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;
 use dtx::saga::{
-    CompletedStep, Correlated, Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore,
+    Cancel, Cancellation, CompletedStep, Correlated, Delivery, SagaEvent, SagaRecord, SagaStatus,
+    SagaStore,
 };
 use dtx::{Error, Result};
 use sqlx::postgres::PgPool;
@@ -143,6 +144,7 @@ struct Sql {
     list: String,
     counts: String,
     retry_failed: String,
+    cancel: String,
 }
 
 impl Sql {
@@ -200,6 +202,17 @@ impl Sql {
                      lease_owner = NULL, lease_expires_at = NULL, version = version + 1,
                      updated_at = $2
                  WHERE id = $1 AND status = 'failed'"
+            ),
+            cancel: format!(
+                "UPDATE {table} SET status = 'compensating', attempts = 0, awaiting = NULL,
+                     next_run_at = $2, last_error = $3,
+                     received = received || jsonb_build_object('{cancelled}', $4::jsonb),
+                     lease_owner = NULL, lease_expires_at = NULL, version = version + 1,
+                     updated_at = $2
+                 WHERE id = $1 AND status IN ('running', 'waiting')
+                   AND (lease_expires_at IS NULL OR lease_expires_at < $2)
+                 RETURNING id",
+                cancelled = dtx::saga::cancel::CANCELLED
             ),
         }
     }
@@ -413,5 +426,46 @@ impl SagaStore for PgSagaStore {
             .await
             .map_err(Error::storage)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn cancel(
+        &self,
+        id: Uuid,
+        cancellation: &Cancellation,
+        now: DateTime<Utc>,
+    ) -> Result<Cancel> {
+        cancellation.check_storable(id)?;
+        // The saga may change between a refused update and the read that says why: a lease
+        // released meanwhile is tried again (a few times; then it is reported busy).
+        for _ in 0..3 {
+            let cancelled = sqlx::query(&self.sql.cancel)
+                .bind(id)
+                .bind(now)
+                .bind(cancellation.last_error())
+                .bind(Json(cancellation.record(now)))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Error::storage)?;
+            if cancelled.is_some() {
+                return Ok(Cancel::Cancelled);
+            }
+            let Some(saga) = self.get(id).await? else {
+                return Ok(Cancel::NotFound);
+            };
+            if !matches!(saga.status, SagaStatus::Running | SagaStatus::Waiting) {
+                return Ok(Cancel::NotCancellable {
+                    status: saga.status,
+                });
+            }
+            if let (Some(owner), Some(until)) = (saga.lease_owner, saga.lease_expires_at)
+                && until >= now
+            {
+                return Ok(Cancel::Busy { owner, until });
+            }
+        }
+        Ok(Cancel::Busy {
+            owner: String::new(),
+            until: now,
+        })
     }
 }

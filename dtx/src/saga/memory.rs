@@ -1,3 +1,4 @@
+use super::cancel::{Cancel, Cancellation};
 use super::store::{Correlated, Delivery, SagaEvent, SagaRecord, SagaStatus, SagaStore};
 use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};
 use async_trait::async_trait;
@@ -210,6 +211,23 @@ impl SagaStore for MemorySagaStore {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn cancel(
+        &self,
+        id: Uuid,
+        cancellation: &Cancellation,
+        now: DateTime<Utc>,
+    ) -> crate::Result<Cancel> {
+        cancellation.check_storable(id)?;
+        let mut sagas = self.lock();
+        let Some(saga) = sagas.get_mut(&id) else {
+            return Ok(Cancel::NotFound);
+        };
+        Ok(match super::cancel::apply(saga, cancellation, now) {
+            Ok(()) => Cancel::Cancelled,
+            Err(refused) => refused,
+        })
     }
 }
 

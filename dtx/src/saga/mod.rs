@@ -12,14 +12,18 @@
 //! passed deadline, or an awaited event that does not come in time triggers compensation of
 //! the completed steps in reverse order. A compensation that keeps failing leaves the saga
 //! [`SagaStatus::Failed`], visible in [`SagaOrchestrator::list`] and retryable with
-//! [`SagaOrchestrator::retry`] — never dropped.
+//! [`SagaOrchestrator::retry`] — never dropped. An operator may also cancel a running or waiting
+//! saga ([`SagaOrchestrator::cancel`]): it compensates the same way, and its record keeps the
+//! decision.
 
+pub mod cancel;
 mod definition;
 mod feed;
 mod handle;
 mod memory;
 mod orchestrator;
 pub(crate) mod runtime;
+mod shape;
 mod start;
 mod store;
 #[cfg(feature = "testing")]
@@ -27,6 +31,7 @@ pub mod testing;
 mod transition;
 mod worker;
 
+pub use cancel::{Cancel, Cancellation, Cancelled};
 pub use definition::{
     BoxFuture, Saga, SagaBuilder, SagaDefinition, SagaRegistration, StepContext, StepError,
     StepEvents, StepFn, StepResult,
@@ -34,6 +39,7 @@ pub use definition::{
 pub use handle::SagaHandle;
 pub use memory::MemorySagaStore;
 pub use orchestrator::{SagaError, SagaOrchestrator, SagaOrchestratorBuilder};
+pub use shape::{SagaShape, StepShape, registered_shapes};
 pub use store::{
     Clock, CompletedStep, Correlated, Delivery, ManualClock, SagaEvent, SagaRecord, SagaStatus,
     SagaStore, SystemClock,

@@ -115,6 +115,26 @@ pub enum SagaError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::Error),
+    /// An operator's cancellation of a saga that is neither running nor waiting.
+    #[error("saga {id} is {status}: only a running or waiting saga can be cancelled")]
+    NotCancellable {
+        /// The id.
+        id: Uuid,
+        /// Its status.
+        status: SagaStatus,
+    },
+    /// An operator's cancellation of a saga a worker holds (a step is running).
+    #[error(
+        "saga {id} is held by worker `{owner}` until {until} (a step is running); cancel it again once the step is over"
+    )]
+    Busy {
+        /// The id.
+        id: Uuid,
+        /// The worker.
+        owner: String,
+        /// Until when it holds the saga.
+        until: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// Retry and timing settings of the saga runtime.
@@ -449,6 +469,78 @@ impl SagaOrchestrator {
             .get(name)
             .map(|v| v.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// An operator's cancellation of a running or waiting saga: it compensates its completed
+    /// steps in reverse order (run by the workers, as after a failed step), and its record
+    /// keeps the decision ([`SagaRecord::cancellation`], and its last error). A saga a worker
+    /// holds at the moment is refused with [`SagaError::Busy`]: cancel again after its step.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use dtx::saga::{Cancellation, MemorySagaStore, SagaBuilder, SagaOrchestrator, SagaStatus};
+    /// use std::sync::Arc;
+    ///
+    /// # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Order;
+    /// let saga = SagaBuilder::<Order>::new("Order")
+    ///     .add_step("reserve", |_, _| Box::pin(async { Ok(vec![]) }))
+    ///     .build()?;
+    /// let handle = saga.handle();
+    /// let sagas = SagaOrchestrator::builder(Arc::new(MemorySagaStore::new())).saga(saga).build()?;
+    /// let id = handle.start(&sagas, Order).await?;
+    /// sagas.cancel(id, &Cancellation::new("customer called", "alice")).await?;
+    /// let record = sagas.status(id).await?;
+    /// assert_eq!(record.status, SagaStatus::Compensating);
+    /// assert_eq!(record.cancellation().unwrap().by, "alice");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn cancel(
+        &self,
+        saga_id: Uuid,
+        cancellation: &super::Cancellation,
+    ) -> Result<(), SagaError> {
+        use super::Cancel;
+        match self
+            .inner
+            .store
+            .cancel(saga_id, cancellation, self.inner.clock.now())
+            .await?
+        {
+            Cancel::Cancelled => {
+                tracing::info!(
+                    saga_id = %saga_id,
+                    by = %cancellation.by,
+                    reason = %cancellation.reason,
+                    "saga cancelled by an operator"
+                );
+                Ok(())
+            }
+            Cancel::NotFound => Err(SagaError::NotFound { id: saga_id }),
+            Cancel::NotCancellable { status } => Err(SagaError::NotCancellable {
+                id: saga_id,
+                status,
+            }),
+            Cancel::Busy { owner, until } => Err(SagaError::Busy {
+                id: saga_id,
+                owner,
+                until,
+            }),
+        }
+    }
+
+    /// The steps of every saga registered with this orchestrator (its newest version), by
+    /// name.
+    pub fn shapes(&self) -> Vec<super::SagaShape> {
+        let mut shapes: Vec<super::SagaShape> = self
+            .inner
+            .sagas
+            .values()
+            .filter_map(|versions| versions.values().next_back())
+            .map(|saga| super::SagaShape::of(saga.as_ref()))
+            .collect();
+        shapes.sort_by_key(|s| s.name);
+        shapes
     }
 
     /// The newest registered version of the saga of this name.

@@ -336,6 +336,17 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Puts a failed saga back to compensating, due now (an operator's retry). `false` when
     /// it is not failed.
     async fn retry_failed(&self, id: Uuid, now: DateTime<Utc>) -> crate::Result<bool>;
+
+    /// An operator's cancellation of a running or waiting saga that no worker holds at `now`,
+    /// atomically: it becomes compensating, due now, with the decision kept in its record (see
+    /// [`super::cancel`]); the workers then compensate it as after a failed step. Refuses a
+    /// cancellation with a NUL character ([`crate::Error::Unstorable`]).
+    async fn cancel(
+        &self,
+        id: Uuid,
+        cancellation: &super::Cancellation,
+        now: DateTime<Utc>,
+    ) -> crate::Result<super::Cancel>;
 }
 
 /// The time source of the saga runtime (a [`ManualClock`] in tests).

@@ -526,6 +526,85 @@ pub async fn repeated_insert_keeps_the_first_and_correlation_finds_it(
     );
 }
 
+/// An operator's cancellation: a waiting saga compensates what it did, its record keeps the
+/// decision, and what cannot be cancelled (unknown, compensating or over, held by a worker) is
+/// refused with a typed error, changing nothing.
+pub async fn operator_cancel_compensates(store: Arc<dyn SagaStore>, events: SharedEventStore) {
+    use crate::saga::Cancellation;
+    let t = SagaTest::<Checkout>::with_stores(Arc::clone(&store), events);
+    let id = t.start(Checkout::default()).await;
+    t.run().await;
+    t.assert_status(id, SagaStatus::Waiting).await;
+    let decision = Cancellation::new("the customer withdrew the order", "alice");
+    t.orchestrator().cancel(id, &decision).await.unwrap();
+    let cancelled = t.status(id).await;
+    assert_eq!(
+        (cancelled.status, cancelled.awaiting.as_deref()),
+        (SagaStatus::Compensating, None)
+    );
+    t.run().await;
+    t.assert_status(id, SagaStatus::Compensated).await;
+    assert_eq!(t.ran(id), ["request_payment", "undo request_payment"]);
+    let saga = t.status(id).await;
+    let recorded = saga.cancellation().expect("the decision is recorded");
+    assert_eq!(
+        (recorded.reason.as_str(), recorded.by.as_str()),
+        ("the customer withdrew the order", "alice")
+    );
+    assert_eq!(
+        saga.last_error.as_deref(),
+        Some("cancelled by alice: the customer withdrew the order")
+    );
+    assert!(
+        matches!(
+            t.orchestrator().cancel(id, &decision).await,
+            Err(SagaError::NotCancellable {
+                status: SagaStatus::Compensated,
+                ..
+            })
+        ),
+        "a finished saga is not cancelled"
+    );
+    let unknown = uuid::Uuid::now_v7();
+    assert!(matches!(
+        t.orchestrator().cancel(unknown, &decision).await,
+        Err(SagaError::NotFound { id }) if id == unknown
+    ));
+
+    // A saga a worker holds is refused until its lease is over.
+    let held = t.start(Checkout::default()).await;
+    let now = t.clock().now_for_tests();
+    let claimed = store
+        .claim("busy-worker", now, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|s| s.id == held));
+    match t.orchestrator().cancel(held, &decision).await {
+        Err(SagaError::Busy { id, owner, .. }) => {
+            assert_eq!((id, owner.as_str()), (held, "busy-worker"));
+        }
+        other => panic!("a held saga must be refused as busy, got {other:?}"),
+    }
+    let unchanged = t.status(held).await;
+    assert_eq!(
+        (unchanged.status, unchanged.version),
+        (SagaStatus::Running, 1)
+    );
+    assert!(unchanged.cancellation().is_none());
+    t.clock().advance(Duration::from_secs(31));
+    t.orchestrator().cancel(held, &decision).await.unwrap();
+    t.run().await;
+    t.assert_status(held, SagaStatus::Compensated).await;
+    assert!(t.ran(held).is_empty(), "nothing ran, so nothing is undone");
+
+    let bad = Cancellation::new("a\u{0}b", "alice");
+    let fresh = t.start(Checkout::default()).await;
+    assert!(matches!(
+        store.cancel(fresh, &bad, t.clock().now_for_tests()).await,
+        Err(crate::Error::Unstorable { .. })
+    ));
+}
+
 /// Generates one `#[tokio::test]` per saga contract case for a backend; `$stores` is an
 /// expression (it may `.await`) yielding `(Arc<dyn SagaStore>, SharedEventStore)`.
 #[macro_export]
@@ -539,7 +618,7 @@ macro_rules! saga_contract_tests {
             unstorable_saga_data_is_refused,
             repeated_insert_keeps_the_first_and_correlation_finds_it,
             started_sagas_finish_on_their_version, retired_or_edited_versions_park_the_saga,
-            compensation_after_a_reorder_undoes_by_name);
+            compensation_after_a_reorder_undoes_by_name, operator_cancel_compensates);
     };
     (@cases $stores:expr; $($case:ident),*) => {
         $(

@@ -1,0 +1,30 @@
+//! One module per command family; [`run`] dispatches.
+
+mod events;
+mod inbox;
+mod migrate;
+mod outbox;
+mod projection;
+mod saga;
+mod status;
+
+use crate::args::{Cli, Command, Saga};
+use crate::output::Out;
+use crate::{CliError, Operator, Outcome};
+
+pub(crate) async fn run(op: &Operator, cli: Cli, out: &mut Out<'_>) -> Result<Outcome, CliError> {
+    // A diagram needs no database.
+    if let Command::Saga(Saga::Graph { name, format }) = &cli.command {
+        return saga::graph(op, name.as_deref(), *format, out);
+    }
+    let db = Operator::connect(cli.database_url.as_deref(), cli.schema).await?;
+    match cli.command {
+        Command::Migrate(command) => migrate::run(&db, command, out).await,
+        Command::Status(command) => status::run(&db, &command, out).await,
+        Command::Saga(command) => saga::run(op, &db, command, out).await,
+        Command::Outbox(command) => outbox::run(&db, command, out).await,
+        Command::Projection(command) => projection::run(op, &db, command, out).await,
+        Command::Events(command) => events::run(&db, command, out).await,
+        Command::Inbox(command) => inbox::run(&db, command, out).await,
+    }
+}
