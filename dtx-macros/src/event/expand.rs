@@ -13,13 +13,30 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         variants,
     } = model;
     let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+    let aliases = variants.iter().flat_map(|v| &v.aliases);
+    // Each variant's names in a match pattern: `"order.placed" | "OrderPlaced"`.
+    let patterns: Vec<TokenStream> = variants
+        .iter()
+        .map(|v| {
+            let all = std::iter::once(&v.name).chain(&v.aliases);
+            quote!(#(#all)|*)
+        })
+        .collect();
     let idents: Vec<&syn::Ident> = variants.iter().map(|v| &v.ident).collect();
     let payloads: Vec<&syn::Type> = variants.iter().map(|v| &v.payload).collect();
     let versions: Vec<u32> = variants.iter().map(|v| v.version).collect();
+    let upcasters: Vec<TokenStream> = variants.iter().map(|v| upcaster(krate, v)).collect();
     // Spanned on the payload type: a payload without `Serialize`/`Deserialize` is reported there.
-    let codecs: Vec<_> = payloads
+    let codecs: Vec<_> = variants
         .iter()
-        .map(|ty| quote_spanned!(ty.span()=> #krate::__private::payload::<#ty>()))
+        .map(|v| {
+            let ty = &v.payload;
+            let upcasting = (!v.upcasts.is_empty()).then(|| {
+                let upcaster = upcaster_ident(&v.ident);
+                quote!(.upcasting(#upcaster))
+            });
+            quote_spanned!(ty.span()=> #krate::__private::payload::<#ty>()#upcasting)
+        })
         .collect();
     // The dispatch impl's header and bounds carry the user's spans, not the derive's: a missing
     // `Apply` impl is then reported with "unsatisfied trait bound introduced here" under the
@@ -60,7 +77,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let items = quote! {
         #[automatically_derived]
         impl #krate::DomainEvent for #ident {
-            const EVENT_TYPES: &'static [&'static str] = &[#(#names),*];
+            const EVENT_TYPES: &'static [&'static str] = &[#(#names,)* #(#aliases),*];
 
             fn event_type(&self) -> &'static str {
                 match self {
@@ -91,14 +108,23 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
                 data: &str,
             ) -> ::core::result::Result<Self, #krate::DecodeError> {
                 match event_type {
-                    #(#names => #codecs.decode(event_type, schema_version, #versions, data).map(Self::#idents),)*
+                    #(#patterns => #codecs.decode(event_type, schema_version, #versions, data).map(Self::#idents),)*
                     _ => ::core::result::Result::Err(#krate::__private::unknown_event(
                         event_type,
                         <Self as #krate::DomainEvent>::EVENT_TYPES,
                     )),
                 }
             }
+
+            fn current_form(event_type: &str) -> ::core::option::Option<(&'static str, u32)> {
+                match event_type {
+                    #(#patterns => ::core::option::Option::Some((#names, #versions)),)*
+                    _ => ::core::option::Option::None,
+                }
+            }
         }
+
+        #(#upcasters)*
 
         #dispatch
 
@@ -153,6 +179,7 @@ fn event_impl(krate: &syn::Path, variant: &super::Variant, codec: &TokenStream) 
         payload,
         name,
         version,
+        aliases,
         ..
     } = variant;
     // Spanned on the payload: a struct that two enums wrap gets conflicting impls, which rustc
@@ -162,6 +189,7 @@ fn event_impl(krate: &syn::Path, variant: &super::Variant, codec: &TokenStream) 
         impl #krate::projection::Event for #payload {
             const EVENT_TYPE: &'static str = #name;
             const SCHEMA_VERSION: u32 = #version;
+            const NAMES: &'static [&'static str] = &[#name #(, #aliases)*];
 
             fn decode(
                 schema_version: u32,
@@ -169,8 +197,90 @@ fn event_impl(krate: &syn::Path, variant: &super::Variant, codec: &TokenStream) 
             ) -> ::core::result::Result<Self, #krate::DecodeError> {
                 #codec.decode(#name, schema_version, #version, data)
             }
+
+            fn encode(
+                &self,
+            ) -> ::core::option::Option<
+                ::core::result::Result<
+                    ::std::boxed::Box<#krate::__private::serde_json::value::RawValue>,
+                    #krate::__private::serde_json::Error,
+                >,
+            > {
+                ::core::option::Option::Some(#codec.encode(self))
+            }
         }
     }
+}
+
+/// The name of a variant's generated upcaster.
+fn upcaster_ident(variant: &syn::Ident) -> syn::Ident {
+    quote::format_ident!("__dtx_upcast_{}", crate::common::snake_case(variant))
+}
+
+/// A variant's upcaster: for each stored version its chain of steps, from that version's step
+/// to the current type; below the oldest step, the error naming the missing one. Nothing for a
+/// variant without upcasts.
+fn upcaster(krate: &syn::Path, variant: &super::Variant) -> TokenStream {
+    let super::Variant {
+        ident,
+        payload,
+        upcasts,
+        ..
+    } = variant;
+    let Some(oldest) = upcasts.first().map(|u| u.from) else {
+        return TokenStream::new();
+    };
+    let name = upcaster_ident(ident);
+    let arms = (0..upcasts.len()).map(|start| {
+        let from = upcasts[start].from;
+        let chain = chain(&upcasts[start..]);
+        quote!(#from => __dtx_from #chain,)
+    });
+    quote! {
+        fn #name(
+            event_type: &str,
+            stored: u32,
+            data: &str,
+        ) -> ::core::result::Result<#payload, #krate::DecodeError> {
+            let __dtx_from = #krate::__private::upcast(event_type, stored, data);
+            match stored {
+                #(#arms)*
+                _ => ::core::result::Result::Err(__dtx_from.missing(#oldest)),
+            }
+        }
+    }
+}
+
+/// The calls that take a payload from the first of `steps` to the current type: JSON steps on
+/// the parsed JSON, then the typed ones through `From`. Each call carries the span of the
+/// user's function or type, where rustc reports a signature or a conversion that does not fit.
+fn chain(steps: &[super::Upcast]) -> TokenStream {
+    let mut calls = TokenStream::new();
+    let mut typed = false;
+    for (i, step) in steps.iter().enumerate() {
+        match &step.kind {
+            super::UpcastKind::Json(path) => {
+                if i == 0 {
+                    calls.extend(quote!(.json()?));
+                }
+                calls.extend(quote_spanned!(path.span()=> .step(#path)?));
+            }
+            super::UpcastKind::Typed(ty) if !typed => {
+                typed = true;
+                calls.extend(quote_spanned!(ty.span()=> .typed::<#ty>()?));
+            }
+            super::UpcastKind::Typed(ty) => {
+                calls.extend(quote_spanned!(ty.span()=> .then::<#ty>()));
+            }
+        }
+    }
+    let last = steps.last().map(|s| match &s.kind {
+        super::UpcastKind::Json(path) => path.span(),
+        super::UpcastKind::Typed(ty) => ty.span(),
+    });
+    let finish = syn::Ident::new("finish", last.unwrap_or_else(proc_macro2::Span::call_site));
+    calls.extend(quote!(.#finish()));
+    calls
 }
 
 /// The stand-in impls emitted with the errors: `DomainEvent`, the dispatch to any aggregate, and
