@@ -99,7 +99,7 @@ impl<T> PayloadCodec<T> {
 
 /// A payload stored at an older version, on its way up a variant's chain of upcasts; made by
 /// [`upcast`]. Generated upcasters read as `upcast(..).json()?.step(v1_to_v2)?.finish()` or
-/// `upcast(..).typed::<PlacedV1>()?.then::<PlacedV2>().finish()`.
+/// `finish_typed(then_typed::<_, PlacedV2>(upcast(..).typed::<PlacedV1>()?))`.
 pub struct Upcast<'a> {
     event_type: &'a str,
     stored: u32,
@@ -230,23 +230,25 @@ pub struct TypedUpcast<'a, V> {
     value: V,
 }
 
-impl<'a, V> TypedUpcast<'a, V> {
-    /// Converts to the old type `W` of the next version.
-    pub fn then<W: UpcastFrom<V>>(self) -> TypedUpcast<'a, W> {
-        TypedUpcast {
-            from: self.from,
-            version: self.version + 1,
-            value: W::upcast_from(self.value),
-        }
-    }
+impl<'a, V> TypedUpcast<'a, V> {}
 
-    /// Converts to the current type.
-    #[expect(
-        clippy::unnecessary_wraps,
-        reason = "every chain's last call returns the decode result"
-    )]
-    pub fn finish<T: UpcastFrom<V>>(self) -> Result<T, DecodeError> {
-        Ok(T::upcast_from(self.value))
+/// Converts the last typed version of a chain to the current type. A function, not a method,
+/// so that generated code can call it under the user's last `type = ..`, where rustc then
+/// reports a missing `From`.
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "every chain's last call returns the decode result"
+)]
+pub fn finish_typed<V, T: UpcastFrom<V>>(chain: TypedUpcast<'_, V>) -> Result<T, DecodeError> {
+    Ok(T::upcast_from(chain.value))
+}
+
+/// Converts a typed version of a chain to the next one's type `W`; see [`finish_typed`].
+pub fn then_typed<'a, V, W: UpcastFrom<V>>(chain: TypedUpcast<'a, V>) -> TypedUpcast<'a, W> {
+    TypedUpcast {
+        from: chain.from,
+        version: chain.version + 1,
+        value: W::upcast_from(chain.value),
     }
 }
 

@@ -233,8 +233,8 @@ fn upcaster(krate: &syn::Path, variant: &super::Variant) -> TokenStream {
     let name = upcaster_ident(ident);
     let arms = (0..upcasts.len()).map(|start| {
         let from = upcasts[start].from;
-        let chain = chain(&upcasts[start..]);
-        quote!(#from => __dtx_from #chain,)
+        let chain = chain(krate, &upcasts[start..]);
+        quote!(#from => #chain,)
     });
     quote! {
         fn #name(
@@ -251,36 +251,38 @@ fn upcaster(krate: &syn::Path, variant: &super::Variant) -> TokenStream {
     }
 }
 
-/// The calls that take a payload from the first of `steps` to the current type: JSON steps on
-/// the parsed JSON, then the typed ones through `From`. Each call carries the span of the
-/// user's function or type, where rustc reports a signature or a conversion that does not fit.
-fn chain(steps: &[super::Upcast]) -> TokenStream {
-    let mut calls = TokenStream::new();
+/// The expression that takes a payload (`__dtx_from`) from the first of `steps` to the current
+/// type: JSON steps on the parsed JSON, then the typed ones through `From`. Each call carries
+/// the span of the user's function or type, where rustc reports a signature or a conversion
+/// that does not fit.
+fn chain(krate: &syn::Path, steps: &[super::Upcast]) -> TokenStream {
+    let mut chain = quote!(__dtx_from);
     let mut typed = false;
     for (i, step) in steps.iter().enumerate() {
         match &step.kind {
             super::UpcastKind::Json(path) => {
                 if i == 0 {
-                    calls.extend(quote!(.json()?));
+                    chain = quote!(#chain.json()?);
                 }
-                calls.extend(quote_spanned!(path.span()=> .step(#path)?));
+                chain = quote_spanned!(path.span()=> #chain.step(#path)?);
             }
             super::UpcastKind::Typed(ty) if !typed => {
                 typed = true;
-                calls.extend(quote_spanned!(ty.span()=> .typed::<#ty>()?));
+                chain = quote_spanned!(ty.span()=> #chain.typed::<#ty>()?);
             }
             super::UpcastKind::Typed(ty) => {
-                calls.extend(quote_spanned!(ty.span()=> .then::<#ty>()));
+                let then = respan(quote!(#krate::__private::then_typed), ty.span());
+                chain = quote!(#then::<_, #ty>(#chain));
             }
         }
     }
-    let last = steps.last().map(|s| match &s.kind {
-        super::UpcastKind::Json(path) => path.span(),
-        super::UpcastKind::Typed(ty) => ty.span(),
-    });
-    let finish = syn::Ident::new("finish", last.unwrap_or_else(proc_macro2::Span::call_site));
-    calls.extend(quote!(.#finish()));
-    calls
+    match steps.last().map(|s| &s.kind) {
+        Some(super::UpcastKind::Typed(ty)) => {
+            let finish = respan(quote!(#krate::__private::finish_typed), ty.span());
+            quote!(#finish(#chain))
+        }
+        _ => quote!(#chain.finish()),
+    }
 }
 
 /// The stand-in impls emitted with the errors: `DomainEvent`, the dispatch to any aggregate, and

@@ -373,25 +373,21 @@ impl Model {
 /// `#[event(upcast(..))]` or an alias, the error says where those go.
 fn not_an_enum(input: &syn::DeriveInput) -> darling::Error {
     let ident = &input.ident;
+    // The first `upcast` or `alias` among the options of an `#[event(..)]` on the item.
     let upcasting = input
         .attrs
         .iter()
         .filter(|a| a.path().is_ident("event"))
-        .find_map(|a| {
-            let mut found = None;
-            let _ = a.parse_nested_meta(|meta| {
-                if found.is_none() && (meta.path.is_ident("upcast") || meta.path.is_ident("alias"))
-                {
-                    found = Some(meta.path.clone());
-                }
-                // Skip the option's value or list.
-                let _ = meta
-                    .value()
-                    .and_then(|v| v.parse::<proc_macro2::TokenStream>());
-                let _ = meta.input.parse::<proc_macro2::TokenStream>();
-                Ok(())
-            });
-            found
+        .filter_map(|a| match &a.meta {
+            syn::Meta::List(list) => Some(list.tokens.clone()),
+            _ => None,
+        })
+        .flat_map(proc_macro2::TokenStream::into_iter)
+        .find_map(|token| match token {
+            proc_macro2::TokenTree::Ident(option) if option == "upcast" || option == "alias" => {
+                Some(option)
+            }
+            _ => None,
         });
     match upcasting {
         Some(option) => darling::Error::custom(format!(
