@@ -230,21 +230,15 @@ pub struct TypedUpcast<'a, V> {
     value: V,
 }
 
-impl<'a, V> TypedUpcast<'a, V> {}
-
 /// Converts the last typed version of a chain to the current type. A function, not a method,
 /// so that generated code can call it under the user's last `type = ..`, where rustc then
 /// reports a missing `From`.
-#[expect(
-    clippy::unnecessary_wraps,
-    reason = "every chain's last call returns the decode result"
-)]
 pub fn finish_typed<V, T: UpcastFrom<V>>(chain: TypedUpcast<'_, V>) -> Result<T, DecodeError> {
     Ok(T::upcast_from(chain.value))
 }
 
 /// Converts a typed version of a chain to the next one's type `W`; see [`finish_typed`].
-pub fn then_typed<'a, V, W: UpcastFrom<V>>(chain: TypedUpcast<'a, V>) -> TypedUpcast<'a, W> {
+pub fn then_typed<V, W: UpcastFrom<V>>(chain: TypedUpcast<'_, V>) -> TypedUpcast<'_, W> {
     TypedUpcast {
         from: chain.from,
         version: chain.version + 1,
@@ -564,7 +558,7 @@ fn current_message<P: ProjectionEvent>(
         })
     })?;
     let mut current = message.clone();
-    current.event_type = P::EVENT_TYPE.to_owned();
+    P::EVENT_TYPE.clone_into(&mut current.event_type);
     current.schema_version = Some(P::SCHEMA_VERSION);
     current.payload = Box::<str>::from(data).into_boxed_bytes().into_vec();
     current.headers.insert(

@@ -6,7 +6,13 @@
 //! `JetStream`). A stored version no upcast reaches, and an upcaster's error, are typed errors
 //! naming the stream, the version and the type.
 
-#![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::similar_names,
+    clippy::unused_async,
+    reason = "tests"
+)]
 
 use dtx::inbox::{Consumer, InboundMessage};
 use dtx::outbox::{MemoryOutbox, MemoryPublisher, RelayOptions, headers};
@@ -91,8 +97,11 @@ fn placed_v1_to_v2(mut v1: Value) -> Result<Value, String> {
     Ok(json!({ "total_cents": cents, "currency": "EUR" }))
 }
 
-fn placed_v2_to_v3(v2: Value) -> Value {
-    json!({ "total": { "cents": v2["total_cents"], "currency": v2["currency"] }, "note": null })
+fn placed_v2_to_v3(mut v2: Value) -> Value {
+    json!({
+        "total": { "cents": v2["total_cents"].take(), "currency": v2["currency"].take() },
+        "note": null
+    })
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, Aggregate)]
@@ -171,8 +180,8 @@ enum ShipmentEvent {
     Shipped(Shipped),
 }
 
-fn shipped_v2_to_v3(v2: Value) -> Value {
-    json!({ "carrier": v2["via"] })
+fn shipped_v2_to_v3(mut v2: Value) -> Value {
+    json!({ "carrier": v2["via"].take() })
 }
 
 /// What the three deploys stored: totals 100 (v1), 200 EUR (v2), 300 CHF (v3).

@@ -26,45 +26,8 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let payloads: Vec<&syn::Type> = variants.iter().map(|v| &v.payload).collect();
     let versions: Vec<u32> = variants.iter().map(|v| v.version).collect();
     let upcasters: Vec<TokenStream> = variants.iter().map(|v| upcaster(krate, v)).collect();
-    // Spanned on the payload type: a payload without `Serialize`/`Deserialize` is reported there.
-    let codecs: Vec<_> = variants
-        .iter()
-        .map(|v| {
-            let ty = &v.payload;
-            let upcasting = (!v.upcasts.is_empty()).then(|| {
-                let upcaster = upcaster_ident(&v.ident);
-                quote!(.upcasting(#upcaster))
-            });
-            quote_spanned!(ty.span()=> #krate::__private::payload::<#ty>()#upcasting)
-        })
-        .collect();
-    // The dispatch impl's header and bounds carry the user's spans, not the derive's: a missing
-    // `Apply` impl is then reported with "unsatisfied trait bound introduced here" under the
-    // variant's payload, instead of rustc's advice to implement the hidden trait by hand.
-    let aggregate = syn::Ident::new("__DtxAggregate", ident.span());
-    let dispatch_trait = respan(
-        quote!(#krate::__private::Dispatch<#aggregate>),
-        ident.span(),
-    );
-    let applies = payloads
-        .iter()
-        .map(|ty| respan(quote!(#aggregate: #krate::Apply<#ty>), ty.span()));
-    let dispatch_fn = quote! {
-        fn dispatch(&self, target: &mut #aggregate) {
-            match self {
-                #(Self::#idents(event) => #krate::Apply::<#payloads>::apply(target, event),)*
-            }
-        }
-    };
-    let dispatch = quote_spanned! {ident.span()=>
-        #[automatically_derived]
-        impl<#aggregate> #dispatch_trait for #ident
-        where
-            #(#applies,)*
-        {
-            #dispatch_fn
-        }
-    };
+    let codecs: Vec<_> = variants.iter().map(|v| codec(krate, v)).collect();
+    let dispatch = dispatch(krate, ident, &payloads, &idents);
 
     let event_impls = variants
         .iter()
@@ -151,6 +114,43 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     crate::common::dummy_const(&items)
 }
 
+/// `Dispatch<A>` for the enum: each variant applied to any aggregate that applies its payload.
+fn dispatch(
+    krate: &syn::Path,
+    ident: &syn::Ident,
+    payloads: &[&syn::Type],
+    idents: &[&syn::Ident],
+) -> TokenStream {
+    // The dispatch impl's header and bounds carry the user's spans, not the derive's: a missing
+    // `Apply` impl is then reported with "unsatisfied trait bound introduced here" under the
+    // variant's payload, instead of rustc's advice to implement the hidden trait by hand.
+    let aggregate = syn::Ident::new("__DtxAggregate", ident.span());
+    let dispatch_trait = respan(
+        quote!(#krate::__private::Dispatch<#aggregate>),
+        ident.span(),
+    );
+    let applies = payloads
+        .iter()
+        .map(|ty| respan(quote!(#aggregate: #krate::Apply<#ty>), ty.span()));
+    let dispatch_fn = quote! {
+        fn dispatch(&self, target: &mut #aggregate) {
+            match self {
+                #(Self::#idents(event) => #krate::Apply::<#payloads>::apply(target, event),)*
+            }
+        }
+    };
+    let dispatch = quote_spanned! {ident.span()=>
+        #[automatically_derived]
+        impl<#aggregate> #dispatch_trait for #ident
+        where
+            #(#applies,)*
+        {
+            #dispatch_fn
+        }
+    };
+    dispatch
+}
+
 /// The event contracts' registration (`dtx::schema`): expands to nothing unless dtx is built
 /// with its `schema` feature.
 fn contracts(krate: &syn::Path, variants: &[super::Variant]) -> TokenStream {
@@ -212,6 +212,17 @@ fn event_impl(krate: &syn::Path, variant: &super::Variant, codec: &TokenStream) 
     }
 }
 
+/// The codec of a variant's payload, with its upcaster when it has upcasts. Spanned on the
+/// payload type: a payload without `Serialize`/`Deserialize` is reported there.
+fn codec(krate: &syn::Path, variant: &super::Variant) -> TokenStream {
+    let ty = &variant.payload;
+    let upcasting = (!variant.upcasts.is_empty()).then(|| {
+        let upcaster = upcaster_ident(&variant.ident);
+        quote!(.upcasting(#upcaster))
+    });
+    quote_spanned!(ty.span()=> #krate::__private::payload::<#ty>()#upcasting)
+}
+
 /// The name of a variant's generated upcaster.
 fn upcaster_ident(variant: &syn::Ident) -> syn::Ident {
     quote::format_ident!("__dtx_upcast_{}", crate::common::snake_case(variant))
@@ -257,32 +268,54 @@ fn upcaster(krate: &syn::Path, variant: &super::Variant) -> TokenStream {
 /// that does not fit.
 fn chain(krate: &syn::Path, steps: &[super::Upcast]) -> TokenStream {
     let mut chain = quote!(__dtx_from);
-    let mut typed = false;
+    // The typed version the chain holds, once a typed step has begun.
+    let mut typed: Option<&syn::Type> = None;
     for (i, step) in steps.iter().enumerate() {
-        match &step.kind {
-            super::UpcastKind::Json(path) => {
+        match (&step.kind, typed) {
+            (super::UpcastKind::Json(path), _) => {
                 if i == 0 {
                     chain = quote!(#chain.json()?);
                 }
                 chain = quote_spanned!(path.span()=> #chain.step(#path)?);
             }
-            super::UpcastKind::Typed(ty) if !typed => {
-                typed = true;
+            (super::UpcastKind::Typed(ty), None) => {
                 chain = quote_spanned!(ty.span()=> #chain.typed::<#ty>()?);
+                typed = Some(ty);
             }
-            super::UpcastKind::Typed(ty) => {
-                let then = respan(quote!(#krate::__private::then_typed), ty.span());
-                chain = quote!(#then::<_, #ty>(#chain));
+            (super::UpcastKind::Typed(ty), Some(previous)) => {
+                let then = spanned_call(
+                    quote!(#krate::__private::then_typed::<#previous, #ty>),
+                    &chain,
+                    ty.span(),
+                );
+                chain = then;
+                typed = Some(ty);
             }
         }
     }
-    match steps.last().map(|s| &s.kind) {
-        Some(super::UpcastKind::Typed(ty)) => {
-            let finish = respan(quote!(#krate::__private::finish_typed), ty.span());
-            quote!(#finish(#chain))
-        }
-        _ => quote!(#chain.finish()),
+    if let Some(last) = typed {
+        spanned_call(
+            quote!(#krate::__private::finish_typed::<#last, _>),
+            &chain,
+            last.span(),
+        )
+    } else {
+        quote!(#chain.finish())
     }
+}
+
+/// `function(argument)` with the function's path and parentheses under `span`: rustc reports
+/// a bound of the function that is not met there.
+fn spanned_call(
+    function: TokenStream,
+    argument: &TokenStream,
+    span: proc_macro2::Span,
+) -> TokenStream {
+    let mut arguments =
+        proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, argument.clone());
+    arguments.set_span(span);
+    let function = respan(function, span);
+    quote!(#function #arguments)
 }
 
 /// The stand-in impls emitted with the errors: `DomainEvent`, the dispatch to any aggregate, and

@@ -435,7 +435,7 @@ fn check_aliases(
             };
             match error {
                 Some(message) => {
-                    errors.push(darling::Error::custom(message).with_span(&alias.span()))
+                    errors.push(darling::Error::custom(message).with_span(&alias.span()));
                 }
                 None => {
                     owners.insert(alias.as_str(), &variant.ident);

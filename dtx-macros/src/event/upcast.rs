@@ -19,34 +19,7 @@ pub(super) fn validate(
     for step in raw {
         let from = *step.from;
         let from_span = step.from.span();
-        let kind = match (&step.with, &step.ty) {
-            (Some(path), None) => Some(UpcastKind::Json(path.clone())),
-            (None, Some(ty)) => Some(UpcastKind::Typed(ty.0.clone())),
-            (Some(_), Some(_)) => {
-                errors.push(
-                    darling::Error::custom(
-                        "an upcast step is either `with = fn` (on the JSON) or `type = OldType` \
-                         (a typed old version), not both: keep one",
-                    )
-                    .with_span(&step.span()),
-                );
-                None
-            }
-            (None, None) => {
-                errors.push(
-                    darling::Error::custom(format!(
-                        "an upcast step says how version {from} becomes {}: add \
-                         `with = v{from}_to_v{}` (a fn from `serde_json::Value` to `Value`) or \
-                         `type = OldType` (the payload of version {from}, `Deserialize`, which \
-                         converts `From` into the next)",
-                        from + 1,
-                        from + 1
-                    ))
-                    .with_span(&step.span()),
-                );
-                None
-            }
-        };
+        let kind = kind(step, errors);
         if from == 0 {
             errors.push(
                 darling::Error::custom(
@@ -125,6 +98,53 @@ pub(super) fn validate(
         }
         steps.push(Upcast { from, kind });
     }
+    check_reaches_current(previous, version, version_attr, errors);
+    steps
+}
+
+/// What a step does: `with` or `type`, exactly one of them.
+fn kind(
+    step: &SpannedValue<RawUpcast>,
+    errors: &mut darling::error::Accumulator,
+) -> Option<UpcastKind> {
+    let from = *step.from;
+    match (&step.with, &step.ty) {
+        (Some(path), None) => Some(UpcastKind::Json(path.clone())),
+        (None, Some(ty)) => Some(UpcastKind::Typed(ty.0.clone())),
+        (Some(_), Some(_)) => {
+            errors.push(
+                darling::Error::custom(
+                    "an upcast step is either `with = fn` (on the JSON) or `type = OldType` \
+                     (a typed old version), not both: keep one",
+                )
+                .with_span(&step.span()),
+            );
+            None
+        }
+        (None, None) => {
+            errors.push(
+                darling::Error::custom(format!(
+                    "an upcast step says how version {from} becomes {}: add \
+                     `with = v{from}_to_v{}` (a fn from `serde_json::Value` to `Value`) or \
+                     `type = OldType` (the payload of version {from}, `Deserialize`, which \
+                     converts `From` into the next)",
+                    from + 1,
+                    from + 1
+                ))
+                .with_span(&step.span()),
+            );
+            None
+        }
+    }
+}
+
+/// The last step goes from `version - 1`: the error under `version = N` otherwise.
+fn check_reaches_current(
+    previous: Option<u32>,
+    version: u32,
+    version_attr: Option<&SpannedValue<u32>>,
+    errors: &mut darling::error::Accumulator,
+) {
     if let (Some(last), Some(version_attr)) = (previous, version_attr)
         && last + 1 < version
     {
@@ -140,5 +160,4 @@ pub(super) fn validate(
             .with_span(&version_attr.span()),
         );
     }
-    steps
 }

@@ -12,11 +12,14 @@ struct OrderPlaced {
     currency: String,
 }
 
-fn v1_to_v2(v1: Value) -> Value {
-    json!({ "total": v1["cents"], "currency": null })
+fn v1_to_v2(mut v1: Value) -> Value {
+    json!({ "total": v1["cents"].take(), "currency": null })
 }
 
 fn v2_to_v3(mut v2: Value) -> Result<Value, String> {
+    if !v2["total"].is_i64() {
+        return Err(format!("no total in {v2}"));
+    }
     if v2["currency"].is_null() {
         v2["currency"] = json!("EUR");
     }
@@ -76,8 +79,8 @@ impl From<CancelledV2> for Cancelled {
     }
 }
 
-fn cancelled_v1_to_v2(v1: Value) -> Value {
-    json!({ "why": v1["text"] })
+fn cancelled_v1_to_v2(mut v1: Value) -> Value {
+    json!({ "why": v1["text"].take() })
 }
 
 #[derive(Debug, PartialEq, DomainEvent)]
@@ -122,7 +125,7 @@ fn main() {
         ("order.placed", 3, r#"{"total": 5, "currency": "EUR"}"#),
     ] {
         assert_eq!(
-            OrderEvent::from_payload(name, version, data).unwrap(),
+            OrderEvent::from_payload(name, version, data).expect("upcasts"),
             placed
         );
     }
@@ -134,15 +137,16 @@ fn main() {
         })
     };
     assert_eq!(
-        OrderEvent::from_payload("Shipped", 1, r#"{"carrier": "rail"}"#).unwrap(),
+        OrderEvent::from_payload("Shipped", 1, r#"{"carrier": "rail"}"#).expect("upcasts"),
         shipped(false)
     );
     assert_eq!(
-        OrderEvent::from_payload("Shipped", 2, r#"{"carrier": "rail", "tracked": true}"#).unwrap(),
+        OrderEvent::from_payload("Shipped", 2, r#"{"carrier": "rail", "tracked": true}"#)
+            .expect("upcasts"),
         shipped(true)
     );
     assert_eq!(
-        OrderEvent::from_payload("Cancelled", 1, r#"{"text": "late"}"#).unwrap(),
+        OrderEvent::from_payload("Cancelled", 1, r#"{"text": "late"}"#).expect("upcasts"),
         OrderEvent::Cancelled(Cancelled {
             reason: "late".into()
         })
@@ -152,4 +156,5 @@ fn main() {
         Some(("order.placed", 3))
     );
     assert!(OrderEvent::from_payload("Shipped", 4, "{}").is_err());
+    assert!(OrderEvent::from_payload("Placed", 2, r#"{"currency": null}"#).is_err());
 }
