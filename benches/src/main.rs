@@ -38,6 +38,7 @@ mod resilience;
 mod saga;
 mod trace;
 mod two_services;
+mod upcast;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -321,6 +322,7 @@ async fn main() -> Result<(), BoxError> {
     }
     append_rows(&options, &pool, &store).await?;
     load_rows(&options, &pool, &store).await?;
+    upcast::upcast_rows(&options, &store).await?;
     cqrs::cqrs_rows(&options, &pool, &store).await?;
     saga::saga_rows(&options, &pool).await?;
     idempotency::idempotency_rows(&options, &pool).await?;

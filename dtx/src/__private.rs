@@ -34,25 +34,43 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> 
 /// How generated code encodes and decodes one payload type; made by [`payload`].
 pub struct PayloadCodec<T> {
     encode: fn(&T) -> Result<Box<RawValue>, serde_json::Error>,
-    decode: fn(&str, u32, u32, &str) -> Result<T, DecodeError>,
+    decode: fn(&str) -> Result<T, serde_json::Error>,
+    upcast: Option<Upcaster<T>>,
 }
+
+/// The chain of `#[event(upcast(..))]` steps of one variant, generated as one function: the
+/// payload stored under a name at an older version, decoded as the current type.
+pub type Upcaster<T> = fn(&str, u32, &str) -> Result<T, DecodeError>;
 
 /// The codec of a payload type. The only place generated code requires [`EventPayload`]: called
 /// under the payload type's span, so a missing `Serialize` or `Deserialize` is reported once, there.
 pub const fn payload<T: EventPayload>() -> PayloadCodec<T> {
     PayloadCodec {
         encode: to_payload::<T>,
-        decode: from_payload::<T>,
+        decode: from_json::<T>,
+        upcast: None,
     }
 }
 
 impl<T> PayloadCodec<T> {
+    /// The codec with the variant's upcasts: a payload stored at an older version goes through
+    /// `upcaster` (without upcasts it is decoded as the current type, as it is).
+    #[must_use]
+    pub const fn upcasting(self, upcaster: Upcaster<T>) -> Self {
+        Self {
+            upcast: Some(upcaster),
+            ..self
+        }
+    }
+
     /// Serialises a payload.
     pub fn encode(&self, payload: &T) -> Result<Box<RawValue>, serde_json::Error> {
         (self.encode)(payload)
     }
 
     /// Decodes a payload stored at schema version `stored`; this build supports `supported`.
+    /// The one place every typed read decodes a stored event: a newer version is refused, an
+    /// older one upcast.
     pub fn decode(
         &self,
         event_type: &str,
@@ -60,7 +78,220 @@ impl<T> PayloadCodec<T> {
         supported: u32,
         data: &str,
     ) -> Result<T, DecodeError> {
-        (self.decode)(event_type, stored, supported, data)
+        if stored > supported {
+            return Err(DecodeError::UnsupportedSchemaVersion {
+                event_type: event_type.to_owned(),
+                stored,
+                supported,
+            });
+        }
+        if stored < supported
+            && let Some(upcast) = self.upcast
+        {
+            return upcast(event_type, stored, data);
+        }
+        (self.decode)(data).map_err(|source| DecodeError::Malformed {
+            event_type: event_type.to_owned(),
+            source,
+        })
+    }
+}
+
+/// A payload stored at an older version, on its way up a variant's chain of upcasts; made by
+/// [`upcast`]. Generated upcasters read as `upcast(..).json()?.step(v1_to_v2)?.finish()` or
+/// `finish_typed(then_typed::<_, PlacedV2>(upcast(..).typed::<PlacedV1>()?))`.
+pub struct Upcast<'a> {
+    event_type: &'a str,
+    stored: u32,
+    data: &'a str,
+}
+
+/// Starts upcasting a payload stored under `event_type` at version `stored`.
+pub fn upcast<'a>(event_type: &'a str, stored: u32, data: &'a str) -> Upcast<'a> {
+    Upcast {
+        event_type,
+        stored,
+        data,
+    }
+}
+
+impl<'a> Upcast<'a> {
+    fn failed(&self, to: u32, source: impl Into<crate::error::BoxError>) -> DecodeError {
+        DecodeError::Upcast {
+            event_type: self.event_type.to_owned(),
+            stored: self.stored,
+            to,
+            source: source.into(),
+        }
+    }
+
+    /// The stored payload as JSON, for a chain of JSON steps.
+    pub fn json(self) -> Result<JsonUpcast<'a>, DecodeError> {
+        let value = serde_json::from_str(self.data).map_err(|source| DecodeError::Malformed {
+            event_type: self.event_type.to_owned(),
+            source,
+        })?;
+        Ok(JsonUpcast {
+            version: self.stored,
+            from: self,
+            value,
+        })
+    }
+
+    /// The stored payload decoded as the old type `V` of its version, for a chain of typed steps.
+    pub fn typed<V: UpcastSource>(self) -> Result<TypedUpcast<'a, V>, DecodeError> {
+        match serde_json::from_str(self.data) {
+            Ok(value) => Ok(TypedUpcast {
+                version: self.stored,
+                from: self,
+                value,
+            }),
+            Err(error) => Err(self.failed(
+                self.stored,
+                format!(
+                    "the payload does not decode as `{}`: {error}",
+                    std::any::type_name::<V>()
+                ),
+            )),
+        }
+    }
+
+    /// The error for a stored version below the oldest upcast.
+    pub fn missing(self, oldest: u32) -> DecodeError {
+        DecodeError::NoUpcaster {
+            event_type: self.event_type.to_owned(),
+            stored: self.stored,
+            oldest,
+        }
+    }
+}
+
+/// A payload as JSON at `version`, going up the chain.
+pub struct JsonUpcast<'a> {
+    from: Upcast<'a>,
+    version: u32,
+    value: serde_json::Value,
+}
+
+impl<'a> JsonUpcast<'a> {
+    /// Applies the JSON step from this version to the next.
+    pub fn step<F, R>(self, step: F) -> Result<Self, DecodeError>
+    where
+        F: FnOnce(serde_json::Value) -> R,
+        R: UpcastOutput,
+    {
+        let to = self.version + 1;
+        match step(self.value).into_upcast_result() {
+            Ok(value) => Ok(Self {
+                from: self.from,
+                version: to,
+                value,
+            }),
+            Err(error) => Err(self.from.failed(to, error)),
+        }
+    }
+
+    /// Decodes the JSON as the old type `V` of this version, where typed steps take over.
+    pub fn typed<V: UpcastSource>(self) -> Result<TypedUpcast<'a, V>, DecodeError> {
+        match serde_json::from_value(self.value) {
+            Ok(value) => Ok(TypedUpcast {
+                from: self.from,
+                version: self.version,
+                value,
+            }),
+            Err(error) => Err(self.from.failed(
+                self.version,
+                format!(
+                    "the upcast payload does not decode as `{}`: {error}",
+                    std::any::type_name::<V>()
+                ),
+            )),
+        }
+    }
+
+    /// Decodes the JSON, now at the current version, as the current type.
+    pub fn finish<T: serde::de::DeserializeOwned>(self) -> Result<T, DecodeError> {
+        serde_json::from_value(self.value).map_err(|error| {
+            self.from.failed(
+                self.version,
+                format!(
+                    "the upcast payload does not decode as `{}`: {error}",
+                    std::any::type_name::<T>()
+                ),
+            )
+        })
+    }
+}
+
+/// A payload as its old type `V`, going up the chain through `From`.
+pub struct TypedUpcast<'a, V> {
+    from: Upcast<'a>,
+    version: u32,
+    value: V,
+}
+
+/// Converts the last typed version of a chain to the current type. A function, not a method,
+/// so that generated code can call it under the user's last `type = ..`, where rustc then
+/// reports a missing `From`.
+pub fn finish_typed<V, T: UpcastFrom<V>>(chain: TypedUpcast<'_, V>) -> Result<T, DecodeError> {
+    Ok(T::upcast_from(chain.value))
+}
+
+/// Converts a typed version of a chain to the next one's type `W`; see [`finish_typed`].
+pub fn then_typed<V, W: UpcastFrom<V>>(chain: TypedUpcast<'_, V>) -> TypedUpcast<'_, W> {
+    TypedUpcast {
+        from: chain.from,
+        version: chain.version + 1,
+        value: W::upcast_from(chain.value),
+    }
+}
+
+/// What a JSON upcaster may return: the next version's JSON, or `Result<Value, E>`.
+#[diagnostic::on_unimplemented(
+    message = "a JSON upcaster must return `serde_json::Value` or `Result<serde_json::Value, E>`, not `{Self}`",
+    label = "named in `upcast(from = .., with = ..)`",
+    note = "write `fn v1_to_v2(v1: serde_json::Value) -> serde_json::Value`, or return `Result<Value, E>` with `E: std::error::Error + Send + Sync + 'static` (or `String`)"
+)]
+pub trait UpcastOutput {
+    /// The JSON, or why the step failed.
+    fn into_upcast_result(self) -> Result<serde_json::Value, crate::error::BoxError>;
+}
+
+impl UpcastOutput for serde_json::Value {
+    fn into_upcast_result(self) -> Result<serde_json::Value, crate::error::BoxError> {
+        Ok(self)
+    }
+}
+
+impl<E: Into<crate::error::BoxError>> UpcastOutput for Result<serde_json::Value, E> {
+    fn into_upcast_result(self) -> Result<serde_json::Value, crate::error::BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// The old type of a typed upcast step: decoded from the stored JSON.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an old version of an event: it does not implement `Deserialize`",
+    label = "named in `upcast(from = .., type = ..)`",
+    note = "add `#[derive(serde::Deserialize)]` to `{Self}`: a typed upcast decodes the stored payload as it"
+)]
+pub trait UpcastSource: serde::de::DeserializeOwned {}
+impl<T: serde::de::DeserializeOwned> UpcastSource for T {}
+
+/// The next version of a typed upcast step: made `From` the older one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be made from the older version `{V}`",
+    label = "the version after `{V}`",
+    note = "implement `From<{V}> for {Self}`: each typed upcast converts to the next version, the last one to the current payload"
+)]
+pub trait UpcastFrom<V> {
+    /// Converts.
+    fn upcast_from(value: V) -> Self;
+}
+
+impl<V, W: From<V>> UpcastFrom<V> for W {
+    fn upcast_from(value: V) -> Self {
+        W::from(value)
     }
 }
 
@@ -83,24 +314,9 @@ fn to_payload<T: serde::Serialize>(value: &T) -> Result<Box<RawValue>, serde_jso
     serde_json::value::to_raw_value(value)
 }
 
-/// Decodes a payload of a known type and version.
-fn from_payload<T: serde::de::DeserializeOwned>(
-    event_type: &str,
-    stored: u32,
-    supported: u32,
-    data: &str,
-) -> Result<T, DecodeError> {
-    if stored > supported {
-        return Err(DecodeError::UnsupportedSchemaVersion {
-            event_type: event_type.to_owned(),
-            stored,
-            supported,
-        });
-    }
-    serde_json::from_str(data).map_err(|source| DecodeError::Malformed {
-        event_type: event_type.to_owned(),
-        source,
-    })
+/// Decodes a payload stored at the current version.
+fn from_json<T: serde::de::DeserializeOwned>(data: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(data)
 }
 
 /// The error for a stored type name the enum does not know.
@@ -222,8 +438,12 @@ pub use crate::uow::{BoxFuture as ProjectionFuture, UnitOfWork};
 pub struct Handled<P> {
     /// The stored type name of the payload.
     pub event_type: &'static str,
+    /// Every name it decodes from: its name, then its aliases.
+    pub names: &'static [&'static str],
     decode: fn(&RecordedEvent) -> Result<P, ProjectionError>,
     decode_message: fn(&InboundMessage) -> Result<P, ProjectionError>,
+    current: fn(&RecordedEvent, &P) -> Result<Option<RecordedEvent>, ProjectionError>,
+    current_message: fn(&InboundMessage, &P) -> Result<Option<InboundMessage>, ProjectionError>,
 }
 
 /// The payload type a projection or consumer handler takes. The only place generated code
@@ -232,12 +452,20 @@ pub struct Handled<P> {
 pub const fn handled<P: ProjectionEvent>() -> Handled<P> {
     Handled {
         event_type: P::EVENT_TYPE,
+        names: P::NAMES,
         decode: decode_handled::<P>,
         decode_message: crate::inbox::decode::<P>,
+        current: current_event::<P>,
+        current_message: current_message::<P>,
     }
 }
 
 impl<P> Handled<P> {
+    /// Whether an event stored under `event_type` is one of this payload's.
+    pub fn handles(&self, event_type: &str) -> bool {
+        self.names.contains(&event_type)
+    }
+
     /// Decodes the payload of `event`; a failure stops the projection at once.
     pub fn decode(&self, event: &RecordedEvent) -> Result<P, ProjectionError> {
         (self.decode)(event)
@@ -247,10 +475,130 @@ impl<P> Handled<P> {
     pub fn decode_message(&self, message: &InboundMessage) -> Result<P, ProjectionError> {
         (self.decode_message)(message)
     }
+
+    /// `event` in its current form, for a handler that takes it: `None` when it is stored in
+    /// it (its name is the current one and its version too), otherwise a copy with the current
+    /// name, version and `payload` encoded.
+    pub fn current(
+        &self,
+        event: &RecordedEvent,
+        payload: &P,
+    ) -> Result<Option<RecordedEvent>, ProjectionError> {
+        (self.current)(event, payload)
+    }
+
+    /// `message` in its current form, as [`current`](Self::current) for an event.
+    pub fn current_message(
+        &self,
+        message: &InboundMessage,
+        payload: &P,
+    ) -> Result<Option<InboundMessage>, ProjectionError> {
+        (self.current_message)(message, payload)
+    }
 }
 
 fn decode_handled<P: ProjectionEvent>(event: &RecordedEvent) -> Result<P, ProjectionError> {
     P::from_recorded(event).map_err(ProjectionError::Decode)
+}
+
+/// The payload encoded at its current version, when the stored form differs from it.
+fn encode_current<P: ProjectionEvent>(
+    event_type: &str,
+    schema_version: Option<u32>,
+    payload: &P,
+) -> Option<Result<Box<RawValue>, (u32, serde_json::Error)>> {
+    if event_type == P::EVENT_TYPE && schema_version.is_none_or(|v| v == P::SCHEMA_VERSION) {
+        return None;
+    }
+    let encoded = payload.encode()?;
+    Some(encoded.map_err(|e| (schema_version.unwrap_or(P::SCHEMA_VERSION), e)))
+}
+
+fn current_event<P: ProjectionEvent>(
+    event: &RecordedEvent,
+    payload: &P,
+) -> Result<Option<RecordedEvent>, ProjectionError> {
+    let Some(encoded) = encode_current(&event.event_type, Some(event.schema_version), payload)
+    else {
+        return Ok(None);
+    };
+    let data = encoded.map_err(|(stored, source)| {
+        ProjectionError::Decode(crate::Error::Decode {
+            stream: event.stream_id.clone(),
+            version: event.version,
+            source: DecodeError::Upcast {
+                event_type: event.event_type.clone(),
+                stored,
+                to: P::SCHEMA_VERSION,
+                source: source.into(),
+            },
+        })
+    })?;
+    Ok(Some(RecordedEvent {
+        event_type: P::EVENT_TYPE.to_owned(),
+        schema_version: P::SCHEMA_VERSION,
+        data: Box::<str>::from(data),
+        ..event.clone()
+    }))
+}
+
+fn current_message<P: ProjectionEvent>(
+    message: &InboundMessage,
+    payload: &P,
+) -> Result<Option<InboundMessage>, ProjectionError> {
+    let Some(encoded) = encode_current(&message.event_type, message.schema_version, payload) else {
+        return Ok(None);
+    };
+    let data = encoded.map_err(|(_, source)| {
+        ProjectionError::Decode(crate::Error::InvalidMessage {
+            message_id: message.message_id,
+            event_type: message.event_type.clone(),
+            source_name: message.source.clone(),
+            reason: format!("the upcast payload does not encode: {source}"),
+        })
+    })?;
+    let mut current = message.clone();
+    P::EVENT_TYPE.clone_into(&mut current.event_type);
+    current.schema_version = Some(P::SCHEMA_VERSION);
+    current.payload = Box::<str>::from(data).into_boxed_bytes().into_vec();
+    current.headers.insert(
+        crate::outbox::headers::EVENT_TYPE.to_owned(),
+        P::EVENT_TYPE.to_owned(),
+    );
+    current.headers.insert(
+        crate::outbox::headers::SCHEMA_VERSION.to_owned(),
+        P::SCHEMA_VERSION.to_string(),
+    );
+    Ok(Some(current))
+}
+
+/// How many names `parts` hold together: the length of a projection's or consumer's
+/// `event_types`.
+pub const fn names_len(parts: &[&[&str]]) -> usize {
+    let mut len = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        len += parts[i].len();
+        i += 1;
+    }
+    len
+}
+
+/// The names of `parts` in one array of length [`names_len`]`(parts)`.
+pub const fn concat_names<const N: usize>(parts: &[&[&'static str]]) -> [&'static str; N] {
+    let mut all = [""; N];
+    let mut n = 0;
+    let mut i = 0;
+    while i < parts.len() {
+        let mut j = 0;
+        while j < parts[i].len() {
+            all[n] = parts[i][j];
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    all
 }
 
 /// Whether no two of `event_types` are equal: two handlers of one projection for payloads

@@ -103,6 +103,23 @@ pub use uuid::Uuid;
 /// or on that enum to opt out for all its variants. The struct keeps the `Event` impl of the
 /// other enum, with that enum's name and version.
 ///
+/// **Evolving an event** (see the README, "Evolving events"): a variant at `version = N` may
+/// say how each older stored version becomes the next, one `upcast(from = k, ..)` per step,
+/// oldest first, the last one from `N - 1`:
+///
+/// - `upcast(from = 1, with = v1_to_v2)`: a function on the JSON, `fn(serde_json::Value) ->
+///   Value` or `-> Result<Value, E>` (an `Err` is [`DecodeError::Upcast`]);
+/// - `upcast(from = 1, type = OrderPlacedV1)`: the payload of version 1 is `OrderPlacedV1`
+///   (`Deserialize`), which converts `From` into the next version's type, the last one into
+///   the variant's struct. Typed steps may follow JSON steps, not precede them.
+///
+/// A gap, a repeat or a step out of order is a compile error; a stored version older than the
+/// first step is [`DecodeError::NoUpcaster`] when it is read. Without any `upcast`, an older
+/// version decodes as the current struct, as it is. `alias = "OldName"` (repeatable) decodes
+/// the rows stored under a name the variant had before a rename; the events are then written
+/// under the new name. Every typed read upcasts: repository loads, stream and feed decodes,
+/// projections, consumers and [`inbox::decode`].
+///
 /// With dtx's feature `schema`, every variant also registers its event type, version and
 /// payload for `dtx::schema::export`, which needs each payload to implement `schemars::JsonSchema`;
 /// `#[event(schema = false)]` on a variant, or on the enum for all its variants, leaves it out

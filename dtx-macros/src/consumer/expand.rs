@@ -31,16 +31,13 @@ pub(super) fn expand(model: &Model) -> TokenStream {
          of different enums named alike; rename one variant with `#[event(name = \"..\")]`"
     );
     let distinct = event_handlers::distinct_event_types(krate, self_ty, &message);
+    let event_types = event_handlers::event_types(krate, &handled, &distinct);
     let generated = crate::common::dummy_const(&quote! {
         #[automatically_derived]
         impl #private::Consumer for #self_ty {
             const NAME: &'static str = #name;
 
-            fn event_types() -> &'static [&'static str] {
-                const EVENT_TYPES: &[&str] = &[#(#handled.event_type),*];
-                #distinct
-                EVENT_TYPES
-            }
+            #event_types
 
             fn handle<'a>(
                 &'a self,
@@ -93,11 +90,20 @@ fn branch(krate: &syn::Path, handler: &Handler, payload_type: &TokenStream) -> T
             unreachable!("validation refuses `&RecordedEvent` and `&mut Invalidations` here")
         }
     });
+    // A handler that takes the message sees it in its current form (an upcast payload
+    // re-encoded).
+    let current = handler.extras.contains(&Extra::Message).then(|| {
+        quote! {
+            let __dtx_current = #payload_type.current_message(__dtx_message, &__dtx_payload)?;
+            let __dtx_message = __dtx_current.as_ref().unwrap_or(__dtx_message);
+        }
+    });
     let call = quote_spanned!(ident.span()=> self.#ident(#payload #(, #extras)*).await);
     let result = event_handlers::result(krate, "consumer_result", *output, &call);
     quote! {
-        if __dtx_message.event_type == #payload_type.event_type {
+        if #payload_type.handles(&__dtx_message.event_type) {
             let __dtx_payload = #payload_type.decode_message(__dtx_message)?;
+            #current
             #result
         }
     }

@@ -2,8 +2,11 @@
 
 mod expand;
 
+mod upcast;
+
 use darling::FromDeriveInput;
 use darling::ast::{Data, Style};
+use darling::util::SpannedValue;
 use proc_macro2::TokenStream;
 use raw::RawInput;
 use std::collections::HashMap;
@@ -91,7 +94,7 @@ impl Stub {
 mod raw {
     use darling::ast::{Data, Fields};
     use darling::util::{Ignored, SpannedValue};
-    use darling::{FromDeriveInput, FromField, FromVariant};
+    use darling::{FromDeriveInput, FromField, FromMeta, FromVariant};
 
     #[derive(FromDeriveInput)]
     #[darling(attributes(event))]
@@ -103,6 +106,14 @@ mod raw {
         pub(super) krate: Option<syn::Path>,
         pub(super) payload_impl: Option<bool>,
         pub(super) schema: Option<bool>,
+        /// Refused: read only to say that it goes on a variant.
+        #[darling(multiple)]
+        pub(super) upcast: Vec<SpannedValue<Ignored>>,
+        /// Refused: read only to say that it goes on a variant.
+        #[darling(multiple)]
+        pub(super) alias: Vec<SpannedValue<Ignored>>,
+        /// Refused: read only to say that it goes on a variant.
+        pub(super) version: Option<SpannedValue<Ignored>>,
     }
 
     #[derive(FromVariant)]
@@ -114,6 +125,45 @@ mod raw {
         pub(super) version: Option<SpannedValue<u32>>,
         pub(super) payload_impl: Option<bool>,
         pub(super) schema: Option<bool>,
+        /// Older names it is still decoded from.
+        #[darling(multiple)]
+        pub(super) alias: Vec<SpannedValue<String>>,
+        /// One step of the upcast chain each.
+        #[darling(multiple)]
+        pub(super) upcast: Vec<SpannedValue<RawUpcast>>,
+    }
+
+    /// `upcast(from = 1, with = v1_to_v2)` or `upcast(from = 1, type = PlacedV1)`.
+    #[derive(FromMeta)]
+    pub(super) struct RawUpcast {
+        pub(super) from: SpannedValue<u32>,
+        pub(super) with: Option<syn::Path>,
+        #[darling(rename = "type")]
+        pub(super) ty: Option<OldType>,
+    }
+
+    /// The type of `type = PlacedV1`: a path written as an expression.
+    pub(super) struct OldType(pub(super) syn::Type);
+
+    impl FromMeta for OldType {
+        fn from_expr(expr: &syn::Expr) -> darling::Result<Self> {
+            match expr {
+                syn::Expr::Path(path) if path.qself.is_none() => {
+                    Ok(Self(syn::Type::Path(syn::TypePath {
+                        qself: None,
+                        path: path.path.clone(),
+                    })))
+                }
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(text),
+                    ..
+                }) => text.parse().map(Self).map_err(Into::into),
+                _ => Err(darling::Error::custom(
+                    "write the old version's type as a path, e.g. `type = OrderPlacedV1`",
+                )
+                .with_span(expr)),
+            }
+        }
     }
 
     #[derive(FromField)]
@@ -141,20 +191,63 @@ pub(crate) struct Variant {
     /// Whether the event is part of the exported contracts (`schema = false` on the variant or
     /// the enum opts out).
     pub(crate) schema: bool,
+    /// The older names it is still decoded from.
+    pub(crate) aliases: Vec<String>,
+    /// The upcast chain, oldest step first, contiguous up to `version - 1`.
+    pub(crate) upcasts: Vec<Upcast>,
+}
+
+/// One step of an upcast chain: how version `from` becomes `from + 1`.
+pub(crate) struct Upcast {
+    pub(crate) from: u32,
+    pub(crate) kind: UpcastKind,
+}
+
+/// A step on the JSON, or a typed old version.
+pub(crate) enum UpcastKind {
+    /// `with = path`: a function from the JSON of `from` to the JSON of `from + 1`.
+    Json(syn::Path),
+    /// `type = T`: the payload of version `from` is `T`, which converts `From` into the next.
+    Typed(syn::Type),
 }
 
 impl Model {
     #[allow(clippy::too_many_lines, reason = "one validation rule after another")]
     pub(crate) fn parse(input: &syn::DeriveInput) -> darling::Result<Self> {
         if !matches!(input.data, syn::Data::Enum(_)) {
-            return Err(darling::Error::custom(
-                "`#[derive(DomainEvent)]` goes on an enum with one variant per event, \
-                 e.g. `enum OrderEvent { Placed(OrderPlaced), Shipped(OrderShipped) }`",
-            )
-            .with_span(&input.ident));
+            return Err(not_an_enum(input));
         }
         let raw = RawInput::from_derive_input(input)?;
         let mut errors = darling::Error::accumulator();
+        for (option, spans) in [
+            (
+                "upcast(..)",
+                raw.upcast
+                    .iter()
+                    .map(SpannedValue::span)
+                    .collect::<Vec<_>>(),
+            ),
+            ("alias", raw.alias.iter().map(SpannedValue::span).collect()),
+            (
+                "version",
+                raw.version.iter().map(SpannedValue::span).collect(),
+            ),
+        ] {
+            for span in spans {
+                errors.push(
+                    darling::Error::custom(format!(
+                        "`{option}` goes on the variant of the event it describes, not on the \
+                         enum: `#[event(version = 2, {option_example})] Placed(OrderPlaced)`",
+                        option_example = match option {
+                            "alias" => "alias = \"OrderPlaced\"",
+                            "version" => "..",
+                            _ => "upcast(from = 1, with = v1_to_v2)",
+                        }
+                    ))
+                    .with_span(&span),
+                );
+            }
+        }
         if let Some(param) = raw.generics.params.first() {
             errors.push(
                 darling::Error::custom(
@@ -177,6 +270,7 @@ impl Model {
         let mut names: HashMap<String, syn::Ident> = HashMap::new();
         let mut payloads: HashMap<String, syn::Ident> = HashMap::new();
         let mut variants = Vec::new();
+        let mut aliases: Vec<Vec<SpannedValue<String>>> = Vec::new();
         let syn::Data::Enum(syn_enum) = &input.data else {
             unreachable!("checked above that the input is an enum")
         };
@@ -237,6 +331,23 @@ impl Model {
                 Some(v) => **v,
                 None => 1,
             };
+            let upcasts = upcast::validate(
+                &variant.upcast,
+                version,
+                variant.version.as_ref(),
+                &mut errors,
+            );
+            for alias in &variant.alias {
+                if alias.is_empty() || alias.len() > 255 || alias.chars().any(char::is_control) {
+                    errors.push(
+                        darling::Error::custom(
+                            "an alias is an event name: 1 to 255 characters without control characters",
+                        )
+                        .with_span(&alias.span()),
+                    );
+                }
+            }
+            aliases.push(variant.alias.clone());
             variants.push(Variant {
                 ident: variant.ident,
                 payload,
@@ -244,14 +355,93 @@ impl Model {
                 version,
                 payload_impl: variant.payload_impl.or(raw.payload_impl).unwrap_or(true),
                 schema: variant.schema.or(raw.schema).unwrap_or(true),
+                aliases: variant.alias.iter().map(|a| (**a).clone()).collect(),
+                upcasts,
             });
         }
+        check_aliases(&variants, &aliases, &mut errors);
         errors.finish()?;
         Ok(Self {
             ident: raw.ident,
             krate: crate::common::crate_path(raw.krate.as_ref()),
             variants,
         })
+    }
+}
+
+/// The error for `#[derive(DomainEvent)]` on a struct or union: when the item carries
+/// `#[event(upcast(..))]` or an alias, the error says where those go.
+fn not_an_enum(input: &syn::DeriveInput) -> darling::Error {
+    let ident = &input.ident;
+    // The first `upcast` or `alias` among the options of an `#[event(..)]` on the item.
+    let upcasting = input
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("event"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::List(list) => Some(list.tokens.clone()),
+            _ => None,
+        })
+        .flat_map(proc_macro2::TokenStream::into_iter)
+        .find_map(|token| match token {
+            proc_macro2::TokenTree::Ident(option) if option == "upcast" || option == "alias" => {
+                Some(option)
+            }
+            _ => None,
+        });
+    match upcasting {
+        Some(option) => darling::Error::custom(format!(
+            "`{}` describes a variant of an event enum, and `{ident}` is not an event enum: \
+             put it on the variant that wraps `{ident}`, e.g. \
+             `#[derive(DomainEvent)] enum OrderEvent {{ #[event(version = 2, upcast(from = 1, with = v1_to_v2))] Placed({ident}) }}`",
+            crate::common::display(&option),
+        ))
+        .with_span(&option),
+        None => darling::Error::custom(
+            "`#[derive(DomainEvent)]` goes on an enum with one variant per event, \
+             e.g. `enum OrderEvent { Placed(OrderPlaced), Shipped(OrderShipped) }`",
+        )
+        .with_span(ident),
+    }
+}
+
+/// Every alias differs from the variant's own name and from every other name and alias of the
+/// enum: a stored name must decode as one variant only.
+fn check_aliases(
+    variants: &[Variant],
+    aliases: &[Vec<SpannedValue<String>>],
+    errors: &mut darling::error::Accumulator,
+) {
+    let mut owners: HashMap<&str, &syn::Ident> = variants
+        .iter()
+        .map(|v| (v.name.as_str(), &v.ident))
+        .collect();
+    for (variant, aliases) in variants.iter().zip(aliases) {
+        for alias in aliases {
+            let error = match owners.get(alias.as_str()) {
+                Some(owner) if *owner == &variant.ident && variant.name == **alias => {
+                    Some(format!(
+                        "`{}` is this variant's own name: an alias is an older name it was stored \
+                         under; remove it",
+                        **alias
+                    ))
+                }
+                Some(owner) => Some(format!(
+                    "`{}` is already a name of variant `{owner}`: a stored name must decode as \
+                     one variant only; remove the alias or rename the other variant",
+                    **alias
+                )),
+                None => None,
+            };
+            match error {
+                Some(message) => {
+                    errors.push(darling::Error::custom(message).with_span(&alias.span()));
+                }
+                None => {
+                    owners.insert(alias.as_str(), &variant.ident);
+                }
+            }
+        }
     }
 }
 
@@ -295,6 +485,22 @@ mod tests {
                 Placed(OrderPlaced),
                 #[event(name = "OrderShipped", version = 2)]
                 Shipped(Shipped),
+            }
+        }));
+    }
+
+    #[test]
+    fn expansion_with_upcasts_and_an_alias() {
+        insta::assert_snapshot!(expand_pretty(&syn::parse_quote! {
+            pub enum OrderEvent {
+                #[event(
+                    name = "order.placed",
+                    version = 3,
+                    alias = "OrderPlaced",
+                    upcast(from = 1, with = v1_to_v2),
+                    upcast(from = 2, type = PlacedV2),
+                )]
+                Placed(OrderPlaced),
             }
         }));
     }

@@ -43,6 +43,7 @@ pub(super) fn expand(model: &Model) -> TokenStream {
          `#[event(name = \"..\")]`"
     );
     let distinct = event_handlers::distinct_event_types(krate, self_ty, &message);
+    let event_types = event_handlers::event_types(krate, &handled, &distinct);
     let generated = crate::common::dummy_const(&quote! {
         #[automatically_derived]
         impl #private::Projection for #self_ty {
@@ -50,11 +51,7 @@ pub(super) fn expand(model: &Model) -> TokenStream {
             const VERSION: u32 = #version;
             const KIND: #private::ProjectionKind = #private::ProjectionKind::#kind;
 
-            fn event_types() -> &'static [&'static str] {
-                const EVENT_TYPES: &[&str] = &[#(#handled.event_type),*];
-                #distinct
-                EVENT_TYPES
-            }
+            #event_types
 
             fn handle<'a>(
                 &'a self,
@@ -114,17 +111,26 @@ fn branch(krate: &syn::Path, handler: &Handler, payload_type: &TokenStream) -> T
             )?;
         }
     });
+    let takes_event = extras.contains(&Extra::Recorded);
     let extras = extras.iter().map(|extra| match extra {
         Extra::Recorded => quote!(__dtx_event),
         Extra::Message => unreachable!("validation refuses `&InboundMessage` in a projection"),
         Extra::UnitOfWork => quote!(__dtx_uow),
         Extra::Invalidations => quote!(__dtx_invalidations),
     });
+    // A handler that takes the event sees it in its current form (an upcast event re-encoded).
+    let current = takes_event.then(|| {
+        quote! {
+            let __dtx_current = #payload_type.current(__dtx_event, &__dtx_payload)?;
+            let __dtx_event = __dtx_current.as_ref().unwrap_or(__dtx_event);
+        }
+    });
     let call = quote_spanned!(ident.span()=> self.#ident(#payload #(, #extras)*).await);
     let result = result(krate, *output, &call);
     quote! {
-        if __dtx_event.event_type == #payload_type.event_type {
+        if #payload_type.handles(&__dtx_event.event_type) {
             let __dtx_payload = #payload_type.decode(__dtx_event)?;
+            #current
             #uow
             #result
         }

@@ -123,7 +123,7 @@ impl OutboxRelay {
                 per_key.push((message.key.clone(), vec![message]));
             }
         }
-        let outcome = publish(&self.publisher, per_key).await?;
+        let outcome = publish(&self.publisher, &self.options.payloads, per_key).await?;
         pass.published = outcome.ids.len();
         // A key that failed is set aside from its failure on.
         set_aside.extend(outcome.failed.into_iter().map(SetAside::Failed));

@@ -2,7 +2,7 @@
 //! attempt makes of a message.
 
 use super::message::Failed;
-use dtx::outbox::{OutboxMessage, Publisher, RelayOptions};
+use dtx::outbox::{OutboxMessage, Payloads, Publisher, RelayOptions};
 use dtx::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,15 +96,17 @@ struct KeyOutcome {
     unsent: Vec<OutboxMessage>,
 }
 
-/// Publishes each key's messages in order through `publisher`, the keys concurrently; a key
-/// stops at its first failure.
+/// Publishes each key's messages in order through `publisher`, in the form `payloads` asks
+/// for, the keys concurrently; a key stops at its first failure.
 pub(super) async fn publish(
     publisher: &Arc<dyn Publisher>,
+    payloads: &Payloads,
     per_key: Vec<(String, Vec<OutboxMessage>)>,
 ) -> Result<Published> {
     let mut running = tokio::task::JoinSet::new();
     for (_, messages) in per_key {
         let publisher = Arc::clone(publisher);
+        let payloads = payloads.clone();
         running.spawn(async move {
             let mut outcome = KeyOutcome {
                 published: Vec::with_capacity(messages.len()),
@@ -114,7 +116,7 @@ pub(super) async fn publish(
             let mut messages = messages.into_iter();
             for message in messages.by_ref() {
                 // Each publish continues the trace of the write that produced the message.
-                match dtx::outbox::publish_traced(&*publisher, &message).await {
+                match dtx::outbox::publish_as(&*publisher, &message, &payloads).await {
                     Ok(()) => outcome.published.push(message.id),
                     Err(error) => {
                         outcome.failed = Some(Failed {

@@ -2,7 +2,7 @@
 
 use super::{
     NewOutboxMessage, OutboxCounts, OutboxMessage, OutboxStatus, Publisher, RelayOptions,
-    event_headers, publish_traced,
+    event_headers, publish_as,
 };
 use crate::store::{NewEvent, StreamId};
 use chrono::Utc;
@@ -170,7 +170,7 @@ impl MemoryOutbox {
             if failed_keys.contains(&message.key) {
                 continue;
             }
-            let outcome = publish_traced(publisher, message).await;
+            let outcome = publish_as(publisher, message, &options.payloads).await;
             if outcome.is_err() {
                 failed_keys.insert(message.key.clone());
             }

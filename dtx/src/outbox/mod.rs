@@ -40,6 +40,8 @@ mod uow;
 pub use headers::InvalidHeader;
 pub use memory::MemoryOutbox;
 pub use message::{NewOutboxMessage, OutboxCounts, OutboxMessage, OutboxStatus, event_headers};
-pub use options::RelayOptions;
-pub use publisher::{MemoryPublisher, PublishError, Publisher, publish_traced};
+pub use options::{Payloads, RelayOptions};
+pub use publisher::{
+    MemoryPublisher, PublishError, Publisher, current_form, publish_as, publish_traced,
+};
 pub use uow::Outbox;

@@ -1,7 +1,30 @@
-//! How a relay claims, publishes, retries and cleans up: [`RelayOptions`].
+//! How a relay claims, publishes, retries and cleans up: [`RelayOptions`], and in which form it
+//! publishes events stored at an older schema version: [`Payloads`].
 
+use crate::event::Upcasters;
 use crate::{Backoff, Jitter};
 use std::time::Duration;
+
+/// In which form a relay publishes an event stored at an older schema version or under an older
+/// name (see `#[event(upcast(..), alias = ..)]`).
+///
+/// - [`Payloads::Stored`] (the default): as stored, with its stored name and schema version in
+///   the `dtx-event-type` and `dtx-schema-version` headers. Consumers built with dtx upcast it
+///   when they decode it (`#[consumer]` handlers and [`crate::inbox::decode`] read the version
+///   header), so they need the producer's upcasts, and other consumers must know every version.
+/// - [`Payloads::Current`]: the events of the enums in the [`Upcasters`] are upcast before they
+///   are published, re-encoded as the current type with its name and version in the headers.
+///   Consumers only ever see the current form; an event of a type the set does not know is
+///   published as stored, and one that does not upcast (an upcaster's error, a version without
+///   upcast) is dead-lettered at once with the error, never published in another form.
+#[derive(Debug, Clone, Default)]
+pub enum Payloads {
+    /// As stored.
+    #[default]
+    Stored,
+    /// Upcast to the current form by these enums.
+    Current(Upcasters),
+}
 
 /// How a relay claims, publishes, retries and cleans up.
 #[derive(Debug, Clone)]
@@ -34,6 +57,9 @@ pub struct RelayOptions {
     pub retention: Option<Duration>,
     /// Rows one retention statement deletes (default 1000), so no delete holds long locks.
     pub retention_batch: usize,
+    /// The form of the events stored at an older schema version (default
+    /// [`Payloads::Stored`]); see [`RelayOptions::publish_current`].
+    pub payloads: Payloads,
 }
 
 impl Default for RelayOptions {
@@ -47,11 +73,36 @@ impl Default for RelayOptions {
             linger: Duration::from_millis(20),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_batch: 1000,
+            payloads: Payloads::Stored,
         }
     }
 }
 
 impl RelayOptions {
+    /// Publishes the events of `E` (and of the enums already added) in their current form:
+    /// [`Payloads::Current`].
+    ///
+    /// ```
+    /// # use dtx::DomainEvent;
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Placed {}
+    /// # #[derive(DomainEvent)]
+    /// # enum OrderEvent { Placed(Placed) }
+    /// use dtx::outbox::{Payloads, RelayOptions};
+    ///
+    /// let options = RelayOptions::default().publish_current::<OrderEvent>();
+    /// assert!(matches!(options.payloads, Payloads::Current(_)));
+    /// ```
+    #[must_use]
+    pub fn publish_current<E: crate::DomainEvent>(mut self) -> Self {
+        let upcasters = match std::mem::take(&mut self.payloads) {
+            Payloads::Stored => Upcasters::new(),
+            Payloads::Current(upcasters) => upcasters,
+        };
+        self.payloads = Payloads::Current(upcasters.with::<E>());
+        self
+    }
+
     /// The wait before attempt `failures + 1`: a [`Backoff`] from
     /// [`base_backoff`](Self::base_backoff), doubling up to [`max_backoff`](Self::max_backoff),
     /// with [`Jitter::Equal`] (between half and all of it) so retries of many messages spread out.

@@ -1,7 +1,7 @@
 //! Publishing: the [`Publisher`] trait a broker client implements, how every relay calls it
 //! ([`publish_traced`]), and the in-memory [`MemoryPublisher`].
 
-use super::{OutboxMessage, headers};
+use super::{OutboxMessage, Payloads, headers};
 use crate::error::BoxError;
 use async_trait::async_trait;
 use chrono::Utc;
@@ -156,6 +156,78 @@ pub async fn publish_traced<P: Publisher + ?Sized>(
     let lag = (Utc::now() - message.created_at).to_std();
     crate::telemetry::record_outbox_published(lag.unwrap_or_default());
     Ok(())
+}
+
+/// [`publish_traced`] in the form `payloads` asks for: what every relay calls. With
+/// [`Payloads::Current`], an event (a message with a `dtx-schema-version` header) of a type the
+/// [`Upcasters`](crate::event::Upcasters) know is published upcast: its payload re-encoded as
+/// the current type, its `dtx-event-type` and `dtx-schema-version` headers the current ones
+/// (see [`current_form`]).
+///
+/// # Errors
+/// As [`publish_traced`]; a [`permanent`](PublishError::permanent) error naming the message and
+/// why when it does not upcast.
+pub async fn publish_as<P: Publisher + ?Sized>(
+    publisher: &P,
+    message: &OutboxMessage,
+    payloads: &Payloads,
+) -> Result<(), PublishError> {
+    match current_form(message, payloads)? {
+        Some(current) => publish_traced(publisher, &current).await,
+        None => publish_traced(publisher, message).await,
+    }
+}
+
+/// `message` as [`publish_as`] publishes it: `None` when that is as stored (the payloads are
+/// [`Payloads::Stored`], it is not an event of a type the upcasters know, or it is current
+/// already), otherwise the message upcast.
+///
+/// # Errors
+/// A [`permanent`](PublishError::permanent) error naming the message: its schema version header
+/// is not a number, or its payload does not upcast (the [`DecodeError`](crate::DecodeError)).
+pub fn current_form(
+    message: &OutboxMessage,
+    payloads: &Payloads,
+) -> Result<Option<OutboxMessage>, PublishError> {
+    let Payloads::Current(upcasters) = payloads else {
+        return Ok(None);
+    };
+    let Some(version) = message.headers.get(headers::SCHEMA_VERSION) else {
+        return Ok(None);
+    };
+    let failed = |why: String| {
+        PublishError::permanent(format!(
+            "outbox message {} (id {}) of key `{}` cannot be published in its current form: {why}",
+            message.message_id, message.id, message.key
+        ))
+    };
+    let version: u32 = version.parse().map_err(|_| {
+        failed(format!(
+            "its `{}` header `{version}` is not a schema version",
+            headers::SCHEMA_VERSION
+        ))
+    })?;
+    let Some(upcast) = upcasters.upcast(&message.message_type, version, &message.payload) else {
+        return Ok(None);
+    };
+    let Some(current) = upcast.map_err(|error| failed(error.to_string()))? else {
+        return Ok(None);
+    };
+    let mut headers = message.headers.clone();
+    headers.insert(
+        headers::EVENT_TYPE.to_owned(),
+        current.event_type.to_owned(),
+    );
+    headers.insert(
+        headers::SCHEMA_VERSION.to_owned(),
+        current.schema_version.to_string(),
+    );
+    Ok(Some(OutboxMessage {
+        message_type: current.event_type.to_owned(),
+        payload: Box::<str>::from(current.data),
+        headers,
+        ..message.clone()
+    }))
 }
 
 /// A future that turns a panic while it is polled into an `Err` with the panic's payload.

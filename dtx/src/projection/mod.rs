@@ -34,6 +34,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::event::DecodeError;
 use crate::store::RecordedEvent;
 use crate::uow::{BoxFuture, UnitOfWork};
+use serde_json::value::RawValue;
 use std::fmt;
 
 /// A payload type stored under one event type name: each struct a variant of a
@@ -46,11 +47,23 @@ use std::fmt;
 pub trait Event: Sized + Send + Sync + 'static {
     /// The name it is stored under.
     const EVENT_TYPE: &'static str;
-    /// The schema version this build writes and reads (older stored versions read too).
+    /// The schema version this build writes and reads (older stored versions are upcast).
     const SCHEMA_VERSION: u32;
+    /// Every name it decodes from: [`Event::EVENT_TYPE`] first, then the names it was stored
+    /// under before a rename (`#[event(alias = "..")]`). Projections and consumers receive
+    /// events stored under any of them.
+    const NAMES: &'static [&'static str] = &[Self::EVENT_TYPE];
 
-    /// Decodes a payload stored under [`Event::EVENT_TYPE`] at `schema_version`.
+    /// Decodes a payload stored under one of its [`NAMES`](Event::NAMES) at `schema_version`,
+    /// upcasting an older version.
     fn decode(schema_version: u32, data: &str) -> std::result::Result<Self, DecodeError>;
+
+    /// Encodes the payload at [`Event::SCHEMA_VERSION`]: how a handler that takes the
+    /// [`RecordedEvent`] or the inbound message of an upcast event sees it in its current form.
+    /// `None` (the default of a hand-written impl): the handler sees the event as stored.
+    fn encode(&self) -> Option<std::result::Result<Box<RawValue>, serde_json::Error>> {
+        None
+    }
 
     /// Decodes `event`'s payload; the error names its stream and version.
     fn from_recorded(event: &RecordedEvent) -> Result<Self> {

@@ -14,6 +14,24 @@ pub(crate) fn handled(krate: &syn::Path, handler: &Handler) -> TokenStream {
     quote!(#path::<#payload>())
 }
 
+/// `fn event_types()` of a projection or consumer: every name of every handled payload (its
+/// name, then its aliases), checked by `distinct`.
+pub(crate) fn event_types(
+    krate: &syn::Path,
+    handled: &[TokenStream],
+    distinct: &TokenStream,
+) -> TokenStream {
+    quote! {
+        fn event_types() -> &'static [&'static str] {
+            const NAMES: &[&[&str]] = &[#(#handled.names),*];
+            const EVENT_TYPES: &[&str] =
+                &#krate::__private::concat_names::<{ #krate::__private::names_len(NAMES) }>(NAMES);
+            #distinct
+            EVENT_TYPES
+        }
+    }
+}
+
 /// `const _: () = assert!(..)` that no two of `EVENT_TYPES` are equal, under the block's type:
 /// payload types that differ but are stored under one name (variants of two enums named alike)
 /// fail compilation there, with `message`.

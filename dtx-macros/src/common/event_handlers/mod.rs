@@ -6,7 +6,7 @@
 mod expand;
 mod validate;
 
-pub(crate) use expand::{distinct_event_types, handled, result};
+pub(crate) use expand::{distinct_event_types, event_types, handled, result};
 pub(crate) use validate::{
     Handler, Name, anchor, check_block, check_common, check_name, extra, handlers, output_span,
     parse, resolved_name, type_ident, typed_arguments,

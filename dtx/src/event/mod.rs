@@ -1,5 +1,11 @@
-//! Domain events: the [`DomainEvent`] trait, event metadata and decoding errors.
+//! Domain events: the [`DomainEvent`] trait, event metadata, decoding errors, and the
+//! [`Upcasters`] that bring events stored at older schema versions to the current form.
 
+mod upcast;
+
+pub use upcast::{CurrentForm, Upcasters};
+
+use crate::error::BoxError;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -14,7 +20,8 @@ use uuid::Uuid;
     note = "write `#[derive(dtx::DomainEvent)] enum MyEvent {{ Happened(Happened), .. }}` with one payload struct per variant"
 )]
 pub trait DomainEvent: Sized + Send + Sync + 'static {
-    /// Every event type name this enum can store or decode, in declaration order.
+    /// Every event type name this enum can store or decode: the variants' names in declaration
+    /// order, then the older names they still decode from (`#[event(alias = "..")]`).
     const EVENT_TYPES: &'static [&'static str];
 
     /// The stored type name of this event.
@@ -26,9 +33,20 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// Serialises the payload alone (without the enum tag).
     fn to_payload(&self) -> Result<Box<RawValue>, serde_json::Error>;
 
-    /// Decodes a stored payload (JSON text) by its stored type name and schema version.
+    /// Decodes a stored payload (JSON text) by its stored type name and schema version,
+    /// upcasting a payload stored at an older version (see `#[event(upcast(..))]`).
     fn from_payload(event_type: &str, schema_version: u32, data: &str)
     -> Result<Self, DecodeError>;
+
+    /// The current name and schema version of the events stored under `event_type` (a
+    /// variant's name or one of its aliases); `None` for a name the enum does not know.
+    ///
+    /// `#[derive(DomainEvent)]` implements it; the default knows no name, so that
+    /// [`Upcasters`] decodes every payload of a hand-written enum to learn its form.
+    fn current_form(event_type: &str) -> Option<(&'static str, u32)> {
+        let _ = event_type;
+        None
+    }
 }
 
 /// Why a stored event could not be decoded into its [`DomainEvent`] type.
@@ -73,6 +91,38 @@ pub enum DecodeError {
         expected: u64,
         /// The version that came instead.
         found: u64,
+    },
+    /// The payload is stored at a schema version older than the oldest one the type upcasts
+    /// from: its chain of `#[event(upcast(..))]` steps does not reach back that far.
+    #[error(
+        "event type `{event_type}` is stored at schema version {stored}, but its upcasts start at \
+         version {oldest}: add `upcast(from = {stored}, ..)` to its `#[event(..)]`"
+    )]
+    NoUpcaster {
+        /// The stored type name.
+        event_type: String,
+        /// The stored version.
+        stored: u32,
+        /// The oldest version an upcast starts from.
+        oldest: u32,
+    },
+    /// An upcast step failed: a JSON upcaster returned an error, the stored payload does not
+    /// decode as the old type of a typed step, or the upcast payload does not decode as the
+    /// current type.
+    #[error(
+        "event type `{event_type}` stored at schema version {stored}: upcasting to version {to} \
+         failed: {source}"
+    )]
+    Upcast {
+        /// The stored type name.
+        event_type: String,
+        /// The stored version.
+        stored: u32,
+        /// The version the failed step was to produce.
+        to: u32,
+        /// Why.
+        #[source]
+        source: BoxError,
     },
     /// A stored column holds a value dtx never writes (a negative schema version, say).
     #[error("stored {column} is {value}, which dtx never writes")]

@@ -1,0 +1,15 @@
+use dtx::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct OrderPlaced {}
+
+fn v1_to_v2(v1: &str) -> String { v1.to_owned() }
+
+#[derive(DomainEvent)]
+enum OrderEvent {
+    #[event(version = 2, upcast(from = 1, with = v1_to_v2))]
+    Placed(OrderPlaced),
+}
+
+fn main() {}
