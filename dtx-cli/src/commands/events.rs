@@ -167,10 +167,7 @@ pub(crate) async fn run(
 
 /// The position before the `last` latest visible events (of `types`, if any).
 async fn start(db: &Database, last: usize, types: &[&str]) -> Result<GlobalPosition, CliError> {
-    let events = db.schema().map_or_else(
-        || "event_store".to_owned(),
-        |s| format!("\"{s}\".event_store"),
-    );
+    let events = events_table(db);
     let row: Option<(i64, i64)> = sqlx::query_as(&format!(
         "SELECT commit_order, global_position FROM (
              SELECT commit_order, global_position FROM {events}
@@ -190,13 +187,22 @@ async fn start(db: &Database, last: usize, types: &[&str]) -> Result<GlobalPosit
             commit: u64::try_from(commit).unwrap_or(0),
             sequence: u64::try_from(position).unwrap_or(0).saturating_sub(1),
         },
-        _ if last == 0 => head(db, &events).await?,
+        _ if last == 0 => head(db).await?,
         _ => GlobalPosition::START,
     })
 }
 
+/// The event table, in the database's schema.
+fn events_table(db: &Database) -> String {
+    db.schema().map_or_else(
+        || "event_store".to_owned(),
+        |s| format!("\"{s}\".event_store"),
+    )
+}
+
 /// The position of the latest visible event.
-async fn head(db: &Database, events: &str) -> Result<GlobalPosition, CliError> {
+pub(crate) async fn head(db: &Database) -> Result<GlobalPosition, CliError> {
+    let events = events_table(db);
     let row: Option<(i64, i64)> = sqlx::query_as(&format!(
         "SELECT commit_order, global_position FROM {events}
          WHERE commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint

@@ -243,7 +243,7 @@ async fn rebuild(
     }
     let started = Instant::now();
     runner.reset(name).await?;
-    let target = head(db).await?;
+    let target = super::events::head(db).await?;
     let bar = ProgressBar::new(target.sequence.max(1));
     bar.set_style(
         ProgressStyle::with_template(
@@ -316,24 +316,4 @@ async fn rebuild(
     let done = out.paint(&done, Paint::Green);
     out.line(done)?;
     Ok(())
-}
-
-/// The position of the newest visible event.
-async fn head(db: &Database) -> Result<GlobalPosition, CliError> {
-    let events = db.schema().map_or_else(
-        || "event_store".to_owned(),
-        |s| format!("\"{s}\".event_store"),
-    );
-    let row: Option<(i64, i64)> = sqlx::query_as(&format!(
-        "SELECT commit_order, global_position FROM {events}
-         WHERE commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-         ORDER BY commit_order DESC, global_position DESC LIMIT 1"
-    ))
-    .fetch_optional(db.pool())
-    .await
-    .map_err(CliError::storage)?;
-    Ok(row.map_or(GlobalPosition::START, |(c, p)| GlobalPosition {
-        commit: u64::try_from(c).unwrap_or(0),
-        sequence: u64::try_from(p).unwrap_or(0),
-    }))
 }
