@@ -65,6 +65,20 @@ pub enum Command {
     /// The inbox: dead letters, requeue, discard.
     #[command(subcommand)]
     Inbox(Inbox),
+    /// The feed's order after a logical restore: check, repair.
+    #[command(subcommand)]
+    Feed(Feed),
+}
+
+/// `dtx feed`.
+#[derive(Debug, Subcommand)]
+pub enum Feed {
+    /// Whether the feed's stored order is ahead of the database's transaction ids, as after a
+    /// logical restore (`pg_dump`/`pg_restore`) into another cluster; exit status 1 when it is.
+    Check(Json),
+    /// Re-base the feed's order and its readers' checkpoints after such a restore, in one
+    /// transaction (nothing changes when the feed is not ahead).
+    Repair(Json),
 }
 
 /// `--json` for scripts.

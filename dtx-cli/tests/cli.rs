@@ -272,6 +272,9 @@ fn help_of_every_command() {
         &["inbox", "dead"],
         &["inbox", "requeue"],
         &["inbox", "discard"],
+        &["feed"],
+        &["feed", "check"],
+        &["feed", "repair"],
     ];
     for command in commands {
         let mut args = command.to_vec();
@@ -988,6 +991,65 @@ async fn requeue_republishes_and_skip_resumes() {
         .find(|p| p["key"]["name"] == "order_totals")
         .unwrap();
     assert_eq!(totals["lag"], 0);
+}
+
+/// `feed check` finds a feed whose order is ahead of the transaction ids (as a logical restore
+/// into another cluster leaves it: simulated here by raising the stored order), exits 1 until
+/// `feed repair` re-bases it, and new events then sort after the old ones.
+#[tokio::test]
+async fn feed_check_finds_a_restored_feed_and_repair_rebases_it() {
+    let (url, pool) = migrated_database().await;
+    let stream = StreamId::new("Order-restored").unwrap();
+    let event = || NewEvent::from_json("Placed", &serde_json::json!({})).unwrap();
+    PgEventStore::new(pool.clone())
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![event(), event(), event()],
+        )
+        .await
+        .unwrap();
+    let healthy = dtx(Some(&url), &["feed", "check", "--json"]).ok().json();
+    assert_eq!(healthy["ahead"], false);
+
+    sqlx::query("UPDATE event_store SET commit_order = commit_order + 1000000000000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ahead = dtx(Some(&url), &["feed", "check", "--json"]);
+    assert_eq!(ahead.code, 1, "{}", ahead.stderr);
+    let ahead = ahead.json();
+    assert_eq!(ahead["ahead"], true);
+    assert!(ahead["stored"].as_u64().unwrap() > ahead["next_xid"].as_u64().unwrap());
+    let said = dtx(Some(&url), &["feed", "check"]);
+    assert_eq!(said.code, 1);
+    assert!(said.stdout.contains("`dtx feed repair`"), "{}", said.stdout);
+
+    let repair = dtx(Some(&url), &["feed", "repair", "--json"]).ok().json();
+    assert_eq!(repair["repaired"], true, "{repair}");
+    assert_eq!(repair["events"], 3, "{repair}");
+    assert_eq!(
+        dtx(Some(&url), &["feed", "check", "--json"]).ok().json()["ahead"],
+        false
+    );
+    let again = dtx(Some(&url), &["feed", "repair"]).ok();
+    assert_eq!(
+        again.stdout.trim(),
+        "the feed is not ahead: nothing changed"
+    );
+
+    // A new event sorts after the re-based ones.
+    PgEventStore::new(pool.clone())
+        .append(&stream, ExpectedVersion::Exact(3), vec![event()])
+        .await
+        .unwrap();
+    let last: i64 = sqlx::query_scalar(
+        "SELECT version FROM event_store ORDER BY commit_order DESC, global_position DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(last, 4);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! One module per command family; [`run`] dispatches.
 
 mod events;
+mod feed;
 mod inbox;
 mod migrate;
 mod outbox;
@@ -26,5 +27,6 @@ pub(crate) async fn run(op: &Operator, cli: Cli, out: &mut Out<'_>) -> Result<Ou
         Command::Projection(command) => projection::run(op, &db, command, out).await,
         Command::Events(command) => events::run(&db, command, out).await,
         Command::Inbox(command) => inbox::run(&db, command, out).await,
+        Command::Feed(command) => feed::run(&db, command, out).await,
     }
 }
