@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tests::inbox_nats::nats;
 
 /// Every event type and version the examples declare.
 const EXAMPLE_EVENTS: [(&str, u32); 6] = [
@@ -130,19 +131,6 @@ fn a_wrong_payload_fails_validation() {
     let added = schema_of(&schemas, "LineAdded", 1);
     let line = json!({ "line": { "sku": "A", "quantity": -1, "unit_price_cents": 100 } });
     assert!(!errors(added, &line).is_empty(), "a negative quantity");
-}
-
-/// Connects to the test NATS server, failing fast with a clear message when it is not there.
-async fn nats() -> async_nats::Client {
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
-    let connect = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(3))
-        .connect(url.as_str());
-    match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => panic!("NATS with JetStream at {url} is needed for this test: {e}"),
-        Err(elapsed) => panic!("NATS with JetStream at {url} is needed for this test: {elapsed}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

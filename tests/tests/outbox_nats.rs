@@ -18,25 +18,10 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tests::inbox_nats::nats;
+
 const STREAMS: u64 = 10;
 const PER_STREAM: u64 = 20;
-
-/// Connects to the test NATS server, failing fast with a clear message when it is not there.
-async fn nats() -> async_nats::Client {
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
-    let connect = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(3))
-        .connect(url.as_str());
-    match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(e)) => panic!(
-            "NATS with JetStream at {url} is needed for this test (set NATS_URL; `nats-server -js`): {e}"
-        ),
-        Err(elapsed) => {
-            panic!("NATS with JetStream at {url} is needed for this test: connecting: {elapsed}")
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_publishes_to_jetstream_in_order_with_headers_and_dedupe() {

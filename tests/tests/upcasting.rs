@@ -650,39 +650,19 @@ async fn memory_relay_dead_letters_what_does_not_upcast() {
 
 mod nats {
     use super::*;
-    use async_nats::jetstream::{self, consumer, stream};
+    use async_nats::jetstream::{self, consumer};
     use dtx_postgres::PgOutbox;
     use dtx_postgres::nats::NatsPublisher;
     use futures_util::StreamExt;
     use std::time::Duration;
 
-    async fn client() -> async_nats::Client {
-        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
-        let connect = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(3))
-            .connect(url.as_str());
-        match tokio::time::timeout(Duration::from_secs(5), connect).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => panic!("NATS with JetStream at {url} is needed for this test: {e}"),
-            Err(e) => panic!("NATS with JetStream at {url} is needed for this test: {e}"),
-        }
-    }
-
     /// Relays the three stored versions from PostgreSQL to a fresh `JetStream` stream with
     /// `options`, and reads back `(type, version, payload)` of each message received.
     async fn relayed(options: RelayOptions) -> Vec<(String, String, Value)> {
-        let client = client().await;
+        let client = tests::inbox_nats::nats().await;
         let js = jetstream::new(client.clone());
-        let name = format!("DTX_UPCAST_{}", Uuid::now_v7().simple());
-        let prefix = name.to_lowercase();
-        let nats_stream = js
-            .create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![format!("{prefix}.>")],
-                ..stream::Config::default()
-            })
-            .await
-            .unwrap();
+        let (name, prefix) = tests::inbox_nats::fresh_stream(&js, "UPCAST").await;
+        let nats_stream = js.get_stream(&name).await.unwrap();
         let store = tests::pg_store().await.with_outbox(true);
         let stream = StreamId::new("Order-1").unwrap();
         store_three_versions(&store, &stream).await;
