@@ -115,7 +115,7 @@ pub fn nats_url() -> String {
 /// # Panics
 /// When `JetStream` refuses it.
 pub async fn fresh_stream(js: &jetstream::Context, what: &str) -> (String, String) {
-    let name = format!("DTX_INBOX_{what}_{}", Uuid::now_v7().simple());
+    let name = format!("DTX_{what}_{}", Uuid::now_v7().simple());
     let prefix = name.to_lowercase();
     js.create_stream(jetstream::stream::Config {
         name: name.clone(),
@@ -126,6 +126,43 @@ pub async fn fresh_stream(js: &jetstream::Context, what: &str) -> (String, Strin
     .await
     .unwrap_or_else(|e| panic!("creating stream {name}: {e}"));
     (name, prefix)
+}
+
+/// Every message of the stream `name` from its start, up to `max`, read by an ephemeral
+/// consumer that waits at most `expires` for them (fewer when fewer arrive).
+///
+/// # Panics
+/// When `JetStream` refuses the consumer or the fetch.
+pub async fn read_all(
+    js: &jetstream::Context,
+    name: &str,
+    max: usize,
+    expires: Duration,
+) -> Vec<jetstream::Message> {
+    use futures_util::StreamExt as _;
+    let consumer = js
+        .get_stream(name)
+        .await
+        .unwrap_or_else(|e| panic!("stream {name}: {e}"))
+        .create_consumer(jetstream::consumer::pull::Config {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..jetstream::consumer::pull::Config::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("a consumer of {name}: {e}"));
+    let mut batch = consumer
+        .fetch()
+        .max_messages(max)
+        .expires(expires)
+        .messages()
+        .await
+        .unwrap_or_else(|e| panic!("fetching from {name}: {e}"));
+    let mut messages = Vec::new();
+    while let Some(message) = batch.next().await {
+        messages.push(message.unwrap_or_else(|e| panic!("a message of {name}: {e}")));
+    }
+    messages
 }
 
 /// Publishes a message as dtx's outbox would (headers `dtx-event-id`, `dtx-event-type`,

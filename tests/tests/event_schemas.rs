@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream;
 use dtx::cqrs::{CommandBus, Committed};
 use dtx::money::Money;
 use dtx::outbox::{NewOutboxMessage, RelayOptions, headers};
@@ -14,7 +14,6 @@ use dtx_postgres::PgOutbox;
 use dtx_postgres::nats::NatsPublisher;
 use examples::order::{AddLine, CancelOrder, ConfirmOrder, Line, OrderId, PlaceOrder};
 use examples::two_services::{CURRENCY, Charge, PaymentRequested};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -138,16 +137,7 @@ async fn every_published_example_event_validates_against_its_schema() {
     let schemas = dtx::schema::export().unwrap();
     let client = nats().await;
     let js = jetstream::new(client.clone());
-    let name = format!("DTX_SCHEMAS_{}", Uuid::now_v7().simple());
-    let prefix = name.to_lowercase();
-    let nats_stream = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{prefix}.>")],
-            ..stream::Config::default()
-        })
-        .await
-        .unwrap();
+    let (name, prefix) = tests::inbox_nats::fresh_stream(&js, "SCHEMAS").await;
 
     // The examples' commands, on PostgreSQL with the outbox: every event they record is
     // published by the relay.
@@ -222,25 +212,11 @@ async fn every_published_example_event_validates_against_its_schema() {
     let published = relay.run_until_idle().await.unwrap();
     assert_eq!(published, 9, "6 order events, 2 payments, 1 request");
 
-    let consumer = nats_stream
-        .create_consumer(consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            ..consumer::pull::Config::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer
-        .fetch()
-        .max_messages(published + 10)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
     let mut seen = BTreeSet::new();
     let mut received = 0;
-    while let Some(message) = messages.next().await {
-        let message = message.unwrap();
+    for message in
+        tests::inbox_nats::read_all(&js, &name, published + 10, Duration::from_secs(2)).await
+    {
         received += 1;
         let h = message.headers.as_ref().unwrap();
         let event_type = h.get(headers::EVENT_TYPE).unwrap().as_str().to_owned();

@@ -9,12 +9,11 @@
     reason = "tests"
 )]
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream;
 use dtx::outbox::{NewOutboxMessage, OutboxMessage, Publisher, RelayOptions, headers};
 use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId, Uuid};
 use dtx_postgres::PgOutbox;
 use dtx_postgres::nats::NatsPublisher;
-use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -27,17 +26,7 @@ const PER_STREAM: u64 = 20;
 async fn relay_publishes_to_jetstream_in_order_with_headers_and_dedupe() {
     let client = nats().await;
     let js = jetstream::new(client.clone());
-    let name = format!("DTX_TEST_{}", Uuid::now_v7().simple());
-    let prefix = name.to_lowercase();
-    let nats_stream = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{prefix}.>")],
-            duplicate_window: Duration::from_mins(2),
-            ..stream::Config::default()
-        })
-        .await
-        .unwrap();
+    let (name, prefix) = tests::inbox_nats::fresh_stream(&js, "TEST").await;
 
     let store = tests::pg_store().await.with_outbox(true);
     let outbox = PgOutbox::new(store.pool().clone());
@@ -60,26 +49,11 @@ async fn relay_publishes_to_jetstream_in_order_with_headers_and_dedupe() {
     .unwrap();
     assert_eq!(relay.run_until_idle().await.unwrap(), 1);
 
-    let consumer = nats_stream
-        .create_consumer(consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            ..consumer::pull::Config::default()
-        })
-        .await
-        .unwrap();
     let total = usize::try_from(STREAMS * PER_STREAM).unwrap();
-    let mut messages = consumer
-        .fetch()
-        .max_messages(total + 10)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
     let mut per_stream: HashMap<String, Vec<u64>> = HashMap::new();
     let mut received = 0;
-    while let Some(message) = messages.next().await {
-        let message = message.unwrap();
+    for message in tests::inbox_nats::read_all(&js, &name, total + 10, Duration::from_secs(2)).await
+    {
         received += 1;
         let h = message.headers.as_ref().unwrap();
         let get = |name: &str| h.get(name).map(|v| v.as_str().to_owned()).unwrap();
@@ -140,16 +114,7 @@ async fn a_missing_jetstream_stream_is_an_error_the_relay_retries() {
 async fn headers_nats_cannot_carry_are_dead_lettered_and_the_rest_arrive_once() {
     let client = nats().await;
     let js = jetstream::new(client.clone());
-    let name = format!("DTX_TEST_{}", Uuid::now_v7().simple());
-    let prefix = name.to_lowercase();
-    let nats_stream = js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{prefix}.>")],
-            ..stream::Config::default()
-        })
-        .await
-        .unwrap();
+    let (name, prefix) = tests::inbox_nats::fresh_stream(&js, "TEST").await;
     let publisher = NatsPublisher::new(client.clone(), prefix.clone());
 
     // Called directly, the publisher refuses such a message instead of panicking.
@@ -206,24 +171,8 @@ async fn headers_nats_cannot_carry_are_dead_lettered_and_the_rest_arrive_once() 
     assert_eq!((counts.pending, counts.dead), (0, 2), "{counts:?}");
     assert_eq!(relay.run_until_idle().await.unwrap(), 0, "nothing again");
 
-    let consumer = nats_stream
-        .create_consumer(consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            ..consumer::pull::Config::default()
-        })
-        .await
-        .unwrap();
-    let mut messages = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
     let mut subjects = HashMap::new();
-    while let Some(message) = messages.next().await {
-        let message = message.unwrap();
+    for message in tests::inbox_nats::read_all(&js, &name, 10, Duration::from_secs(2)).await {
         let key = message
             .headers
             .as_ref()

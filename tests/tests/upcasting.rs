@@ -650,10 +650,9 @@ async fn memory_relay_dead_letters_what_does_not_upcast() {
 
 mod nats {
     use super::*;
-    use async_nats::jetstream::{self, consumer};
+    use async_nats::jetstream;
     use dtx_postgres::PgOutbox;
     use dtx_postgres::nats::NatsPublisher;
-    use futures_util::StreamExt;
     use std::time::Duration;
 
     /// Relays the three stored versions from PostgreSQL to a fresh `JetStream` stream with
@@ -662,31 +661,14 @@ mod nats {
         let client = tests::inbox_nats::nats().await;
         let js = jetstream::new(client.clone());
         let (name, prefix) = tests::inbox_nats::fresh_stream(&js, "UPCAST").await;
-        let nats_stream = js.get_stream(&name).await.unwrap();
         let store = tests::pg_store().await.with_outbox(true);
         let stream = StreamId::new("Order-1").unwrap();
         store_three_versions(&store, &stream).await;
         let relay =
             PgOutbox::new(store.pool().clone()).relay(NatsPublisher::new(client, prefix), options);
         assert_eq!(relay.run_until_idle().await.unwrap(), 3);
-        let consumer = nats_stream
-            .create_consumer(consumer::pull::Config {
-                deliver_policy: consumer::DeliverPolicy::All,
-                ack_policy: consumer::AckPolicy::None,
-                ..consumer::pull::Config::default()
-            })
-            .await
-            .unwrap();
-        let mut messages = consumer
-            .fetch()
-            .max_messages(3)
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await
-            .unwrap();
         let mut received = Vec::new();
-        while let Some(message) = messages.next().await {
-            let message = message.unwrap();
+        for message in tests::inbox_nats::read_all(&js, &name, 3, Duration::from_secs(5)).await {
             let h = message.headers.as_ref().unwrap();
             let get = |name: &str| h.get(name).unwrap().as_str().to_owned();
             received.push((
