@@ -33,6 +33,7 @@ mod idempotency;
 mod inbox_kafka;
 mod inbox_nats;
 mod outbox;
+mod personal;
 mod projection;
 mod resilience;
 mod saga;
@@ -321,6 +322,7 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     append_rows(&options, &pool, &store).await?;
+    personal::personal_rows(&options, &store).await?;
     load_rows(&options, &pool, &store).await?;
     upcast::upcast_rows(&options, &store).await?;
     cqrs::cqrs_rows(&options, &pool, &store).await?;

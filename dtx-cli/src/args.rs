@@ -68,6 +68,18 @@ pub enum Command {
     /// The feed's order after a logical restore: check, repair.
     #[command(subcommand)]
     Feed(Feed),
+    /// Forget a data subject: delete its key, so its personal values read as forgotten.
+    Forget(Forget),
+}
+
+/// `dtx forget`.
+#[derive(Debug, Args)]
+pub struct Forget {
+    /// The subject's id, as the events' `personal(subject = ..)` field holds it.
+    pub subject: String,
+    /// Print JSON instead of a line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dtx feed`.

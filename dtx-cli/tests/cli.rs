@@ -275,6 +275,7 @@ fn help_of_every_command() {
         &["feed"],
         &["feed", "check"],
         &["feed", "repair"],
+        &["forget"],
     ];
     for command in commands {
         let mut args = command.to_vec();

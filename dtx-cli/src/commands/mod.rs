@@ -2,6 +2,7 @@
 
 mod events;
 mod feed;
+mod forget;
 mod inbox;
 mod migrate;
 mod outbox;
@@ -28,5 +29,6 @@ pub(crate) async fn run(op: &Operator, cli: Cli, out: &mut Out<'_>) -> Result<Ou
         Command::Events(command) => events::run(&db, command, out).await,
         Command::Inbox(command) => inbox::run(&db, command, out).await,
         Command::Feed(command) => feed::run(&db, command, out).await,
+        Command::Forget(command) => forget::run(&db, command, out).await,
     }
 }
