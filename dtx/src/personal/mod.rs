@@ -41,16 +41,13 @@
 //! let new = NewEvent::encode(&stream, &event, Default::default())?;
 //! store.append(&stream, dtx::ExpectedVersion::NoStream, vec![new]).await?;
 //!
-//! let read = |store: MemoryEventStore| async move {
-//!     let events = store.read_stream(&stream, 1, 10).await?;
-//!     let CustomerEvent::Registered(registered) = events[0].decode::<CustomerEvent>()?;
-//!     Ok::<_, dtx::Error>(registered)
-//! };
-//! let registered = read(store.clone()).await?;
+//! let events = store.read_stream(&stream, 1, 10).await?;
+//! let CustomerEvent::Registered(registered) = events[0].decode::<CustomerEvent>()?;
 //! assert_eq!(registered.name.get().map(String::as_str), Some("Ada Lovelace"));
 //!
 //! assert!(store.forget("customer-7").await?);
-//! let registered = read(store.clone()).await?;
+//! let events = store.read_stream(&stream, 1, 10).await?;
+//! let CustomerEvent::Registered(registered) = events[0].decode::<CustomerEvent>()?;
 //! assert!(registered.name.is_forgotten());
 //! assert_eq!(registered.tier, "gold");
 //! # Ok::<(), dtx::Error>(())
