@@ -5,7 +5,13 @@
 //! while the other fields and the other subjects stay readable. The relay publishes the sealed
 //! form, which a consumer decodes as sealed.
 
-#![allow(clippy::unwrap_used, clippy::too_many_lines, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    clippy::similar_names,
+    clippy::unused_async,
+    reason = "tests"
+)]
 
 use dtx::inbox::InboundMessage;
 use dtx::outbox::{MemoryOutbox, MemoryPublisher, RelayOptions};

@@ -235,15 +235,11 @@ impl<T: Serialize> Serialize for Personal<T> {
                 if let Some(subject) = &scoped {
                     let _ = self.subject.set(subject.clone());
                 }
-                match (sealed, &scoped) {
-                    (Some(sealed), None) => {
-                        map.serialize_entry(MARK, &self.subject())?;
-                        map.serialize_entry(SEALED, sealed)?;
-                    }
-                    _ => {
-                        map.serialize_entry(MARK, &self.subject())?;
-                        map.serialize_entry(VALUE, value)?;
-                    }
+                map.serialize_entry(MARK, &self.subject())?;
+                if let (Some(sealed), None) = (sealed, &scoped) {
+                    map.serialize_entry(SEALED, sealed)?;
+                } else {
+                    map.serialize_entry(VALUE, value)?;
                 }
             }
             State::Sealed(sealed) => {

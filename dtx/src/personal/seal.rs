@@ -318,14 +318,11 @@ impl PersonalData {
                 let opened = ciphers
                     .get(subject)
                     .and_then(|cipher| open(cipher, subject, sealed));
-                match opened {
-                    Some(clear) => {
-                        form.insert(VALUE.to_owned(), clear);
-                    }
-                    None => {
-                        form.remove(SEALED);
-                        form.insert(FORGOTTEN.to_owned(), Value::Bool(true));
-                    }
+                if let Some(clear) = opened {
+                    form.insert(VALUE.to_owned(), clear);
+                } else {
+                    form.remove(SEALED);
+                    form.insert(FORGOTTEN.to_owned(), Value::Bool(true));
                 }
             });
             *text = value.to_string().into_boxed_str();

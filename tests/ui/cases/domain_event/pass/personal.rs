@@ -6,25 +6,25 @@ use dtx::{DomainEvent, Id};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Registered {
-    pub customer_id: dtx::Uuid,
-    pub name: Personal<String>,
-    pub phones: Vec<Personal<String>>,
-    pub birthday: Option<Personal<String>>,
-    pub tier: String,
+struct Registered {
+    customer_id: dtx::Uuid,
+    name: Personal<String>,
+    phones: Vec<Personal<String>>,
+    birthday: Option<Personal<String>>,
+    tier: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Renamed(pub u64, pub Personal<String>);
+struct Renamed(u64, Personal<String>);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Reviewed {
-    pub reviewer: Id<Registered>,
-    pub note: Personal<String>,
+struct Reviewed {
+    reviewer: Id<Registered>,
+    note: Personal<String>,
 }
 
 #[derive(Debug, Clone, DomainEvent)]
-pub enum CustomerEvent {
+enum CustomerEvent {
     #[event(personal(subject = customer_id))]
     Registered(Registered),
     #[event(name = "customer.renamed", version = 2, personal(subject = 0))]
@@ -35,7 +35,7 @@ pub enum CustomerEvent {
 
 fn main() {
     let event = CustomerEvent::Renamed(Renamed(7, Personal::new("Ada".to_owned())));
-    let payload = dtx::DomainEvent::to_payload(&event).unwrap();
+    let payload = dtx::DomainEvent::to_payload(&event).expect("encodes");
     // In clear until a store seals it, marked with its subject.
     assert_eq!(payload.get(), r#"[7,{"dtx:personal":"7","value":"Ada"}]"#);
 }
