@@ -216,10 +216,16 @@ thread_local! {
 /// Runs `encode` with `subject` as the subject of every [`Personal`] value it serialises: how a
 /// variant's `#[event(personal(subject = ..))]` reaches its fields.
 pub(crate) fn with_subject<R>(subject: String, encode: impl FnOnce() -> R) -> R {
-    let previous = SUBJECT.with(|s| s.replace(Some(subject.into_boxed_str())));
-    let result = encode();
-    SUBJECT.with(|s| *s.borrow_mut() = previous);
-    result
+    /// Puts the previous subject back, even when `encode` panics.
+    struct Restore(Option<Box<str>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SUBJECT.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(SUBJECT.with(|s| s.replace(Some(subject.into_boxed_str()))));
+    encode()
 }
 
 impl<T: Serialize> Serialize for Personal<T> {

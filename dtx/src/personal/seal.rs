@@ -388,3 +388,124 @@ fn open(cipher: &Aes256Gcm, subject: &str, sealed: &str) -> Option<Value> {
         .ok()?;
     serde_json::from_slice(&clear).ok()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::personal::{MemorySubjectKeys, Personal};
+
+    fn event(data: &Value) -> NewEvent {
+        NewEvent::from_json("Registered", data).unwrap()
+    }
+
+    async fn sealed(personal: &PersonalData, data: &Value) -> String {
+        let stream = StreamId::new("Customer-1").unwrap();
+        let mut events = vec![event(data)];
+        personal.seal_events(&stream, &mut events).await.unwrap();
+        events[0].data.get().to_owned()
+    }
+
+    async fn opened(personal: &PersonalData, stored: &str) -> Value {
+        serde_json::from_str(&personal.open_json(stored).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sealed_values_open_while_the_key_exists_and_read_forgotten_after() {
+        let personal = PersonalData::new(MemorySubjectKeys::new());
+        let data = serde_json::json!({
+            "name": { "dtx:personal": "c-1", "value": "Ada" },
+            "phones": [{ "dtx:personal": "c-1", "value": ["+44 1"] }],
+            "tier": "gold",
+        });
+        let stored = sealed(&personal, &data).await;
+        assert!(
+            !stored.contains("Ada") && !stored.contains("+44"),
+            "{stored}"
+        );
+        let read = opened(&personal, &stored).await;
+        assert_eq!(read["name"]["value"], "Ada");
+        assert_eq!(read["phones"][0]["value"][0], "+44 1");
+        assert_eq!(read["tier"], "gold");
+
+        // Opening what is open again changes nothing.
+        let again = opened(&personal, &read.to_string()).await;
+        assert_eq!(again, read);
+
+        assert!(personal.forget("c-1").await.unwrap());
+        let read = opened(&personal, &stored).await;
+        assert_eq!(
+            read["name"],
+            serde_json::json!({ "dtx:personal": "c-1", "forgotten": true })
+        );
+        assert_eq!(read["tier"], "gold");
+        let name: Personal<String> = serde_json::from_value(read["name"].clone()).unwrap();
+        assert!(name.is_forgotten());
+        assert_eq!(name.subject(), Some("c-1"));
+    }
+
+    #[tokio::test]
+    async fn a_tampered_value_or_another_key_reads_as_forgotten_never_as_garbage() {
+        let personal = PersonalData::new(MemorySubjectKeys::new());
+        let data = serde_json::json!({ "name": { "dtx:personal": "c-2", "value": "Grace" } });
+        let stored: Value = serde_json::from_str(&sealed(&personal, &data).await).unwrap();
+        let mut tampered = stored.clone();
+        let blob = tampered["name"]["sealed"].as_str().unwrap().to_owned();
+        // One character of the ciphertext changed: the tag no longer matches.
+        let flipped = if &blob[20..21] == "A" { "B" } else { "A" };
+        tampered["name"]["sealed"] =
+            Value::String(format!("{}{flipped}{}", &blob[..20], &blob[21..]));
+        assert_eq!(
+            opened(&personal, &tampered.to_string()).await["name"]["forgotten"],
+            true
+        );
+
+        // Bound to its subject: moved under another subject's name, it does not open.
+        let mut moved = stored.clone();
+        moved["name"]["dtx:personal"] = Value::String("c-3".to_owned());
+        let _ = sealed(
+            &personal,
+            &serde_json::json!({ "x": { "dtx:personal": "c-3", "value": 1 } }),
+        )
+        .await;
+        assert_eq!(
+            opened(&personal, &moved.to_string()).await["name"]["forgotten"],
+            true
+        );
+        assert_eq!(
+            opened(&personal, &stored.to_string()).await["name"]["value"],
+            "Grace"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_value_without_a_subject_is_refused_not_stored_in_clear() {
+        let personal = PersonalData::new(MemorySubjectKeys::new());
+        let stream = StreamId::new("Customer-4").unwrap();
+        let payload = serde_json::json!({ "name": Personal::new("Ada".to_owned()) });
+        let mut events = vec![event(&payload)];
+        let error = personal
+            .seal_events(&stream, &mut events)
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("personal(subject = field)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn redact_keeps_only_the_sealed_form() {
+        let opened = r#"{"a":{"dtx:personal":"c","sealed":"xyz","value":"Ada"},"b":{"dtx:personal":"c","value":"Bob"},"n":1}"#;
+        let redacted: Value = serde_json::from_str(&PersonalData::redact(opened)).unwrap();
+        assert_eq!(
+            redacted,
+            serde_json::json!({
+                "a": { "dtx:personal": "c", "sealed": "xyz" },
+                "b": { "dtx:personal": "c", "forgotten": true },
+                "n": 1,
+            })
+        );
+        assert_eq!(PersonalData::redact(r#"{"n":1}"#), r#"{"n":1}"#);
+    }
+}
