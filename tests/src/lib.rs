@@ -117,6 +117,11 @@ impl<S: dtx::EventStore> dtx::EventStore for Yielding<S> {
         tokio::task::yield_now().await;
         self.0.save_snapshot(stream, snapshot).await
     }
+
+    async fn forget(&self, subject: &str) -> dtx::Result<bool> {
+        tokio::task::yield_now().await;
+        self.0.forget(subject).await
+    }
 }
 
 /// A [`dtx_postgres::PgSagaStore`] and [`PgEventStore`] on one fresh, migrated database.
