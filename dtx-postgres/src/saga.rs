@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;
 use dtx::saga::{
-    Cancel, Cancellation, CompletedStep, Correlated, Delivery, SagaEvent, SagaRecord, SagaStatus,
-    SagaStore,
+    Cancel, Cancellation, CompletedStep, Correlated, Delivery, SagaEvent, SagaRecord, SagaSave,
+    SagaStatus, SagaStore,
 };
 use dtx::{Error, Result};
 use sqlx::postgres::PgPool;
@@ -61,11 +61,12 @@ impl PgSagaStore {
     }
 
     /// The statements workers and operators run most, by name, for `EXPLAIN` checks.
-    pub fn statements(&self) -> [(&'static str, &str); 4] {
+    pub fn statements(&self) -> [(&'static str, &str); 5] {
         let sql = &*self.sql;
         [
             ("claim", &sql.claim),
             ("save", &sql.save),
+            ("save_many", &sql.save_many),
             ("deliver", &sql.deliver),
             ("list", &sql.list),
         ]
@@ -133,11 +134,83 @@ impl PgSagaStore {
     }
 }
 
+impl PgSagaStore {
+    /// Writes `saves` (checked already) in one `save_many` statement; returns the ids of the
+    /// sagas it saved (the others' leases were lost).
+    async fn save_rows(
+        &self,
+        saves: &[&SagaSave<'_>],
+    ) -> std::result::Result<Vec<Uuid>, sqlx::Error> {
+        let n = saves.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut owners = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut data = Vec::with_capacity(n);
+        let mut steps = Vec::with_capacity(n);
+        let mut completed = Vec::with_capacity(n);
+        let mut received = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut next_run_at = Vec::with_capacity(n);
+        let mut deadlines = Vec::with_capacity(n);
+        let mut awaiting = Vec::with_capacity(n);
+        let mut last_errors = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut lease_owners = Vec::with_capacity(n);
+        let mut lease_expiries = Vec::with_capacity(n);
+        let mut updated = Vec::with_capacity(n);
+        let mut definition_versions = Vec::with_capacity(n);
+        let mut fingerprints = Vec::with_capacity(n);
+        for save in saves {
+            let r = save.record;
+            ids.push(r.id);
+            owners.push(save.owner);
+            statuses.push(r.status.as_str());
+            data.push(Json(&r.data));
+            steps.push(to_i32(r.step));
+            completed.push(Json(&r.completed));
+            received.push(Json(&r.received));
+            attempts.push(to_i32(r.attempts));
+            next_run_at.push(r.next_run_at);
+            deadlines.push(r.deadline);
+            awaiting.push(r.awaiting.as_deref());
+            last_errors.push(r.last_error.as_deref());
+            versions.push(to_i64(r.version));
+            lease_owners.push(save.lease_until.map(|_| save.owner));
+            lease_expiries.push(save.lease_until);
+            updated.push(r.updated_at);
+            definition_versions.push(to_i32(r.definition_version));
+            fingerprints.push(r.definition_fingerprint.as_deref());
+        }
+        sqlx::query_scalar(&self.sql.save_many)
+            .bind(&ids)
+            .bind(&owners)
+            .bind(&statuses)
+            .bind(&data)
+            .bind(&steps)
+            .bind(&completed)
+            .bind(&received)
+            .bind(&attempts)
+            .bind(&next_run_at)
+            .bind(&deadlines)
+            .bind(&awaiting)
+            .bind(&last_errors)
+            .bind(&versions)
+            .bind(&lease_owners)
+            .bind(&lease_expiries)
+            .bind(&updated)
+            .bind(&definition_versions)
+            .bind(&fingerprints)
+            .fetch_all(&self.pool)
+            .await
+    }
+}
+
 /// The statements, built once with the (validated, quoted) schema.
 struct Sql {
     insert: String,
     claim: String,
     save: String,
+    save_many: String,
     deliver: String,
     correlated: String,
     get: String,
@@ -185,6 +258,26 @@ impl Sql {
                  last_error = $12, version = $13, lease_owner = $14, lease_expires_at = $15, \
                  updated_at = $16, definition_version = $17, definition_fingerprint = $18
                  WHERE id = $1 AND lease_owner = $2 AND version = $13 - 1"
+            ),
+            // `save` for many sagas: each row's own lease and version check, one statement.
+            save_many: format!(
+                "UPDATE {table} s SET status = v.status, data = v.data, step = v.step,
+                     completed = v.completed, received = v.received,
+                     attempts = v.attempts, next_run_at = v.next_run_at, deadline = v.deadline,
+                     awaiting = v.awaiting, last_error = v.last_error, version = v.version,
+                     lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at,
+                     updated_at = v.updated_at, definition_version = v.definition_version,
+                     definition_fingerprint = v.definition_fingerprint
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[],
+                     $6::jsonb[], $7::jsonb[], $8::int4[], $9::timestamptz[], $10::timestamptz[],
+                     $11::text[], $12::text[], $13::int8[], $14::text[], $15::timestamptz[],
+                     $16::timestamptz[], $17::int4[], $18::text[])
+                     AS v(id, owner, status, data, step, completed, received, attempts,
+                          next_run_at, deadline, awaiting, last_error, version, lease_owner,
+                          lease_expires_at, updated_at, definition_version,
+                          definition_fingerprint)
+                 WHERE s.id = v.id AND s.lease_owner = v.owner AND s.version = v.version - 1
+                 RETURNING s.id"
             ),
             deliver: format!(
                 "UPDATE {table}
@@ -351,6 +444,56 @@ impl SagaStore for PgSagaStore {
             .await
             .map_err(Error::storage)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn save_many(&self, saves: &[SagaSave<'_>]) -> Vec<Result<bool>> {
+        // Each save's own checks first: one that cannot be stored fails alone.
+        let mut outcomes: Vec<Option<Result<bool>>> = saves
+            .iter()
+            .map(|save| {
+                match save
+                    .record
+                    .check_storable()
+                    .and(definition_version(save.record))
+                {
+                    Ok(_) => None,
+                    Err(error) => Some(Err(error)),
+                }
+            })
+            .collect();
+        let writable: Vec<&SagaSave<'_>> = saves
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_none())
+            .map(|(save, _)| save)
+            .collect();
+        if !writable.is_empty() {
+            match self.save_rows(&writable).await {
+                Ok(written) => {
+                    for (save, outcome) in saves.iter().zip(&mut outcomes) {
+                        if outcome.is_none() {
+                            *outcome = Some(Ok(written.contains(&save.record.id)));
+                        }
+                    }
+                }
+                Err(error) => {
+                    for (save, outcome) in saves.iter().zip(&mut outcomes) {
+                        if outcome.is_none() {
+                            *outcome = Some(Err(Error::storage(format!(
+                                "saving saga {} (version {}) failed with {} other transitions, none saved: {error}",
+                                save.record.id,
+                                save.record.version,
+                                writable.len() - 1
+                            ))));
+                        }
+                    }
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Ok(false)))
+            .collect()
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<SagaRecord>> {

@@ -23,6 +23,7 @@ mod handle;
 mod memory;
 mod orchestrator;
 pub(crate) mod runtime;
+mod saves;
 mod shape;
 mod start;
 mod store;
@@ -41,7 +42,7 @@ pub use memory::MemorySagaStore;
 pub use orchestrator::{SagaError, SagaOrchestrator, SagaOrchestratorBuilder};
 pub use shape::{SagaShape, StepShape, registered_shapes};
 pub use store::{
-    Clock, CompletedStep, Correlated, Delivery, ManualClock, SagaEvent, SagaRecord, SagaStatus,
-    SagaStore, SystemClock,
+    Clock, CompletedStep, Correlated, Delivery, ManualClock, SagaEvent, SagaRecord, SagaSave,
+    SagaStatus, SagaStore, SystemClock,
 };
 pub use worker::{SagaWorker, WorkerOptions};

@@ -262,6 +262,18 @@ pub struct Correlated {
     pub awaiting: Option<String>,
 }
 
+/// One transition to save, as [`SagaStore::save_many`] takes it: the arguments of
+/// [`SagaStore::save`].
+#[derive(Debug, Clone, Copy)]
+pub struct SagaSave<'a> {
+    /// The saga as it is to be stored, its `version` one more than the stored one.
+    pub record: &'a SagaRecord,
+    /// The worker that must still hold the saga's lease.
+    pub owner: &'a str,
+    /// The renewed lease's end (`None` releases it).
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
 /// Where sagas live: in memory ([`super::MemorySagaStore`]) or in PostgreSQL
 /// (`dtx_postgres::PgSagaStore`). Both pass the same contract suite.
 #[async_trait]
@@ -300,6 +312,21 @@ pub trait SagaStore: Send + Sync + 'static {
         owner: &str,
         lease_until: Option<DateTime<Utc>>,
     ) -> crate::Result<bool>;
+
+    /// Saves several transitions of different sagas, each exactly as [`SagaStore::save`] would
+    /// (the same lease and version check, the same outcome), in as few round trips as the
+    /// backend can: one result per save, in the order given. One save's outcome never depends
+    /// on another's (a lost lease or an unstorable record fails that save alone); a storage
+    /// failure fails every save it took with it, none of them written.
+    ///
+    /// The default saves them one by one; the PostgreSQL store writes them in one statement.
+    async fn save_many(&self, saves: &[SagaSave<'_>]) -> Vec<crate::Result<bool>> {
+        let mut outcomes = Vec::with_capacity(saves.len());
+        for save in saves {
+            outcomes.push(self.save(save.record, save.owner, save.lease_until).await);
+        }
+        outcomes
+    }
 
     /// Loads a saga.
     async fn get(&self, id: Uuid) -> crate::Result<Option<SagaRecord>>;

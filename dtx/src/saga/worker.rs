@@ -2,6 +2,7 @@
 
 use super::orchestrator::{Resolved, SagaError, SagaOrchestrator};
 use super::runtime::{StepEnv, run_step};
+use super::saves::Saves;
 use super::store::{SagaRecord, SagaStatus};
 use super::transition::{Lease, Machine, Outcome, Save, Then, Transition, park, to_chrono};
 use crate::StreamId;
@@ -16,7 +17,9 @@ pub struct WorkerOptions {
     pub id: String,
     /// How long a claim lasts without renewal; a dead worker's sagas are resumed after it.
     pub lease: Duration,
-    /// How many due sagas one claim takes.
+    /// How many due sagas one claim takes (one round trip). The claimed sagas run concurrently,
+    /// and their transitions are saved together: a save waits for no other, but the saves that
+    /// queue up while one is written share the next statement and commit.
     pub batch: usize,
     /// How long an idle worker sleeps before it looks again.
     pub poll_interval: Duration,
@@ -52,8 +55,8 @@ impl SagaOrchestrator {
 }
 
 impl SagaWorker {
-    /// Claims one batch of due sagas and runs each as far as it goes now; returns how many it
-    /// claimed.
+    /// Claims one batch of due sagas (one round trip) and runs each as far as it goes now, their
+    /// saves combined (see [`WorkerOptions::batch`]); returns how many it claimed.
     pub async fn run_once(&self) -> Result<usize, SagaError> {
         let inner = &self.orchestrator.inner;
         let claimed = inner
@@ -66,11 +69,21 @@ impl SagaWorker {
             )
             .await?;
         let count = claimed.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        let saves = Saves::start(
+            std::sync::Arc::clone(&inner.store),
+            self.options.id.clone(),
+            count,
+        );
         let mut running = tokio::task::JoinSet::new();
         for record in claimed {
             let worker = self.clone();
-            running.spawn(async move { worker.advance(record).await });
+            let saves = saves.clone();
+            running.spawn(async move { worker.advance(record, &saves).await });
         }
+        drop(saves);
         while let Some(done) = running.join_next().await {
             match done {
                 Ok(Ok(())) => {}
@@ -127,7 +140,7 @@ impl SagaWorker {
 
     /// Runs one claimed saga as far as it can go now: each transition either runs a step or is
     /// saved, until one lets the saga go (or the lease is lost).
-    async fn advance(&self, saga: SagaRecord) -> Result<(), SagaError> {
+    async fn advance(&self, saga: SagaRecord, saves: &Saves) -> Result<(), SagaError> {
         let inner = &self.orchestrator.inner;
         let mut saga = saga;
         // Never run a saga against a definition other than the one it started on.
@@ -139,7 +152,8 @@ impl SagaWorker {
                     then,
                 } = park(saga, reason);
                 if let Then::Save(save) = then {
-                    self.save(&mut parked, save, inner.clock.now()).await?;
+                    self.save(&mut parked, save, inner.clock.now(), saves)
+                        .await?;
                 }
                 return Ok(());
             }
@@ -171,7 +185,9 @@ impl SagaWorker {
                         Outcome::Ran(run_step(definition.as_ref(), &saga, &stream, run, env).await);
                 }
                 Then::Save(save) => {
-                    if !self.save(&mut saga, save, now).await? || save.lease == Lease::Release {
+                    if !self.save(&mut saga, save, now, saves).await?
+                        || save.lease == Lease::Release
+                    {
                         return Ok(());
                     }
                     outcome = Outcome::Due;
@@ -180,7 +196,8 @@ impl SagaWorker {
         }
     }
 
-    /// Persists a transition and records it: the one place a worker writes a saga, counts its
+    /// Persists a transition (through `saves`, with the other sagas' transitions of the claim)
+    /// and records it: the one place a worker writes a saga, counts its
     /// transitions and retries, and logs them. `Ok(false)` when the lease was lost (nothing is
     /// recorded then: another worker has the saga).
     async fn save(
@@ -188,16 +205,12 @@ impl SagaWorker {
         saga: &mut SagaRecord,
         save: Save,
         now: DateTime<Utc>,
+        saves: &Saves,
     ) -> Result<bool, SagaError> {
-        let inner = &self.orchestrator.inner;
         saga.version += 1;
         saga.updated_at = now;
         let lease_until = (save.lease == Lease::Keep).then(|| now + to_chrono(self.options.lease));
-        if !inner
-            .store
-            .save(saga, &self.options.id, lease_until)
-            .await?
-        {
+        if !saves.save(saga, lease_until).await? {
             tracing::warn!(saga_id = %saga.id, "lease lost; another worker has this saga now");
             return Ok(false);
         }

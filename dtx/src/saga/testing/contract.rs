@@ -1,8 +1,10 @@
 //! The saga contract suite: one scenario per guarantee of the saga runtime, run against every
 //! saga store with [`saga_contract_tests!`](crate::saga_contract_tests).
 
+mod batches;
 mod versions;
 
+pub use batches::{save_many_decides_each_save_alone, several_workers_run_each_saga_once};
 pub use versions::{
     compensation_after_a_reorder_undoes_by_name, retired_or_edited_versions_park_the_saga,
     started_sagas_finish_on_their_version,
@@ -618,7 +620,8 @@ macro_rules! saga_contract_tests {
             unstorable_saga_data_is_refused,
             repeated_insert_keeps_the_first_and_correlation_finds_it,
             started_sagas_finish_on_their_version, retired_or_edited_versions_park_the_saga,
-            compensation_after_a_reorder_undoes_by_name, operator_cancel_compensates);
+            compensation_after_a_reorder_undoes_by_name, operator_cancel_compensates,
+            save_many_decides_each_save_alone, several_workers_run_each_saga_once);
     };
     (@cases $stores:expr; $($case:ident),*) => {
         $(
