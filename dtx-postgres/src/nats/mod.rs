@@ -30,6 +30,7 @@ pub mod consumer;
 
 pub use consumer::{ConsumeStats, JetStream, NatsConsumer, NatsConsumerConfig, NatsConsumerError};
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_trait::async_trait;
 use dtx::outbox::{OutboxMessage, PublishError, Publisher};
 
@@ -100,9 +101,14 @@ fn subject_token(key: &str) -> String {
     token
 }
 
-#[async_trait]
-impl Publisher for NatsPublisher {
-    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+impl NatsPublisher {
+    /// `message` as `JetStream` takes it: its headers, its payload, `Nats-Msg-Id` set to its id,
+    /// and, when `after` is given, `Nats-Expected-Last-Msg-Id` set to that message id (the
+    /// stream refuses the message unless its last message is that one).
+    fn prepare(
+        message: &OutboxMessage,
+        after: Option<uuid::Uuid>,
+    ) -> Result<async_nats::jetstream::message::PublishMessage, PublishError> {
         // The fallible conversions: async-nats panics on an invalid name or value given as
         // text. `publish_traced` checks the headers first; this keeps a direct call safe too.
         let mut headers = async_nats::HeaderMap::new();
@@ -125,6 +131,110 @@ impl Publisher for NatsPublisher {
             .payload(bytes::Bytes::copy_from_slice(message.payload.as_bytes()))
             .headers(headers)
             .message_id(message.message_id.to_string());
+        Ok(match after {
+            Some(previous) => publish.expected_last_message_id(previous.to_string()),
+            None => publish,
+        })
+    }
+
+    /// One round of [`Publisher::publish_batch`]: each chain (a key's messages still to publish,
+    /// in order) is sent whole, every message after a chain's first expecting the one before it
+    /// as the stream's last message; then every ack is awaited together. Returns, per chain, the
+    /// outcome of its messages up to the first that was not published.
+    async fn round(
+        &self,
+        messages: &[OutboxMessage],
+        chains: &[Vec<usize>],
+    ) -> Vec<Vec<(usize, Outcome)>> {
+        use std::future::IntoFuture as _;
+        use tracing::Instrument as _;
+        let mut sent: Vec<Vec<(usize, Result<usize, PublishError>)>> =
+            Vec::with_capacity(chains.len());
+        let mut acks = Vec::new();
+        for chain in chains {
+            let mut entries = Vec::with_capacity(chain.len());
+            let mut after = None;
+            for &i in chain {
+                let message = &messages[i];
+                let span = dtx::outbox::publish_span(message);
+                let sending = async {
+                    let publish = Self::prepare(message, after)?;
+                    let ack = self
+                        .jetstream
+                        .send_publish(self.subject(&message.key), publish)
+                        .await
+                        .map_err(PublishError::from_source)?;
+                    Ok::<_, PublishError>(ack)
+                };
+                match sending.instrument(span.clone()).await {
+                    Ok(ack) => {
+                        entries.push((i, Ok(acks.len())));
+                        acks.push(ack.into_future().instrument(span));
+                    }
+                    Err(error) => {
+                        // Nothing after it is sent: the chain ends with this failure.
+                        entries.push((i, Err(error)));
+                        break;
+                    }
+                }
+                after = Some(message.message_id);
+            }
+            sent.push(entries);
+        }
+        let mut answers: Vec<Option<_>> = futures_util::future::join_all(acks)
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
+        sent.into_iter()
+            .map(|entries| {
+                let mut outcomes = Vec::with_capacity(entries.len());
+                for (position, (i, sent)) in entries.into_iter().enumerate() {
+                    let outcome = match sent.map(|ack| answers[ack].take()) {
+                        Ok(Some(Ok(_))) => Outcome::Published,
+                        // Refused by the chain's check alone: the message before it is not the
+                        // stream's last (another publisher's message came between, or it was a
+                        // duplicate and stored earlier). Not a failure of this message.
+                        Ok(Some(Err(error)))
+                            if position > 0
+                                && error.kind() == PublishErrorKind::WrongLastMessageId =>
+                        {
+                            Outcome::Rechain
+                        }
+                        Ok(Some(Err(error))) => Outcome::Failed(PublishError::from_source(error)),
+                        Ok(None) => Outcome::Failed(PublishError::new(format!(
+                            "outbox message {} (id {}) of key `{}`: no acknowledgement",
+                            messages[i].message_id, messages[i].id, messages[i].key
+                        ))),
+                        Err(error) => Outcome::Failed(error),
+                    };
+                    let stop = !matches!(outcome, Outcome::Published);
+                    outcomes.push((i, outcome));
+                    if stop {
+                        break;
+                    }
+                }
+                outcomes
+            })
+            .collect()
+    }
+}
+
+/// What a round of [`NatsPublisher::publish_batch`] made of a message.
+enum Outcome {
+    /// `JetStream` has it.
+    Published,
+    /// Refused only because the message before it in its chain was not the stream's last
+    /// message: it starts a chain of its own in the next round.
+    Rechain,
+    /// It failed; its key stops here.
+    Failed(PublishError),
+}
+
+#[async_trait]
+impl Publisher for NatsPublisher {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        let publish = Self::prepare(message, None)?;
         let ack = self
             .jetstream
             .send_publish(self.subject(&message.key), publish)
@@ -132,6 +242,56 @@ impl Publisher for NatsPublisher {
             .map_err(PublishError::from_source)?;
         ack.await.map_err(PublishError::from_source)?;
         Ok(())
+    }
+
+    /// Publishes the batch pipelined: every message is sent before any ack is awaited, and the
+    /// acks are awaited together. Each key's messages are sent one after the other, and each
+    /// after the key's first carries `Nats-Expected-Last-Msg-Id`, the id of the message before
+    /// it: `JetStream` stores it only if that message is the stream's last. So a message is
+    /// never stored when the one before it of its key was not (lost with a connection, refused
+    /// by the server), and order per key holds without waiting for each ack. When another
+    /// message came between (another publisher on the stream, or a message stored earlier and
+    /// now a duplicate), the refused message is sent again as the first of a new chain in the
+    /// next round: at worst, one message per key per round, as without pipelining.
+    async fn publish_batch(&self, messages: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let mut outcomes: Vec<Option<Result<(), PublishError>>> =
+            messages.iter().map(|_| None).collect();
+        let mut chains: Vec<Vec<usize>> = Vec::new();
+        let mut keys: Vec<&str> = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            if let Some(k) = keys.iter().position(|key| *key == message.key) {
+                chains[k].push(i);
+            } else {
+                keys.push(&message.key);
+                chains.push(vec![i]);
+            }
+        }
+        while !chains.is_empty() {
+            let rounds = self.round(messages, &chains).await;
+            let mut next = Vec::new();
+            for (chain, done) in chains.iter().zip(rounds) {
+                for (position, (i, outcome)) in done.into_iter().enumerate() {
+                    match outcome {
+                        Outcome::Published => outcomes[i] = Some(Ok(())),
+                        Outcome::Failed(error) => outcomes[i] = Some(Err(error)),
+                        Outcome::Rechain => next.push(chain[position..].to_vec()),
+                    }
+                }
+            }
+            chains = next;
+        }
+        messages
+            .iter()
+            .zip(outcomes)
+            .map(|(message, outcome)| {
+                outcome.unwrap_or_else(|| {
+                    Err(PublishError::new(format!(
+                        "outbox message {} (id {}) of key `{}` was not sent: an earlier message of its key failed",
+                        message.message_id, message.id, message.key
+                    )))
+                })
+            })
+            .collect()
     }
 }
 

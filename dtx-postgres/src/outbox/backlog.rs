@@ -94,7 +94,7 @@ impl OutboxRelay {
         }
 
         // Rows after a key's failure stay as they are, behind it.
-        let outcome = publish(&self.publisher, &self.options.payloads, per_key).await?;
+        let outcome = publish(&self.publisher, &self.options.payloads, per_key).await;
         failed.extend(outcome.failed);
         let published: Vec<String> = outcome
             .ids

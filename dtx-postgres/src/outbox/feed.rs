@@ -48,11 +48,11 @@ enum SetAside {
 
 impl OutboxRelay {
     /// Publishes the next batch of the global feed in one transaction, holding the feed's
-    /// advisory lock: each stream's events in order, concurrently across streams. An event
-    /// whose publish fails is set aside in the backlog table with its failure (retried from
-    /// there with backoff), and so are the stream's later events in the batch; so is an event
-    /// whose stream has rows in that table or is held by another relay. Returns whether the
-    /// backlog table may have work.
+    /// advisory lock: each stream's events in order, the batch at once (pipelined by a publisher
+    /// that can). An event whose publish fails is set aside in the backlog table with its
+    /// failure (retried from there with backoff), and so are the stream's later events in the
+    /// batch; so is an event whose stream has rows in that table or is held by another relay.
+    /// Returns whether the backlog table may have work.
     pub(super) async fn feed_pass(&self) -> Result<(RelayPass, bool)> {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
@@ -123,7 +123,7 @@ impl OutboxRelay {
                 per_key.push((message.key.clone(), vec![message]));
             }
         }
-        let outcome = publish(&self.publisher, &self.options.payloads, per_key).await?;
+        let outcome = publish(&self.publisher, &self.options.payloads, per_key).await;
         pass.published = outcome.ids.len();
         // A key that failed is set aside from its failure on.
         set_aside.extend(outcome.failed.into_iter().map(SetAside::Failed));

@@ -17,10 +17,11 @@
 //!    after the checkpoint (`outbox_feed`): rows in
 //!    `(commit_order, global_position)` order below the oldest transaction still running, the
 //!    same rule as [`dtx::EventStore::read_all`], so no event is ever passed over because it
-//!    committed late. For each outbox event it tries the stream's advisory lock. It publishes
-//!    each stream's events in order (different streams concurrently), then, in one statement,
-//!    sets aside in `outbox_events` every event it could not publish now, and moves the
-//!    checkpoint past the batch; the commit makes both durable together. Set aside are: an event
+//!    committed late. For each outbox event it tries the stream's advisory lock. It hands the
+//!    batch to the publisher at once (`Publisher::publish_batch`: each stream's events in order,
+//!    pipelined by a publisher that can), then, in one statement, sets aside in `outbox_events`
+//!    every event it could not publish now, and moves the checkpoint past the batch; the commit
+//!    makes both durable together. Set aside are: an event
 //!    whose publish failed (with its failure, to be retried with backoff) and the later events of
 //!    its stream; the events of a stream that already has rows in `outbox_events` (a dead letter,
 //!    a retry, a message); the events of a stream another relay holds.

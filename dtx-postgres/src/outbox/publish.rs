@@ -1,9 +1,9 @@
-//! Publishing a batch (each key's messages in order, the keys concurrently) and what a failed
-//! attempt makes of a message.
+//! Publishing a batch (each key's messages in order, the batch handed to the publisher at once)
+//! and what a failed attempt makes of a message.
 
 use super::message::Failed;
 use dtx::outbox::{OutboxMessage, Payloads, Publisher, RelayOptions};
-use dtx::{Error, Result};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,58 +88,40 @@ pub(super) struct Published {
     pub(super) unsent: Vec<OutboxMessage>,
 }
 
-/// The outcome of publishing one key's share of a batch.
-struct KeyOutcome {
-    published: Vec<i64>,
-    failed: Option<Failed>,
-    /// The key's messages after its failure, not tried.
-    unsent: Vec<OutboxMessage>,
-}
-
 /// Publishes each key's messages in order through `publisher`, in the form `payloads` asks
-/// for, the keys concurrently; a key stops at its first failure.
+/// for, as one batch ([`dtx::outbox::publish_batch_as`]: a pipelining publisher has many in
+/// flight at once); a key stops at its first failure, and its later messages, whatever the
+/// publisher answered for them, are set aside behind it.
 pub(super) async fn publish(
     publisher: &Arc<dyn Publisher>,
     payloads: &Payloads,
     per_key: Vec<(String, Vec<OutboxMessage>)>,
-) -> Result<Published> {
-    let mut running = tokio::task::JoinSet::new();
-    for (_, messages) in per_key {
-        let publisher = Arc::clone(publisher);
-        let payloads = payloads.clone();
-        running.spawn(async move {
-            let mut outcome = KeyOutcome {
-                published: Vec::with_capacity(messages.len()),
-                failed: None,
-                unsent: Vec::new(),
-            };
-            let mut messages = messages.into_iter();
-            for message in messages.by_ref() {
-                // Each publish continues the trace of the write that produced the message.
-                match dtx::outbox::publish_as(&*publisher, &message, &payloads).await {
-                    Ok(()) => outcome.published.push(message.id),
-                    Err(error) => {
-                        outcome.failed = Some(Failed {
-                            message,
-                            error: error.to_string(),
-                            permanent: error.permanent,
-                        });
-                        break;
-                    }
-                }
-            }
-            outcome.unsent.extend(messages);
-            outcome
-        });
-    }
+) -> Published {
+    let messages: Vec<OutboxMessage> = per_key
+        .into_iter()
+        .flat_map(|(_, messages)| messages)
+        .collect();
+    let outcomes = dtx::outbox::publish_batch_as(&**publisher, &messages, payloads).await;
     let mut batch = Published::default();
-    while let Some(done) = running.join_next().await {
-        let outcome = done.map_err(Error::storage)?;
-        batch.ids.extend(outcome.published);
-        batch.failed.extend(outcome.failed);
-        batch.unsent.extend(outcome.unsent);
+    let mut stopped: HashSet<String> = HashSet::new();
+    for (message, outcome) in messages.into_iter().zip(outcomes) {
+        if stopped.contains(&message.key) {
+            batch.unsent.push(message);
+            continue;
+        }
+        match outcome {
+            Ok(()) => batch.ids.push(message.id),
+            Err(error) => {
+                stopped.insert(message.key.clone());
+                batch.failed.push(Failed {
+                    message,
+                    error: error.to_string(),
+                    permanent: error.permanent,
+                });
+            }
+        }
     }
-    Ok(batch)
+    batch
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ pub use memory::MemoryOutbox;
 pub use message::{NewOutboxMessage, OutboxCounts, OutboxMessage, OutboxStatus, event_headers};
 pub use options::{Payloads, RelayOptions};
 pub use publisher::{
-    MemoryPublisher, PublishError, Publisher, current_form, publish_as, publish_traced,
+    MemoryPublisher, PublishError, Publisher, current_form, publish_as, publish_batch_as,
+    publish_span, publish_traced,
 };
 pub use uow::Outbox;

@@ -73,6 +73,63 @@ impl PublishError {
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes one message; `Ok` means the broker has it.
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError>;
+
+    /// Publishes a batch: `messages` hold each key's messages in order (the keys may
+    /// interleave). Returns one outcome per message, in the same order; a missing outcome (a
+    /// shorter list) counts as a failure.
+    ///
+    /// Per key, the relay counts the messages before the key's first failure as published and
+    /// sets that failure and every later message of the key aside (retried after it), whatever
+    /// their own outcomes. An implementation that has several messages of a key in flight at
+    /// once must therefore make sure that a later message never reaches the broker when an
+    /// earlier one of its key did not: the NATS publisher chains them with `JetStream`'s
+    /// expected-last-message-id check. Each publish should run in
+    /// [`publish_span`] of its message.
+    ///
+    /// The default publishes each key's messages one at a time, awaiting each, the keys
+    /// concurrently, and stops a key at its first failure; a publish that panics fails its
+    /// message only.
+    async fn publish_batch(&self, messages: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let mut per_key: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            match per_key.iter_mut().find(|(key, _)| *key == message.key) {
+                Some((_, indices)) => indices.push(i),
+                None => per_key.push((&message.key, vec![i])),
+            }
+        }
+        let mut keys: Vec<KeyFuture<'_>> = Vec::with_capacity(per_key.len());
+        for (_, indices) in per_key {
+            keys.push(Box::pin(async move {
+                let mut outcomes = Vec::with_capacity(indices.len());
+                for i in indices {
+                    let message = &messages[i];
+                    let publish = tracing::Instrument::instrument(
+                        self.publish(message),
+                        publish_span(message),
+                    );
+                    let outcome = CatchUnwind(Box::pin(publish))
+                        .await
+                        .unwrap_or_else(|panic| Err(panicked(message, &*panic)));
+                    let failed = outcome.is_err();
+                    outcomes.push((i, outcome));
+                    if failed {
+                        break;
+                    }
+                }
+                outcomes
+            }));
+        }
+        let mut outcomes: Vec<Option<Result<(), PublishError>>> =
+            messages.iter().map(|_| None).collect();
+        for (i, outcome) in JoinAll::new(keys).await.into_iter().flatten() {
+            outcomes[i] = Some(outcome);
+        }
+        messages
+            .iter()
+            .zip(outcomes)
+            .map(|(message, outcome)| outcome.unwrap_or_else(|| Err(not_sent(message))))
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -80,6 +137,56 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
         (**self).publish(message).await
     }
+
+    async fn publish_batch(&self, messages: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        (**self).publish_batch(messages).await
+    }
+}
+
+/// One key's share of a default [`Publisher::publish_batch`]: the outcomes of its messages, by
+/// index, up to its first failure.
+type KeyFuture<'a> =
+    Pin<Box<dyn Future<Output = Vec<(usize, Result<(), PublishError>)>> + Send + 'a>>;
+
+/// The outcome of a message of a batch that was not tried, being behind a failed message of its
+/// key (or left without an outcome).
+fn not_sent(message: &OutboxMessage) -> PublishError {
+    PublishError::new(format!(
+        "outbox message {} (id {}) of key `{}` was not sent: an earlier message of its key failed",
+        message.message_id, message.id, message.key
+    ))
+}
+
+/// The error of a publisher that panicked on `message`, with the panic's message.
+fn panicked(message: &OutboxMessage, panic: &(dyn std::any::Any + Send)) -> PublishError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    PublishError::new(format!(
+        "the publisher panicked on outbox message {} (id {}) of key `{}`: {what}",
+        message.message_id, message.id, message.key
+    ))
+}
+
+/// The span a publish of `message` runs in: `dtx.outbox.publish`, a child of the trace of the
+/// write that produced the message (its `traceparent` header), with the stream and message type.
+/// [`publish_traced`] and every [`Publisher::publish_batch`] of dtx publish each message in it.
+pub fn publish_span(message: &OutboxMessage) -> tracing::Span {
+    let span = tracing::info_span!(
+        "dtx.outbox.publish",
+        stream = %message.key,
+        message_type = %message.message_type,
+    );
+    crate::telemetry::set_parent(
+        &span,
+        message
+            .headers
+            .get(headers::TRACEPARENT)
+            .map(String::as_str),
+    );
+    span
 }
 
 /// Publishes one message as every relay does: inside a `dtx.outbox.publish` span that continues
@@ -127,32 +234,11 @@ pub async fn publish_traced<P: Publisher + ?Sized>(
             message.message_id, message.id, message.key
         )));
     }
-    let span = tracing::info_span!(
-        "dtx.outbox.publish",
-        stream = %message.key,
-        message_type = %message.message_type,
-    );
-    crate::telemetry::set_parent(
-        &span,
-        message
-            .headers
-            .get(headers::TRACEPARENT)
-            .map(String::as_str),
-    );
-    let publish = tracing::Instrument::instrument(publisher.publish(message), span);
+    let publish =
+        tracing::Instrument::instrument(publisher.publish(message), publish_span(message));
     CatchUnwind(Box::pin(publish))
         .await
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(PublishError::new(format!(
-                "the publisher panicked on outbox message {} (id {}) of key `{}`: {what}",
-                message.message_id, message.id, message.key
-            )))
-        })?;
+        .unwrap_or_else(|panic| Err(panicked(message, &*panic)))?;
     let lag = (Utc::now() - message.created_at).to_std();
     crate::telemetry::record_outbox_published(lag.unwrap_or_default());
     Ok(())
@@ -176,6 +262,71 @@ pub async fn publish_as<P: Publisher + ?Sized>(
         Some(current) => publish_traced(publisher, &current).await,
         None => publish_traced(publisher, message).await,
     }
+}
+
+/// [`publish_as`] for a batch, as relays publish: `messages` hold each key's messages in order
+/// (the keys may interleave); the outcome of each, in the same order.
+///
+/// Each message is checked and put in the form `payloads` asks for first (a message that fails
+/// either fails [`permanent`](PublishError::permanent)ly, as in [`publish_as`], and the later
+/// messages of its key are not sent); the rest go to [`Publisher::publish_batch`] together. A
+/// publisher that panics fails every message it was given. Per key, what counts is the outcomes
+/// before the key's first failure (see [`Publisher::publish_batch`]); after it, a message's
+/// outcome is a failure saying it was not sent, or what the publisher answered.
+pub async fn publish_batch_as<P: Publisher + ?Sized>(
+    publisher: &P,
+    messages: &[OutboxMessage],
+    payloads: &Payloads,
+) -> Vec<Result<(), PublishError>> {
+    let mut outcomes: Vec<Option<Result<(), PublishError>>> =
+        messages.iter().map(|_| None).collect();
+    let mut stopped: HashSet<&str> = HashSet::new();
+    let mut ready = Vec::with_capacity(messages.len());
+    let mut sent = Vec::with_capacity(messages.len());
+    for (i, message) in messages.iter().enumerate() {
+        if stopped.contains(message.key.as_str()) {
+            continue;
+        }
+        let checked = headers::check_all(&message.headers)
+            .map_err(|problem| {
+                PublishError::permanent(format!(
+                    "outbox message {} (id {}) of key `{}` cannot be sent: {problem}",
+                    message.message_id, message.id, message.key
+                ))
+            })
+            .and_then(|()| current_form(message, payloads));
+        match checked {
+            Ok(current) => {
+                ready.push(current.unwrap_or_else(|| message.clone()));
+                sent.push(i);
+            }
+            Err(error) => {
+                stopped.insert(message.key.as_str());
+                outcomes[i] = Some(Err(error));
+            }
+        }
+    }
+    if !ready.is_empty() {
+        let answered = CatchUnwind(Box::pin(publisher.publish_batch(&ready)))
+            .await
+            .unwrap_or_else(|panic| {
+                let error = |message: &OutboxMessage| Err(panicked(message, &*panic));
+                ready.iter().map(error).collect()
+            });
+        let now = Utc::now();
+        for ((i, message), outcome) in sent.into_iter().zip(&ready).zip(answered) {
+            if outcome.is_ok() {
+                let lag = (now - message.created_at).to_std();
+                crate::telemetry::record_outbox_published(lag.unwrap_or_default());
+            }
+            outcomes[i] = Some(outcome);
+        }
+    }
+    messages
+        .iter()
+        .zip(outcomes)
+        .map(|(message, outcome)| outcome.unwrap_or_else(|| Err(not_sent(message))))
+        .collect()
 }
 
 /// `message` as [`publish_as`] publishes it: `None` when that is as stored (the payloads are
@@ -228,6 +379,49 @@ pub fn current_form(
         headers,
         ..message.clone()
     }))
+}
+
+/// A future that runs several futures concurrently (in the task that polls it) and yields
+/// their outputs in their order.
+struct JoinAll<'a, T> {
+    running: Vec<Option<Pin<Box<dyn Future<Output = T> + Send + 'a>>>>,
+    outputs: Vec<Option<T>>,
+}
+
+impl<'a, T> JoinAll<'a, T> {
+    fn new(futures: Vec<Pin<Box<dyn Future<Output = T> + Send + 'a>>>) -> Self {
+        Self {
+            outputs: futures.iter().map(|_| None).collect(),
+            running: futures.into_iter().map(Some).collect(),
+        }
+    }
+}
+
+// The outputs are never pinned: they are moved out once every future is done.
+impl<T> Unpin for JoinAll<'_, T> {}
+
+impl<T> Future for JoinAll<'_, T> {
+    type Output = Vec<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut pending = false;
+        for (slot, output) in this.running.iter_mut().zip(&mut this.outputs) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            return Poll::Pending;
+        }
+        Poll::Ready(this.outputs.iter_mut().filter_map(Option::take).collect())
+    }
 }
 
 /// A future that turns a panic while it is polled into an `Err` with the panic's payload.
