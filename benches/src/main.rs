@@ -13,8 +13,9 @@
 //! iterations interleaved so that drift of this noisy machine hits both alike. `ratio` = dtx
 //! median / baseline median. Rows of sub-microsecond operations time batches of calls and
 //! report the time of one call. It reads
-//! `DATABASE_URL` (default: the local server) and works in a database `dtx_bench` that it
-//! recreates on every run.
+//! `DATABASE_URL` (default: the local server) and works in a database `dtx_bench` (or the one
+//! `DTX_BENCH_DATABASE` names, so that runs side by side on one server do not drop each other's)
+//! that it recreates on every run.
 
 use dtx::{
     Aggregate, Apply, DomainEvent, EventMetadata, EventStore, ExpectedVersion, NewEvent,
@@ -269,10 +270,23 @@ async fn bench_database() -> Result<PgPool, BoxError> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let admin = PgConnectOptions::from_str(&url)?;
+    let name = std::env::var("DTX_BENCH_DATABASE").unwrap_or_else(|_| "dtx_bench".to_owned());
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "DTX_BENCH_DATABASE `{name}`: use 1 to 63 lower-case letters, digits and `_`"
+        )
+        .into());
+    }
     let mut conn = admin.connect().await?;
-    conn.execute("DROP DATABASE IF EXISTS dtx_bench WITH (FORCE)")
+    conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
         .await?;
-    conn.execute("CREATE DATABASE dtx_bench").await?;
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .after_connect(|conn, _| {
@@ -284,7 +298,7 @@ async fn bench_database() -> Result<PgPool, BoxError> {
                 Ok(())
             })
         })
-        .connect_with(admin.database("dtx_bench"))
+        .connect_with(admin.database(&name))
         .await?;
     dtx_postgres::migrate(&pool).await?;
     pool.execute(
