@@ -8,14 +8,15 @@
 //! broker answers), `outbox_relay_throughput_nats` (the same to NATS `JetStream`, `NATS_URL` or
 //! `127.0.0.1:4222`, vs the bare drain publishing each batch pipelined, all acks awaited), and
 //! `append_8_writers` / `append_8_writers_outbox` / `append_8_writers_outbox_writes` /
-//! `append_8_writers_notify_each` (8 concurrent writers: without the outbox, with it and a relay,
-//! with it and no relay, with it and a `NOTIFY` in every append; vs 8 concurrent raw INSERT
-//! writers).
+//! `append_8_writers_notify_each` / `append_8_writers_alone` / `append_8_writers_in_flight_1`
+//! (8 concurrent writers: without the outbox, with it and a relay, with it and no relay, with it
+//! and a `NOTIFY` in every append, without combining, combining with one statement in flight; vs
+//! 8 concurrent raw INSERT writers).
 
 use crate::{AccountEvent, BoxError, Options, Stats, deposit, pair, payload, report, to_i64};
 use dtx::outbox::{MemoryPublisher, Publisher, RelayOptions};
 use dtx::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId};
-use dtx_postgres::{PgEventStore, PgOutbox};
+use dtx_postgres::{Combining, PgEventStore, PgOutbox};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use std::time::{Duration, Instant};
@@ -264,6 +265,10 @@ enum Writer {
     /// (and takes the lock that serialises committing notifiers): what waking the relay on every
     /// write would cost.
     NotifyEach,
+    /// One-event appends with combining off: each its own statement and commit.
+    Alone,
+    /// One-event appends combined with one statement in flight.
+    InFlight1,
 }
 
 /// Events per second from 8 writers of one kind for `run_for`.
@@ -274,7 +279,13 @@ async fn eight_writers_rate(
     run_for: Duration,
 ) -> Result<f64, BoxError> {
     const WRITERS: u64 = 8;
-    let plain = PgEventStore::new(wide.clone());
+    let plain = match writer {
+        Writer::Alone => PgEventStore::new(wide.clone()).with_combining(Combining::off()),
+        Writer::InFlight1 => {
+            PgEventStore::new(wide.clone()).with_combining(Combining::default().max_in_flight(1))
+        }
+        _ => PgEventStore::new(wide.clone()),
+    };
     let outbox = plain.clone().with_outbox(true);
     let until = Instant::now() + run_for;
     let run = uuid::Uuid::now_v7();
@@ -327,8 +338,11 @@ async fn eight_writers_rate(
 /// appending one event at a time, without and with the outbox (then a relay publishes to the
 /// in-memory publisher, wake-ups on), against 8 concurrent writers of raw single-row INSERTs;
 /// `append_8_writers_outbox_writes`, the outbox writes with no relay running (the backlog is
-/// published after that side, untimed); and `append_8_writers_notify_each`, the same writes
-/// while the wake-up stays armed, so that every append notifies. Five rounds of 2 s per side,
+/// published after that side, untimed); `append_8_writers_notify_each`, the same writes
+/// while the wake-up stays armed, so that every append notifies; `append_8_writers_alone`, the
+/// plain appends with combining off (every append its own statement and commit), and
+/// `append_8_writers_in_flight_1`, combining with one statement in flight instead of the
+/// default's two. Five rounds of 2 s per side,
 /// the order of the sides rotating, all on one 10-connection pool; each row reports the median
 /// rates, and the median of its rounds' ratios to the raw writers of the same round.
 async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
@@ -346,8 +360,10 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
         Writer::Outbox,
         Writer::OutboxWrites,
         Writer::NotifyEach,
+        Writer::Alone,
+        Writer::InFlight1,
     ];
-    let mut rates: [Vec<f64>; 5] = Default::default();
+    let mut rates: [Vec<f64>; 7] = Default::default();
     for round in 0..ROUNDS {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();
@@ -390,12 +406,14 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
             )
         })
         .collect();
-    let [raw, plain, outbox, writes, notify_each] = rates.map(median);
+    let [raw, plain, outbox, writes, notify_each, alone, in_flight_1] = rates.map(median);
     for ((name, rate), ratio) in [
         ("append_8_writers", plain),
         ("append_8_writers_outbox", outbox),
         ("append_8_writers_outbox_writes", writes),
         ("append_8_writers_notify_each", notify_each),
+        ("append_8_writers_alone", alone),
+        ("append_8_writers_in_flight_1", in_flight_1),
     ]
     .into_iter()
     .zip(ratios)

@@ -54,7 +54,7 @@ pub use restore::{
     repair_restored_feed_in_schema,
 };
 pub use saga::PgSagaStore;
-pub use store::PgEventStore;
+pub use store::{Combining, CombiningStats, PgEventStore};
 pub use uow::PgUnitOfWork;
 
 /// The `sqlx` version dtx-postgres is built on, for pools and transactions.

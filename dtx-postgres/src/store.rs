@@ -1,7 +1,10 @@
 //! [`PgEventStore`]: appends, reads and snapshots.
 
+mod combine;
 mod statements;
 mod wake;
+
+pub use combine::{Combining, CombiningStats};
 
 use crate::personal::PgSubjectKeys;
 use crate::restore::FeedGuard;
@@ -21,7 +24,7 @@ use dtx::{
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
-use statements::{APPEND_IN_NAMES, APPEND_NAMES, Shape, Sql};
+use statements::{APPEND_IN_NAMES, APPEND_NAMES, COMBINED_NAMES, Shape, Sql};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -39,8 +42,11 @@ const ANY_RETRIES: usize = 100;
 /// - The global feed is gap-free: see [`EventStore::read_all`] and the `event_store` migration.
 /// - A connection lost after the statement was sent is [`Error::OutcomeUnknown`], never retried
 ///   silently; retrying the same events is safe (it succeeds as a duplicate).
+/// - Appends issued concurrently to different streams are combined into one statement and one
+///   commit while earlier ones are in flight, each keeping its own expectation and outcome;
+///   a caller alone is sent at once. See [`Combining`] and [`PgEventStore::with_combining`].
 ///
-/// Clones share the pool.
+/// Clones share the pool and the combiner.
 #[derive(Clone)]
 pub struct PgEventStore {
     pool: PgPool,
@@ -54,6 +60,9 @@ pub struct PgEventStore {
     guard: FeedGuard,
     /// Seals and opens personal values with their subjects' keys (`subject_keys`).
     personal: PersonalData,
+    /// Combines concurrent appends (shared by clones; a new one with each builder call that
+    /// changes the statements).
+    combiner: Arc<combine::Combiner>,
 }
 
 impl std::fmt::Debug for PgEventStore {
@@ -61,12 +70,13 @@ impl std::fmt::Debug for PgEventStore {
         f.debug_struct("PgEventStore")
             .field("limits", &self.limits)
             .field("outbox", &self.outbox)
+            .field("combining", &self.combiner.options())
             .finish_non_exhaustive()
     }
 }
 
 /// The columns of one append, as arrays for `UNNEST`.
-struct Batch {
+pub(super) struct Batch {
     ids: Vec<Uuid>,
     types: Vec<String>,
     versions: Vec<i32>,
@@ -127,7 +137,28 @@ impl PgEventStore {
             outbox: false,
             waker: Arc::default(),
             guard: FeedGuard::new(&Schema::default()),
+            combiner: Arc::new(combine::Combiner::new(Combining::default())),
         }
+    }
+
+    /// How concurrent appends are combined ([`Combining`]; on by default, [`Combining::off`]
+    /// sends every append alone). Appends in a unit of work ([`EventStore::append_in`]) are
+    /// never combined.
+    #[must_use]
+    pub fn with_combining(mut self, combining: Combining) -> Self {
+        self.combiner = Arc::new(combine::Combiner::new(combining));
+        self
+    }
+
+    /// What combining has done so far: statements, batch sizes, appends waiting (shared by the
+    /// store's clones).
+    pub fn combining_stats(&self) -> CombiningStats {
+        self.combiner.stats()
+    }
+
+    /// A fresh combiner with the same options (its batches must share one statement).
+    fn renew_combiner(&mut self) {
+        self.combiner = Arc::new(combine::Combiner::new(self.combiner.options()));
     }
 
     /// Puts every appended event in the outbox, in the append's own statement
@@ -137,6 +168,7 @@ impl PgEventStore {
     #[must_use]
     pub fn with_outbox(mut self, enabled: bool) -> Self {
         self.outbox = enabled;
+        self.renew_combiner();
         self
     }
 
@@ -155,6 +187,7 @@ impl PgEventStore {
             .personal
             .with_keys(PgSubjectKeys::in_schema(self.pool.clone(), &named));
         self.waker = Arc::default();
+        self.renew_combiner();
         Ok(self)
     }
 
@@ -191,6 +224,11 @@ impl PgEventStore {
                 APPEND_IN_NAMES
                     .into_iter()
                     .zip(sql.appends_in.iter().map(String::as_str)),
+            )
+            .chain(
+                COMBINED_NAMES
+                    .into_iter()
+                    .zip(sql.combined.iter().map(String::as_str)),
             );
         appends
             .chain([
@@ -321,6 +359,121 @@ impl PgEventStore {
         Ok(Attempt::Done(result(rows, false)))
     }
 
+    /// An append sent alone: the plain statement of its expectation's shape, retried after a
+    /// lost race when the expectation is [`ExpectedVersion::Any`], settled by a look at the
+    /// stored ids when it inserted nothing.
+    async fn append_alone(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        batch: &Batch,
+    ) -> Result<AppendResult> {
+        let count = batch.ids.len();
+        let mut races = 0;
+        loop {
+            let current = match self
+                .append_once(&self.pool, stream, expected, Shape::of(expected), batch)
+                .await?
+            {
+                Attempt::Done(result) => {
+                    tracing::debug!(stream = %stream, version = result.last_version, events = count, "appended");
+                    return Ok(result);
+                }
+                Attempt::LostRace if expected == ExpectedVersion::Any && races < ANY_RETRIES => {
+                    races += 1;
+                    continue;
+                }
+                Attempt::WrongVersion | Attempt::LostRace | Attempt::StoredId => {
+                    self.stream_version(stream).await?
+                }
+            };
+            let settled = self.settle(stream, expected, &batch.ids, current).await;
+            if let Ok(result) = &settled {
+                tracing::debug!(stream = %stream, version = result.last_version, events = count, "append was already stored");
+            }
+            return settled;
+        }
+    }
+
+    /// Appends to different streams in one statement (`append_combined`, see `statements.rs`)
+    /// and so one commit: the outcome of each, in order, decided as [`PgEventStore::append_on`]
+    /// decides one (every id stored in its stream: deduplicated; some or elsewhere:
+    /// [`Error::DuplicateEvent`]; the stream at another version: [`Error::Conflict`]).
+    async fn append_combined(
+        &self,
+        appends: &[combine::Pending],
+    ) -> std::result::Result<Vec<Result<AppendResult>>, combine::Refused> {
+        let events: usize = appends.iter().map(|p| p.batch.ids.len()).sum();
+        let mut streams = Vec::with_capacity(appends.len());
+        let mut expected = Vec::with_capacity(appends.len());
+        let (mut n, mut ord) = (Vec::with_capacity(events), Vec::with_capacity(events));
+        let mut ids = Vec::with_capacity(events);
+        let mut types: Vec<&str> = Vec::with_capacity(events);
+        let mut versions = Vec::with_capacity(events);
+        let mut data: Vec<&str> = Vec::with_capacity(events);
+        let mut correlation = Vec::with_capacity(events);
+        let mut causation = Vec::with_capacity(events);
+        let mut traceparent: Vec<Option<&str>> = Vec::with_capacity(events);
+        for (index, pending) in appends.iter().enumerate() {
+            streams.push(pending.stream.as_str());
+            expected.push(pending.expected.required().map(to_i64));
+            let batch = &pending.batch;
+            for k in 0..batch.ids.len() {
+                n.push(to_i64(index as u64 + 1));
+                ord.push(to_i64(k as u64 + 1));
+                ids.push(batch.ids[k]);
+                types.push(&batch.types[k]);
+                versions.push(batch.versions[k]);
+                data.push(&batch.data[k]);
+                correlation.push(batch.correlation[k]);
+                causation.push(batch.causation[k]);
+                traceparent.push(batch.traceparent[k].as_deref());
+            }
+        }
+        let rows: Vec<CombinedRow> = sqlx::query_as(self.sql.combined(self.outbox))
+            .bind(&streams)
+            .bind(&expected)
+            .bind(&n)
+            .bind(&ord)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&data)
+            .bind(&correlation)
+            .bind(&causation)
+            .bind(&traceparent)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|error| {
+                if crate::sql::outcome_unknown(&error) {
+                    combine::Refused::Unknown(error)
+                } else if matches!(error, sqlx::Error::Database(_)) {
+                    combine::Refused::Whole(error)
+                } else {
+                    combine::Refused::Failed(error)
+                }
+            })?;
+        let mut outcomes: Vec<Outcome> = appends.iter().map(|_| Outcome::default()).collect();
+        for row in rows {
+            let Some(outcome) = usize::try_from(row.n - 1)
+                .ok()
+                .and_then(|index| outcomes.get_mut(index))
+            else {
+                continue;
+            };
+            match row.kind {
+                statements::INSERTED => outcome.inserted.push(row.place),
+                statements::STORED => outcome.stored.push(row),
+                _ => outcome.head = Some(row.place.version),
+            }
+        }
+        Ok(appends
+            .iter()
+            .zip(outcomes)
+            .map(|(pending, outcome)| outcome.decide(pending))
+            .collect())
+    }
+
     /// Decides an append that inserted nothing: a retry of stored events is an idempotent
     /// success, a partial overlap is [`Error::DuplicateEvent`], anything else a conflict.
     async fn settle(
@@ -378,6 +531,71 @@ struct InRow {
     /// The event's place; the head's version in the head's row.
     #[sqlx(flatten)]
     place: Appended,
+}
+
+/// A row of a combined append (see `statements::combined_statement`).
+#[derive(sqlx::FromRow)]
+struct CombinedRow {
+    kind: i32,
+    /// The append it answers, counted from 1.
+    n: i64,
+    /// Where a stored event id is stored.
+    stream_id: Option<String>,
+    event_id: Option<Uuid>,
+    /// A stored id's place in its append, counted from 1.
+    ord: i64,
+    /// The event's place; the head's version in the head's row.
+    #[sqlx(flatten)]
+    place: Appended,
+}
+
+/// What a combined statement answered for one append.
+#[derive(Default)]
+struct Outcome {
+    inserted: Vec<Appended>,
+    stored: Vec<CombinedRow>,
+    head: Option<i64>,
+}
+
+impl Outcome {
+    /// The append's result.
+    fn decide(mut self, pending: &combine::Pending) -> Result<AppendResult> {
+        let stream = &pending.stream;
+        if !self.inserted.is_empty() {
+            tracing::debug!(stream = %stream, events = self.inserted.len(), "appended (combined)");
+            return Ok(result(self.inserted, false));
+        }
+        self.stored.sort_unstable_by_key(|row| row.ord);
+        if let Some(first) = self.stored.first() {
+            let all_here = self.stored.len() == pending.batch.ids.len()
+                && self
+                    .stored
+                    .iter()
+                    .all(|row| row.stream_id.as_deref() == Some(stream.as_str()));
+            if all_here {
+                tracing::debug!(stream = %stream, "append was already stored (combined)");
+                return Ok(result(
+                    self.stored.into_iter().map(|row| row.place).collect(),
+                    true,
+                ));
+            }
+            return Err(Error::DuplicateEvent {
+                stream: stream.clone(),
+                event_id: first.event_id.unwrap_or_default(),
+                stored_in: first.stream_id.clone().unwrap_or_default(),
+            });
+        }
+        match self.head {
+            Some(head) => Err(Error::Conflict {
+                stream: stream.clone(),
+                expected: pending.expected,
+                actual: to_u64(head),
+            }),
+            None => Err(Error::storage(format!(
+                "a combined append to stream `{stream}` got no answer for it"
+            ))),
+        }
+    }
 }
 
 /// [`Error::DuplicateEvent`] for an append to `stream` of the stored event id in `row`.
@@ -512,31 +730,25 @@ impl EventStore for PgEventStore {
         let mut events = events;
         self.personal.seal_events(stream, &mut events).await?;
         self.limits.check(stream, &events)?;
-        let count = events.len();
         let batch = Batch::new(events);
-        let mut races = 0;
-        loop {
-            let current = match self
-                .append_once(&self.pool, stream, expected, Shape::of(expected), &batch)
-                .await?
-            {
-                Attempt::Done(result) => {
-                    tracing::debug!(stream = %stream, version = result.last_version, events = count, "appended");
-                    return Ok(result);
-                }
-                Attempt::LostRace if expected == ExpectedVersion::Any && races < ANY_RETRIES => {
-                    races += 1;
-                    continue;
-                }
-                Attempt::WrongVersion | Attempt::LostRace | Attempt::StoredId => {
-                    self.stream_version(stream).await?
-                }
-            };
-            let settled = self.settle(stream, expected, &batch.ids, current).await;
-            if let Ok(result) = &settled {
-                tracing::debug!(stream = %stream, version = result.last_version, events = count, "append was already stored");
+        if !self.combiner.options().is_enabled() {
+            return self.append_alone(stream, expected, &batch).await;
+        }
+        match self.enter(stream, expected, batch) {
+            combine::Entry::Alone(slot, batch) => {
+                let outcome = self.append_alone(stream, expected, &batch).await;
+                drop(slot);
+                outcome
             }
-            return settled;
+            combine::Entry::Queued(outcome) => outcome.await.unwrap_or_else(|_| {
+                // The task sending the batch ended without an answer (the runtime shut down).
+                Err(Error::OutcomeUnknown {
+                    stream: stream.clone(),
+                    source: Box::new(std::io::Error::other(
+                        "the combined append's task ended before it answered",
+                    )),
+                })
+            }),
         }
     }
 

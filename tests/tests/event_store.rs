@@ -16,6 +16,7 @@ mod memory {
 }
 
 mod postgres {
+    // Appends combined (the default).
     dtx::event_store_contract_tests!(tests::pg_store().await);
 
     /// A store on a pool of one connection, and units of work on that pool: a unit of work that
@@ -34,4 +35,22 @@ mod postgres {
     }
 
     dtx::unit_of_work_contract_tests!(on_one_connection().await);
+}
+
+/// The contract with every append alone.
+mod postgres_alone {
+    dtx::event_store_contract_tests!(
+        tests::pg_store()
+            .await
+            .with_combining(dtx_postgres::Combining::off())
+    );
+}
+
+/// The contract with one statement in flight: whatever arrives meanwhile goes together.
+mod postgres_eager_combining {
+    dtx::event_store_contract_tests!(
+        tests::pg_store()
+            .await
+            .with_combining(dtx_postgres::Combining::default().max_in_flight(1))
+    );
 }

@@ -1141,7 +1141,7 @@ async fn indexes_serve_every_outbox_statement() {
             "{name} scans a table:\n{plan}"
         );
     }
-    // The eight outbox appends (six, and two inside a unit of work) and the relay's ten
-    // statements.
-    assert_eq!(plans.len(), 18);
+    // The nine outbox appends (six, two inside a unit of work and the combined one) and the
+    // relay's ten statements.
+    assert_eq!(plans.len(), 19);
 }

@@ -10,6 +10,9 @@ pub(super) struct Sql {
     pub(super) appends: [String; 12],
     /// The append statements of a unit of work, by outbox and batch: see [`Sql::append_in`].
     pub(super) appends_in: [String; 4],
+    /// The statements of combined appends, without and with the outbox: see
+    /// [`combined_statement`].
+    pub(super) combined: [String; 2],
     pub(super) stored: String,
     pub(super) head: String,
     pub(super) read_stream: String,
@@ -66,6 +69,10 @@ impl Sql {
             appends_in: std::array::from_fn(|i| {
                 append_in_statement(&events, i >= 2, i % 2 == 1)
             }),
+            combined: [
+                combined_statement(&events, false),
+                combined_statement(&events, true),
+            ],
             // One index probe per id (the LATERAL subquery with LIMIT is never flattened into a
             // hash join, whatever the statistics say).
             stored: format!(
@@ -135,6 +142,12 @@ impl Sql {
     /// more: see [`append_in_statement`].
     pub(super) fn append_in(&self, outbox: bool, many: bool) -> &str {
         &self.appends_in[usize::from(outbox) * 2 + usize::from(many)]
+    }
+
+    /// The statement of several appends combined, with or without the outbox: see
+    /// [`combined_statement`].
+    pub(super) fn combined(&self, outbox: bool) -> &str {
+        &self.combined[usize::from(outbox)]
     }
 
     /// What the append statement at `index` of [`Sql::appends`] does.
@@ -293,6 +306,95 @@ fn append_in_statement(events: &str, outbox: bool, many: bool) -> String {
     )
 }
 
+/// The names of [`Sql::combined`], in its order.
+pub(super) const COMBINED_NAMES: [&str; 2] = ["append_combined", "append_combined_outbox"];
+
+/// The statement of several appends to different streams, combined into one statement and so
+/// one commit (see `super::combine`). Each append keeps its own expectation and outcome: the
+/// statement reads each stream's head (its last event, as [`Shape::Head`] does) and looks each
+/// event id up, then inserts the events of exactly those appends whose expectation holds and
+/// none of whose ids is stored; a version conflict or a retried append never stops the others.
+///
+/// Parameters: per append `$1` the stream, `$2` the expected version (NULL for
+/// [`ExpectedVersion::Any`]); per event `$3` its append (counted from 1, in the order of `$1`),
+/// `$4` its place in that append (from 1), and the event's columns as in the plain statements.
+/// It answers with rows of the kinds [`INSERTED`] (each event inserted, with its append), [`STORED`]
+/// (each id found stored, with its append and place) and [`HEAD`] (the stream's version, for
+/// each append that inserted nothing). Each event gets the `commit_order` a plain append gives
+/// it (the transaction's id, raised to the stream's previous event), so the feed stays
+/// gap-free and in order per stream. The wake-up checks run per inserted row, as in the plain
+/// statements (a `NOTIFY` is sent once per transaction whatever the rows).
+///
+/// A race with a writer outside the statement (an append of another process, a unit of work)
+/// still fails it on a unique constraint; the combiner then runs the appends one by one.
+fn combined_statement(events: &str, outbox: bool) -> String {
+    const XID: &str = "pg_current_xact_id()::text::bigint";
+    let (marked_column, marked) = if outbox {
+        (", outbox", ", true")
+    } else {
+        ("", "")
+    };
+    let fed = super::wake::feed_wake_check(events);
+    let woke = if outbox {
+        crate::outbox::wake_check(events)
+    } else {
+        "NULL::bool".to_owned()
+    };
+    format!(
+        "WITH a AS MATERIALIZED (
+             SELECT a.n, a.stream_id, a.expected, h.current, h.commit_order
+             FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS a(stream_id, expected, n)
+             CROSS JOIN LATERAL (
+                 SELECT COALESCE(max(version), 0) AS current,
+                        GREATEST({XID}, COALESCE(max(commit_order), 0)) AS commit_order
+                 FROM (SELECT version, commit_order FROM {events}
+                       WHERE stream_id = a.stream_id ORDER BY version DESC LIMIT 1) last
+             ) h
+         ),
+         e AS MATERIALIZED (
+             SELECT * FROM UNNEST($3::int8[], $4::int8[], $5::uuid[], $6::text[], $7::int4[],
+                                  $8::text[], $9::uuid[], $10::uuid[], $11::text[])
+                 AS e(n, ord, event_id, event_type, schema_version, data, correlation_id,
+                      causation_id, traceparent)
+         ),
+         stored AS MATERIALIZED (
+             SELECT e.n, e.ord, s.stream_id, s.version, s.global_position, s.commit_order,
+                    e.event_id
+             FROM e CROSS JOIN LATERAL (
+                 SELECT stream_id, version, global_position, commit_order FROM {events}
+                 WHERE event_id = e.event_id LIMIT 1
+             ) s
+         ),
+         ok AS MATERIALIZED (
+             SELECT a.n, a.stream_id, a.current, a.commit_order FROM a
+             WHERE (a.expected IS NULL OR a.current = a.expected)
+               AND NOT EXISTS (SELECT 1 FROM stored WHERE stored.n = a.n)
+         ),
+         appended AS (
+             INSERT INTO {events} (stream_id, version, commit_order, event_id, event_type,
+                                   schema_version, data, correlation_id, causation_id,
+                                   traceparent{marked_column})
+             SELECT ok.stream_id, ok.current + e.ord, ok.commit_order, e.event_id, e.event_type,
+                    e.schema_version, e.data::jsonb, e.correlation_id, e.causation_id,
+                    e.traceparent{marked}
+             FROM ok JOIN e ON e.n = ok.n
+             ORDER BY ok.n, e.ord
+             RETURNING stream_id, version, global_position, commit_order, {fed} AS fed,
+                       {woke} AS woke
+         )
+         SELECT {INSERTED} AS kind, a.n, NULL::text AS stream_id, NULL::uuid AS event_id,
+                0::int8 AS ord, p.version, p.global_position, p.commit_order, p.fed, p.woke
+         FROM appended p JOIN a ON a.stream_id = p.stream_id
+         UNION ALL
+         SELECT {STORED}, s.n, s.stream_id, s.event_id, s.ord, s.version, s.global_position,
+                s.commit_order, NULL, NULL
+         FROM stored s
+         UNION ALL
+         SELECT {HEAD}, a.n, NULL, NULL, 0, a.current, 0, 0, NULL, NULL
+         FROM a WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.n = a.n)"
+    )
+}
+
 /// An append in a unit of work's row for an event it inserted (see [`append_in_statement`]).
 pub(super) const INSERTED: i32 = 0;
 /// ... for an event id stored before the transaction (or by another, committed since).
@@ -363,6 +465,21 @@ mod tests {
                 shape == Shape::Head,
                 "{name}"
             );
+        }
+    }
+
+    /// The combined statements: with the outbox only where the name says, and both wake-up
+    /// checks where the plain statements have them.
+    #[test]
+    fn combined_statements_mark_and_wake_as_the_plain_ones() {
+        let sql = Sql::new(&Schema::default());
+        for (name, outbox) in COMBINED_NAMES.into_iter().zip([false, true]) {
+            let statement = sql.combined(outbox);
+            assert_eq!(name.ends_with("_outbox"), outbox, "{name}");
+            assert_eq!(statement.contains("'dtx_outbox_'"), outbox, "{name}");
+            assert_eq!(statement.contains(", outbox)"), outbox, "{name}");
+            assert!(statement.contains("'dtx_feed_'"), "{name}");
+            assert!(statement.contains("pg_current_xact_id()"), "{name}");
         }
     }
 }
