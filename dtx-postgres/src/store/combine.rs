@@ -185,7 +185,34 @@ impl Drop for Slot<'_> {
             combiner.next_batch(&mut state)
         };
         if let Some(batch) = next {
-            tokio::spawn(self.store.clone().drain(batch));
+            self.store.clone().spawn_drain(batch);
+        }
+    }
+}
+
+/// The slot of a batch being sent by [`PgEventStore::drain`]: given back by
+/// [`BatchSlot::finish`], or on drop if sending it ended otherwise (a panic, the runtime
+/// shutting down), so that the queue never stalls.
+struct BatchSlot<'a> {
+    store: &'a PgEventStore,
+    streams: Vec<StreamId>,
+    finished: bool,
+}
+
+impl BatchSlot<'_> {
+    /// Gives the slot back; the next batch, which this slot's task sends.
+    fn finish(mut self) -> Option<Vec<Pending>> {
+        self.finished = true;
+        self.store.combiner.finish(&self.streams)
+    }
+}
+
+impl Drop for BatchSlot<'_> {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Some(batch) = self.store.combiner.finish(&self.streams)
+        {
+            self.store.clone().spawn_drain(batch);
         }
     }
 }
@@ -333,20 +360,33 @@ impl PgEventStore {
             (receiver, combiner.next_batch(&mut state))
         };
         if let Some(batch) = next {
-            tokio::spawn(self.clone().drain(batch));
+            self.clone().spawn_drain(batch);
         }
         Entry::Queued(receiver)
+    }
+
+    /// Sends `batch` (and the batches after it) on a task of its own. Outside a runtime (only
+    /// when one is shutting down) its callers are answered by their dropped replies:
+    /// [`Error::OutcomeUnknown`], as for any append whose task ended.
+    fn spawn_drain(self, batch: Vec<Pending>) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.drain(batch));
+        }
     }
 
     /// Sends `batch`, then every batch that can go after it, until the queue has nothing that
     /// can go now (a later statement's return sends it then).
     async fn drain(self, mut batch: Vec<Pending>) {
         loop {
-            let streams: Vec<StreamId> = batch.iter().map(|p| p.stream.clone()).collect();
+            let slot = BatchSlot {
+                store: &self,
+                streams: batch.iter().map(|p| p.stream.clone()).collect(),
+                finished: false,
+            };
             self.send(batch).await;
             // Lets the callers just answered queue their next appends, to go together.
             tokio::task::yield_now().await;
-            match self.combiner.finish(&streams) {
+            match slot.finish() {
                 Some(next) => batch = next,
                 None => return,
             }
