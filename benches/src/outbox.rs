@@ -279,13 +279,11 @@ async fn eight_writers_rate(
     run_for: Duration,
 ) -> Result<f64, BoxError> {
     const WRITERS: u64 = 8;
-    let plain = match writer {
-        Writer::Alone => PgEventStore::new(wide.clone()).with_combining(Combining::off()),
-        Writer::InFlight1 => {
-            PgEventStore::new(wide.clone()).with_combining(Combining::default().max_in_flight(1))
-        }
-        _ => PgEventStore::new(wide.clone()),
-    };
+    let plain = PgEventStore::new(wide.clone()).with_combining(match writer {
+        Writer::Alone => Combining::off(),
+        Writer::InFlight1 => Combining::on().max_in_flight(1),
+        _ => Combining::on(),
+    });
     let outbox = plain.clone().with_outbox(true);
     let until = Instant::now() + run_for;
     let run = uuid::Uuid::now_v7();
@@ -330,19 +328,33 @@ async fn eight_writers_rate(
     for task in tasks {
         written += task.await?;
     }
+    if matches!(writer, Writer::Append | Writer::InFlight1 | Writer::Outbox) {
+        let stats = if writer == Writer::Outbox {
+            outbox.combining_stats()
+        } else {
+            plain.combining_stats()
+        };
+        #[allow(clippy::cast_precision_loss, reason = "a mean")]
+        let mean = stats.combined_appends as f64 / stats.combined_statements.max(1) as f64;
+        eprintln!(
+            "  {} appends: {} combined statements (mean {mean:.1} appends, largest {}), {} alone",
+            written, stats.combined_statements, stats.largest_batch, stats.alone
+        );
+    }
     #[allow(clippy::cast_precision_loss, reason = "a rate")]
     Ok(written as f64 / run_for.as_secs_f64())
 }
 
 /// `append_8_writers` and `append_8_writers_outbox`: events per second from 8 concurrent writers
-/// appending one event at a time, without and with the outbox (then a relay publishes to the
+/// appending one event at a time with combining on (`Combining::on()`), without and with the
+/// outbox (then a relay publishes to the
 /// in-memory publisher, wake-ups on), against 8 concurrent writers of raw single-row INSERTs;
 /// `append_8_writers_outbox_writes`, the outbox writes with no relay running (the backlog is
 /// published after that side, untimed); `append_8_writers_notify_each`, the same writes
 /// while the wake-up stays armed, so that every append notifies; `append_8_writers_alone`, the
-/// plain appends with combining off (every append its own statement and commit), and
-/// `append_8_writers_in_flight_1`, combining with one statement in flight instead of the
-/// default's two. Five rounds of 2 s per side,
+/// plain appends with combining off (the store's default: every append its own statement and
+/// commit), and `append_8_writers_in_flight_1`, combining with one statement in flight instead
+/// of two. Five rounds of 2 s per side,
 /// the order of the sides rotating, all on one 10-connection pool; each row reports the median
 /// rates, and the median of its rounds' ratios to the raw writers of the same round.
 async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError> {

@@ -42,9 +42,10 @@ const ANY_RETRIES: usize = 100;
 /// - The global feed is gap-free: see [`EventStore::read_all`] and the `event_store` migration.
 /// - A connection lost after the statement was sent is [`Error::OutcomeUnknown`], never retried
 ///   silently; retrying the same events is safe (it succeeds as a duplicate).
-/// - Appends issued concurrently to different streams are combined into one statement and one
-///   commit while earlier ones are in flight, each keeping its own expectation and outcome;
-///   a caller alone is sent at once. See [`Combining`] and [`PgEventStore::with_combining`].
+/// - With [`Combining::on`], appends issued concurrently to different streams are combined into
+///   one statement and one commit while earlier ones are in flight, each keeping its own
+///   expectation and outcome; a caller alone is sent at once. See [`Combining`] and
+///   [`PgEventStore::with_combining`].
 ///
 /// Clones share the pool and the combiner.
 #[derive(Clone)]
@@ -141,8 +142,8 @@ impl PgEventStore {
         }
     }
 
-    /// How concurrent appends are combined ([`Combining`]; on by default, [`Combining::off`]
-    /// sends every append alone). Appends in a unit of work ([`EventStore::append_in`]) are
+    /// How concurrent appends are combined ([`Combining`]; off by default, every append alone;
+    /// [`Combining::on`] combines). Appends in a unit of work ([`EventStore::append_in`]) are
     /// never combined.
     #[must_use]
     pub fn with_combining(mut self, combining: Combining) -> Self {

@@ -38,7 +38,7 @@ fn stream(name: impl std::fmt::Display) -> StreamId {
 async fn store() -> PgEventStore {
     tests::pg_store()
         .await
-        .with_combining(Combining::default().max_in_flight(1))
+        .with_combining(Combining::on().max_in_flight(1))
 }
 
 /// Polls `check` until it holds, for at most [`DEADLINE`].
@@ -542,7 +542,7 @@ async fn a_lost_commit_is_outcome_unknown_for_exactly_its_batch() {
     let direct = tests::pg_store().await;
     let proxy = FaultProxy::in_front_of(direct.pool()).await.unwrap();
     let proxied = PgEventStore::new(proxy.pool(4).await.unwrap())
-        .with_combining(Combining::default().max_in_flight(1));
+        .with_combining(Combining::on().max_in_flight(1));
     for fault in [
         Fault::before(Statement::containing(COMBINED)),
         Fault::during(Statement::containing(COMBINED)),

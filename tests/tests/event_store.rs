@@ -16,7 +16,7 @@ mod memory {
 }
 
 mod postgres {
-    // Appends combined (the default).
+    // Every append alone (the default).
     dtx::event_store_contract_tests!(tests::pg_store().await);
 
     /// A store on a pool of one connection, and units of work on that pool: a unit of work that
@@ -37,12 +37,12 @@ mod postgres {
     dtx::unit_of_work_contract_tests!(on_one_connection().await);
 }
 
-/// The contract with every append alone.
-mod postgres_alone {
+/// The contract with appends combined.
+mod postgres_combining {
     dtx::event_store_contract_tests!(
         tests::pg_store()
             .await
-            .with_combining(dtx_postgres::Combining::off())
+            .with_combining(dtx_postgres::Combining::on())
     );
 }
 
@@ -51,6 +51,6 @@ mod postgres_eager_combining {
     dtx::event_store_contract_tests!(
         tests::pg_store()
             .await
-            .with_combining(dtx_postgres::Combining::default().max_in_flight(1))
+            .with_combining(dtx_postgres::Combining::on().max_in_flight(1))
     );
 }

@@ -18,17 +18,21 @@ use tokio::sync::oneshot;
 
 /// How a [`PgEventStore`] combines concurrent appends ([`PgEventStore::with_combining`]).
 ///
-/// On by default: a caller alone sends its append at once, as without combining; callers that
-/// append while [`max_in_flight`](Self::max_in_flight) statements are in flight wait for one of
-/// them and then go together, one statement and one commit for all of them, each with its own
-/// expectation and its own outcome.
+/// Off by default ([`Combining::off`], also `Combining::default()`). [`Combining::on`]: a caller
+/// alone sends its append at once, as without combining; callers that append while
+/// [`max_in_flight`](Self::max_in_flight) statements are in flight wait for one of them and then
+/// go together, one statement and one commit for all of them, each with its own expectation and
+/// its own outcome. It pays where each commit costs the database CPU (many writers, a fast
+/// WAL disk); where the WAL flush's latency is the limit, PostgreSQL's own group commit already
+/// shares flushes between concurrent transactions and the wait for a slot costs more than the
+/// commits it saves (see the README's benchmarks).
 ///
 /// ```
 /// use dtx_postgres::Combining;
 ///
-/// let options = Combining::default().max_in_flight(1).max_appends(64);
+/// let options = Combining::on().max_in_flight(1).max_appends(64);
 /// assert!(options.is_enabled());
-/// assert!(!Combining::off().is_enabled());
+/// assert!(!Combining::default().is_enabled());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Combining {
@@ -40,24 +44,26 @@ pub struct Combining {
 }
 
 impl Default for Combining {
-    /// On: two statements in flight, batches of up to 256 appends, 4096 events and 8 MiB of
-    /// payload.
+    /// [`Combining::off`].
     fn default() -> Self {
-        Self {
-            enabled: true,
-            max_in_flight: 2,
-            max_appends: 256,
-            max_events: 4096,
-            max_bytes: 8 * 1024 * 1024,
-        }
+        Self::off()
     }
 }
 
 impl Combining {
-    /// No combining: every append is a statement and a commit of its own.
+    /// No combining: every append is a statement and a commit of its own (the default).
     pub const fn off() -> Self {
         Self {
             enabled: false,
+            ..Self::on()
+        }
+    }
+
+    /// Combining on: two statements in flight, batches of up to 256 appends, 4096 events and
+    /// 8 MiB of payload.
+    pub const fn on() -> Self {
+        Self {
+            enabled: true,
             max_in_flight: 2,
             max_appends: 256,
             max_events: 4096,
