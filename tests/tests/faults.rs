@@ -495,7 +495,7 @@ async fn saga_worker_cut_before_during_and_after_its_commits() {
     }
     // Every kind of cut on saves and on claims, armed before the worker starts.
     let statements = [
-        Statement::containing("UPDATE saga_state SET status"),
+        Statement::containing("UPDATE saga_state s SET status = v.status"),
         Statement::containing("FOR UPDATE SKIP LOCKED"),
     ];
     for (i, cut) in CUTS.iter().cycle().take(12).enumerate() {
