@@ -1,5 +1,6 @@
 //! [`PgEventStore`]: appends, reads and snapshots.
 
+mod lifecycle;
 mod statements;
 mod wake;
 
@@ -14,7 +15,7 @@ use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;
 use dtx::{
     AppendResult, Error, EventData, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
-    NewEvent, RecordedEvent, Result, Snapshot, StoreLimits, StreamId,
+    NewEvent, RecordedEvent, Result, Snapshot, StoreLimits, StreamId, StreamState,
 };
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgRow};
@@ -44,6 +45,8 @@ pub struct PgEventStore {
     pool: PgPool,
     limits: StoreLimits,
     sql: Arc<Sql>,
+    /// Closing and archiving streams.
+    lifecycle: Arc<lifecycle::LifecycleSql>,
     outbox: bool,
     /// The feed's waker, started by the first reader that asks (shared by clones).
     waker: Arc<std::sync::OnceLock<Arc<wake::PgFeedWaker>>>,
@@ -119,6 +122,7 @@ impl PgEventStore {
             pool,
             limits: StoreLimits::default(),
             sql: Arc::new(Sql::new(&Schema::default())),
+            lifecycle: Arc::new(lifecycle::LifecycleSql::new(&Schema::default())),
             outbox: false,
             waker: Arc::default(),
             guard: FeedGuard::new(&Schema::default()),
@@ -146,6 +150,7 @@ impl PgEventStore {
         let named = Schema::named(schema)?;
         self.guard = FeedGuard::new(&named);
         self.sql = Arc::new(Sql::new(&named));
+        self.lifecycle = Arc::new(lifecycle::LifecycleSql::new(&named));
         self.waker = Arc::default();
         Ok(self)
     }
@@ -178,7 +183,12 @@ impl PgEventStore {
                 ("read_feed", &sql.read_feed),
                 ("load_snapshot", &sql.load_snapshot),
                 ("save_snapshot", &sql.save_snapshot),
+                (
+                    "read_archived_stream_data",
+                    &self.lifecycle.read_archived_data,
+                ),
             ])
+            .chain(self.lifecycle.named())
             .collect()
     }
 
@@ -261,11 +271,12 @@ impl PgEventStore {
         if let Some(first) = ours.first() {
             return Err(duplicate(stream, first));
         }
-        Err(Error::Conflict {
+        let conflict = Error::Conflict {
             stream: stream.clone(),
             expected,
             actual: to_u64(head),
-        })
+        };
+        Err(self.refused(&mut *conn, stream, conflict).await)
     }
 
     async fn append_once<'c, E>(
@@ -426,6 +437,42 @@ fn result(mut rows: Vec<Appended>, deduplicated: bool) -> AppendResult {
     }
 }
 
+/// A row of `read_stream_data`: version, type, schema version, data (NULLs in the marker row
+/// of an archived stream).
+type DataRow = (i64, Option<String>, Option<i32>, Option<String>);
+
+/// The events of a stream read from `from_version` as `(version, type, schema version, data)`
+/// rows, checked (versions, schema versions, no gap).
+fn event_data<T, V, D>(
+    stream: &StreamId,
+    from_version: u64,
+    rows: Vec<(i64, T, V, D)>,
+) -> Result<Vec<EventData>>
+where
+    T: Into<Option<String>>,
+    V: Into<Option<i32>>,
+    D: Into<Option<String>>,
+{
+    let events = rows
+        .into_iter()
+        .map(|(version, event_type, schema_version, data)| {
+            let version = stored_version(stream, version)?;
+            Ok(EventData {
+                version,
+                event_type: event_type.into().unwrap_or_default(),
+                schema_version: stored_schema_version(
+                    stream,
+                    version,
+                    schema_version.into().unwrap_or(0),
+                )?,
+                data: data.into().unwrap_or_default().into_boxed_str(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
+    Ok(events)
+}
+
 fn hash_to_i64(hash: u64) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
@@ -506,7 +553,10 @@ impl EventStore for PgEventStore {
                     self.stream_version(stream).await?
                 }
             };
-            let settled = self.settle(stream, expected, &batch.ids, current).await;
+            let settled = match self.settle(stream, expected, &batch.ids, current).await {
+                Err(error) => Err(self.refused(&self.pool, stream, error).await),
+                settled => settled,
+            };
             if let Ok(result) = &settled {
                 tracing::debug!(stream = %stream, version = result.last_version, events = count, "append was already stored");
             }
@@ -529,7 +579,14 @@ impl EventStore for PgEventStore {
             .map_err(Error::storage)?;
         let events = rows
             .iter()
-            .map(|row| recorded(row, Some(stream)))
+            .map(|row| {
+                if row.try_get::<i64, _>(1).map_err(Error::storage)? == 0 {
+                    return Err(Error::StreamArchived {
+                        stream: stream.clone(),
+                    });
+                }
+                recorded(row, Some(stream))
+            })
             .collect::<Result<Vec<_>>>()?;
         dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
         Ok(events)
@@ -618,12 +675,29 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        let version: i64 = sqlx::query_scalar(&self.sql.head)
-            .bind(stream.as_str())
-            .fetch_one(&self.pool)
+        self.last_version(stream).await
+    }
+
+    async fn close_stream(&self, stream: &StreamId) -> Result<u64> {
+        self.close(stream).await
+    }
+
+    async fn archive_stream(&self, stream: &StreamId) -> Result<u64> {
+        self.archive(stream).await
+    }
+
+    async fn stream_state(&self, stream: &StreamId) -> Result<StreamState> {
+        self.state(stream).await
+    }
+
+    async fn read_archived_stream_data(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        self.read_archived_data(stream, from_version, max_count)
             .await
-            .map_err(Error::storage)?;
-        Ok(to_u64(version))
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
@@ -691,28 +765,21 @@ impl PgEventStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
-        // By position: this runs once per event an aggregate loads.
-        let rows: Vec<(i64, String, i32, String)> = sqlx::query_as(&self.sql.read_stream_data)
+        // By position: this runs once per event an aggregate loads. The marker row of an
+        // archived stream (version 0) has NULLs.
+        let rows: Vec<DataRow> = sqlx::query_as(&self.sql.read_stream_data)
             .bind(stream.as_str())
             .bind(to_i64(from_version))
             .bind(count(max_count))
             .fetch_all(executor)
             .await
             .map_err(Error::storage)?;
-        let events = rows
-            .into_iter()
-            .map(|(version, event_type, schema_version, data)| {
-                let version = stored_version(stream, version)?;
-                Ok(EventData {
-                    version,
-                    event_type,
-                    schema_version: stored_schema_version(stream, version, schema_version)?,
-                    data: data.into_boxed_str(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
-        Ok(events)
+        if rows.last().is_some_and(|row| row.0 == 0) {
+            return Err(Error::StreamArchived {
+                stream: stream.clone(),
+            });
+        }
+        event_data(stream, from_version, rows)
     }
 
     async fn save_snapshot_on<'c, E>(
