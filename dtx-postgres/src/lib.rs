@@ -33,6 +33,7 @@ pub mod nats;
 pub mod outbox;
 mod projection;
 mod restore;
+pub mod retention;
 mod saga;
 mod sql;
 mod store;
