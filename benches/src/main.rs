@@ -32,6 +32,7 @@ mod http_load;
 mod idempotency;
 mod inbox_kafka;
 mod inbox_nats;
+mod lifecycle;
 mod outbox;
 mod projection;
 mod resilience;
@@ -321,6 +322,7 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     append_rows(&options, &pool, &store).await?;
+    lifecycle::lifecycle_rows(&options, &pool).await?;
     load_rows(&options, &pool, &store).await?;
     upcast::upcast_rows(&options, &store).await?;
     cqrs::cqrs_rows(&options, &pool, &store).await?;
