@@ -13,8 +13,8 @@
 //! iterations interleaved so that drift of this noisy machine hits both alike. `ratio` = dtx
 //! median / baseline median. Rows of sub-microsecond operations time batches of calls and
 //! report the time of one call. It reads
-//! `DATABASE_URL` (default: the local server) and works in a database `dtx_bench` that it
-//! recreates on every run.
+//! `DATABASE_URL` (default: the local server) and works in a database `dtx_bench` (or the one
+//! `BENCH_DATABASE` names) that it recreates on every run.
 
 use dtx::{
     Aggregate, Apply, DomainEvent, EventMetadata, EventStore, ExpectedVersion, NewEvent,
@@ -270,9 +270,14 @@ async fn bench_database() -> Result<PgPool, BoxError> {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let admin = PgConnectOptions::from_str(&url)?;
     let mut conn = admin.connect().await?;
-    conn.execute("DROP DATABASE IF EXISTS dtx_bench WITH (FORCE)")
+    // `BENCH_DATABASE` names it (default `dtx_bench`): runs side by side on one server each need
+    // their own.
+    let name = std::env::var("BENCH_DATABASE").unwrap_or_else(|_| "dtx_bench".to_owned());
+    let quoted = dtx_postgres::quote_identifier(&name)?;
+    conn.execute(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)").as_str())
         .await?;
-    conn.execute("CREATE DATABASE dtx_bench").await?;
+    conn.execute(format!("CREATE DATABASE {quoted}").as_str())
+        .await?;
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .after_connect(|conn, _| {
@@ -284,7 +289,7 @@ async fn bench_database() -> Result<PgPool, BoxError> {
                 Ok(())
             })
         })
-        .connect_with(admin.database("dtx_bench"))
+        .connect_with(admin.database(&name))
         .await?;
     dtx_postgres::migrate(&pool).await?;
     pool.execute(
