@@ -132,9 +132,9 @@ async fn commands_on_closed_streams_are_refused(store: SharedEventStore) {
 mod memory {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn commands_on_closed_streams_are_refused() {
-        super::commands_on_closed_streams_are_refused(std::sync::Arc::new(
+        super::commands_on_closed_streams_are_refused(std::sync::Arc::new(tests::Yielding(
             dtx::MemoryEventStore::new(),
-        ))
+        )))
         .await;
     }
 }

@@ -412,7 +412,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<AppendResult>;
 
     /// Reads up to `max_count` events of a stream, starting at version `from_version` (1 = the
-    /// beginning), in version order. A missing stream reads as empty.
+    /// beginning), in version order. A missing stream reads as empty; an archived one is
+    /// [`Error::StreamArchived`] (see [`EventStore::read_archived_stream_data`]).
     async fn read_stream(
         &self,
         stream: &StreamId,
