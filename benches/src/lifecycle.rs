@@ -37,12 +37,9 @@ pub(crate) async fn lifecycle_rows(options: &Options, pool: &PgPool) -> Result<(
     )
     .execute(pool)
     .await?;
-    sqlx::raw_sql(
-        "ANALYZE bench_archived.event_archive; ANALYZE bench_archived.closed_streams;
-         VACUUM bench_archived.event_archive",
-    )
-    .execute(pool)
-    .await?;
+    sqlx::raw_sql("ANALYZE bench_archived.event_archive; ANALYZE bench_archived.closed_streams")
+        .execute(pool)
+        .await?;
     let hot = PgEventStore::new(pool.clone()).with_schema("bench_hot")?;
     let archived = PgEventStore::new(pool.clone()).with_schema("bench_archived")?;
     let n = options.iterations;

@@ -255,8 +255,8 @@ fn append_statement(events: &str, shape: Shape, outbox: bool, many: bool) -> Str
 /// id), and the stream's head before the statement.
 fn append_in_statement(events: &str, outbox: bool, many: bool) -> String {
     let insert = append_statement(events, Shape::Head, outbox, many);
-    // The plain statement checks `WHERE $2::bigint IS NULL OR h.current = $2`: insert only when
-    // no id is stored, too.
+    // The plain statement checks `$2::bigint IS NULL OR h.current = $2` (and that the stream is
+    // open): insert only when no id is stored, too.
     let filter = lifecycle::refuse_closed("WHERE $2::bigint IS NULL OR h.current = $2", events);
     debug_assert!(insert.contains(&filter));
     let insert = insert.replace(
