@@ -34,6 +34,7 @@ mod inbox_kafka;
 mod inbox_nats;
 mod lifecycle;
 mod outbox;
+mod personal;
 mod projection;
 mod resilience;
 mod saga;
@@ -328,6 +329,7 @@ async fn main() -> Result<(), BoxError> {
     }
     append_rows(&options, &pool, &store).await?;
     lifecycle::lifecycle_rows(&options, &pool).await?;
+    personal::personal_rows(&options, &store).await?;
     load_rows(&options, &pool, &store).await?;
     upcast::upcast_rows(&options, &store).await?;
     cqrs::cqrs_rows(&options, &pool, &store).await?;

@@ -74,6 +74,8 @@ pub enum Command {
     /// A stream's life: its state, close it (no more events), archive it.
     #[command(subcommand)]
     Stream(Stream),
+    /// Forget a data subject: delete its key, so its personal values read as forgotten.
+    Forget(Forget),
 }
 
 /// `dtx purge`.
@@ -128,6 +130,16 @@ pub enum Stream {
         #[arg(long)]
         close: bool,
     },
+}
+
+/// `dtx forget`.
+#[derive(Debug, Args)]
+pub struct Forget {
+    /// The subject's id, as the events' `personal(subject = ..)` field holds it.
+    pub subject: String,
+    /// Print JSON instead of a line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dtx feed`.

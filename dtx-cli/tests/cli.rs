@@ -280,6 +280,7 @@ fn help_of_every_command() {
         &["stream", "show"],
         &["stream", "close"],
         &["stream", "archive"],
+        &["forget"],
     ];
     for command in commands {
         let mut args = command.to_vec();
@@ -1055,6 +1056,42 @@ async fn feed_check_finds_a_restored_feed_and_repair_rebases_it() {
     .await
     .unwrap();
     assert_eq!(last, 4);
+}
+
+#[tokio::test]
+async fn forget_deletes_the_subjects_key() {
+    let (url, pool) = migrated_database().await;
+    let stream = StreamId::new("Customer-7").unwrap();
+    let event = NewEvent::from_json(
+        "Registered",
+        &serde_json::json!({ "name": { "dtx:personal": "customer-7", "value": "Ada" } }),
+    )
+    .unwrap();
+    let store = PgEventStore::new(pool.clone());
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event])
+        .await
+        .unwrap();
+    let name = async || {
+        let events = store.read_stream(&stream, 1, 1).await.unwrap();
+        let data: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+        data["name"].clone()
+    };
+    assert_eq!(name().await["value"], "Ada");
+
+    let forgot = dtx(Some(&url), &["forget", "customer-7", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        forgot,
+        serde_json::json!({ "subject": "customer-7", "forgotten": true })
+    );
+    assert_eq!(name().await["forgotten"], true);
+    let again = dtx(Some(&url), &["forget", "customer-7"]).ok();
+    assert_eq!(
+        again.stdout.trim(),
+        "`customer-7` has no key: nothing was stored about it, or it was forgotten before"
+    );
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ mod migrate;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod outbox;
+mod personal;
 mod projection;
 mod restore;
 pub mod retention;
@@ -47,6 +48,7 @@ pub use idempotency::PgIdempotencyStore;
 pub use inbox::PgInbox;
 pub use migrate::{MIGRATOR, MigrationState, migrate, migrate_in_schema, migration_status};
 pub use outbox::{OutboxRelay, PgOutbox, RelayPass};
+pub use personal::PgSubjectKeys;
 pub use projection::PgCheckpointStore;
 pub use restore::{
     FeedRepair, check_feed, check_feed_in_schema, repair_restored_feed,

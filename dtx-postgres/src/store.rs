@@ -4,6 +4,7 @@ mod lifecycle;
 mod statements;
 mod wake;
 
+use crate::personal::PgSubjectKeys;
 use crate::restore::FeedGuard;
 use crate::sql::{
     Schema, classify, count, stored_schema_version, stored_version, to_i64, to_u64,
@@ -13,6 +14,7 @@ use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dtx::UnitOfWork;
+use dtx::personal::PersonalData;
 use dtx::{
     AppendResult, Error, EventData, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
     NewEvent, RecordedEvent, Result, Snapshot, StoreLimits, StreamId, StreamState,
@@ -53,6 +55,8 @@ pub struct PgEventStore {
     /// The check before the first append that the feed is not ahead of the transaction ids
     /// (see [`crate::check_feed`]).
     guard: FeedGuard,
+    /// Seals and opens personal values with their subjects' keys (`subject_keys`).
+    personal: PersonalData,
 }
 
 impl std::fmt::Debug for PgEventStore {
@@ -119,6 +123,7 @@ impl PgEventStore {
     /// A store on a pool whose database has the dtx tables (see [`crate::migrate`]).
     pub fn new(pool: PgPool) -> Self {
         Self {
+            personal: PersonalData::new(PgSubjectKeys::new(pool.clone())),
             pool,
             limits: StoreLimits::default(),
             sql: Arc::new(Sql::new(&Schema::default())),
@@ -151,8 +156,27 @@ impl PgEventStore {
         self.guard = FeedGuard::new(&named);
         self.sql = Arc::new(Sql::new(&named));
         self.lifecycle = Arc::new(lifecycle::LifecycleSql::new(&named));
+        self.personal = self
+            .personal
+            .with_keys(PgSubjectKeys::in_schema(self.pool.clone(), &named));
         self.waker = Arc::default();
         Ok(self)
+    }
+
+    /// Wraps the subjects' keys of personal data (see [`dtx::personal`]) with a master key of
+    /// yours before they are stored in `subject_keys`, and unwraps them when they are read.
+    /// Set it before the first personal value is stored.
+    #[must_use]
+    pub fn with_key_wrap(mut self, wrap: impl dtx::personal::KeyWrap) -> Self {
+        self.personal = self.personal.with_key_wrap(wrap);
+        self
+    }
+
+    /// What seals and opens this store's personal values: for a consumer sharing the
+    /// database that opens the sealed payloads a relay published
+    /// ([`PersonalData::open_json`]).
+    pub fn personal_data(&self) -> &PersonalData {
+        &self.personal
     }
 
     /// Sets the batch limits.
@@ -532,6 +556,8 @@ impl EventStore for PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         self.guard.ensure(&self.pool).await?;
+        let mut events = events;
+        self.personal.seal_events(stream, &mut events).await?;
         self.limits.check(stream, &events)?;
         let count = events.len();
         let batch = Batch::new(events);
@@ -577,7 +603,7 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        let events = rows
+        let mut events = rows
             .iter()
             .map(|row| {
                 if row.try_get::<i64, _>(1).map_err(Error::storage)? == 0 {
@@ -589,6 +615,7 @@ impl EventStore for PgEventStore {
             })
             .collect::<Result<Vec<_>>>()?;
         dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
+        self.personal.open_events(&mut events).await?;
         Ok(events)
     }
 
@@ -614,7 +641,12 @@ impl EventStore for PgEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::storage)?;
-        rows.iter().map(|row| recorded(row, None)).collect()
+        let mut events = rows
+            .iter()
+            .map(|row| recorded(row, None))
+            .collect::<Result<Vec<_>>>()?;
+        self.personal.open_events(&mut events).await?;
+        Ok(events)
     }
 
     async fn read_feed(
@@ -664,6 +696,7 @@ impl EventStore for PgEventStore {
                 };
             }
         }
+        self.personal.open_events(&mut page.events).await?;
         Ok(page)
     }
 
@@ -707,12 +740,14 @@ impl EventStore for PgEventStore {
             .await
             .map_err(Error::storage)?;
         let Some(row) = row else { return Ok(None) };
-        Ok(Some(Snapshot {
+        let mut snapshot = Snapshot {
             aggregate_type: row.aggregate_type,
             version: to_u64(row.version),
             schema_hash: u64::from_ne_bytes(row.schema_hash.to_ne_bytes()),
             state: RawValue::from_string(row.state).map_err(Error::storage)?,
-        }))
+        };
+        self.personal.open_snapshot(&mut snapshot).await?;
+        Ok(Some(snapshot))
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
@@ -726,6 +761,8 @@ impl EventStore for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
+        let mut events = events;
+        self.personal.seal_events(stream, &mut events).await?;
         let conn = PgUnitOfWork::of(uow)?;
         self.guard.ensure_on(conn).await?;
         self.append_on(conn, stream, expected, events).await
@@ -750,6 +787,10 @@ impl EventStore for PgEventStore {
     ) -> Result<()> {
         self.save_snapshot_on(PgUnitOfWork::of(uow)?, stream, snapshot)
             .await
+    }
+
+    async fn forget(&self, subject: &str) -> Result<bool> {
+        self.personal.forget(subject).await
     }
 }
 
@@ -779,7 +820,9 @@ impl PgEventStore {
                 stream: stream.clone(),
             });
         }
-        event_data(stream, from_version, rows)
+        let mut events = event_data(stream, from_version, rows)?;
+        self.personal.open_data(&mut events).await?;
+        Ok(events)
     }
 
     async fn save_snapshot_on<'c, E>(
@@ -792,6 +835,11 @@ impl PgEventStore {
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
         snapshot.check_storable(stream)?;
+        let mut snapshot = snapshot;
+        if !self.personal.seal_snapshot(&mut snapshot).await? {
+            tracing::warn!(stream = %stream, version = snapshot.version, "snapshot not stored: a personal value of the state names no data subject (make it with `Personal::of`)");
+            return Ok(());
+        }
         sqlx::query(&self.sql.save_snapshot)
             .bind(stream.as_str())
             .bind(&snapshot.aggregate_type)

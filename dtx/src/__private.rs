@@ -36,6 +36,7 @@ pub struct PayloadCodec<T> {
     encode: fn(&T) -> Result<Box<RawValue>, serde_json::Error>,
     decode: fn(&str) -> Result<T, serde_json::Error>,
     upcast: Option<Upcaster<T>>,
+    subject: Option<fn(&T) -> String>,
 }
 
 /// The chain of `#[event(upcast(..))]` steps of one variant, generated as one function: the
@@ -49,7 +50,14 @@ pub const fn payload<T: EventPayload>() -> PayloadCodec<T> {
         encode: to_payload::<T>,
         decode: from_json::<T>,
         upcast: None,
+        subject: None,
     }
+}
+
+/// The id of the data subject a payload field holds: generated for
+/// `#[event(personal(subject = field))]`, under the field's span.
+pub fn subject_of<S: crate::personal::SubjectId + ?Sized>(field: &S) -> String {
+    field.subject_id()
 }
 
 impl<T> PayloadCodec<T> {
@@ -63,9 +71,25 @@ impl<T> PayloadCodec<T> {
         }
     }
 
+    /// The codec of a variant with `#[event(personal(subject = ..))]`: every
+    /// [`Personal`](crate::personal::Personal) value of the payload is about the subject
+    /// `subject` reads from it.
+    #[must_use]
+    pub const fn personal(self, subject: fn(&T) -> String) -> Self {
+        Self {
+            subject: Some(subject),
+            ..self
+        }
+    }
+
     /// Serialises a payload.
     pub fn encode(&self, payload: &T) -> Result<Box<RawValue>, serde_json::Error> {
-        (self.encode)(payload)
+        match self.subject {
+            Some(subject) => {
+                crate::personal::with_subject(subject(payload), || (self.encode)(payload))
+            }
+            None => (self.encode)(payload),
+        }
     }
 
     /// Decodes a payload stored at schema version `stored`; this build supports `supported`.

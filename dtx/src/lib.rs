@@ -59,6 +59,7 @@ pub mod inbox;
 #[cfg(feature = "money")]
 pub mod money;
 pub mod outbox;
+pub mod personal;
 pub mod projection;
 pub mod retention;
 pub(crate) mod retry;

@@ -144,6 +144,11 @@ impl<S: dtx::EventStore> dtx::EventStore for Yielding<S> {
             .read_archived_stream_data(stream, from_version, max_count)
             .await
     }
+
+    async fn forget(&self, subject: &str) -> dtx::Result<bool> {
+        tokio::task::yield_now().await;
+        self.0.forget(subject).await
+    }
 }
 
 /// A [`dtx_postgres::PgSagaStore`] and [`PgEventStore`] on one fresh, migrated database.

@@ -2,6 +2,7 @@
 
 mod events;
 mod feed;
+mod forget;
 mod inbox;
 mod migrate;
 mod outbox;
@@ -32,5 +33,6 @@ pub(crate) async fn run(op: &Operator, cli: Cli, out: &mut Out<'_>) -> Result<Ou
         Command::Feed(command) => feed::run(&db, command, out).await,
         Command::Purge(command) => purge::run(&db, &command, out).await,
         Command::Stream(command) => stream::run(&db, command, out).await,
+        Command::Forget(command) => forget::run(&db, command, out).await,
     }
 }

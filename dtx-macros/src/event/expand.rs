@@ -26,6 +26,7 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
     let payloads: Vec<&syn::Type> = variants.iter().map(|v| &v.payload).collect();
     let versions: Vec<u32> = variants.iter().map(|v| v.version).collect();
     let upcasters: Vec<TokenStream> = variants.iter().map(|v| upcaster(krate, v)).collect();
+    let subjects: Vec<TokenStream> = variants.iter().map(|v| subject(krate, v)).collect();
     let codecs: Vec<_> = variants.iter().map(|v| codec(krate, v)).collect();
     let dispatch = dispatch(krate, ident, &payloads, &idents);
 
@@ -88,6 +89,8 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         }
 
         #(#upcasters)*
+
+        #(#subjects)*
 
         #dispatch
 
@@ -220,7 +223,35 @@ fn codec(krate: &syn::Path, variant: &super::Variant) -> TokenStream {
         let upcaster = upcaster_ident(&variant.ident);
         quote!(.upcasting(#upcaster))
     });
-    quote_spanned!(ty.span()=> #krate::__private::payload::<#ty>()#upcasting)
+    let personal = variant.subject.as_ref().map(|_| {
+        let subject = subject_ident(&variant.ident);
+        quote!(.personal(#subject))
+    });
+    quote_spanned!(ty.span()=> #krate::__private::payload::<#ty>()#upcasting #personal)
+}
+
+/// The name of a variant's generated subject reader.
+fn subject_ident(variant: &syn::Ident) -> syn::Ident {
+    quote::format_ident!("__dtx_subject_{}", crate::common::snake_case(variant))
+}
+
+/// A variant's subject reader, for `#[event(personal(subject = field))]`: the id of the data
+/// subject the payload's personal values are about. The field access and the call carry the
+/// field's span: a field the payload lacks, or of a type that cannot be a subject's id, is
+/// reported under it. Nothing for a variant without personal values.
+fn subject(krate: &syn::Path, variant: &super::Variant) -> TokenStream {
+    let Some(field) = &variant.subject else {
+        return TokenStream::new();
+    };
+    let payload = &variant.payload;
+    let name = subject_ident(&variant.ident);
+    let subject_of = respan(quote!(#krate::__private::subject_of), field.span());
+    let read = quote_spanned!(field.span()=> #subject_of(&payload.#field));
+    quote! {
+        fn #name(payload: &#payload) -> ::std::string::String {
+            #read
+        }
+    }
 }
 
 /// The name of a variant's generated upcaster.

@@ -95,6 +95,7 @@ mod raw {
     use darling::ast::{Data, Fields};
     use darling::util::{Ignored, SpannedValue};
     use darling::{FromDeriveInput, FromField, FromMeta, FromVariant};
+    use syn::spanned::Spanned;
 
     #[derive(FromDeriveInput)]
     #[darling(attributes(event))]
@@ -114,6 +115,8 @@ mod raw {
         pub(super) alias: Vec<SpannedValue<Ignored>>,
         /// Refused: read only to say that it goes on a variant.
         pub(super) version: Option<SpannedValue<Ignored>>,
+        /// Refused: read only to say that it goes on a variant.
+        pub(super) personal: Option<SpannedValue<Ignored>>,
     }
 
     #[derive(FromVariant)]
@@ -131,6 +134,76 @@ mod raw {
         /// One step of the upcast chain each.
         #[darling(multiple)]
         pub(super) upcast: Vec<SpannedValue<RawUpcast>>,
+        /// `personal(subject = customer_id)`: the payload's personal values are about the
+        /// subject that field names.
+        pub(super) personal: Option<RawPersonal>,
+    }
+
+    /// `personal(subject = customer_id)`: the payload field holding the data subject's id.
+    pub(super) struct RawPersonal {
+        pub(super) subject: syn::Member,
+    }
+
+    impl FromMeta for RawPersonal {
+        fn from_word() -> darling::Result<Self> {
+            Err(darling::Error::custom(
+                "name the payload field that holds the data subject's id: \
+                 `personal(subject = customer_id)`",
+            ))
+        }
+
+        fn from_list(items: &[darling::ast::NestedMeta]) -> darling::Result<Self> {
+            let mut errors = darling::Error::accumulator();
+            let mut subject = None;
+            for item in items {
+                match item {
+                    darling::ast::NestedMeta::Meta(syn::Meta::NameValue(option))
+                        if option.path.is_ident("subject") =>
+                    {
+                        match &option.value {
+                            syn::Expr::Path(path)
+                                if path.qself.is_none() && path.path.get_ident().is_some() =>
+                            {
+                                subject = path.path.get_ident().cloned().map(syn::Member::Named);
+                            }
+                            syn::Expr::Lit(syn::ExprLit {
+                                lit: syn::Lit::Int(index),
+                                ..
+                            }) => match index.base10_parse::<u32>() {
+                                Ok(index) => {
+                                    subject = Some(syn::Member::Unnamed(syn::Index {
+                                        index,
+                                        span: option.value.span(),
+                                    }));
+                                }
+                                Err(error) => errors.push(error.into()),
+                            },
+                            other => errors.push(
+                                darling::Error::custom(
+                                    "`subject` names one field of the payload struct, \
+                                     e.g. `subject = customer_id`",
+                                )
+                                .with_span(other),
+                            ),
+                        }
+                    }
+                    other => errors.push(
+                        darling::Error::custom(
+                            "`personal(..)` takes one option, the field with the data subject's \
+                             id: `personal(subject = customer_id)`",
+                        )
+                        .with_span(other),
+                    ),
+                }
+            }
+            errors.finish()?;
+            subject.map(|subject| Self { subject }).ok_or_else(|| {
+                darling::Error::custom(
+                    "name the payload field that holds the data subject's id: \
+                     `personal(subject = customer_id)`",
+                )
+            })
+        }
     }
 
     /// `upcast(from = 1, with = v1_to_v2)` or `upcast(from = 1, type = PlacedV1)`.
@@ -195,6 +268,8 @@ pub(crate) struct Variant {
     pub(crate) aliases: Vec<String>,
     /// The upcast chain, oldest step first, contiguous up to `version - 1`.
     pub(crate) upcasts: Vec<Upcast>,
+    /// The payload field holding the id of the data subject its personal values are about.
+    pub(crate) subject: Option<syn::Member>,
 }
 
 /// One step of an upcast chain: how version `from` becomes `from + 1`.
@@ -232,6 +307,10 @@ impl Model {
                 "version",
                 raw.version.iter().map(SpannedValue::span).collect(),
             ),
+            (
+                "personal(..)",
+                raw.personal.iter().map(SpannedValue::span).collect(),
+            ),
         ] {
             for span in spans {
                 errors.push(
@@ -241,6 +320,7 @@ impl Model {
                         option_example = match option {
                             "alias" => "alias = \"OrderPlaced\"",
                             "version" => "..",
+                            "personal(..)" => "personal(subject = customer_id)",
                             _ => "upcast(from = 1, with = v1_to_v2)",
                         }
                     ))
@@ -357,6 +437,7 @@ impl Model {
                 schema: variant.schema.or(raw.schema).unwrap_or(true),
                 aliases: variant.alias.iter().map(|a| (**a).clone()).collect(),
                 upcasts,
+                subject: variant.personal.map(|p| p.subject),
             });
         }
         check_aliases(&variants, &aliases, &mut errors);

@@ -345,6 +345,8 @@ impl PgEventStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(Error::storage)?;
-        super::event_data(stream, from_version, rows)
+        let mut events = super::event_data(stream, from_version, rows)?;
+        self.personal.open_data(&mut events).await?;
+        Ok(events)
     }
 }

@@ -72,15 +72,18 @@ impl SagaOrchestrator {
         sagas: Vec<Correlated>,
         event: &RecordedEvent,
     ) -> Result<usize, SagaError> {
-        let payload: serde_json::Value =
-            serde_json::from_str(&event.data).map_err(|source| crate::Error::Decode {
-                stream: event.stream_id.clone(),
-                version: event.version,
-                source: crate::DecodeError::Malformed {
-                    event_type: event.event_type.clone(),
-                    source,
-                },
-            })?;
+        // Stored with the saga until its step runs: personal values only in their sealed form.
+        let payload: serde_json::Value = serde_json::from_str(
+            &crate::personal::PersonalData::redact(&event.data),
+        )
+        .map_err(|source| crate::Error::Decode {
+            stream: event.stream_id.clone(),
+            version: event.version,
+            source: crate::DecodeError::Malformed {
+                event_type: event.event_type.clone(),
+                source,
+            },
+        })?;
         self.deliver_event(
             sagas,
             SagaEvent {

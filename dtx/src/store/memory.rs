@@ -32,6 +32,7 @@ pub struct MemoryEventStore {
     inner: Arc<Mutex<Inner>>,
     limits: StoreLimits,
     outbox: Option<crate::outbox::MemoryOutbox>,
+    personal: crate::personal::PersonalData,
 }
 
 #[derive(Default)]
@@ -100,6 +101,30 @@ impl MemoryEventStore {
     /// The outbox appends write to, if enabled.
     pub fn outbox(&self) -> Option<&crate::outbox::MemoryOutbox> {
         self.outbox.as_ref()
+    }
+
+    /// Keeps the subjects' keys of personal data (see [`crate::personal`]) with `personal`:
+    /// another key store, or a master key that wraps them. By default they are kept in memory
+    /// with the store, unwrapped.
+    #[must_use]
+    pub fn with_personal_data(mut self, personal: crate::personal::PersonalData) -> Self {
+        self.personal = personal;
+        self
+    }
+
+    /// What seals and opens this store's personal values: for a consumer in the same process
+    /// that opens the sealed payloads a relay published ([`PersonalData::open_json`](crate::personal::PersonalData::open_json)).
+    pub fn personal_data(&self) -> &crate::personal::PersonalData {
+        &self.personal
+    }
+
+    /// Every payload and snapshot state as the store holds it (personal values sealed): what
+    /// an audit searches for values in clear.
+    pub fn stored_json(&self) -> Vec<String> {
+        let inner = self.lock();
+        let events = inner.log.iter().map(|e| e.data.to_string());
+        let snapshots = inner.snapshots.values().map(|s| s.state.get().to_owned());
+        events.chain(snapshots).collect()
     }
 
     /// Where this store stands in a unit of work's lock order.
@@ -256,6 +281,8 @@ impl EventStore for MemoryEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         self.limits.check(stream, &events)?;
+        let mut events = events;
+        self.personal.seal_events(stream, &mut events).await?;
         let mut inner = self.lock();
         if let Some(retry) = inner.stored(stream, &events)? {
             return Ok(retry);
@@ -283,6 +310,8 @@ impl EventStore for MemoryEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         self.limits.check(stream, &events)?;
+        let mut events = events;
+        self.personal.seal_events(stream, &mut events).await?;
         let uow = MemoryUnitOfWork::of(uow)?;
         let (committed, retry, open) = {
             let inner = self.lock();
@@ -359,6 +388,7 @@ impl EventStore for MemoryEventStore {
                 .filter(|e| e.version >= next)
                 .take(max_count.saturating_sub(events.len())),
         );
+        self.personal.open_data(&mut events).await?;
         Ok(events)
     }
 
@@ -369,6 +399,9 @@ impl EventStore for MemoryEventStore {
         snapshot: Snapshot,
     ) -> Result<()> {
         snapshot.check_storable(stream)?;
+        let Some(snapshot) = self.seal_snapshot(stream, snapshot).await? else {
+            return Ok(());
+        };
         let uow = MemoryUnitOfWork::of(uow)?;
         uow.part(self.order(), || Staged::new(self.clone()))
             .snapshots
@@ -382,9 +415,13 @@ impl EventStore for MemoryEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let inner = self.lock();
-        inner.check_hot(stream)?;
-        Ok(inner.events_of(stream, from_version, max_count))
+        let mut events = {
+            let inner = self.lock();
+            inner.check_hot(stream)?;
+            inner.events_of(stream, from_version, max_count)
+        };
+        self.personal.open_events(&mut events).await?;
+        Ok(events)
     }
 
     async fn read_archived_stream_data(
@@ -393,7 +430,8 @@ impl EventStore for MemoryEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<EventData>> {
-        let events = self.lock().events_of(stream, from_version, max_count);
+        let mut events = self.lock().events_of(stream, from_version, max_count);
+        self.personal.open_events(&mut events).await?;
         Ok(events.into_iter().map(EventData::from).collect())
     }
 
@@ -440,15 +478,19 @@ impl EventStore for MemoryEventStore {
         after: GlobalPosition,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let inner = self.lock();
-        let start = usize::try_from(after.sequence).unwrap_or(usize::MAX);
-        Ok(inner
-            .log
-            .iter()
-            .skip(start)
-            .take(max_count)
-            .cloned()
-            .collect())
+        let mut events: Vec<RecordedEvent> = {
+            let inner = self.lock();
+            let start = usize::try_from(after.sequence).unwrap_or(usize::MAX);
+            inner
+                .log
+                .iter()
+                .skip(start)
+                .take(max_count)
+                .cloned()
+                .collect()
+        };
+        self.personal.open_events(&mut events).await?;
+        Ok(events)
     }
 
     fn feed_waker(&self) -> Option<Arc<dyn FeedWaker>> {
@@ -465,13 +507,42 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        Ok(self.lock().snapshots.get(stream).cloned())
+        let snapshot = self.lock().snapshots.get(stream).cloned();
+        let Some(mut snapshot) = snapshot else {
+            return Ok(None);
+        };
+        self.personal.open_snapshot(&mut snapshot).await?;
+        Ok(Some(snapshot))
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<()> {
         snapshot.check_storable(stream)?;
+        let Some(snapshot) = self.seal_snapshot(stream, snapshot).await? else {
+            return Ok(());
+        };
         self.lock().save_snapshot(stream, snapshot);
         Ok(())
+    }
+
+    async fn forget(&self, subject: &str) -> Result<bool> {
+        self.personal.forget(subject).await
+    }
+}
+
+impl MemoryEventStore {
+    /// The snapshot with its personal values sealed; `None` when one names no subject (it is
+    /// not stored rather than stored in clear).
+    async fn seal_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: Snapshot,
+    ) -> Result<Option<Snapshot>> {
+        let mut snapshot = snapshot;
+        if self.personal.seal_snapshot(&mut snapshot).await? {
+            return Ok(Some(snapshot));
+        }
+        tracing::warn!(stream = %stream, version = snapshot.version, "snapshot not stored: a personal value of the state names no data subject (make it with `Personal::of`)");
+        Ok(None)
     }
 }
 

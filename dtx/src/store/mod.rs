@@ -558,6 +558,22 @@ pub trait EventStore: Send + Sync + 'static {
         self.read_stream_data(stream, from_version, max_count).await
     }
 
+    /// Forgets the data subject `subject` (crypto-shredding, see [`crate::personal`]): deletes
+    /// its key in one statement, so that from then on every read — stream reads and loads,
+    /// snapshots, the feed and what follows it — yields its personal values as forgotten, and
+    /// the rest of each event as it was. `false` when the subject had no key.
+    ///
+    /// The default refuses: a backend keeps personal data by overriding it, sealing what it
+    /// writes and opening what it reads with a [`crate::personal::PersonalData`].
+    async fn forget(&self, subject: &str) -> Result<bool> {
+        let _ = subject;
+        Err(Error::Invalid {
+            what: "event store",
+            value: std::any::type_name::<Self>().to_owned(),
+            reason: "this backend keeps no personal data keys",
+        })
+    }
+
     /// [`EventStore::save_snapshot`] as part of a [`UnitOfWork`].
     async fn save_snapshot_in(
         &self,

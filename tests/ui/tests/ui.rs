@@ -35,6 +35,9 @@ mod consumer_all_forms;
 #[path = "../cases/domain_event/pass/all_options.rs"]
 mod domain_event_all_options;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
+#[path = "../cases/domain_event/pass/personal.rs"]
+mod domain_event_personal;
+#[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]
 #[path = "../cases/domain_event/pass/upcasts.rs"]
 mod domain_event_upcasts;
 #[allow(dead_code, reason = "the case's `main` is run by trybuild, not here")]

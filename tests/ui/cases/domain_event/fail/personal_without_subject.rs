@@ -1,0 +1,17 @@
+use dtx::DomainEvent;
+use dtx::personal::Personal;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct CustomerRegistered {
+    customer_id: String,
+    name: Personal<String>,
+}
+
+#[derive(DomainEvent)]
+enum CustomerEvent {
+    #[event(personal)]
+    Registered(CustomerRegistered),
+}
+
+fn main() {}
