@@ -125,7 +125,16 @@ pub async fn archived_streams_load_on_request_and_stay_in_the_feed(store: Shared
             .await
             .unwrap();
     }
-    let before = feed(&store, start, 3).await;
+    // The feed shows events once every older transaction of the server has ended: on a shared
+    // server, wait for it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(180);
+    let before = loop {
+        let before = feed(&store, start, 3).await;
+        if before.len() == 12 || tokio::time::Instant::now() > deadline {
+            break before;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(before.len(), 12);
     // A reader that started before the archiving, part of the way through.
     let reader = before[4].position;
