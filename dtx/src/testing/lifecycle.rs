@@ -26,6 +26,24 @@ async fn feed(
     }
 }
 
+/// The feed after `after` once it shows `count` events: the feed shows events once every older
+/// transaction of the server has ended, so on a shared server this waits (three minutes at most).
+async fn visible(
+    store: &SharedEventStore,
+    after: GlobalPosition,
+    count: usize,
+) -> Vec<RecordedEvent> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let events = feed(store, after, 3).await;
+        if events.len() >= count || tokio::time::Instant::now() > deadline {
+            assert_eq!(events.len(), count);
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn is_closed(error: &Error, stream: &StreamId) -> bool {
     matches!(error, Error::StreamClosed { stream: s } if s == stream)
 }
@@ -125,17 +143,7 @@ pub async fn archived_streams_load_on_request_and_stay_in_the_feed(store: Shared
             .await
             .unwrap();
     }
-    // The feed shows events once every older transaction of the server has ended: on a shared
-    // server, wait for it.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(180);
-    let before = loop {
-        let before = feed(&store, start, 3).await;
-        if before.len() == 12 || tokio::time::Instant::now() > deadline {
-            break before;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    assert_eq!(before.len(), 12);
+    let before = visible(&store, start, 12).await;
     // A reader that started before the archiving, part of the way through.
     let reader = before[4].position;
 
