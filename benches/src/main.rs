@@ -33,6 +33,7 @@ mod http_load;
 mod idempotency;
 mod inbox_kafka;
 mod inbox_nats;
+mod lifecycle;
 mod outbox;
 mod personal;
 mod projection;
@@ -336,6 +337,7 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     append_rows(&options, &pool, &store).await?;
+    lifecycle::lifecycle_rows(&options, &pool).await?;
     personal::personal_rows(&options, &store).await?;
     load_rows(&options, &pool, &store).await?;
     upcast::upcast_rows(&options, &store).await?;

@@ -68,8 +68,68 @@ pub enum Command {
     /// The feed's order after a logical restore: check, repair.
     #[command(subcommand)]
     Feed(Feed),
+    /// Delete what is kept only for a while: finished sagas, published outbox copies, inbox
+    /// records, expired idempotency keys.
+    Purge(Purge),
+    /// A stream's life: its state, close it (no more events), archive it.
+    #[command(subcommand)]
+    Stream(Stream),
     /// Forget a data subject: delete its key, so its personal values read as forgotten.
     Forget(Forget),
+}
+
+/// `dtx purge`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Kept by default: finished (completed, compensated or cancelled) sagas \
+                        30 days after they finished, published outbox copies 7 days, inbox \
+                        records 14 days, idempotency keys until they expire; failed sagas until \
+                        --failed-sagas says. Each batch is one short statement that skips rows \
+                        in use: safe while the services run."
+)]
+pub struct Purge {
+    /// Count what is due, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One age for every kind instead of the defaults (idempotency keys: this long after
+    /// they expired).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub older_than: Option<Duration>,
+    /// Purge failed sagas too, this long after they failed (default: kept for a person).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub failed_sagas: Option<Duration>,
+    /// Rows deleted per statement.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// `--json`.
+    #[command(flatten)]
+    pub json: Json,
+}
+
+/// `dtx stream`.
+#[derive(Debug, Subcommand)]
+pub enum Stream {
+    /// Whether a stream is open, closed or archived, and its last version.
+    Show {
+        /// The stream's id, such as `Order-42`.
+        stream: String,
+        /// `--json`.
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Close a stream: every later append to it is refused; its events stay readable.
+    Close {
+        /// The stream's id.
+        stream: String,
+    },
+    /// Move a closed stream's events to the archive (the feed still yields them).
+    Archive {
+        /// The stream's id.
+        stream: String,
+        /// Close it first.
+        #[arg(long)]
+        close: bool,
+    },
 }
 
 /// `dtx forget`.

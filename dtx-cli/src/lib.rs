@@ -211,6 +211,14 @@ impl Database {
         )
     }
 
+    /// The retention purger.
+    pub fn purger(&self) -> dtx_postgres::retention::PgPurger {
+        self.scoped(
+            dtx_postgres::retention::PgPurger::new(self.pool.clone()),
+            dtx_postgres::retention::PgPurger::with_schema,
+        )
+    }
+
     /// The health check.
     pub fn health(&self) -> dtx_postgres::health::HealthCheck {
         self.scoped(

@@ -275,6 +275,11 @@ fn help_of_every_command() {
         &["feed"],
         &["feed", "check"],
         &["feed", "repair"],
+        &["purge"],
+        &["stream"],
+        &["stream", "show"],
+        &["stream", "close"],
+        &["stream", "archive"],
         &["forget"],
     ];
     for command in commands {
@@ -1110,5 +1115,124 @@ async fn saga_graph_of_a_registered_saga() {
             .all(|name| name == "Shipment" || name.starts_with("Contract"))
             && names.split(", ").any(|name| name == "Shipment"),
         "{error}"
+    );
+}
+
+/// `dtx purge`: a dry run counts the due rows of every kind and deletes nothing; the purge
+/// deletes exactly those; `--older-than` and `--failed-sagas` widen it; `--json` parses.
+#[tokio::test]
+async fn purge_deletes_what_is_due() {
+    let (url, pool) = migrated_database().await;
+    sqlx::raw_sql(
+        "INSERT INTO saga_state (id, name, status, data, next_run_at, created_at, updated_at)
+         SELECT gen_random_uuid(), 'Seed', s, '{}', now(), now() - d * interval '1 day',
+                now() - d * interval '1 day'
+         FROM (VALUES ('completed', 40), ('completed', 1), ('compensated', 40),
+                      ('failed', 40), ('running', 40)) AS v(s, d);
+         INSERT INTO outbox_published (stream_key, id, attempts, created_at, published_at)
+         VALUES ('k', 1, 1, now() - interval '10 days', now() - interval '10 days'),
+                ('k', 2, 1, now(), now());
+         INSERT INTO inbox_messages (consumer, message_id, message_type, received_at)
+         VALUES ('c', gen_random_uuid(), 'T', now() - interval '20 days'),
+                ('c', gen_random_uuid(), 'T', now());
+         INSERT INTO idempotency_keys (scope, idempotency_key, fingerprint, status, response,
+                                       created_at, expires_at)
+         VALUES ('s', 'old', decode(repeat('ab', 32), 'hex'), 'completed', '\\x01',
+                 now() - interval '2 days', now() - interval '1 day'),
+                ('s', 'live', decode(repeat('ab', 32), 'hex'), 'completed', '\\x01',
+                 now(), now() + interval '1 day');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let count = async |table: &str| -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+
+    let dry = dtx(Some(&url), &["purge", "--dry-run"]).ok();
+    insta::assert_snapshot!("purge_dry_run", dry.stdout);
+    assert_eq!(count("saga_state").await, 5, "a dry run deletes nothing");
+
+    let json = dtx(Some(&url), &["purge", "--batch", "1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(json["dry_run"], false);
+    assert_eq!(json["total"], 5);
+    assert_eq!(json["rows"]["finished_sagas"], 2);
+    assert_eq!(json["rows"]["idempotency_keys"], 1);
+    assert_eq!(count("saga_state").await, 3);
+    assert_eq!(count("outbox_published").await, 1);
+    assert_eq!(count("inbox_messages").await, 1);
+    assert_eq!(count("idempotency_keys").await, 1);
+
+    let wide = dtx(
+        Some(&url),
+        &["purge", "--older-than", "1h", "--failed-sagas", "30d"],
+    )
+    .ok();
+    insta::assert_snapshot!("purge_older_than", wide.stdout);
+    let left: Vec<String> = sqlx::query_scalar("SELECT status FROM saga_state")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["running"]);
+}
+
+/// `dtx stream show|close|archive`: the state, the close (later appends refused), the archive.
+#[tokio::test]
+async fn stream_close_and_archive() {
+    let (url, pool) = migrated_database().await;
+    let store = PgEventStore::new(pool.clone());
+    let stream = StreamId::new("Order-7").unwrap();
+    let placed = || {
+        NewEvent::encode(
+            &stream,
+            &OrderEvent::Placed(Placed { total: 5 }),
+            dtx::EventMetadata::default(),
+        )
+        .unwrap()
+    };
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![placed(), placed()])
+        .await
+        .unwrap();
+    let open = dtx(Some(&url), &["stream", "show", "Order-7"]).ok();
+    assert_eq!(open.stdout.trim(), "Order-7: open at version 2");
+    let refused = dtx(Some(&url), &["stream", "archive", "Order-7"]);
+    assert_eq!(refused.code, 2);
+    assert_eq!(
+        refused.stderr.trim(),
+        "error: cannot archive stream `Order-7`: it is not closed; close it first"
+    );
+    let closed = dtx(Some(&url), &["stream", "close", "Order-7"]).ok();
+    assert_eq!(
+        closed.stdout.trim(),
+        "Order-7 is closed at version 2: appends to it are refused"
+    );
+    assert!(matches!(
+        store
+            .append(&stream, ExpectedVersion::Exact(2), vec![placed()])
+            .await,
+        Err(dtx::Error::StreamClosed { .. })
+    ));
+    let archived = dtx(Some(&url), &["stream", "archive", "Order-7"]).ok();
+    assert_eq!(
+        archived.stdout.trim(),
+        "Order-7 is archived: 2 events moved to the archive"
+    );
+    let json = dtx(Some(&url), &["stream", "show", "Order-7", "--json"])
+        .ok()
+        .json();
+    assert_eq!(
+        json,
+        serde_json::json!({"stream": "Order-7", "state": {"state": "archived", "version": 2}})
+    );
+    let both = dtx(Some(&url), &["stream", "archive", "--close", "Order-8"]).ok();
+    assert_eq!(
+        both.stdout.trim(),
+        "Order-8 is archived: 0 events moved to the archive"
     );
 }

@@ -34,6 +34,7 @@ pub mod outbox;
 mod personal;
 mod projection;
 mod restore;
+pub mod retention;
 mod saga;
 mod sql;
 mod store;

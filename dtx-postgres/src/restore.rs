@@ -29,10 +29,12 @@ use std::sync::Arc;
 fn check_sql(schema: &Schema) -> String {
     format!(
         "SELECT GREATEST((SELECT max(commit_order) FROM {events}),
+                         (SELECT max(commit_order) FROM {archive}),
                          (SELECT max(commit_order) FROM {feed}),
                          (SELECT max(commit_order) FROM {checkpoints})) AS stored,
                 pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS next_xid",
         events = schema.table("event_store"),
+        archive = schema.table("event_archive"),
         feed = schema.table("outbox_feed"),
         checkpoints = schema.table("projection_checkpoints"),
     )
@@ -137,7 +139,7 @@ pub struct FeedRepair {
 }
 
 /// Repairs a feed restored from a logical dump into another cluster, in one transaction: every
-/// stored `commit_order` (events, the outbox relay's checkpoint, the projections' checkpoints,
+/// stored `commit_order` (events, archived ones included, the outbox relay's checkpoint, the projections' checkpoints,
 /// the positions of failed and skipped events) is re-based below the current transaction id,
 /// so that every event is readable again and every event appended afterwards sorts after them.
 /// What each reader has read stays read, and what it has not stays ahead of it: the checkpoints
@@ -170,13 +172,14 @@ pub async fn repair_restored_feed_in_schema(pool: &PgPool, schema: &str) -> Resu
 
 async fn repair(pool: &PgPool, schema: &Schema) -> Result<FeedRepair> {
     let events = schema.table("event_store");
+    let archive = schema.table("event_archive");
     let feed = schema.table("outbox_feed");
     let checkpoints = schema.table("projection_checkpoints");
     let skips = schema.table("projection_skips");
     let mut tx = pool.begin().await.map_err(Error::storage)?;
     // Writers wait; plain reads go on.
     sqlx::query(&format!(
-        "LOCK TABLE {events}, {feed}, {checkpoints}, {skips} IN EXCLUSIVE MODE"
+        "LOCK TABLE {events}, {archive}, {feed}, {checkpoints}, {skips} IN EXCLUSIVE MODE"
     ))
     .execute(&mut *tx)
     .await
@@ -214,7 +217,9 @@ async fn repair(pool: &PgPool, schema: &Schema) -> Result<FeedRepair> {
         "commit_order = CASE WHEN (commit_order, global_position) > (0, 0)
                              THEN {} ELSE 0 END,
          global_position = CASE WHEN (commit_order, global_position) > (0, 0)
-                                THEN (SELECT COALESCE(max(global_position), 0) FROM {events})
+                                THEN GREATEST(
+                                    (SELECT COALESCE(max(global_position), 0) FROM {events}),
+                                    (SELECT COALESCE(max(global_position), 0) FROM {archive}))
                                 ELSE 0 END",
         order("commit_order", "global_position")
     );
@@ -237,14 +242,15 @@ async fn repair(pool: &PgPool, schema: &Schema) -> Result<FeedRepair> {
         ),
     )
     .await?;
-    report.events = exec(
-        &mut tx,
-        &format!(
-            "UPDATE {events} SET commit_order = {}",
+    // Archived events are re-based with the others: the feed reads both tables.
+    let rebase = |table: &str| {
+        format!(
+            "UPDATE {table} SET commit_order = {}",
             order("commit_order", "global_position")
-        ),
-    )
-    .await?;
+        )
+    };
+    report.events =
+        exec(&mut tx, &rebase(&events)).await? + exec(&mut tx, &rebase(&archive)).await?;
     // This transaction has an id now; every re-based order must lie below it, so that readers
     // see the events once it commits and later appends sort after them.
     let (after, _) = positions(&mut tx, &check_sql(schema)).await?;

@@ -1,6 +1,7 @@
 //! [`PgEventStore`]: appends, reads and snapshots.
 
 mod combine;
+mod lifecycle;
 mod statements;
 mod wake;
 
@@ -19,7 +20,7 @@ use dtx::UnitOfWork;
 use dtx::personal::PersonalData;
 use dtx::{
     AppendResult, Error, EventData, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
-    NewEvent, RecordedEvent, Result, Snapshot, StoreLimits, StreamId,
+    NewEvent, RecordedEvent, Result, Snapshot, StoreLimits, StreamId, StreamState,
 };
 use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgRow};
@@ -53,6 +54,8 @@ pub struct PgEventStore {
     pool: PgPool,
     limits: StoreLimits,
     sql: Arc<Sql>,
+    /// Closing and archiving streams.
+    lifecycle: Arc<lifecycle::LifecycleSql>,
     outbox: bool,
     /// The feed's waker, started by the first reader that asks (shared by clones).
     waker: Arc<std::sync::OnceLock<Arc<wake::PgFeedWaker>>>,
@@ -135,6 +138,7 @@ impl PgEventStore {
             pool,
             limits: StoreLimits::default(),
             sql: Arc::new(Sql::new(&Schema::default())),
+            lifecycle: Arc::new(lifecycle::LifecycleSql::new(&Schema::default())),
             outbox: false,
             waker: Arc::default(),
             guard: FeedGuard::new(&Schema::default()),
@@ -184,6 +188,7 @@ impl PgEventStore {
         let named = Schema::named(schema)?;
         self.guard = FeedGuard::new(&named);
         self.sql = Arc::new(Sql::new(&named));
+        self.lifecycle = Arc::new(lifecycle::LifecycleSql::new(&named));
         self.personal = self
             .personal
             .with_keys(PgSubjectKeys::in_schema(self.pool.clone(), &named));
@@ -241,7 +246,12 @@ impl PgEventStore {
                 ("read_feed", &sql.read_feed),
                 ("load_snapshot", &sql.load_snapshot),
                 ("save_snapshot", &sql.save_snapshot),
+                (
+                    "read_archived_stream_data",
+                    &self.lifecycle.read_archived_data,
+                ),
             ])
+            .chain(self.lifecycle.named())
             .collect()
     }
 
@@ -324,11 +334,12 @@ impl PgEventStore {
         if let Some(first) = ours.first() {
             return Err(duplicate(stream, first));
         }
-        Err(Error::Conflict {
+        let conflict = Error::Conflict {
             stream: stream.clone(),
             expected,
             actual: to_u64(head),
-        })
+        };
+        Err(self.refused(&mut *conn, stream, conflict).await)
     }
 
     async fn append_once<'c, E>(
@@ -388,7 +399,10 @@ impl PgEventStore {
                     self.stream_version(stream).await?
                 }
             };
-            let settled = self.settle(stream, expected, &batch.ids, current).await;
+            let settled = match self.settle(stream, expected, &batch.ids, current).await {
+                Err(error) => Err(self.refused(&self.pool, stream, error).await),
+                settled => settled,
+            };
             if let Ok(result) = &settled {
                 tracing::debug!(stream = %stream, version = result.last_version, events = count, "append was already stored");
             }
@@ -468,11 +482,15 @@ impl PgEventStore {
                 _ => outcome.head = Some(row.place.version),
             }
         }
-        Ok(appends
-            .iter()
-            .zip(outcomes)
-            .map(|(pending, outcome)| outcome.decide(pending))
-            .collect())
+        let mut decided = Vec::with_capacity(appends.len());
+        for (pending, outcome) in appends.iter().zip(outcomes) {
+            // An append refused as a conflict may have found its stream closed.
+            decided.push(match outcome.decide(pending) {
+                Err(error) => Err(self.refused(&self.pool, &pending.stream, error).await),
+                decided => decided,
+            });
+        }
+        Ok(decided)
     }
 
     /// Decides an append that inserted nothing: a retry of stored events is an idempotent
@@ -669,6 +687,42 @@ fn result(mut rows: Vec<Appended>, deduplicated: bool) -> AppendResult {
     }
 }
 
+/// A row of `read_stream_data`: version, type, schema version, data (NULLs in the marker row
+/// of an archived stream).
+type DataRow = (i64, Option<String>, Option<i32>, Option<String>);
+
+/// The events of a stream read from `from_version` as `(version, type, schema version, data)`
+/// rows, checked (versions, schema versions, no gap).
+fn event_data<T, V, D>(
+    stream: &StreamId,
+    from_version: u64,
+    rows: Vec<(i64, T, V, D)>,
+) -> Result<Vec<EventData>>
+where
+    T: Into<Option<String>>,
+    V: Into<Option<i32>>,
+    D: Into<Option<String>>,
+{
+    let events = rows
+        .into_iter()
+        .map(|(version, event_type, schema_version, data)| {
+            let version = stored_version(stream, version)?;
+            Ok(EventData {
+                version,
+                event_type: event_type.into().unwrap_or_default(),
+                schema_version: stored_schema_version(
+                    stream,
+                    version,
+                    schema_version.into().unwrap_or(0),
+                )?,
+                data: data.into().unwrap_or_default().into_boxed_str(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
+    Ok(events)
+}
+
 fn hash_to_i64(hash: u64) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
@@ -768,7 +822,14 @@ impl EventStore for PgEventStore {
             .map_err(Error::storage)?;
         let mut events = rows
             .iter()
-            .map(|row| recorded(row, Some(stream)))
+            .map(|row| {
+                if row.try_get::<i64, _>(1).map_err(Error::storage)? == 0 {
+                    return Err(Error::StreamArchived {
+                        stream: stream.clone(),
+                    });
+                }
+                recorded(row, Some(stream))
+            })
             .collect::<Result<Vec<_>>>()?;
         dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
         self.personal.open_events(&mut events).await?;
@@ -864,12 +925,29 @@ impl EventStore for PgEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        let version: i64 = sqlx::query_scalar(&self.sql.head)
-            .bind(stream.as_str())
-            .fetch_one(&self.pool)
+        self.last_version(stream).await
+    }
+
+    async fn close_stream(&self, stream: &StreamId) -> Result<u64> {
+        self.close(stream).await
+    }
+
+    async fn archive_stream(&self, stream: &StreamId) -> Result<u64> {
+        self.archive(stream).await
+    }
+
+    async fn stream_state(&self, stream: &StreamId) -> Result<StreamState> {
+        self.state(stream).await
+    }
+
+    async fn read_archived_stream_data(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        self.read_archived_data(stream, from_version, max_count)
             .await
-            .map_err(Error::storage)?;
-        Ok(to_u64(version))
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
@@ -945,27 +1023,21 @@ impl PgEventStore {
     where
         E: sqlx::Executor<'c, Database = sqlx::Postgres>,
     {
-        // By position: this runs once per event an aggregate loads.
-        let rows: Vec<(i64, String, i32, String)> = sqlx::query_as(&self.sql.read_stream_data)
+        // By position: this runs once per event an aggregate loads. The marker row of an
+        // archived stream (version 0) has NULLs.
+        let rows: Vec<DataRow> = sqlx::query_as(&self.sql.read_stream_data)
             .bind(stream.as_str())
             .bind(to_i64(from_version))
             .bind(count(max_count))
             .fetch_all(executor)
             .await
             .map_err(Error::storage)?;
-        let mut events = rows
-            .into_iter()
-            .map(|(version, event_type, schema_version, data)| {
-                let version = stored_version(stream, version)?;
-                Ok(EventData {
-                    version,
-                    event_type,
-                    schema_version: stored_schema_version(stream, version, schema_version)?,
-                    data: data.into_boxed_str(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        dtx::store::check_contiguous(stream, from_version, events.iter().map(|e| e.version))?;
+        if rows.last().is_some_and(|row| row.0 == 0) {
+            return Err(Error::StreamArchived {
+                stream: stream.clone(),
+            });
+        }
+        let mut events = event_data(stream, from_version, rows)?;
         self.personal.open_data(&mut events).await?;
         Ok(events)
     }

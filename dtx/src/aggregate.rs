@@ -379,11 +379,24 @@ impl<A: Aggregate> Repository<A> {
             version = tracing::field::Empty,
         );
         let root = self
-            .load_stream(id, &stream, None)
+            .load_stream(id, &stream, None, false)
             .instrument(span.clone())
             .await?;
         span.record("version", root.version);
         Ok(root)
+    }
+
+    /// Loads an aggregate whose stream may be archived (see [`EventStore::archive_stream`]):
+    /// like [`Repository::load`], reading the events from the archive as well as the hot
+    /// store. [`Repository::load`] of an archived stream is [`Error::StreamArchived`]. The
+    /// stream is closed, so the aggregate loads to be read: saving new events to it is
+    /// [`Error::StreamClosed`].
+    pub async fn load_archived(&self, id: &A::Id) -> Result<AggregateRoot<A>> {
+        let stream = A::stream_id(id)?;
+        let span = tracing::debug_span!("dtx.load", aggregate = A::TYPE, stream = %stream, archived = true);
+        self.load_stream(id, &stream, None, true)
+            .instrument(span)
+            .await
     }
 
     /// [`Repository::load`] as `uow` sees the aggregate: with the events saved in it and not
@@ -391,7 +404,7 @@ impl<A: Aggregate> Repository<A> {
     pub async fn load_in(&self, uow: &mut dyn UnitOfWork, id: &A::Id) -> Result<AggregateRoot<A>> {
         let stream = A::stream_id(id)?;
         let span = tracing::debug_span!("dtx.load", aggregate = A::TYPE, stream = %stream);
-        self.load_stream(id, &stream, Some(uow))
+        self.load_stream(id, &stream, Some(uow), false)
             .instrument(span)
             .await
     }
@@ -401,6 +414,7 @@ impl<A: Aggregate> Repository<A> {
         id: &A::Id,
         stream: &StreamId,
         mut uow: Option<&mut dyn UnitOfWork>,
+        archived: bool,
     ) -> Result<AggregateRoot<A>> {
         let stream = stream.clone();
         let mut root = match self.usable_snapshot(&stream).await? {
@@ -413,6 +427,11 @@ impl<A: Aggregate> Repository<A> {
                 Some(uow) => {
                     self.store
                         .read_stream_data_in(uow, &stream, from, READ_PAGE)
+                        .await?
+                }
+                None if archived => {
+                    self.store
+                        .read_archived_stream_data(&stream, from, READ_PAGE)
                         .await?
                 }
                 None => {

@@ -238,6 +238,40 @@ pub enum Error {
         /// The database's next transaction id.
         next_xid: u64,
     },
+    /// The stream is closed (see [`crate::EventStore::close_stream`]): it takes no more
+    /// events. Nothing was written.
+    #[error("stream `{stream}` is closed: it takes no more events")]
+    StreamClosed {
+        /// The stream appended to.
+        stream: StreamId,
+    },
+    /// The stream's events were moved to the archive (see
+    /// [`crate::EventStore::archive_stream`]): a plain read would find them missing. Read it with
+    /// [`crate::EventStore::read_archived_stream_data`] or load it with
+    /// [`crate::Repository::load_archived`].
+    #[error(
+        "stream `{stream}` is archived: read it from the archive (Repository::load_archived, EventStore::read_archived_stream_data)"
+    )]
+    StreamArchived {
+        /// The stream read.
+        stream: StreamId,
+    },
+    /// A stream cannot be archived yet, or at all, as it stands.
+    #[error("cannot archive stream `{stream}`: {reason}")]
+    Archive {
+        /// The stream.
+        stream: StreamId,
+        /// Why.
+        reason: String,
+    },
+    /// The backend does not offer this operation.
+    #[error("{backend} does not support {operation}")]
+    Unsupported {
+        /// The backend's type.
+        backend: &'static str,
+        /// What was asked of it.
+        operation: &'static str,
+    },
     /// The storage backend failed before anything was written.
     #[error("storage error: {0}")]
     Storage(#[source] BoxError),

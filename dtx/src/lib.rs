@@ -61,6 +61,7 @@ pub mod money;
 pub mod outbox;
 pub mod personal;
 pub mod projection;
+pub mod retention;
 pub(crate) mod retry;
 pub mod saga;
 #[cfg(feature = "schema")]
@@ -83,7 +84,7 @@ pub use retry::{Backoff, Jitter, Retry};
 pub use store::{
     AppendResult, EventData, EventStore, ExpectedVersion, FeedPage, FeedWaker, GlobalPosition,
     MemoryEventStore, NewEvent, RecordedEvent, SharedEventStore, Snapshot, StoreLimits, StreamId,
-    Unreadable, WakeTicket,
+    StreamState, Unreadable, WakeTicket,
 };
 pub use uow::{MemoryUnitOfWork, UnitOfWork};
 /// The UUID type of event, command and correlation ids.

@@ -118,6 +118,33 @@ impl<S: dtx::EventStore> dtx::EventStore for Yielding<S> {
         self.0.save_snapshot(stream, snapshot).await
     }
 
+    async fn close_stream(&self, stream: &dtx::StreamId) -> dtx::Result<u64> {
+        tokio::task::yield_now().await;
+        self.0.close_stream(stream).await
+    }
+
+    async fn archive_stream(&self, stream: &dtx::StreamId) -> dtx::Result<u64> {
+        tokio::task::yield_now().await;
+        self.0.archive_stream(stream).await
+    }
+
+    async fn stream_state(&self, stream: &dtx::StreamId) -> dtx::Result<dtx::StreamState> {
+        tokio::task::yield_now().await;
+        self.0.stream_state(stream).await
+    }
+
+    async fn read_archived_stream_data(
+        &self,
+        stream: &dtx::StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> dtx::Result<Vec<dtx::EventData>> {
+        tokio::task::yield_now().await;
+        self.0
+            .read_archived_stream_data(stream, from_version, max_count)
+            .await
+    }
+
     async fn forget(&self, subject: &str) -> dtx::Result<bool> {
         tokio::task::yield_now().await;
         self.0.forget(subject).await

@@ -754,3 +754,52 @@ async fn combining_off_sends_every_append_alone() {
     );
     assert_eq!(table(store.pool()).await.len(), 16);
 }
+
+/// A closed stream's append in a combined batch is refused with `StreamClosed`, naming the
+/// stream; the other appends of the batch are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_stream_is_refused_alone_in_a_batch() {
+    let store = store().await;
+    let closed = stream("Closed");
+    store
+        .append(&closed, ExpectedVersion::NoStream, vec![event(0)])
+        .await
+        .unwrap();
+    assert_eq!(store.close_stream(&closed).await.unwrap(), 1);
+    let held = hold_writes(store.pool()).await;
+    let blocker = spawn_append(
+        &store,
+        &stream("Blocker"),
+        ExpectedVersion::Any,
+        vec![event(0)],
+    );
+    blocked(store.pool(), 1).await;
+    let refused = spawn_append(&store, &closed, ExpectedVersion::Any, vec![event(1)]);
+    let mut open = Vec::new();
+    for n in 1..=3 {
+        open.push(spawn_append(
+            &store,
+            &stream(format!("Open-{n}")),
+            ExpectedVersion::NoStream,
+            vec![event(n)],
+        ));
+    }
+    waiting(&store, 4).await;
+    release(held).await;
+    blocker.await.unwrap().unwrap();
+    let refused = refused.await.unwrap();
+    assert!(
+        matches!(&refused, Err(Error::StreamClosed { stream }) if *stream == closed),
+        "{refused:?}"
+    );
+    for task in open {
+        assert_eq!(task.await.unwrap().unwrap().first_version, 1);
+    }
+    let stored = table(store.pool()).await;
+    assert_eq!(
+        stored["Closed"].len(),
+        1,
+        "nothing appended after the close"
+    );
+    assert!(store.combining_stats().combined_appends >= 4);
+}

@@ -7,8 +7,10 @@ mod inbox;
 mod migrate;
 mod outbox;
 mod projection;
+mod purge;
 mod saga;
 mod status;
+mod stream;
 
 use crate::args::{Cli, Command, Saga};
 use crate::output::Out;
@@ -29,6 +31,8 @@ pub(crate) async fn run(op: &Operator, cli: Cli, out: &mut Out<'_>) -> Result<Ou
         Command::Events(command) => events::run(&db, command, out).await,
         Command::Inbox(command) => inbox::run(&db, command, out).await,
         Command::Feed(command) => feed::run(&db, command, out).await,
+        Command::Purge(command) => purge::run(&db, &command, out).await,
+        Command::Stream(command) => stream::run(&db, command, out).await,
         Command::Forget(command) => forget::run(&db, command, out).await,
     }
 }

@@ -1,6 +1,7 @@
 //! The event store's statements, built once per schema; above all the append statements, one
 //! per expectation shape, with or without the outbox, for one event or more.
 
+use super::lifecycle;
 use crate::sql::Schema;
 use dtx::ExpectedVersion;
 
@@ -84,30 +85,30 @@ impl Sql {
                  ) e"
             ),
             head: format!("SELECT COALESCE(MAX(version), 0) FROM {events} WHERE stream_id = $1"),
+            // Both stream reads end with a marker row (version 0) when the stream is archived.
             read_stream: format!(
-                "SELECT {COLUMNS} FROM {events}
-                 WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+                "(SELECT {COLUMNS} FROM {events}
+                  WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3)
+                 UNION ALL ({})",
+                lifecycle::archived_marker(
+                    &events,
+                    "stream_id, 0::bigint, 0::bigint, 0::bigint, NULL::uuid, NULL::text, \
+                     NULL::int4, NULL::text, NULL::uuid, NULL::uuid, NULL::text, NULL::timestamptz"
+                )
             ),
             read_stream_data: format!(
-                "SELECT version, event_type, schema_version, data::text AS data FROM {events}
-                 WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"
+                "(SELECT version, event_type, schema_version, data::text AS data FROM {events}
+                  WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3)
+                 UNION ALL ({})",
+                lifecycle::archived_marker(&events, "0::bigint, NULL::text, NULL::int4, NULL::text")
             ),
+            // The feed reads the archive too (see `lifecycle::feed_window`).
             read_all: format!(
-                "SELECT {COLUMNS} FROM {events}
-                 WHERE (commit_order, global_position) > ($1, $2)
-                   AND commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-                 ORDER BY commit_order, global_position LIMIT $3"
+                "SELECT {COLUMNS} FROM ({}) w ORDER BY commit_order, global_position",
+                lifecycle::feed_window(&events)
             ),
             read_feed: format!(
-                "WITH w AS MATERIALIZED (
-                     SELECT stream_id, version, global_position, commit_order, event_id, event_type,
-                            schema_version, data, correlation_id, causation_id, traceparent,
-                            recorded_at
-                     FROM {events}
-                     WHERE (commit_order, global_position) > ($1, $2)
-                       AND commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-                     ORDER BY commit_order, global_position LIMIT $3
-                 )
+                "WITH w AS MATERIALIZED ({})
                  (SELECT {COLUMNS} FROM w
                   WHERE cardinality($4::text[]) = 0 OR event_type = ANY($4::text[])
                   ORDER BY commit_order, global_position)
@@ -115,7 +116,8 @@ impl Sql {
                  (SELECT NULL::text, NULL::bigint, global_position, commit_order, NULL::uuid,
                          NULL::text, NULL::int4, NULL::text, NULL::uuid, NULL::uuid, NULL::text,
                          NULL::timestamptz
-                  FROM w ORDER BY commit_order DESC, global_position DESC LIMIT 1)"
+                  FROM w ORDER BY commit_order DESC, global_position DESC LIMIT 1)",
+                lifecycle::feed_window(&events)
             ),
             events: events.clone(),
             load_snapshot: format!(
@@ -248,7 +250,7 @@ fn append_statement(events: &str, shape: Shape, outbox: bool, many: bool) -> Str
         ),
         format!("SELECT $1, {values}{marked}"),
         from,
-        filter.to_owned(),
+        lifecycle::refuse_closed(filter, events),
         order.to_owned(),
         returning,
     ]
@@ -266,13 +268,16 @@ fn append_statement(events: &str, shape: Shape, outbox: bool, many: bool) -> Str
 /// id), and the stream's head before the statement.
 fn append_in_statement(events: &str, outbox: bool, many: bool) -> String {
     let insert = append_statement(events, Shape::Head, outbox, many);
-    // The plain statement checks `WHERE $2::bigint IS NULL OR h.current = $2`: insert only when
-    // no id is stored, too.
-    let filter = "WHERE $2::bigint IS NULL OR h.current = $2";
-    debug_assert!(insert.contains(filter));
+    // The plain statement checks `$2::bigint IS NULL OR h.current = $2` (and that the stream is
+    // open): insert only when no id is stored, too.
+    let filter = lifecycle::refuse_closed("WHERE $2::bigint IS NULL OR h.current = $2", events);
+    debug_assert!(insert.contains(&filter));
     let insert = insert.replace(
-        filter,
-        "WHERE ($2::bigint IS NULL OR h.current = $2) AND NOT EXISTS (SELECT 1 FROM stored)",
+        &filter,
+        &lifecycle::refuse_closed(
+            "WHERE ($2::bigint IS NULL OR h.current = $2) AND NOT EXISTS (SELECT 1 FROM stored)",
+            events,
+        ),
     );
     let ids = if many {
         "$3::uuid[]"
@@ -335,6 +340,7 @@ fn combined_statement(events: &str, outbox: bool) -> String {
         ("", "")
     };
     let fed = super::wake::feed_wake_check(events);
+    let closed = super::lifecycle::closed_streams(events);
     let woke = if outbox {
         crate::outbox::wake_check(events)
     } else {
@@ -369,6 +375,7 @@ fn combined_statement(events: &str, outbox: bool) -> String {
              SELECT a.n, a.stream_id, a.current, a.commit_order FROM a
              WHERE (a.expected IS NULL OR a.current = a.expected)
                AND NOT EXISTS (SELECT 1 FROM stored WHERE stored.n = a.n)
+               AND NOT EXISTS (SELECT 1 FROM {closed} c WHERE c.stream_id = a.stream_id)
          ),
          appended AS (
              INSERT INTO {events} (stream_id, version, commit_order, event_id, event_type,

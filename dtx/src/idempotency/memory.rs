@@ -86,6 +86,41 @@ impl MemoryIdempotencyStore {
         self.len() == 0
     }
 
+    /// Records expired for longer than `age` (and whose lock is not held), oldest first, at
+    /// most `limit`.
+    fn expired_for(
+        records: &HashMap<(Scope, IdempotencyKey), Entry>,
+        age: std::time::Duration,
+        limit: usize,
+    ) -> Vec<(Scope, IdempotencyKey)> {
+        let now = Utc::now();
+        let cutoff = now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let mut expired: Vec<(DateTime<Utc>, (Scope, IdempotencyKey))> = records
+            .iter()
+            .filter(|(_, entry)| entry.expires_at <= cutoff && entry.expired(now))
+            .map(|(id, entry)| (entry.expires_at, id.clone()))
+            .collect();
+        expired.sort_unstable_by_key(|(at, _)| *at);
+        expired.truncate(limit);
+        expired.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Retention: deletes at most `limit` records expired for longer than `age` (a record whose
+    /// lock is held is kept), oldest first; returns how many.
+    pub fn purge_expired(&self, age: std::time::Duration, limit: usize) -> usize {
+        let mut records = self.lock();
+        let due = Self::expired_for(&records, age, limit);
+        for id in &due {
+            records.remove(id);
+        }
+        due.len()
+    }
+
+    /// How many records [`MemoryIdempotencyStore::purge_expired`] would delete with `age`.
+    pub fn expired_count(&self, age: std::time::Duration) -> usize {
+        Self::expired_for(&self.lock(), age, usize::MAX).len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<(Scope, IdempotencyKey), Entry>> {
         // Every mutation below is a single insert, remove or field assignment: a panic cannot
         // leave a record half-written.

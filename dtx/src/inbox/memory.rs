@@ -63,6 +63,18 @@ impl MemoryInbox {
         Self::default()
     }
 
+    /// How many records [`InboxStore::purge`] would delete with `older_than` (received before
+    /// `now - older_than`).
+    pub fn received_older_than(&self, older_than: Duration) -> usize {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        self.lock()
+            .received
+            .values()
+            .filter(|at| **at < cutoff)
+            .count()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every change below is checked first and then applied without fallible steps.
         self.inner

@@ -303,6 +303,15 @@ impl MemoryOutbox {
         self.purge_published_before(Duration::ZERO)
     }
 
+    /// How many published messages are kept for longer than `retention`.
+    pub fn published_older_than(&self, retention: Duration) -> usize {
+        self.lock()
+            .archive
+            .iter()
+            .take_while(|(at, _)| at.elapsed() >= retention)
+            .count()
+    }
+
     /// Deletes the published messages kept for longer than `retention`; returns how many.
     pub fn purge_published_before(&self, retention: Duration) -> usize {
         let mut state = self.lock();

@@ -20,6 +20,55 @@ impl MemorySagaStore {
         Self::default()
     }
 
+    /// The ids of sagas in one of `statuses` that finished (last changed) before `before`,
+    /// oldest first, at most `limit`.
+    fn finished_before(
+        sagas: &HashMap<Uuid, SagaRecord>,
+        statuses: &[SagaStatus],
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Vec<Uuid> {
+        let mut due: Vec<(DateTime<Utc>, Uuid)> = sagas
+            .values()
+            .filter(|s| statuses.contains(&s.status) && s.updated_at < before)
+            .map(|s| (s.updated_at, s.id))
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit);
+        due.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Retention: deletes at most `limit` sagas in one of `statuses` (finished ones: the others
+    /// are left alone) that last changed before `before`, oldest first; returns how many.
+    pub fn purge_finished(
+        &self,
+        statuses: &[SagaStatus],
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> usize {
+        let statuses: Vec<SagaStatus> = statuses
+            .iter()
+            .copied()
+            .filter(|s| s.is_finished())
+            .collect();
+        let mut sagas = self.lock();
+        let due = Self::finished_before(&sagas, &statuses, before, limit);
+        for id in &due {
+            sagas.remove(id);
+        }
+        due.len()
+    }
+
+    /// How many sagas [`MemorySagaStore::purge_finished`] would delete.
+    pub fn finished_count(&self, statuses: &[SagaStatus], before: DateTime<Utc>) -> usize {
+        let statuses: Vec<SagaStatus> = statuses
+            .iter()
+            .copied()
+            .filter(|s| s.is_finished())
+            .collect();
+        Self::finished_before(&self.lock(), &statuses, before, usize::MAX).len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, SagaRecord>> {
         self.sagas
             .lock()

@@ -1,6 +1,6 @@
 use super::{
     AppendResult, EventData, EventStore, ExpectedVersion, FeedWaker, GlobalPosition, NewEvent,
-    RecordedEvent, Snapshot, StoreLimits, StreamId, WakeTicket,
+    RecordedEvent, Snapshot, StoreLimits, StreamId, StreamState, WakeTicket,
 };
 use crate::error::{Error, Result};
 use crate::uow::{MemoryUnitOfWork, Participant, Prepared, UnitOfWork, address, rank};
@@ -41,6 +41,9 @@ struct Inner {
     streams: HashMap<StreamId, Vec<usize>>,
     event_ids: HashMap<Uuid, usize>,
     snapshots: HashMap<StreamId, Snapshot>,
+    /// Closed streams, by their state ([`StreamState::Closed`] or [`StreamState::Archived`]).
+    /// Archived events stay in `log` (the feed yields them); only reads of their stream refuse.
+    closed: HashMap<StreamId, StreamState>,
     /// The length of `log`, for the readers waiting for new events.
     appended: Appended,
 }
@@ -183,6 +186,45 @@ impl Inner {
         self.streams.get(stream).map_or(0, |s| s.len() as u64)
     }
 
+    /// [`Error::StreamClosed`] when the stream is closed.
+    fn check_open(&self, stream: &StreamId) -> Result<()> {
+        if self.closed.contains_key(stream) {
+            return Err(Error::StreamClosed {
+                stream: stream.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Error::StreamArchived`] when the stream's events are archived.
+    fn check_hot(&self, stream: &StreamId) -> Result<()> {
+        if let Some(StreamState::Archived { .. }) = self.closed.get(stream) {
+            return Err(Error::StreamArchived {
+                stream: stream.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Up to `max_count` events of a stream from `from_version`, archived or not.
+    fn events_of(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Vec<RecordedEvent> {
+        let Some(indexes) = self.streams.get(stream) else {
+            return Vec::new();
+        };
+        let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
+        indexes
+            .iter()
+            .skip(skip)
+            .take(max_count)
+            .map(|&i| self.log[i].clone())
+            .collect()
+    }
+
     /// Writes checked events after the stream's current version.
     fn write(&mut self, stream: &StreamId, events: Vec<NewEvent>) -> AppendResult {
         let current = self.version(stream);
@@ -245,6 +287,7 @@ impl EventStore for MemoryEventStore {
         if let Some(retry) = inner.stored(stream, &events)? {
             return Ok(retry);
         }
+        inner.check_open(stream)?;
         let current = inner.version(stream);
         if !expected.admits(current) {
             return Err(Error::Conflict {
@@ -270,15 +313,20 @@ impl EventStore for MemoryEventStore {
         let mut events = events;
         self.personal.seal_events(stream, &mut events).await?;
         let uow = MemoryUnitOfWork::of(uow)?;
-        let (committed, retry) = {
+        let (committed, retry, open) = {
             let inner = self.lock();
-            (inner.version(stream), inner.stored(stream, &events)?)
+            (
+                inner.version(stream),
+                inner.stored(stream, &events)?,
+                inner.check_open(stream),
+            )
         };
         let staged = uow.part(self.order(), || Staged::new(self.clone()));
         // Stored before in this stream: a retry, whatever the unit of work staged since.
         if let Some(retry) = retry {
             return Ok(retry);
         }
+        open?;
         if let Some((event, other)) = events
             .iter()
             .find_map(|e| staged.stream_of(e.event_id).map(|s| (e, s)))
@@ -367,21 +415,62 @@ impl EventStore for MemoryEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let mut events: Vec<RecordedEvent> = {
+        let mut events = {
             let inner = self.lock();
-            let Some(indexes) = inner.streams.get(stream) else {
-                return Ok(Vec::new());
-            };
-            let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
-            indexes
-                .iter()
-                .skip(skip)
-                .take(max_count)
-                .map(|&i| inner.log[i].clone())
-                .collect()
+            inner.check_hot(stream)?;
+            inner.events_of(stream, from_version, max_count)
         };
         self.personal.open_events(&mut events).await?;
         Ok(events)
+    }
+
+    async fn read_archived_stream_data(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        let mut events = self.lock().events_of(stream, from_version, max_count);
+        self.personal.open_events(&mut events).await?;
+        Ok(events.into_iter().map(EventData::from).collect())
+    }
+
+    async fn close_stream(&self, stream: &StreamId) -> Result<u64> {
+        let mut inner = self.lock();
+        let version = inner.version(stream);
+        inner
+            .closed
+            .entry(stream.clone())
+            .or_insert(StreamState::Closed { version });
+        tracing::debug!(stream = %stream, version, "stream closed");
+        // Nothing is appended to a closed stream: its version is the one it was closed at.
+        Ok(version)
+    }
+
+    async fn archive_stream(&self, stream: &StreamId) -> Result<u64> {
+        let mut inner = self.lock();
+        let events = inner.version(stream);
+        match inner.closed.get_mut(stream) {
+            None | Some(StreamState::Open) => Err(Error::Archive {
+                stream: stream.clone(),
+                reason: "it is not closed; close it first".to_owned(),
+            }),
+            Some(StreamState::Archived { .. }) => Ok(0),
+            Some(state @ StreamState::Closed { .. }) => {
+                *state = StreamState::Archived { version: events };
+                tracing::debug!(stream = %stream, events, "stream archived");
+                Ok(events)
+            }
+        }
+    }
+
+    async fn stream_state(&self, stream: &StreamId) -> Result<StreamState> {
+        Ok(self
+            .lock()
+            .closed
+            .get(stream)
+            .copied()
+            .unwrap_or(StreamState::Open))
     }
 
     async fn read_all(
@@ -533,6 +622,7 @@ impl Participant for Staged {
         for append in &self.appends {
             // The first append of a stream carries the version the unit of work read.
             if checked.insert(&append.stream) {
+                inner.check_open(&append.stream)?;
                 let actual = inner.version(&append.stream);
                 if actual != append.base {
                     return Err(Error::Conflict {

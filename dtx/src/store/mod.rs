@@ -412,7 +412,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<AppendResult>;
 
     /// Reads up to `max_count` events of a stream, starting at version `from_version` (1 = the
-    /// beginning), in version order. A missing stream reads as empty.
+    /// beginning), in version order. A missing stream reads as empty; an archived one is
+    /// [`Error::StreamArchived`] (see [`EventStore::read_archived_stream_data`]).
     async fn read_stream(
         &self,
         stream: &StreamId,
@@ -510,6 +511,53 @@ pub trait EventStore: Send + Sync + 'static {
         Err(crate::uow::refused::<Self>(uow))
     }
 
+    /// Closes a stream (a tombstone): from then on every append to it, in or out of a unit of
+    /// work, is refused with [`Error::StreamClosed`]; its events stay readable, in the stream and
+    /// in the feed. Closing a closed stream changes nothing. Returns the stream's last version:
+    /// an append that raced with the close either landed before it (and is counted) or was
+    /// refused.
+    ///
+    /// The default refuses ([`Error::Unsupported`]).
+    async fn close_stream(&self, stream: &StreamId) -> Result<u64> {
+        let _ = stream;
+        Err(unsupported::<Self>("closing streams"))
+    }
+
+    /// Moves the events of a closed stream out of the hot store into the archive and returns
+    /// how many it moved (0 when it was archived already). Afterwards plain reads of the stream
+    /// ([`EventStore::read_stream`], [`EventStore::read_stream_data`], loads) refuse with
+    /// [`Error::StreamArchived`]; [`EventStore::read_archived_stream_data`] and
+    /// [`crate::Repository::load_archived`] read it, and the global feed still yields its
+    /// events at their positions, once each, to every reader (one that started before the
+    /// archiving included). A stream that is not closed is [`Error::Archive`].
+    ///
+    /// The default refuses ([`Error::Unsupported`]).
+    async fn archive_stream(&self, stream: &StreamId) -> Result<u64> {
+        let _ = stream;
+        Err(unsupported::<Self>("archiving streams"))
+    }
+
+    /// Whether the stream is open, closed or archived.
+    ///
+    /// The default: every stream is open.
+    async fn stream_state(&self, stream: &StreamId) -> Result<StreamState> {
+        let _ = stream;
+        Ok(StreamState::Open)
+    }
+
+    /// [`EventStore::read_stream_data`] of a stream whose events may be archived: reads the
+    /// archive as well as the hot store (an archived stream, or any other).
+    ///
+    /// The default reads the hot store only.
+    async fn read_archived_stream_data(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<EventData>> {
+        self.read_stream_data(stream, from_version, max_count).await
+    }
+
     /// Forgets the data subject `subject` (crypto-shredding, see [`crate::personal`]): deletes
     /// its key in one statement, so that from then on every read — stream reads and loads,
     /// snapshots, the feed and what follows it — yields its personal values as forgotten, and
@@ -535,6 +583,40 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<()> {
         let _ = (stream, snapshot);
         Err(crate::uow::refused::<Self>(uow))
+    }
+}
+
+/// Where a stream is in its life (see [`EventStore::close_stream`] and
+/// [`EventStore::archive_stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum StreamState {
+    /// Takes appends (a stream with no events is open too).
+    Open,
+    /// Closed: refuses appends; its events are in the hot store.
+    Closed {
+        /// Its last version.
+        version: u64,
+    },
+    /// Closed, and its events moved to the archive.
+    Archived {
+        /// Its last version.
+        version: u64,
+    },
+}
+
+impl StreamState {
+    /// Whether appends are refused.
+    pub fn is_closed(self) -> bool {
+        !matches!(self, Self::Open)
+    }
+}
+
+/// [`Error::Unsupported`] for a backend `S` asked to do `operation`.
+fn unsupported<S: ?Sized>(operation: &'static str) -> Error {
+    Error::Unsupported {
+        backend: std::any::type_name::<S>(),
+        operation,
     }
 }
 

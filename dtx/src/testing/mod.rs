@@ -19,6 +19,7 @@ mod appends;
 mod concurrency;
 pub mod idempotency;
 mod ledger;
+mod lifecycle;
 mod units_of_work;
 
 pub use aggregates::{
@@ -31,6 +32,10 @@ pub use appends::{
 };
 pub use concurrency::{concurrent_any_writers, concurrent_exact_writers, global_feed_order};
 pub use ledger::{Credited, Debited, Ledger, LedgerEvent};
+pub use lifecycle::{
+    archived_streams_load_on_request_and_stay_in_the_feed, closed_streams_refuse_appends,
+    closed_streams_refuse_appends_in_units_of_work,
+};
 pub use units_of_work::{
     BeginUnitOfWork, append_in_resends_committed_events,
     append_in_resends_events_of_the_same_unit_of_work,
@@ -47,7 +52,8 @@ macro_rules! event_store_contract_tests {
             decode_errors_name_stream_and_version, snapshots_keep_newest,
             snapshot_replay_equals_full_replay, corrupted_snapshot_falls_back,
             invariant_violation_stores_nothing, large_batch_one_append,
-            unstorable_payloads_are_refused);
+            unstorable_payloads_are_refused, closed_streams_refuse_appends,
+            archived_streams_load_on_request_and_stay_in_the_feed);
     };
     (@cases $store:expr; $($case:ident),*) => {
         $(
@@ -74,7 +80,8 @@ macro_rules! unit_of_work_contract_tests {
     ($setup:expr) => {
         $crate::unit_of_work_contract_tests!(@cases $setup;
             append_in_resends_committed_events,
-            append_in_resends_events_of_the_same_unit_of_work);
+            append_in_resends_events_of_the_same_unit_of_work,
+            closed_streams_refuse_appends_in_units_of_work);
     };
     (@cases $setup:expr; $($case:ident),*) => {
         $(
