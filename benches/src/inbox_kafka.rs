@@ -40,8 +40,9 @@ impl Consumer for Insert {
         uow: &'a mut dyn UnitOfWork,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let conn =
-                dtx_postgres::PgUnitOfWork::connection_of(uow).map_err(HandlerError::failed)?;
+            let conn = dtx_postgres::PgUnitOfWork::connection_of(uow)
+                .await
+                .map_err(HandlerError::failed)?;
             sqlx::query(INSERT)
                 .bind("dtx")
                 .bind(message.message_id)

@@ -43,7 +43,9 @@ impl Consumer for Effects {
         uow: &'a mut dyn UnitOfWork,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let conn = PgUnitOfWork::connection_of(uow).map_err(HandlerError::failed)?;
+            let conn = PgUnitOfWork::connection_of(uow)
+                .await
+                .map_err(HandlerError::failed)?;
             sqlx::query(INSERT)
                 .bind(message.message_id)
                 .bind(message.key.as_deref().unwrap_or(""))

@@ -85,7 +85,7 @@ impl Balances {
         sqlx::query(&self.upsert)
             .bind(meta.stream_id.as_str())
             .bind(to_i64(credited.amount))
-            .execute(PgUnitOfWork::connection_of(uow)?)
+            .execute(PgUnitOfWork::connection_of(uow).await?)
             .await?;
         Ok(())
     }
@@ -93,7 +93,7 @@ impl Balances {
     #[clear]
     async fn clear(&self, uow: &mut dyn UnitOfWork) -> HandlerResult {
         sqlx::query("DELETE FROM bench_projection.balances_dtx")
-            .execute(PgUnitOfWork::connection_of(uow)?)
+            .execute(PgUnitOfWork::connection_of(uow).await?)
             .await?;
         Ok(())
     }

@@ -112,7 +112,7 @@ impl OrderTotals {
         )
         .bind(meta.stream_id.as_str())
         .bind(event.total)
-        .execute(dtx_postgres::PgUnitOfWork::connection_of(uow)?)
+        .execute(dtx_postgres::PgUnitOfWork::connection_of(uow).await?)
         .await
         .map_err(dtx::Error::storage)?;
         Ok(())
@@ -121,7 +121,7 @@ impl OrderTotals {
     #[clear]
     async fn clear(&self, uow: &mut dyn UnitOfWork) -> Result<(), dtx::Error> {
         sqlx::query("DELETE FROM order_totals")
-            .execute(dtx_postgres::PgUnitOfWork::connection_of(uow)?)
+            .execute(dtx_postgres::PgUnitOfWork::connection_of(uow).await?)
             .await
             .map_err(dtx::Error::storage)?;
         Ok(())

@@ -1,3 +1,4 @@
+use crate::deferred::{KeyRecord, PgDeferredUnitOfWork};
 use crate::sql::{Schema, count};
 use crate::uow::PgUnitOfWork;
 use async_trait::async_trait;
@@ -75,6 +76,8 @@ impl std::fmt::Debug for PgIdempotencyStore {
 
 /// The statements, built once with the (validated, quoted) schema.
 struct Sql {
+    /// The table, schema-qualified and quoted.
+    table: String,
     claim: String,
     complete: String,
     release: String,
@@ -87,6 +90,7 @@ impl Sql {
     fn new(schema: &Schema) -> Self {
         let table = schema.table("idempotency_keys");
         Self {
+            table: table.clone(),
             // $1 scope, $2 key, $3 fingerprint, $4 lease token, $5 lock timeout (ms), $6 TTL (ms).
             //
             // `existing` is the row in this statement's snapshot. If it is expired, or in
@@ -392,7 +396,9 @@ impl IdempotencyStore for PgIdempotencyStore {
         uow: &mut dyn UnitOfWork,
         request: &ClaimRequest,
     ) -> Result<Claim, IdempotencyError> {
-        let conn = PgUnitOfWork::of(uow).map_err(IdempotencyError::storage)?;
+        let conn = PgUnitOfWork::of(uow)
+            .await
+            .map_err(IdempotencyError::storage)?;
         self.claim_on(Some(conn), request).await
     }
 
@@ -402,8 +408,49 @@ impl IdempotencyStore for PgIdempotencyStore {
         lease: &Lease,
         response: &[u8],
     ) -> Result<(), IdempotencyError> {
-        let conn = PgUnitOfWork::of(uow).map_err(IdempotencyError::storage)?;
+        if let Some(deferred) = PgDeferredUnitOfWork::of(uow) {
+            if response.len() > self.max_response_bytes {
+                return Err(IdempotencyError::ResponseTooLarge {
+                    key: lease.digest(),
+                    bytes: response.len(),
+                    max: self.max_response_bytes,
+                });
+            }
+            return deferred
+                .complete(response)
+                .map_err(IdempotencyError::storage);
+        }
+        let conn = PgUnitOfWork::of(uow)
+            .await
+            .map_err(IdempotencyError::storage)?;
         self.complete_on(conn, lease, response).await
+    }
+
+    /// A [`PgDeferredUnitOfWork`] on this store's pool that inserts the record, completed, when
+    /// it commits: with the events it staged, in one statement.
+    async fn begin_deferred(
+        &self,
+        request: &ClaimRequest,
+        lock_wait: Duration,
+    ) -> Result<Option<(Box<dyn UnitOfWork>, Lease)>, IdempotencyError> {
+        let record = KeyRecord {
+            table: self.sql.table.clone(),
+            scope: request.scope.as_str().to_owned(),
+            key: request.key.as_str().to_owned(),
+            fingerprint: request.fingerprint.as_bytes().to_vec(),
+            ttl_ms: millis(request.ttl()),
+            response: None,
+        };
+        let lease = Lease::new(
+            request.scope.clone(),
+            request.key.clone(),
+            Uuid::now_v7(),
+            Utc::now()
+                + chrono::Duration::from_std(request.lock_timeout())
+                    .unwrap_or(chrono::Duration::MAX),
+        );
+        let uow = PgDeferredUnitOfWork::new(self.pool.clone(), lock_wait, Some(record));
+        Ok(Some((Box::new(uow), lease)))
     }
 
     /// A [`PgUnitOfWork`] on this store's pool, its `lock_timeout` set to `lock_wait` (in the

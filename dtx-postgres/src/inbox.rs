@@ -231,7 +231,7 @@ impl InboxStore for PgInbox {
         consumer: &str,
         message: &InboundMessage,
     ) -> Result<bool> {
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         let inserted = sqlx::query(&self.sql.record)
             .bind(consumer)
             .bind(message.message_id)
@@ -253,7 +253,7 @@ impl InboxStore for PgInbox {
             .iter()
             .map(|m| m.event_type.replace('\0', "\u{FFFD}"))
             .collect();
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         let inserted: Vec<Uuid> = sqlx::query_scalar(&self.sql.record_all)
             .bind(consumer)
             .bind(&ids)
@@ -284,7 +284,7 @@ impl InboxStore for PgInbox {
         attempts: u32,
     ) -> Result<()> {
         let headers = serde_json::to_string(&message.headers).map_err(Error::storage)?;
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         // Text columns cannot hold NUL: what a broker delivered may.
         let text = |s: &str| s.replace('\0', "\u{FFFD}");
         sqlx::query(&self.sql.dead_letter)
@@ -357,7 +357,7 @@ impl InboxStore for PgInbox {
         consumer: &str,
         message_id: Uuid,
     ) -> Result<bool> {
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         let deleted = sqlx::query(&self.sql.resolve)
             .bind(consumer)
             .bind(message_id)
@@ -413,7 +413,7 @@ impl InboxStore for PgInbox {
         key: &PartitionKey,
         step: &OffsetAdvance,
     ) -> Result<()> {
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         let moved = sqlx::query(&self.sql.advance)
             .bind(&key.consumer)
             .bind(&key.topic)

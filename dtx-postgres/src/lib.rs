@@ -22,6 +22,7 @@
 //! `kafka`). [`nats::NatsConnection`] and [`kafka::KafkaConnection`] connect them to a real
 //! cluster: TLS ([`tls::Tls`]) and credentials.
 
+mod deferred;
 pub mod health;
 mod idempotency;
 mod inbox;
@@ -44,6 +45,7 @@ pub mod testing;
 pub mod tls;
 mod uow;
 
+pub use deferred::PgDeferredUnitOfWork;
 pub use idempotency::PgIdempotencyStore;
 pub use inbox::PgInbox;
 pub use migrate::{MIGRATOR, MigrationState, migrate, migrate_in_schema, migration_status};

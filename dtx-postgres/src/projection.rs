@@ -320,7 +320,7 @@ impl CheckpointStore for PgCheckpointStore {
         key: &CheckpointKey,
         step: &Advance,
     ) -> Result<()> {
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         self.advance_on(conn, key, step).await
     }
 
@@ -408,7 +408,7 @@ impl CheckpointStore for PgCheckpointStore {
     }
 
     async fn reset_in(&self, uow: &mut dyn UnitOfWork, key: &CheckpointKey) -> Result<()> {
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         bind_key(sqlx::query(&self.sql.reset), key)
             .bind(to_i32(key.partitions))
             .execute(conn)

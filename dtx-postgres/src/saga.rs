@@ -393,7 +393,7 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn insert_in(&self, uow: &mut dyn UnitOfWork, record: &SagaRecord) -> Result<()> {
-        self.insert_on(PgUnitOfWork::of(uow)?, record).await
+        self.insert_on(PgUnitOfWork::of(uow).await?, record).await
     }
 
     async fn claim(
@@ -536,7 +536,7 @@ impl SagaStore for PgSagaStore {
         uow: &mut dyn UnitOfWork,
         correlation_id: Uuid,
     ) -> Result<Vec<Correlated>> {
-        self.correlated_on(PgUnitOfWork::of(uow)?, correlation_id)
+        self.correlated_on(PgUnitOfWork::of(uow).await?, correlation_id)
             .await
     }
 

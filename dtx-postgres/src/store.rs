@@ -8,6 +8,7 @@ mod wake;
 pub use combine::{Combining, CombiningStats};
 
 use crate::personal::PgSubjectKeys;
+use crate::deferred::{Committing, PgDeferredUnitOfWork, StagedWrite, shift_parameters};
 use crate::restore::FeedGuard;
 use crate::sql::{
     Schema, classify, count, stored_schema_version, stored_version, to_i64, to_u64,
@@ -284,13 +285,24 @@ impl PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         self.limits.check(stream, &events)?;
-        let batch = Batch::new(events);
+        self.append_batch_on(conn, stream, expected, &Batch::new(events))
+            .await
+    }
+
+    /// [`PgEventStore::append_on`] of a batch.
+    async fn append_batch_on(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        batch: &Batch,
+    ) -> Result<AppendResult> {
         let many = batch.ids.len() > 1;
         let rows = bind::<InRow>(
             self.sql.append_in(self.outbox, many),
             stream,
             expected,
-            &batch,
+            batch,
         )
         .fetch_all(&mut *conn)
         .await
@@ -661,6 +673,99 @@ where
     }
 }
 
+/// An append staged in a [`PgDeferredUnitOfWork`], written by its commit (see
+/// `crate::deferred`) with the append statement of its expectation's [`Shape`].
+struct StagedAppend {
+    store: PgEventStore,
+    stream: StreamId,
+    expected: ExpectedVersion,
+    batch: Batch,
+}
+
+impl StagedAppend {
+    /// What the append answers when staged: the versions after `before`, the positions not
+    /// known yet.
+    fn promise(&self, before: u64) -> AppendResult {
+        let n = self.batch.ids.len() as u64;
+        AppendResult {
+            first_version: before + 1,
+            last_version: before + n,
+            positions: vec![GlobalPosition::START; self.batch.ids.len()],
+            deduplicated: false,
+        }
+    }
+}
+
+#[async_trait]
+impl StagedWrite for StagedAppend {
+    fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    fn statement(&self, offset: usize) -> (String, usize, usize) {
+        let sql = self.store.sql.append(
+            Shape::of(self.expected),
+            self.store.outbox,
+            self.batch.ids.len() > 1,
+        );
+        (shift_parameters(sql, offset), 9, self.batch.ids.len())
+    }
+
+    fn bind<'q>(&'q self, query: Committing<'q>) -> Committing<'q> {
+        let query = query
+            .bind(self.stream.as_str())
+            .bind(self.expected.required().map(to_i64));
+        let batch = &self.batch;
+        if let [id] = batch.ids.as_slice() {
+            query
+                .bind(id)
+                .bind(&batch.types[0])
+                .bind(batch.versions[0])
+                .bind(&batch.data[0])
+                .bind(batch.correlation[0])
+                .bind(batch.causation[0])
+                .bind(&batch.traceparent[0])
+        } else {
+            query
+                .bind(&batch.ids)
+                .bind(&batch.types)
+                .bind(&batch.versions)
+                .bind(&batch.data)
+                .bind(&batch.correlation)
+                .bind(&batch.causation)
+                .bind(&batch.traceparent)
+        }
+    }
+
+    async fn flush(&self, conn: &mut PgConnection) -> Result<()> {
+        self.store.guard.ensure_on(conn).await?;
+        let before = self.expected.required().unwrap_or_default();
+        let result = self
+            .store
+            .append_batch_on(conn, &self.stream, self.expected, &self.batch)
+            .await?;
+        if result.deduplicated || result.first_version != before + 1 {
+            return Err(Error::Conflict {
+                stream: self.stream.clone(),
+                expected: self.expected,
+                actual: result.first_version.saturating_sub(1),
+            });
+        }
+        Ok(())
+    }
+
+    async fn conflict(&self) -> Error {
+        match self.store.stream_version(&self.stream).await {
+            Ok(actual) => Error::Conflict {
+                stream: self.stream.clone(),
+                expected: self.expected,
+                actual,
+            },
+            Err(error) => error,
+        }
+    }
+}
+
 /// An event found by its id (the `stored` statement).
 #[derive(sqlx::FromRow)]
 struct StoredEvent {
@@ -980,7 +1085,23 @@ impl EventStore for PgEventStore {
     ) -> Result<AppendResult> {
         let mut events = events;
         self.personal.seal_events(stream, &mut events).await?;
-        let conn = PgUnitOfWork::of(uow)?;
+        if let Some(deferred) = PgDeferredUnitOfWork::staging(uow)
+            && let Some(before) = expected.required()
+            && !deferred.stages(stream)
+        {
+            self.guard.ensure(&self.pool).await?;
+            self.limits.check(stream, &events)?;
+            let staged = StagedAppend {
+                store: self.clone(),
+                stream: stream.clone(),
+                expected,
+                batch: Batch::new(events),
+            };
+            let result = staged.promise(before);
+            deferred.stage(Box::new(staged));
+            return Ok(result);
+        }
+        let conn = PgUnitOfWork::of(uow).await?;
         self.guard.ensure_on(conn).await?;
         self.append_on(conn, stream, expected, events).await
     }
@@ -992,8 +1113,22 @@ impl EventStore for PgEventStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<EventData>> {
-        self.read_data_on(PgUnitOfWork::of(uow)?, stream, from_version, max_count)
-            .await
+        // A deferred unit of work that has staged nothing for this stream reads what is
+        // committed, as its transaction would.
+        if let Some(deferred) = PgDeferredUnitOfWork::staging(uow)
+            && !deferred.stages(stream)
+        {
+            return self
+                .read_data_on(&self.pool, stream, from_version, max_count)
+                .await;
+        }
+        self.read_data_on(
+            PgUnitOfWork::of(uow).await?,
+            stream,
+            from_version,
+            max_count,
+        )
+        .await
     }
 
     async fn save_snapshot_in(
@@ -1002,7 +1137,7 @@ impl EventStore for PgEventStore {
         stream: &StreamId,
         snapshot: Snapshot,
     ) -> Result<()> {
-        self.save_snapshot_on(PgUnitOfWork::of(uow)?, stream, snapshot)
+        self.save_snapshot_on(PgUnitOfWork::of(uow).await?, stream, snapshot)
             .await
     }
 

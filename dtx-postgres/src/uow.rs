@@ -1,5 +1,6 @@
 //! The PostgreSQL unit of work: one transaction that every store joins.
 
+use crate::deferred::PgDeferredUnitOfWork;
 use dtx::uow::BoxFuture;
 use dtx::{Error, Result, UnitOfWork};
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
@@ -52,19 +53,31 @@ impl PgUnitOfWork {
         &mut self.tx
     }
 
-    /// The connection of the PostgreSQL unit of work inside `uow`, or
-    /// [`Error::UnitOfWork`] when it is another backend's.
-    pub(crate) fn of(uow: &mut dyn UnitOfWork) -> Result<&mut PgConnection> {
+    /// The connection of the PostgreSQL unit of work inside `uow` (a
+    /// [`PgDeferredUnitOfWork`] begins its transaction), or [`Error::UnitOfWork`] when it is
+    /// another backend's.
+    pub(crate) async fn of(uow: &mut dyn UnitOfWork) -> Result<&mut PgConnection> {
+        if uow.as_any_mut().is::<PgDeferredUnitOfWork>() {
+            return match PgDeferredUnitOfWork::of(uow) {
+                Some(deferred) => deferred.transaction().await,
+                None => Err(Error::UnitOfWork {
+                    expected: "postgres",
+                    actual: "postgres",
+                }),
+            };
+        }
         Ok(uow.downcast::<Self>("postgres")?.connection())
     }
 
     /// The transaction's connection when all a function has is `&mut dyn UnitOfWork` (a
-    /// projection's handler, say): the user's own SQL on it commits with the unit of work.
-    /// [`Error::UnitOfWork`] when `uow` is another backend's.
+    /// projection's handler, or an HTTP handler given the request's unit of work): the user's
+    /// own SQL on it commits with the unit of work. A [`PgDeferredUnitOfWork`] begins its
+    /// transaction here (and writes what it had staged in it). [`Error::UnitOfWork`] when `uow`
+    /// is another backend's.
     ///
     /// ```no_run
     /// # async fn demo(uow: &mut dyn dtx::UnitOfWork) -> dtx::Result<()> {
-    /// let conn = dtx_postgres::PgUnitOfWork::connection_of(uow)?;
+    /// let conn = dtx_postgres::PgUnitOfWork::connection_of(uow).await?;
     /// sqlx::query("UPDATE order_summaries SET items = items + 1 WHERE id = $1")
     ///     .bind(42_i64)
     ///     .execute(conn)
@@ -73,8 +86,8 @@ impl PgUnitOfWork {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn connection_of(uow: &mut dyn UnitOfWork) -> Result<&mut PgConnection> {
-        Self::of(uow)
+    pub async fn connection_of(uow: &mut dyn UnitOfWork) -> Result<&mut PgConnection> {
+        Self::of(uow).await
     }
 }
 
@@ -134,6 +147,6 @@ impl dtx::outbox::Outbox for crate::PgOutbox {
         uow: &mut dyn UnitOfWork,
         messages: Vec<dtx::outbox::NewOutboxMessage>,
     ) -> Result<()> {
-        self.enqueue(PgUnitOfWork::of(uow)?, messages).await
+        self.enqueue(PgUnitOfWork::of(uow).await?, messages).await
     }
 }

@@ -88,7 +88,7 @@ impl OrderSummaries {
                 });
             }
             Self::Postgres(_) => {
-                let conn = PgUnitOfWork::connection_of(uow)?;
+                let conn = PgUnitOfWork::connection_of(uow).await?;
                 let mut summary = load(conn, order_id).await?.unwrap_or_default();
                 change(&mut summary);
                 summary.version = version;
@@ -164,7 +164,7 @@ impl OrderSummaries {
             }
             Self::Postgres(_) => {
                 sqlx::query("DELETE FROM order_summaries")
-                    .execute(PgUnitOfWork::connection_of(uow)?)
+                    .execute(PgUnitOfWork::connection_of(uow).await?)
                     .await?;
             }
         }

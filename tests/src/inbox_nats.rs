@@ -77,7 +77,9 @@ pub async fn write_effect(
     message: &InboundMessage,
     ticked: Ticked,
 ) -> Result<(), HandlerError> {
-    let conn = PgUnitOfWork::connection_of(uow).map_err(HandlerError::failed)?;
+    let conn = PgUnitOfWork::connection_of(uow)
+        .await
+        .map_err(HandlerError::failed)?;
     sqlx::query("INSERT INTO inbox_effects (message_id, key, seq) VALUES ($1, $2, $3)")
         .bind(message.message_id)
         .bind(message.key.as_deref().unwrap_or(""))

@@ -67,8 +67,9 @@ impl Consumer for Effects {
             if !self.slow.is_zero() {
                 tokio::time::sleep(self.slow).await;
             }
-            let conn =
-                dtx_postgres::PgUnitOfWork::connection_of(uow).map_err(HandlerError::failed)?;
+            let conn = dtx_postgres::PgUnitOfWork::connection_of(uow)
+                .await
+                .map_err(HandlerError::failed)?;
             if tick.flaky && message.delivery == 1 {
                 return Err(HandlerError::failed("flaky: fails on its first delivery"));
             }

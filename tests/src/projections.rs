@@ -114,7 +114,7 @@ impl PgFolds {
         event: &RecordedEvent,
         uow: &mut dyn UnitOfWork,
     ) -> Result<(), BoxError> {
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         let row: Option<(i64, i64, i64)> = sqlx::query_as(&format!(
             "SELECT events, last_version, checksum FROM {} WHERE stream_id = $1",
             self.table
@@ -151,7 +151,7 @@ impl PgFolds {
 
     #[clear]
     async fn clear(&self, uow: &mut dyn UnitOfWork) -> Result<(), BoxError> {
-        let conn = PgUnitOfWork::connection_of(uow)?;
+        let conn = PgUnitOfWork::connection_of(uow).await?;
         sqlx::query(&format!("DELETE FROM {}", self.table))
             .execute(conn)
             .await?;

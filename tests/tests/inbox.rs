@@ -44,7 +44,9 @@ impl Consumer for Counter {
                 return Err(HandlerError::failed("the payment service is down"));
             }
             if uow.backend() == "postgres" {
-                let conn = PgUnitOfWork::connection_of(uow).map_err(HandlerError::failed)?;
+                let conn = PgUnitOfWork::connection_of(uow)
+                    .await
+                    .map_err(HandlerError::failed)?;
                 sqlx::query("INSERT INTO effects (message_id) VALUES ($1)")
                     .bind(message.message_id)
                     .execute(conn)

@@ -16,10 +16,11 @@ use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
 use dtx::cqrs::{CommandBus, Committed};
+use dtx::idempotency::IdempotencyStatus;
 use dtx::idempotency::http::{IDEMPOTENT_REPLAYED, IdempotencyLayer, RequestUnitOfWork};
 use dtx::idempotency::{IdempotencyKey, IdempotencyStore, MemoryIdempotencyStore, Scope};
 use dtx::{Aggregate, EventStore, SharedEventStore};
-use dtx_postgres::PgIdempotencyStore;
+use dtx_postgres::{PgEventStore, PgIdempotencyStore, PgUnitOfWork};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -45,6 +46,9 @@ struct App {
     delay: Duration,
     /// Told when a handler has placed its order.
     placed: tokio::sync::Notify,
+    /// Also record the order in `request_path_audit`, with the handler's own SQL on the
+    /// request's unit of work.
+    audit: AtomicBool,
 }
 
 impl App {
@@ -59,6 +63,7 @@ impl App {
             fail_after_append: AtomicBool::new(false),
             delay,
             placed: tokio::sync::Notify::new(),
+            audit: AtomicBool::new(false),
         })
     }
 }
@@ -81,7 +86,16 @@ async fn place(
         let placed = match uow {
             Some(Extension(uow)) => {
                 let mut uow = uow.lock().await.unwrap();
-                app.bus.execute_in(&mut *uow, command).await
+                let placed = app.bus.execute_in(&mut *uow, command).await;
+                if placed.is_ok() && app.audit.load(Ordering::SeqCst) {
+                    let conn = PgUnitOfWork::connection_of(&mut *uow).await.unwrap();
+                    sqlx::query("INSERT INTO request_path_audit (order_id) VALUES ($1)")
+                        .bind(order_id.to_string())
+                        .execute(conn)
+                        .await
+                        .unwrap();
+                }
+                placed
             }
             None => app.bus.execute(command).await,
         };
@@ -259,10 +273,11 @@ async fn a_failed_handler_rolls_back_its_events_and_frees_the_key() {
     }
 }
 
-/// The request's connection is cut before, during and after its COMMIT. Whatever the first
-/// answer, the key's retry (on a healthy server) either replays the committed response or
-/// places the order — once: the order is never placed twice, and a key answered with 201 is
-/// never run again.
+/// The request's connection is cut before, during and after the statement that commits it:
+/// in one-commit mode the one statement that writes the events with the stored response, in
+/// claim-first mode its `COMMIT`. Whatever the first answer, the key's retry (on a healthy
+/// server) either replays the committed response or places the order — once: the order is
+/// never placed twice, and a key answered with 201 is never run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_at_commit_never_runs_an_answered_key_again() {
     let events = tests::pg_store().await;
@@ -270,49 +285,239 @@ async fn a_connection_cut_at_commit_never_runs_an_answered_key_again() {
     let proxied = PgIdempotencyStore::new(proxy.pool(4).await.unwrap());
     let healthy = PgIdempotencyStore::new(events.pool().clone());
     let app = App::new(Arc::new(events.clone()), Duration::ZERO);
-    let cut = Http::new(serve(&app, layer(proxied)).await);
-    let http = Http::new(serve(&app, layer(healthy)).await);
+    // A retry of an answered key on another instance never runs the handler.
+    let http = Http::new(serve(&app, layer(healthy).look_up_first()).await);
+    let one_statement = || Statement::containing("committed_key");
+    let modes = [
+        (
+            "one-commit",
+            layer(proxied.clone()),
+            [
+                Fault::before(one_statement()),
+                Fault::during(one_statement()),
+                Fault::after(one_statement()),
+            ],
+        ),
+        (
+            "claim-first",
+            layer(proxied).claim_first(),
+            [
+                Fault::before_commit(),
+                Fault::during_commit(),
+                Fault::after_commit(),
+            ],
+        ),
+    ];
     let mut answered = 0;
-    for (name, fault) in [
-        ("before", Fault::before_commit()),
-        ("during", Fault::during_commit()),
-        ("after", Fault::after_commit()),
-    ] {
-        let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
-        proxy.arm(fault);
-        let first = cut.place(&key, order).await;
-        tokio::time::timeout(DEADLINE, proxy.fired())
-            .await
-            .unwrap_or_else(|_| panic!("{name}: the fault fired"));
-        let runs_before_retry = app.runs.load(Ordering::SeqCst);
-        let retry = http.place(&key, order).await;
-        assert_eq!(retry.status, StatusCode::CREATED, "{name}: {retry:?}");
-        assert_eq!(events_of(&events, order).await, 1, "{name}: placed once");
-        match first.status {
-            StatusCode::CREATED => {
-                answered += 1;
-                assert!(retry.replayed, "{name}: an answered key replays");
-                assert_eq!(retry.body, first.body);
-                assert_eq!(app.runs.load(Ordering::SeqCst), runs_before_retry);
+    for (mode, layer, faults) in modes {
+        let cut = Http::new(serve(&app, layer).await);
+        for (when, fault) in ["before", "during", "after"].into_iter().zip(faults) {
+            let name = format!("{mode}, {when}");
+            let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+            proxy.arm(fault);
+            let first = cut.place(&key, order).await;
+            tokio::time::timeout(DEADLINE, proxy.fired())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: the fault fired"));
+            let runs_before_retry = app.runs.load(Ordering::SeqCst);
+            let retry = http.place(&key, order).await;
+            assert_eq!(retry.status, StatusCode::CREATED, "{name}: {retry:?}");
+            assert_eq!(events_of(&events, order).await, 1, "{name}: placed once");
+            match first.status {
+                StatusCode::CREATED => {
+                    answered += 1;
+                    assert!(retry.replayed, "{name}: an answered key replays");
+                    assert_eq!(retry.body, first.body);
+                    assert_eq!(app.runs.load(Ordering::SeqCst), runs_before_retry);
+                }
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    let title = first.title();
+                    assert!(
+                        title == "Outcome unknown" || title == "Not committed",
+                        "{name}: {title}"
+                    );
+                }
+                other => panic!("{name}: unexpected first answer {other}: {first:?}"),
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                let title = first.title();
-                assert!(
-                    title == "Outcome unknown" || title == "Not committed",
-                    "{name}: {title}"
-                );
-            }
-            other => panic!("{name}: unexpected first answer {other}: {first:?}"),
+            let again = http.place(&key, order).await;
+            assert!(again.replayed);
+            assert_eq!(again.body, retry.body);
         }
-        let again = http.place(&key, order).await;
-        assert!(again.replayed);
-        assert_eq!(again.body, retry.body);
     }
-    assert!(answered >= 1, "the cut after COMMIT still answers 201");
+    assert!(answered >= 2, "the cuts after the commit still answer 201");
     eprintln!(
-        "request path faults: {} cuts at COMMIT, {answered} answered keys, 0 run twice",
+        "request path faults: {} cuts at the commit, {answered} answered keys, 0 run twice",
         proxy.counts().faults
     );
+}
+
+/// The record of `key` (scope `alice`), if any.
+async fn record_of(
+    store: &dyn IdempotencyStore,
+    key: &str,
+) -> Option<dtx::idempotency::IdempotencyRecord> {
+    store
+        .load(
+            &Scope::new("alice").unwrap(),
+            &IdempotencyKey::new(key).unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+/// One-commit mode on PostgreSQL stages the handler's append and writes it with the stored
+/// response in one statement. When the order's stream is written by someone else between the
+/// handler's decision and that statement, the statement fails whole: the request runs again in
+/// a transaction that claims the key first, whose handler now finds the order placed and fails
+/// (500, not cached). Nothing of the request is stored and the key is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_at_commit_writes_nothing_and_frees_the_key() {
+    let events = tests::pg_store().await;
+    let keys = PgIdempotencyStore::new(events.pool().clone());
+    let app = App::new(Arc::new(events.clone()), Duration::from_millis(300));
+    let http = Http::new(serve(&app, layer(keys.clone())).await);
+    let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+    let placed = app.placed.notified();
+    tokio::pin!(placed);
+    placed.as_mut().enable();
+    let request = {
+        let (http, key) = (http.clone(), key.clone());
+        tokio::spawn(async move { http.place(&key, order).await })
+    };
+    tokio::time::timeout(DEADLINE, placed)
+        .await
+        .expect("the handler placed the order");
+    // Another writer places the same order first, while the request's append is staged.
+    let other = App::new(Arc::new(events.clone()), Duration::ZERO);
+    other
+        .bus
+        .execute(PlaceOrder {
+            order_id: order,
+            customer: "grace".into(),
+        })
+        .await
+        .unwrap();
+    let reply = request.await.unwrap();
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{reply:?}");
+    assert_eq!(
+        app.runs.load(Ordering::SeqCst),
+        2,
+        "run again, claiming first"
+    );
+    assert_eq!(
+        events_of(&events, order).await,
+        1,
+        "only the other writer's event"
+    );
+    assert!(record_of(&keys, &key).await.is_none(), "the key is free");
+}
+
+/// The same key sent to two instances (each with its own pool and layer) at the same moment:
+/// both handlers run, one commit wins, and the other instance answers with the stored
+/// response (it looks the key up once its own commit fails); its events are never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicate_in_another_process_replays_and_stores_nothing() {
+    let events = tests::pg_store().await;
+    let second_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with((*events.pool().connect_options()).clone())
+        .await
+        .unwrap();
+    let second_events = PgEventStore::new(second_pool.clone());
+    let first = App::new(Arc::new(events.clone()), Duration::from_millis(300));
+    let second = App::new(Arc::new(second_events), Duration::ZERO);
+    let first_http = Http::new(
+        serve(
+            &first,
+            layer(PgIdempotencyStore::new(events.pool().clone())).wait(DEADLINE),
+        )
+        .await,
+    );
+    let second_http = Http::new(
+        serve(
+            &second,
+            layer(PgIdempotencyStore::new(second_pool)).wait(DEADLINE),
+        )
+        .await,
+    );
+    let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+    let placed = first.placed.notified();
+    tokio::pin!(placed);
+    placed.as_mut().enable();
+    let first_request = {
+        let key = key.clone();
+        tokio::spawn(async move { first_http.place(&key, order).await })
+    };
+    tokio::time::timeout(DEADLINE, placed)
+        .await
+        .expect("the first handler placed the order");
+    // The first request is still running (its handler sleeps before answering).
+    let duplicate = second_http.place(&key, order).await;
+    let original = first_request.await.unwrap();
+    assert_eq!(original.status, StatusCode::CREATED, "{original:?}");
+    assert_eq!(duplicate.status, StatusCode::CREATED, "{duplicate:?}");
+    // The second handler does not wait: its commit usually wins, and the first request, whose
+    // commit then finds the key stored, answers with the second's response.
+    assert!(
+        original.replayed != duplicate.replayed,
+        "one commits, the other replays: {original:?} {duplicate:?}"
+    );
+    assert_eq!(duplicate.body, original.body, "identical responses");
+    assert_eq!(events_of(&events, order).await, 1, "the order placed once");
+    assert_eq!(first.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        second.runs.load(Ordering::SeqCst),
+        1,
+        "both handlers ran, the writes of one were discarded"
+    );
+}
+
+/// A handler that runs its own SQL on the request's unit of work gets a real transaction:
+/// the staged append is written in it first, then its SQL, then the stored response, one
+/// `COMMIT`. A failing handler leaves none of it.
+#[tokio::test]
+async fn a_handler_with_its_own_sql_gets_a_real_transaction() {
+    let events = tests::pg_store().await;
+    sqlx::query("CREATE TABLE IF NOT EXISTS request_path_audit (order_id TEXT NOT NULL)")
+        .execute(events.pool())
+        .await
+        .unwrap();
+    let audited = |order: OrderId| {
+        let pool = events.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM request_path_audit WHERE order_id = $1",
+            )
+            .bind(order.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let keys = PgIdempotencyStore::new(events.pool().clone());
+    let app = App::new(Arc::new(events.clone()), Duration::ZERO);
+    app.audit.store(true, Ordering::SeqCst);
+    let http = Http::new(serve(&app, layer(keys.clone())).await);
+
+    let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
+    app.fail_after_append.store(true, Ordering::SeqCst);
+    let failed = http.place(&key, order).await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(events_of(&events, order).await, 0);
+    assert_eq!(audited(order).await, 0, "the handler's SQL rolled back");
+    assert!(record_of(&keys, &key).await.is_none(), "the key is free");
+
+    app.fail_after_append.store(false, Ordering::SeqCst);
+    let placed = http.place(&key, order).await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
+    assert_eq!(events_of(&events, order).await, 1);
+    assert_eq!(audited(order).await, 1, "the handler's SQL committed");
+    let record = record_of(&keys, &key).await.expect("stored");
+    assert_eq!(record.status, IdempotencyStatus::Completed);
+    let replay = http.place(&key, order).await;
+    assert!(replay.replayed);
+    assert_eq!(replay.body, placed.body);
+    assert_eq!(app.runs.load(Ordering::SeqCst), 2);
 }
 
 /// Clients that go away at every moment of their request — while the key is claimed, while

@@ -631,3 +631,107 @@ async fn postgres_commit_of_an_aborted_transaction_is_an_error() {
         0
     );
 }
+
+/// A deferred unit of work (the HTTP layer's one-commit mode on PostgreSQL) writes its staged
+/// appends and the completed idempotency record in one statement at commit. A stream that moved
+/// on meanwhile (a version taken, or a stream shorter than expected) or a key stored meanwhile
+/// fails the whole statement: a typed error, and nothing of it is stored.
+#[tokio::test]
+async fn postgres_deferred_commit_is_all_or_nothing_with_typed_conflicts() {
+    use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId};
+    let events = tests::pg_store().await;
+    let keys = PgIdempotencyStore::new(events.pool().clone());
+    let wait = std::time::Duration::from_secs(30);
+    let event = || NewEvent::from_json("Noted", &serde_json::json!({"n": 1})).unwrap();
+    let stream = || StreamId::new(format!("Deferred-{}", Uuid::now_v7())).unwrap();
+    let length = |s: StreamId| {
+        let events = events.clone();
+        async move { events.read_stream(&s, 1, 100).await.unwrap().len() }
+    };
+    let stored = |request: ClaimRequest| {
+        let keys = keys.clone();
+        async move { keys.load(&request.scope, &request.key).await.unwrap() }
+    };
+
+    // Committed: the events and the record, in one statement.
+    let done = request();
+    let (mut uow, lease) = keys.begin_deferred(&done, wait).await.unwrap().unwrap();
+    let s = stream();
+    let appended = events
+        .append_in(
+            &mut *uow,
+            &s,
+            ExpectedVersion::NoStream,
+            vec![event(), event()],
+        )
+        .await
+        .unwrap();
+    assert_eq!((appended.first_version, appended.last_version), (1, 2));
+    assert_eq!(length(s.clone()).await, 0, "staged, not written");
+    keys.complete_in(&mut *uow, &lease, b"done").await.unwrap();
+    uow.commit_boxed().await.unwrap();
+    assert_eq!(length(s.clone()).await, 2);
+    let record = stored(done.clone()).await.unwrap();
+    assert_eq!(record.status, IdempotencyStatus::Completed);
+    assert_eq!(record.response.as_deref(), Some(&b"done"[..]));
+
+    // Each expectation that no longer holds at commit: NoStream on a stream created meanwhile,
+    // Exact(2) on a stream moved to 3 meanwhile, Exact(5) on a stream at 2.
+    for (expected, before, meanwhile, actual) in [
+        (ExpectedVersion::NoStream, 0, 1, 1),
+        (ExpectedVersion::Exact(2), 2, 1, 3),
+        (ExpectedVersion::Exact(5), 2, 0, 2),
+    ] {
+        let s = stream();
+        if before > 0 {
+            let batch = (0..before).map(|_| event()).collect();
+            events
+                .append(&s, ExpectedVersion::NoStream, batch)
+                .await
+                .unwrap();
+        }
+        let request = request();
+        let (mut uow, lease) = keys.begin_deferred(&request, wait).await.unwrap().unwrap();
+        events
+            .append_in(&mut *uow, &s, expected, vec![event()])
+            .await
+            .unwrap();
+        if meanwhile > 0 {
+            events
+                .append(&s, ExpectedVersion::Any, vec![event()])
+                .await
+                .unwrap();
+        }
+        keys.complete_in(&mut *uow, &lease, b"never").await.unwrap();
+        let error = uow.commit_boxed().await.unwrap_err();
+        match &error {
+            Error::Conflict {
+                stream,
+                expected: e,
+                actual: a,
+            } => {
+                assert_eq!((stream, *e, *a), (&s, expected, actual), "{error}");
+            }
+            other => panic!("{expected}: expected a conflict, got {other:?}"),
+        }
+        assert_eq!(length(s.clone()).await, usize::try_from(actual).unwrap());
+        assert!(
+            stored(request).await.is_none(),
+            "{expected}: the key is free"
+        );
+    }
+
+    // A key stored meanwhile: nothing is written, the commit is `RolledBack`.
+    let (mut uow, lease) = keys.begin_deferred(&done, wait).await.unwrap().unwrap();
+    let s = stream();
+    events
+        .append_in(&mut *uow, &s, ExpectedVersion::NoStream, vec![event()])
+        .await
+        .unwrap();
+    keys.complete_in(&mut *uow, &lease, b"again").await.unwrap();
+    let error = uow.commit_boxed().await.unwrap_err();
+    assert!(matches!(error, Error::RolledBack { .. }), "{error:?}");
+    assert_eq!(length(s).await, 0);
+    let record = stored(done).await.unwrap();
+    assert_eq!(record.response.as_deref(), Some(&b"done"[..]), "unchanged");
+}

@@ -51,7 +51,7 @@
 //!     fn handle<'a>(&'a self, message: &'a InboundMessage, uow: &'a mut dyn UnitOfWork)
 //!         -> BoxFuture<'a, Result<(), HandlerError>> {
 //!         Box::pin(async move {
-//!             let conn = dtx_postgres::PgUnitOfWork::connection_of(uow)
+//!             let conn = dtx_postgres::PgUnitOfWork::connection_of(uow).await
 //!                 .map_err(HandlerError::failed)?;
 //!             sqlx::query("INSERT INTO payments_due (order_event) VALUES ($1)")
 //!                 .bind(message.message_id)

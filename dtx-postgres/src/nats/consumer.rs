@@ -93,7 +93,7 @@
 //!         uow: &'a mut dyn UnitOfWork,
 //!     ) -> BoxFuture<'a, Result<(), HandlerError>> {
 //!         Box::pin(async move {
-//!             let conn = PgUnitOfWork::connection_of(uow).map_err(HandlerError::failed)?;
+//!             let conn = PgUnitOfWork::connection_of(uow).await.map_err(HandlerError::failed)?;
 //!             sqlx::query("INSERT INTO payments_due (order_message) VALUES ($1)")
 //!                 .bind(message.message_id)
 //!                 .execute(conn)

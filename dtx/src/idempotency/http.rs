@@ -94,6 +94,10 @@ struct Config {
     principal: Arc<PrincipalFn>,
     mode: CommitMode,
     wait: Duration,
+    /// Requests of this layer running now, by scope and key (one-commit mode).
+    in_flight: Arc<InFlight>,
+    /// One-commit mode: look the key up before running the handler.
+    look_up_first: bool,
     /// Responses this instance stored, replayed without asking the store; `None`: off.
     replays: Option<Replays>,
     header: HeaderName,
@@ -145,6 +149,8 @@ impl IdempotencyLayer {
                 principal: Arc::new(principal),
                 mode: CommitMode::OneCommit,
                 wait: Duration::from_secs(5),
+                in_flight: Arc::default(),
+                look_up_first: false,
                 replays: Replays::with_bytes(DEFAULT_REPLAY_CACHE_BYTES),
                 header: IDEMPOTENCY_KEY,
                 methods: vec![Method::POST, Method::PATCH],
@@ -164,12 +170,24 @@ impl IdempotencyLayer {
         self
     }
 
-    /// Claims the key, runs the handler and stores its response in **one unit of work**,
-    /// committed once (the default, for stores that can begin one: both of dtx's). The
-    /// handler joins it through the [`RequestUnitOfWork`] in the request's extensions, so the
-    /// events and outbox messages it writes commit with the stored response or not at all. A
-    /// duplicate waits for that commit (up to [`wait`](Self::wait)) and replays; a handler
-    /// that fails, or answers with a status that is not cached, leaves the key free.
+    /// Runs the handler and stores its response in **one unit of work**, committed once (the
+    /// default). The handler joins it through the [`RequestUnitOfWork`] in the request's
+    /// extensions, so the events and outbox messages it writes commit with the stored
+    /// response or not at all. A handler that fails, or answers with a status that is not
+    /// cached, leaves the key free.
+    ///
+    /// On a store that can defer the record ([`IdempotencyStore::begin_deferred`]: on
+    /// PostgreSQL) the key is not claimed up front: the handler runs at once, its appends are
+    /// staged, and the commit writes them with the completed record in **one statement**
+    /// (`dtx_postgres::PgDeferredUnitOfWork`; a handler that runs its own SQL gets a real
+    /// transaction there). Identical requests reaching this layer meanwhile wait for the
+    /// first (up to [`wait`](Self::wait)) and replay it. A duplicate running in another process
+    /// at the same moment may run the handler too, but only one commits: the other's commit
+    /// finds the key stored, writes nothing, and its request is answered as a retry (the
+    /// stored response, or 409 / 422). When the commit fails on a write whose expectation no
+    /// longer held (the stream moved on), the request is run once more in a transaction that
+    /// claims the key first ([`claim_first`](Self::claim_first)), so its handler sees what
+    /// changed. Other stores claim first.
     ///
     /// Only for handlers whose effects are in that database: an effect elsewhere (a payment
     /// provider, another service) happens before the commit, and if the commit then fails the
@@ -177,6 +195,27 @@ impl IdempotencyLayer {
     #[must_use]
     pub fn one_commit(self) -> Self {
         self.edit(|c| c.mode = CommitMode::OneCommit)
+    }
+
+    /// In one-commit mode, looks the key up (one read by primary key) before running the
+    /// handler, so that a retry reaching an instance that did not store the response replays
+    /// without running the handler at all. Off by default: a first execution then costs one
+    /// round trip less, and such a retry runs the handler, whose writes never commit (its
+    /// commit finds the key stored), before it is answered with the stored response.
+    #[must_use]
+    pub fn look_up_first(self) -> Self {
+        self.edit(|c| c.look_up_first = true)
+    }
+
+    /// One commit, like [`one_commit`](Self::one_commit), but with the key claimed first in
+    /// the request's transaction (on PostgreSQL: `BEGIN`, claim, the handler's statements, the
+    /// completion, `COMMIT`): a duplicate in any process waits for that transaction without
+    /// running the handler at all, at the price of about five more round trips per request.
+    /// For handlers whose reads are expensive enough that running them for a concurrent
+    /// duplicate in another process would matter.
+    #[must_use]
+    pub fn claim_first(self) -> Self {
+        self.edit(|c| c.mode = CommitMode::ClaimFirst)
     }
 
     /// Commits the claim before the handler runs and stores the response after it, in
@@ -192,8 +231,8 @@ impl IdempotencyLayer {
     }
 
     /// How long a duplicate waits for the request holding its key to finish before it gets
-    /// 409 (default 5 s; zero answers 409 at once). In one-commit mode on PostgreSQL this is
-    /// also the `lock_timeout` of the request's transaction.
+    /// 409 (default 5 s; zero answers 409 at once). In the one-commit modes on PostgreSQL this
+    /// also bounds the lock waits of the request's commit (its `lock_timeout`).
     #[must_use]
     pub fn wait(self, wait: Duration) -> Self {
         self.edit(|c| c.wait = wait)
@@ -204,15 +243,16 @@ impl IdempotencyLayer {
     ///
     /// A completed record never changes before it expires (only expired records are taken
     /// over or cleaned up), so the copy is exact; it is kept no longer than the record's TTL,
-    /// counted from before its claim, and used only for the same fingerprint (any other
-    /// request with the key asks the store). A record deleted by hand before it expires may
-    /// still be replayed by an instance that kept it.
+    /// counted from before its claim. A request with the key and another payload gets 422
+    /// from it the same way, without running the handler. A record deleted by hand before it
+    /// expires may still be replayed by an instance that kept it.
     #[must_use]
     pub fn replay_cache_bytes(self, bytes: u64) -> Self {
         self.edit(|c| c.replays = Replays::with_bytes(bytes))
     }
 
-    /// The commit mode: [`one_commit`](Self::one_commit) or [`two_phase`](Self::two_phase).
+    /// The commit mode: [`one_commit`](Self::one_commit), [`claim_first`](Self::claim_first) or
+    /// [`two_phase`](Self::two_phase).
     pub fn mode(&self) -> CommitMode {
         self.config.mode
     }
@@ -386,11 +426,10 @@ where
                 .part(&body)
                 .finish();
             let claim = ClaimRequest::new(scope, key, fingerprint).with_policy(config.policy);
-            let request = Request::from_parts(parts, ReqBody::from(body));
             // Claim, run and store in a task of its own: a client that goes away cancels none
             // of it, so a claimed key always gets its outcome (or is freed), and the client's
             // retry finds it.
-            let task = tokio::spawn(process(Arc::clone(&config), inner, request, claim));
+            let task = tokio::spawn(process(Arc::clone(&config), inner, parts, body, claim));
             match task.await {
                 Ok(result) => Ok(result?.map(Either::Right)),
                 Err(error) => match error.try_into_panic() {
@@ -413,8 +452,11 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CommitMode {
-    /// Claim, handler and stored response in one unit of work, committed once.
+    /// Handler and stored response in one unit of work, committed once; on PostgreSQL one
+    /// statement when the handler's writes can be staged.
     OneCommit,
+    /// Claim, handler and stored response in one transaction begun before the handler.
+    ClaimFirst,
     /// The claim committed before the handler runs, the response stored after it.
     TwoPhase,
 }
@@ -524,28 +566,308 @@ enum Held {
 async fn process<S, ReqBody, ResBody>(
     config: Arc<Config>,
     inner: S,
-    request: Request<ReqBody>,
+    parts: Parts,
+    body: Bytes,
     claim: ClaimRequest,
 ) -> Result<Response<Full<Bytes>>, S::Error>
 where
-    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ReqBody: From<Bytes>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    if let Some(stored) = config.replays.as_ref().and_then(|r| r.get(&claim)) {
-        return Ok(replay(&config, claim.digest(), &stored));
+    match config.replays.as_ref().and_then(|r| r.get(&claim)) {
+        Some(Ok(stored)) => return Ok(replay(&config, claim.digest(), &stored)),
+        Some(Err(Mismatch)) => return Ok(key_reused(&config, claim.digest())),
+        None => {}
     }
     // The record expires no earlier than its claim's TTL from now.
     let kept_until = std::time::Instant::now() + claim.ttl();
-    let (response, stored) = match hold(&config, &claim).await {
-        Ok(Held::InUnitOfWork(uow, lease)) => run_in(&config, inner, request, uow, lease).await?,
-        Ok(Held::Committed(lease)) => run(&config, inner, request, lease).await?,
-        Err(answer) => return Ok(*answer),
+    let (response, stored) = if config.mode == CommitMode::OneCommit {
+        deferred(&config, inner, parts, body, &claim).await?
+    } else {
+        claimed(
+            &config,
+            inner,
+            Request::from_parts(parts, ReqBody::from(body)),
+            &claim,
+        )
+        .await?
     };
     if let (Some(replays), Some(stored)) = (&config.replays, stored) {
         replays.insert(&claim, stored, kept_until);
     }
     Ok(response)
+}
+
+/// Claims the key first, then runs the handler (in the claim's unit of work, or after the
+/// claim committed), or answers from the key's state.
+async fn claimed<S, ReqBody, ResBody>(
+    config: &Config,
+    inner: S,
+    request: Request<ReqBody>,
+    claim: &ClaimRequest,
+) -> Result<Outcome, S::Error>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    Ok(match hold(config, claim).await {
+        Ok(Held::InUnitOfWork(uow, lease)) => run_in(config, inner, request, uow, lease).await?,
+        Ok(Held::Committed(lease)) => run(config, inner, request, lease).await?,
+        Err(answer) => (*answer, None),
+    })
+}
+
+/// One-commit mode: runs the handler in a unit of work that stores the record as it commits
+/// (when the store can), after the identical requests of this layer that came first.
+async fn deferred<S, ReqBody, ResBody>(
+    config: &Config,
+    inner: S,
+    parts: Parts,
+    body: Bytes,
+    claim: &ClaimRequest,
+) -> Result<Outcome, S::Error>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ReqBody: From<Bytes>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let digest = claim.digest();
+    let deadline = tokio::time::Instant::now() + config.wait;
+    let leader = loop {
+        match config.in_flight.join(claim) {
+            Joined::First(leader) => break leader,
+            Joined::After(mut first) => {
+                let waited = tokio::time::timeout_at(deadline, first.wait_for(Option::is_some))
+                    .await
+                    .map(|done| done.ok().and_then(|kept| kept.clone()));
+                match waited {
+                    Ok(Some(kept)) if kept.fingerprint == claim.fingerprint => {
+                        return Ok((replay(config, digest, &kept.stored), None));
+                    }
+                    Ok(Some(_)) => return Ok((key_reused(config, digest), None)),
+                    // The first ended without storing an outcome: the key is free.
+                    Ok(None) => {}
+                    Err(_) => {
+                        let locked_until = chrono::Utc::now()
+                            + chrono::Duration::from_std(claim.lock_timeout())
+                                .unwrap_or(chrono::Duration::MAX);
+                        return Ok((in_flight(config, digest, locked_until), None));
+                    }
+                }
+            }
+        }
+    };
+    if config.look_up_first
+        && let Some(answer) = stored_answer(config, claim).await
+    {
+        return Ok((answer, None));
+    }
+    let lock_wait = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_millis(1));
+    let outcome = match config.store.begin_deferred(claim, lock_wait).await {
+        Ok(Some((uow, lease))) => {
+            let again = (parts.clone(), body.clone());
+            let request = Request::from_parts(parts, ReqBody::from(body));
+            if let Some(outcome) =
+                run_deferred(config, inner.clone(), request, uow, lease, claim).await?
+            {
+                outcome
+            } else {
+                let request = Request::from_parts(again.0, ReqBody::from(again.1));
+                claimed(config, inner, request, claim).await?
+            }
+        }
+        Ok(None) => {
+            let request = Request::from_parts(parts, ReqBody::from(body));
+            claimed(config, inner, request, claim).await?
+        }
+        Err(error) => (unavailable(config, digest, &error), None),
+    };
+    if let Some(stored) = &outcome.1 {
+        leader.finish(claim.fingerprint, stored.clone());
+    }
+    Ok(outcome)
+}
+
+/// Runs the handler in a deferred unit of work, stores its response there and commits. `None`
+/// when the commit failed on the server (the key was stored meanwhile, or a staged write no
+/// longer held): nothing was written, and the request is to be run again claiming first.
+async fn run_deferred<S, ReqBody, ResBody>(
+    config: &Config,
+    mut inner: S,
+    mut request: Request<ReqBody>,
+    uow: Box<dyn UnitOfWork>,
+    lease: Lease,
+    claim: &ClaimRequest,
+) -> Result<Option<Outcome>, S::Error>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let digest = lease.digest();
+    let handle = RequestUnitOfWork::new(uow);
+    request.extensions_mut().insert(handle.clone());
+    let response = match inner.call(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            drop(handle.take().await);
+            return match stored_answer(config, claim).await {
+                Some(answer) => Ok(Some((answer, None))),
+                None => Err(error),
+            };
+        }
+    };
+    let (response, body) = match buffer(response).await {
+        Ok(buffered) => buffered,
+        Err(error) => {
+            tracing::warn!(key = %digest, %error, "handler's response body failed; nothing committed");
+            return Ok(Some((config.body_failed(), None)));
+        }
+    };
+    let Some(mut uow) = handle.take().await else {
+        unreachable!("only the layer takes the request's unit of work")
+    };
+    if !(config.cache_status)(response.status()) {
+        tracing::debug!(key = %digest, status = response.status().as_u16(), "outcome not cached; rolled back, key free");
+        rollback(uow, digest).await;
+        // A request with this key may have completed meanwhile: its outcome is the answer.
+        let answer = stored_answer(config, claim).await;
+        return Ok(Some((answer.unwrap_or(response), None)));
+    }
+    let stored = encode(
+        response.status(),
+        response.headers(),
+        &config.stored_headers,
+        &body,
+    );
+    if let Err(error) = config.store.complete_in(&mut *uow, &lease, &stored).await {
+        tracing::warn!(key = %digest, %error, "response not stored; rolled back, key free");
+        rollback(uow, digest).await;
+        return Ok(Some((not_stored(config, &error), None)));
+    }
+    match uow.commit_boxed().await {
+        Ok(()) => Ok(Some((response, Some(stored)))),
+        Err(error @ Error::CommitOutcomeUnknown { .. }) => {
+            tracing::warn!(key = %digest, %error, "commit outcome unknown");
+            Ok(Some((outcome_unknown(config), None)))
+        }
+        Err(error) => {
+            tracing::debug!(key = %digest, %error, "deferred commit refused; nothing written, claiming the key");
+            Ok(None)
+        }
+    }
+}
+
+/// The answer a key's stored record gives (its response, or 422 for another payload), if it
+/// has a live completed one.
+async fn stored_answer(config: &Config, claim: &ClaimRequest) -> Option<Response<Full<Bytes>>> {
+    let record = config
+        .store
+        .load(&claim.scope, &claim.key)
+        .await
+        .ok()
+        .flatten()?;
+    if record.status != super::IdempotencyStatus::Completed
+        || record.expires_at <= chrono::Utc::now()
+    {
+        return None;
+    }
+    if record.fingerprint != claim.fingerprint {
+        return Some(key_reused(config, claim.digest()));
+    }
+    Some(replay(
+        config,
+        claim.digest(),
+        record.response.as_deref().unwrap_or_default(),
+    ))
+}
+
+/// The requests of one layer running now (one-commit mode), by scope and key: an identical
+/// request waits for the first one's outcome instead of running the handler too.
+#[derive(Default)]
+struct InFlight {
+    running: std::sync::Mutex<std::collections::HashMap<(Scope, IdempotencyKey), Running>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A running request: its number, and its outcome once stored.
+struct Running {
+    id: u64,
+    outcome: tokio::sync::watch::Receiver<Option<Arc<Kept>>>,
+}
+
+/// Whether a request runs first or after an identical one.
+enum Joined {
+    First(Leader),
+    After(tokio::sync::watch::Receiver<Option<Arc<Kept>>>),
+}
+
+/// The first request of its key: tells those waiting its outcome, and leaves as it is dropped.
+struct Leader {
+    in_flight: Arc<InFlight>,
+    entry: (Scope, IdempotencyKey),
+    id: u64,
+    outcome: tokio::sync::watch::Sender<Option<Arc<Kept>>>,
+}
+
+impl InFlight {
+    fn join(self: &Arc<Self>, claim: &ClaimRequest) -> Joined {
+        let entry = (claim.scope.clone(), claim.key.clone());
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(first) = running.get(&entry)
+            && first.outcome.has_changed().is_ok()
+        {
+            return Joined::After(first.outcome.clone());
+        }
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (outcome, watching) = tokio::sync::watch::channel(None);
+        running.insert(
+            entry.clone(),
+            Running {
+                id,
+                outcome: watching,
+            },
+        );
+        Joined::First(Leader {
+            in_flight: Arc::clone(self),
+            entry,
+            id,
+            outcome,
+        })
+    }
+}
+
+impl Leader {
+    /// The request stored `stored`: those waiting replay it.
+    fn finish(&self, fingerprint: Fingerprint, stored: Vec<u8>) {
+        self.outcome.send_replace(Some(Arc::new(Kept {
+            fingerprint,
+            stored,
+            until: std::time::Instant::now(),
+        })));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let mut running = self
+            .in_flight
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if running.get(&self.entry).is_some_and(|r| r.id == self.id) {
+            running.remove(&self.entry);
+        }
+    }
 }
 
 /// The default size of a layer's replay cache.
@@ -554,6 +876,9 @@ const DEFAULT_REPLAY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Responses this instance stored, by scope and key: see [`IdempotencyLayer::replay_cache_bytes`].
 #[derive(Clone)]
 struct Replays(moka::sync::Cache<(Scope, IdempotencyKey), Arc<Kept>>);
+
+/// A key kept for another payload than a request's.
+struct Mismatch;
 
 /// A stored response as this instance stored it.
 struct Kept {
@@ -576,11 +901,18 @@ impl Replays {
         })
     }
 
-    /// The response stored for this claim's key and fingerprint, while its record lives.
-    fn get(&self, claim: &ClaimRequest) -> Option<Vec<u8>> {
+    /// The response stored for this claim's key, while its record lives: `Err` when it was
+    /// stored for another payload.
+    fn get(&self, claim: &ClaimRequest) -> Option<Result<Vec<u8>, Mismatch>> {
         let kept = self.0.get(&(claim.scope.clone(), claim.key.clone()))?;
-        (kept.fingerprint == claim.fingerprint && std::time::Instant::now() < kept.until)
-            .then(|| kept.stored.clone())
+        if std::time::Instant::now() >= kept.until {
+            return None;
+        }
+        Some(if kept.fingerprint == claim.fingerprint {
+            Ok(kept.stored.clone())
+        } else {
+            Err(Mismatch)
+        })
     }
 
     fn insert(&self, claim: &ClaimRequest, stored: Vec<u8>, until: std::time::Instant) {
@@ -611,7 +943,7 @@ async fn hold(config: &Config, claim: &ClaimRequest) -> Result<Held, Box<Respons
     loop {
         attempt += 1;
         let mut uow = None;
-        if config.mode == CommitMode::OneCommit {
+        if config.mode != CommitMode::TwoPhase {
             let lock_wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             match config
                 .store
@@ -633,15 +965,7 @@ async fn hold(config: &Config, claim: &ClaimRequest) -> Result<Held, Box<Respons
                 });
             }
             Ok(Claim::Completed(stored)) => return Err(Box::new(replay(config, digest, &stored))),
-            Ok(Claim::Mismatch) => {
-                tracing::debug!(key = %digest, "idempotency key reused with another payload");
-                crate::telemetry::record_idempotency_conflict("key_reused");
-                return Err(Box::new(config.problem(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Idempotency-Key is already used",
-                    "this key was used with another request payload; use a new key for a new request",
-                )));
-            }
+            Ok(Claim::Mismatch) => return Err(Box::new(key_reused(config, digest))),
             Ok(Claim::InFlight { locked_until }) => {
                 drop(uow);
                 let pause = pauses.delay(attempt);
@@ -649,24 +973,68 @@ async fn hold(config: &Config, claim: &ClaimRequest) -> Result<Held, Box<Respons
                     tokio::time::sleep(pause).await;
                     continue;
                 }
-                tracing::debug!(key = %digest, "idempotency key in flight");
-                crate::telemetry::record_idempotency_conflict("in_flight");
-                let mut response = config.problem(
-                    StatusCode::CONFLICT,
-                    "A request is outstanding for this Idempotency-Key",
-                    "a request with this key is still being processed; retry later",
-                );
-                let wait = (locked_until - chrono::Utc::now())
-                    .num_seconds()
-                    .clamp(1, 3600);
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(wait));
-                return Err(Box::new(response));
+                return Err(Box::new(in_flight(config, digest, locked_until)));
             }
             Err(error) => return Err(Box::new(unavailable(config, digest, &error))),
         }
     }
+}
+
+/// 422: the key was used with another payload.
+fn key_reused(config: &Config, digest: super::KeyDigest) -> Response<Full<Bytes>> {
+    tracing::debug!(key = %digest, "idempotency key reused with another payload");
+    crate::telemetry::record_idempotency_conflict("key_reused");
+    config.problem(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Idempotency-Key is already used",
+        "this key was used with another request payload; use a new key for a new request",
+    )
+}
+
+/// 409: another request holds the key (until `locked_until` at the latest).
+fn in_flight(
+    config: &Config,
+    digest: super::KeyDigest,
+    locked_until: chrono::DateTime<chrono::Utc>,
+) -> Response<Full<Bytes>> {
+    tracing::debug!(key = %digest, "idempotency key in flight");
+    crate::telemetry::record_idempotency_conflict("in_flight");
+    let mut response = config.problem(
+        StatusCode::CONFLICT,
+        "A request is outstanding for this Idempotency-Key",
+        "a request with this key is still being processed; retry later",
+    );
+    let wait = (locked_until - chrono::Utc::now())
+        .num_seconds()
+        .clamp(1, 3600);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(wait));
+    response
+}
+
+/// 500 or 503: the response could not be stored (nothing was committed).
+fn not_stored(config: &Config, error: &IdempotencyError) -> Response<Full<Bytes>> {
+    match error {
+        IdempotencyError::ResponseTooLarge { .. } => config.problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Response too large to store",
+            "the response is larger than the idempotency store accepts; nothing was committed",
+        ),
+        _ => config.retry_later(
+            "Idempotency store unavailable",
+            "the request was not committed; retry it with the same Idempotency-Key",
+        ),
+    }
+}
+
+/// 503 "Outcome unknown": the connection failed while committing.
+fn outcome_unknown(config: &Config) -> Response<Full<Bytes>> {
+    config.retry_later(
+        "Outcome unknown",
+        "the connection failed while committing; retry with the same Idempotency-Key: \
+         it replays the response if the request committed, or runs it once if not",
+    )
 }
 
 /// 503: the store could not be asked; the handler did not run.
@@ -747,31 +1115,13 @@ where
     if let Err(error) = config.store.complete_in(&mut *uow, &lease, &stored).await {
         tracing::warn!(key = %digest, %error, "response not stored; rolled back, key free");
         rollback(uow, digest).await;
-        let answer = match error {
-            IdempotencyError::ResponseTooLarge { .. } => config.problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Response too large to store",
-                "the response is larger than the idempotency store accepts; nothing was committed",
-            ),
-            _ => config.retry_later(
-                "Idempotency store unavailable",
-                "the request was not committed; retry it with the same Idempotency-Key",
-            ),
-        };
-        return Ok((answer, None));
+        return Ok((not_stored(config, &error), None));
     }
     match uow.commit_boxed().await {
         Ok(()) => Ok((response, Some(stored))),
         Err(error @ Error::CommitOutcomeUnknown { .. }) => {
             tracing::warn!(key = %digest, %error, "commit outcome unknown");
-            Ok((
-                config.retry_later(
-                    "Outcome unknown",
-                    "the connection failed while committing; retry with the same Idempotency-Key: \
-                 it replays the response if the request committed, or runs it once if not",
-                ),
-                None,
-            ))
+            Ok((outcome_unknown(config), None))
         }
         Err(error) => {
             tracing::warn!(key = %digest, %error, "commit failed; nothing committed, key free");

@@ -380,6 +380,27 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         let _ = lock_wait;
         Ok(None)
     }
+
+    /// Begins a unit of work that stores this request's record **when it commits**, completed
+    /// with the response given to [`complete_in`](IdempotencyStore::complete_in), without
+    /// claiming the key first: the one-commit mode of the HTTP layer on stores that can
+    /// (`dtx_postgres::PgIdempotencyStore`, where the work and the record are then one
+    /// statement). The lease returned is for [`complete_in`](IdempotencyStore::complete_in)
+    /// only; nothing holds the key before the commit.
+    ///
+    /// The commit fails, and writes nothing, when the key has a record by then (a request
+    /// completed it, or one holding it committed meanwhile; it waits up to `lock_wait` for a
+    /// request that holds it): the caller then claims the key as usual (which replays it).
+    /// `Ok(None)` when the store cannot (the default); use
+    /// [`begin`](IdempotencyStore::begin) and [`claim_in`](IdempotencyStore::claim_in) then.
+    async fn begin_deferred(
+        &self,
+        request: &ClaimRequest,
+        lock_wait: Duration,
+    ) -> Result<Option<(Box<dyn UnitOfWork>, Lease)>, IdempotencyError> {
+        let _ = (request, lock_wait);
+        Ok(None)
+    }
 }
 
 /// A shareable, type-erased idempotency store.
@@ -433,6 +454,14 @@ impl<S: IdempotencyStore + ?Sized> IdempotencyStore for Arc<S> {
         lock_wait: Duration,
     ) -> Result<Option<Box<dyn UnitOfWork>>, IdempotencyError> {
         (**self).begin(lock_wait).await
+    }
+
+    async fn begin_deferred(
+        &self,
+        request: &ClaimRequest,
+        lock_wait: Duration,
+    ) -> Result<Option<(Box<dyn UnitOfWork>, Lease)>, IdempotencyError> {
+        (**self).begin_deferred(request, lock_wait).await
     }
 }
 
