@@ -1,12 +1,14 @@
-//! The HTTP load rows: `http_command_first_32`, `http_command_first_32_p99` and
-//! `http_command_replay_32`.
+//! The HTTP load rows: `http_command_first_32`, `http_command_first_32_p99`,
+//! `http_command_replay_32` and `http_command_first_looked_up_32`.
 //!
 //! One axum server on 127.0.0.1 (an ephemeral port), in this process, with two routes:
 //!
 //! - `POST /orders`: the `Idempotency-Key` layer on the PostgreSQL store in its default
 //!   one-commit mode, and a handler that runs `PlaceOrder` (an aggregate create command, one
-//!   event) through the command bus on `PgEventStore`, in the request's unit of work: claim,
-//!   append and stored response commit once. It answers 201 with a small JSON.
+//!   event) through the command bus on `PgEventStore`, in the request's unit of work: the
+//!   append and the stored response are one statement. It answers 201 with a small JSON.
+//! - `POST /orders-looked-up`: the same with the layer's `look_up_first()`: one read of the key
+//!   before the handler runs.
 //! - `POST /baseline`: no layer; one plain single-row `INSERT` of the request body into
 //!   `baseline_events`, and the same kind of answer.
 //!
@@ -202,7 +204,11 @@ async fn serve(pool: &PgPool) -> Result<SocketAddr, BoxError> {
         .build()?;
     let layer = IdempotencyLayer::new(PgIdempotencyStore::new(pool.clone()), principal);
     let orders = Router::new()
-        .route("/orders", post(place_order).layer(layer))
+        .route("/orders", post(place_order).layer(layer.clone()))
+        .route(
+            "/orders-looked-up",
+            post(place_order).layer(layer.look_up_first()),
+        )
         .with_state(bus);
     let baseline = Router::new()
         .route("/baseline", post(insert_order))
@@ -229,6 +235,8 @@ enum Side {
     First,
     /// `POST /orders` with keys executed before.
     Replay,
+    /// `POST /orders-looked-up` (the layer looks each key up first) with a fresh key each time.
+    FirstLookedUp,
 }
 
 /// What a side measured in one round.
@@ -270,10 +278,10 @@ async fn send(
     side: Side,
     key: &str,
 ) -> Result<(), String> {
-    let path = if side == Side::Baseline {
-        "baseline"
-    } else {
-        "orders"
+    let path = match side {
+        Side::Baseline => "baseline",
+        Side::FirstLookedUp => "orders-looked-up",
+        Side::First | Side::Replay => "orders",
     };
     let request = Request::post(format!("http://{address}/{path}"))
         .header("x-principal", "bench-client")
@@ -325,7 +333,7 @@ async fn drive(
                 while Instant::now() < until {
                     let key = match side {
                         Side::Replay => replay_key(run, task, requests),
-                        _ => format!("first-{run}-{round}-{task}-{requests}"),
+                        _ => format!("{side:?}-{run}-{round}-{task}-{requests}"),
                     };
                     let sent = Instant::now();
                     let outcome = send(&client, address, side, &key).await;
@@ -401,6 +409,7 @@ pub(crate) async fn http_rows(options: &Options, pool: &PgPool) -> Result<(), Bo
         "http_command_first_32",
         "http_command_first_32_p99",
         "http_command_replay_32",
+        "http_command_first_looked_up_32",
     ];
     if !wanted.iter().any(|name| options.wants(name)) {
         return Ok(());
@@ -415,7 +424,12 @@ pub(crate) async fn http_rows(options: &Options, pool: &PgPool) -> Result<(), Bo
         .build_http();
     let run = uuid::Uuid::now_v7();
     prepare_replays(&client, address, run).await?;
-    let sides = [Side::Baseline, Side::First, Side::Replay];
+    let sides = [
+        Side::Baseline,
+        Side::First,
+        Side::Replay,
+        Side::FirstLookedUp,
+    ];
     // Warm-up: connections (HTTP and database) opened, statements prepared.
     for side in sides {
         let warm = drive(&client, address, side, run, "warm", Duration::from_secs(1)).await?;
@@ -429,7 +443,7 @@ pub(crate) async fn http_rows(options: &Options, pool: &PgPool) -> Result<(), Bo
         }
     }
     let run_for = Duration::from_secs_f64(options.http_secs);
-    let mut measured: [Vec<Measured>; 3] = Default::default();
+    let mut measured: [Vec<Measured>; 4] = Default::default();
     for round in 0..options.http_rounds {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();
@@ -447,10 +461,11 @@ pub(crate) async fn http_rows(options: &Options, pool: &PgPool) -> Result<(), Bo
             measured[side].push(m);
         }
     }
-    let [base, first, replay] = &measured;
+    let [base, first, replay, looked_up] = &measured;
     report_rate(options, "http_command_first_32", first, base);
     report_p99(options, first, base);
     report_rate(options, "http_command_replay_32", replay, base);
+    report_rate(options, "http_command_first_looked_up_32", looked_up, base);
     Ok(())
 }
 

@@ -16,14 +16,20 @@
 //! | the key with another payload (method, path and query, body) | 422 |
 //! | the store is unavailable | 503 with `Retry-After` (the handler does not run) |
 //!
-//! **One commit** (the default): the claim, the handler's writes through the
-//! [`RequestUnitOfWork`] in the request's extensions (`bus.execute_in(&mut *uow, command)`,
-//! outbox messages, saga starts) and the stored response are one transaction, committed once
-//! after the handler returns — on PostgreSQL one commit per request instead of three. A handler
-//! that fails or answers a status that is not cached rolls all of it back and leaves the key
-//! free; a lost COMMIT answers 503 "Outcome unknown", and the retry replays or runs once.
-//! Handlers whose effects leave the database (a payment provider) use
-//! [`IdempotencyLayer::two_phase`], which commits the claim first.
+//! **One commit** (the default): the handler's writes through the [`RequestUnitOfWork`] in the
+//! request's extensions (`bus.execute_in(&mut *uow, command)`, outbox messages, saga starts)
+//! and the stored response are one unit of work, committed once after the handler returns. On
+//! PostgreSQL the key is not claimed first: the handler's appends are staged and written with
+//! the completed record by **one statement** (a handler that runs its own SQL gets a real
+//! transaction instead); identical requests to this layer wait for the first and replay it, a
+//! duplicate in another process may run the handler but never commits, and a commit refused
+//! because the stream moved on runs the request once more, claiming the key first
+//! ([`IdempotencyLayer::one_commit`] has the details). A handler that fails or answers a status
+//! that is not cached writes nothing and leaves the key free; a lost commit answers 503
+//! "Outcome unknown", and the retry replays or runs once. [`IdempotencyLayer::claim_first`]
+//! claims the key in the transaction before the handler runs. Handlers whose effects leave the
+//! database (a payment provider) use [`IdempotencyLayer::two_phase`], which commits the claim
+//! first.
 //!
 //! Keys are scoped by the principal the caller-supplied extractor returns, so two clients never
 //! replay each other's responses, whatever keys they choose. A response the policy does not
