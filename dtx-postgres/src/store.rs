@@ -7,8 +7,8 @@ mod wake;
 
 pub use combine::{Combining, CombiningStats};
 
-use crate::personal::PgSubjectKeys;
 use crate::deferred::{Committing, PgDeferredUnitOfWork, StagedWrite, shift_parameters};
+use crate::personal::PgSubjectKeys;
 use crate::restore::FeedGuard;
 use crate::sql::{
     Schema, classify, count, stored_schema_version, stored_version, to_i64, to_u64,
