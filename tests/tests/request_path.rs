@@ -46,6 +46,9 @@ struct App {
     delay: Duration,
     /// Told when a handler has placed its order.
     placed: tokio::sync::Notify,
+    /// Wait, after placing the order, for a permit of `gate`.
+    hold: AtomicBool,
+    gate: tokio::sync::Semaphore,
     /// Also record the order in `request_path_audit`, with the handler's own SQL on the
     /// request's unit of work.
     audit: AtomicBool,
@@ -64,6 +67,8 @@ impl App {
             delay,
             placed: tokio::sync::Notify::new(),
             audit: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
+            gate: tokio::sync::Semaphore::new(0),
         })
     }
 }
@@ -107,6 +112,9 @@ async fn place(
         }
     };
     app.placed.notify_waiters();
+    if app.hold.load(Ordering::SeqCst) {
+        app.gate.acquire().await.unwrap().forget();
+    }
     tokio::time::sleep(app.delay).await;
     if app.fail_after_append.load(Ordering::SeqCst) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "failed after placing").into_response();
@@ -374,7 +382,8 @@ async fn record_of(
 async fn a_conflict_at_commit_writes_nothing_and_frees_the_key() {
     let events = tests::pg_store().await;
     let keys = PgIdempotencyStore::new(events.pool().clone());
-    let app = App::new(Arc::new(events.clone()), Duration::from_millis(300));
+    let app = App::new(Arc::new(events.clone()), Duration::ZERO);
+    app.hold.store(true, Ordering::SeqCst);
     let http = Http::new(serve(&app, layer(keys.clone())).await);
     let (key, order) = (Uuid::new_v4().to_string(), OrderId::new());
     let placed = app.placed.notified();
@@ -397,6 +406,9 @@ async fn a_conflict_at_commit_writes_nothing_and_frees_the_key() {
         })
         .await
         .unwrap();
+    // The request's handler answers; the run claiming first does not wait.
+    app.hold.store(false, Ordering::SeqCst);
+    app.gate.add_permits(1);
     let reply = request.await.unwrap();
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{reply:?}");
     assert_eq!(
@@ -424,7 +436,8 @@ async fn a_duplicate_in_another_process_replays_and_stores_nothing() {
         .await
         .unwrap();
     let second_events = PgEventStore::new(second_pool.clone());
-    let first = App::new(Arc::new(events.clone()), Duration::from_millis(300));
+    let first = App::new(Arc::new(events.clone()), Duration::ZERO);
+    first.hold.store(true, Ordering::SeqCst);
     let second = App::new(Arc::new(second_events), Duration::ZERO);
     let first_http = Http::new(
         serve(
@@ -451,16 +464,18 @@ async fn a_duplicate_in_another_process_replays_and_stores_nothing() {
     tokio::time::timeout(DEADLINE, placed)
         .await
         .expect("the first handler placed the order");
-    // The first request is still running (its handler sleeps before answering).
+    // The first request is still running (its handler waits at the gate): the duplicate's
+    // commit wins, and the first request, whose commit then finds the key stored, answers with
+    // the duplicate's response.
     let duplicate = second_http.place(&key, order).await;
+    first.gate.add_permits(1);
     let original = first_request.await.unwrap();
-    assert_eq!(original.status, StatusCode::CREATED, "{original:?}");
     assert_eq!(duplicate.status, StatusCode::CREATED, "{duplicate:?}");
-    // The second handler does not wait: its commit usually wins, and the first request, whose
-    // commit then finds the key stored, answers with the second's response.
+    assert!(!duplicate.replayed);
+    assert_eq!(original.status, StatusCode::CREATED, "{original:?}");
     assert!(
-        original.replayed != duplicate.replayed,
-        "one commits, the other replays: {original:?} {duplicate:?}"
+        original.replayed,
+        "its commit found the key stored: {original:?}"
     );
     assert_eq!(duplicate.body, original.body, "identical responses");
     assert_eq!(events_of(&events, order).await, 1, "the order placed once");
