@@ -754,15 +754,20 @@ impl StagedWrite for StagedAppend {
         Ok(())
     }
 
+    /// [`Error::Conflict`] with the stream's version now, or [`Error::StreamClosed`] when the
+    /// append found its stream closed.
     async fn conflict(&self) -> Error {
-        match self.store.stream_version(&self.stream).await {
+        let conflict = match self.store.stream_version(&self.stream).await {
             Ok(actual) => Error::Conflict {
                 stream: self.stream.clone(),
                 expected: self.expected,
                 actual,
             },
-            Err(error) => error,
-        }
+            Err(error) => return error,
+        };
+        self.store
+            .refused(&self.store.pool, &self.stream, conflict)
+            .await
     }
 }
 

@@ -637,6 +637,10 @@ async fn postgres_commit_of_an_aborted_transaction_is_an_error() {
 /// on meanwhile (a version taken, or a stream shorter than expected) or a key stored meanwhile
 /// fails the whole statement: a typed error, and nothing of it is stored.
 #[tokio::test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario per way a commit is refused"
+)]
 async fn postgres_deferred_commit_is_all_or_nothing_with_typed_conflicts() {
     use dtx::{EventStore, ExpectedVersion, NewEvent, StreamId};
     let events = tests::pg_store().await;
@@ -720,6 +724,24 @@ async fn postgres_deferred_commit_is_all_or_nothing_with_typed_conflicts() {
             "{expected}: the key is free"
         );
     }
+
+    // A stream closed meanwhile: `StreamClosed`, nothing written.
+    let s = stream();
+    events
+        .append(&s, ExpectedVersion::NoStream, vec![event()])
+        .await
+        .unwrap();
+    let request = request();
+    let (mut uow, lease) = keys.begin_deferred(&request, wait).await.unwrap().unwrap();
+    events
+        .append_in(&mut *uow, &s, ExpectedVersion::Exact(1), vec![event()])
+        .await
+        .unwrap();
+    events.close_stream(&s).await.unwrap();
+    keys.complete_in(&mut *uow, &lease, b"never").await.unwrap();
+    let error = uow.commit_boxed().await.unwrap_err();
+    assert!(matches!(error, Error::StreamClosed { .. }), "{error:?}");
+    assert!(stored(request).await.is_none());
 
     // A key stored meanwhile: nothing is written, the commit is `RolledBack`.
     let (mut uow, lease) = keys.begin_deferred(&done, wait).await.unwrap().unwrap();
