@@ -638,6 +638,37 @@ fn duplicate(stream: &StreamId, row: &InRow) -> Error {
     }
 }
 
+/// Binds an append statement's parameters (see `statements::append_statement`) to `query`:
+/// the stream, the expected version, then one event's scalars or the batch's arrays. A macro
+/// because sqlx's `bind` is a method of each query type, not of a trait.
+macro_rules! bind_append {
+    ($query:expr, $stream:expr, $expected:expr, $batch:expr) => {{
+        let query = $query
+            .bind($stream.as_str())
+            .bind($expected.required().map(to_i64));
+        let batch: &Batch = $batch;
+        if let [id] = batch.ids.as_slice() {
+            query
+                .bind(id)
+                .bind(&batch.types[0])
+                .bind(batch.versions[0])
+                .bind(&batch.data[0])
+                .bind(batch.correlation[0])
+                .bind(batch.causation[0])
+                .bind(&batch.traceparent[0])
+        } else {
+            query
+                .bind(&batch.ids)
+                .bind(&batch.types)
+                .bind(&batch.versions)
+                .bind(&batch.data)
+                .bind(&batch.correlation)
+                .bind(&batch.causation)
+                .bind(&batch.traceparent)
+        }
+    }};
+}
+
 /// An append statement (`sql`) with its parameters bound: scalars for one event, arrays for
 /// more (see `statements.rs`).
 fn bind<'q, O>(
@@ -649,28 +680,7 @@ fn bind<'q, O>(
 where
     O: for<'r> sqlx::FromRow<'r, PgRow>,
 {
-    let query = sqlx::query_as::<_, O>(sql)
-        .bind(stream.as_str())
-        .bind(expected.required().map(to_i64));
-    if let [id] = batch.ids.as_slice() {
-        query
-            .bind(id)
-            .bind(&batch.types[0])
-            .bind(batch.versions[0])
-            .bind(&batch.data[0])
-            .bind(batch.correlation[0])
-            .bind(batch.causation[0])
-            .bind(&batch.traceparent[0])
-    } else {
-        query
-            .bind(&batch.ids)
-            .bind(&batch.types)
-            .bind(&batch.versions)
-            .bind(&batch.data)
-            .bind(&batch.correlation)
-            .bind(&batch.causation)
-            .bind(&batch.traceparent)
-    }
+    bind_append!(sqlx::query_as::<_, O>(sql), stream, expected, batch)
 }
 
 /// An append staged in a [`PgDeferredUnitOfWork`], written by its commit (see
@@ -712,29 +722,7 @@ impl StagedWrite for StagedAppend {
     }
 
     fn bind<'q>(&'q self, query: Committing<'q>) -> Committing<'q> {
-        let query = query
-            .bind(self.stream.as_str())
-            .bind(self.expected.required().map(to_i64));
-        let batch = &self.batch;
-        if let [id] = batch.ids.as_slice() {
-            query
-                .bind(id)
-                .bind(&batch.types[0])
-                .bind(batch.versions[0])
-                .bind(&batch.data[0])
-                .bind(batch.correlation[0])
-                .bind(batch.causation[0])
-                .bind(&batch.traceparent[0])
-        } else {
-            query
-                .bind(&batch.ids)
-                .bind(&batch.types)
-                .bind(&batch.versions)
-                .bind(&batch.data)
-                .bind(&batch.correlation)
-                .bind(&batch.causation)
-                .bind(&batch.traceparent)
-        }
+        bind_append!(query, &self.stream, self.expected, &self.batch)
     }
 
     async fn flush(&self, conn: &mut PgConnection) -> Result<()> {
