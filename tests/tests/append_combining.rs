@@ -108,6 +108,21 @@ fn spawn_append(
     tokio::spawn(async move { store.append(&stream, expected, events).await })
 }
 
+/// Holds the event table (see [`hold_writes`] on `direct`) and sends a one-event append to
+/// `blocker` through `store`, returning once that append waits inside the database: the appends
+/// sent after it queue and go together when the table is released.
+async fn blocked_append(
+    store: &PgEventStore,
+    direct: &PgPool,
+    blocker: &StreamId,
+    expected: ExpectedVersion,
+) -> (PgConnection, Task) {
+    let held = hold_writes(direct).await;
+    let task = spawn_append(store, blocker, expected, vec![event(0)]);
+    blocked(direct, 1).await;
+    (held, task)
+}
+
 /// What the table holds: per stream, its (version, event id) in version order.
 async fn table(pool: &PgPool) -> BTreeMap<String, Vec<(i64, Uuid)>> {
     let rows: Vec<(String, i64, Uuid)> = sqlx::query_as(
@@ -276,14 +291,13 @@ async fn each_append_of_a_batch_keeps_its_own_outcome() {
         .unwrap();
     let partial = stream("Partial");
 
-    let held = hold_writes(store.pool()).await;
-    let blocker = spawn_append(
+    let (held, blocker) = blocked_append(
         &store,
+        store.pool(),
         &stream("Blocker"),
         ExpectedVersion::NoStream,
-        vec![event(0)],
-    );
-    blocked(store.pool(), 1).await;
+    )
+    .await;
     let mut queued: Vec<(&str, Task)> = Vec::new();
     let mut push = async |name: &'static str, task: Task| {
         queued.push((name, task));
@@ -421,14 +435,13 @@ async fn each_append_of_a_batch_keeps_its_own_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_invalid_append_fails_alone() {
     let store = store().await;
-    let held = hold_writes(store.pool()).await;
-    let blocker = spawn_append(
+    let (held, blocker) = blocked_append(
         &store,
+        store.pool(),
         &stream("Blocker"),
         ExpectedVersion::Any,
-        vec![event(0)],
-    );
-    blocked(store.pool(), 1).await;
+    )
+    .await;
     let mut valid = Vec::new();
     for n in 1..=4 {
         valid.push(spawn_append(
@@ -548,14 +561,13 @@ async fn a_lost_commit_is_outcome_unknown_for_exactly_its_batch() {
         Fault::during(Statement::containing(COMBINED)),
     ] {
         let cut = fault.cut;
-        let held = hold_writes(direct.pool()).await;
-        let blocker = spawn_append(
+        let (held, blocker) = blocked_append(
             &proxied,
+            direct.pool(),
             &stream(format!("Blocker-{cut:?}")),
             ExpectedVersion::NoStream,
-            vec![event(0)],
-        );
-        blocked(direct.pool(), 1).await;
+        )
+        .await;
         let batch: Vec<(StreamId, Vec<NewEvent>)> = (1..=BATCH)
             .map(|n| {
                 (
@@ -640,14 +652,13 @@ async fn combined_appends_feed_the_outbox_and_wake_readers() {
     .await
     .unwrap();
 
-    let held = hold_writes(store.pool()).await;
-    let blocker = spawn_append(
+    let (held, blocker) = blocked_append(
         &store,
+        store.pool(),
         &stream("Blocker"),
         ExpectedVersion::Any,
-        vec![event(0)],
-    );
-    blocked(store.pool(), 1).await;
+    )
+    .await;
     let tasks: Vec<Task> = (1..=5)
         .map(|n| {
             spawn_append(
@@ -766,14 +777,13 @@ async fn a_closed_stream_is_refused_alone_in_a_batch() {
         .await
         .unwrap();
     assert_eq!(store.close_stream(&closed).await.unwrap(), 1);
-    let held = hold_writes(store.pool()).await;
-    let blocker = spawn_append(
+    let (held, blocker) = blocked_append(
         &store,
+        store.pool(),
         &stream("Blocker"),
         ExpectedVersion::Any,
-        vec![event(0)],
-    );
-    blocked(store.pool(), 1).await;
+    )
+    .await;
     let refused = spawn_append(&store, &closed, ExpectedVersion::Any, vec![event(1)]);
     let mut open = Vec::new();
     for n in 1..=3 {
