@@ -108,6 +108,21 @@ fn spawn_append(
     tokio::spawn(async move { store.append(&stream, expected, events).await })
 }
 
+/// Sends one-event appends to `count` new streams `{prefix}-1` .. `{prefix}-{count}` (each
+/// expecting no stream, event `n` to stream `n`).
+fn spawn_new_streams(store: &PgEventStore, prefix: &str, count: u64) -> Vec<Task> {
+    (1..=count)
+        .map(|n| {
+            spawn_append(
+                store,
+                &stream(format!("{prefix}-{n}")),
+                ExpectedVersion::NoStream,
+                vec![event(n)],
+            )
+        })
+        .collect()
+}
+
 /// Holds the event table (see [`hold_writes`] on `direct`) and sends a one-event append to
 /// `blocker` through `store`, returning once that append waits inside the database: the appends
 /// sent after it queue and go together when the table is released.
@@ -442,15 +457,7 @@ async fn an_invalid_append_fails_alone() {
         ExpectedVersion::Any,
     )
     .await;
-    let mut valid = Vec::new();
-    for n in 1..=4 {
-        valid.push(spawn_append(
-            &store,
-            &stream(format!("Valid-{n}")),
-            ExpectedVersion::NoStream,
-            vec![event(n)],
-        ));
-    }
+    let valid = spawn_new_streams(&store, "Valid", 4);
     waiting(&store, 4).await;
     let mut bad = event(5);
     bad.event_type = "Bad\u{7}Type".to_owned();
@@ -785,15 +792,7 @@ async fn a_closed_stream_is_refused_alone_in_a_batch() {
     )
     .await;
     let refused = spawn_append(&store, &closed, ExpectedVersion::Any, vec![event(1)]);
-    let mut open = Vec::new();
-    for n in 1..=3 {
-        open.push(spawn_append(
-            &store,
-            &stream(format!("Open-{n}")),
-            ExpectedVersion::NoStream,
-            vec![event(n)],
-        ));
-    }
+    let open = spawn_new_streams(&store, "Open", 3);
     waiting(&store, 4).await;
     release(held).await;
     blocker.await.unwrap().unwrap();
