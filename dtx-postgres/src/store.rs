@@ -27,6 +27,7 @@ use serde_json::value::RawValue;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 use statements::{APPEND_IN_NAMES, APPEND_NAMES, COMBINED_NAMES, Shape, Sql};
+use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -147,8 +148,8 @@ impl PgEventStore {
         }
     }
 
-    /// How concurrent appends are combined ([`Combining`]; off by default, every append alone;
-    /// [`Combining::on`] combines). Appends in a unit of work ([`EventStore::append_in`]) are
+    /// How concurrent appends are combined ([`Combining`]; on by default, [`Combining::off`]
+    /// sends every append alone). Appends in a unit of work ([`EventStore::append_in`]) are
     /// never combined.
     #[must_use]
     pub fn with_combining(mut self, combining: Combining) -> Self {
@@ -395,7 +396,7 @@ impl PgEventStore {
         let count = batch.ids.len();
         let mut races = 0;
         loop {
-            let current = match self
+            match self
                 .append_once(&self.pool, stream, expected, Shape::of(expected), batch)
                 .await?
             {
@@ -408,18 +409,31 @@ impl PgEventStore {
                     continue;
                 }
                 Attempt::WrongVersion | Attempt::LostRace | Attempt::StoredId => {
-                    self.stream_version(stream).await?
+                    return self.settle_refused(stream, expected, batch).await;
                 }
-            };
-            let settled = match self.settle(stream, expected, &batch.ids, current).await {
-                Err(error) => Err(self.refused(&self.pool, stream, error).await),
-                settled => settled,
-            };
-            if let Ok(result) = &settled {
-                tracing::debug!(stream = %stream, version = result.last_version, events = count, "append was already stored");
             }
-            return settled;
         }
+    }
+
+    /// Decides an append that inserted nothing, from the stream's head and the stored ids: a
+    /// retry of stored events is an idempotent success, a partial overlap
+    /// [`Error::DuplicateEvent`], a closed stream [`Error::StreamClosed`], anything else a
+    /// conflict.
+    async fn settle_refused(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        batch: &Batch,
+    ) -> Result<AppendResult> {
+        let current = self.stream_version(stream).await?;
+        let settled = match self.settle(stream, expected, &batch.ids, current).await {
+            Err(error) => Err(self.refused(&self.pool, stream, error).await),
+            settled => settled,
+        };
+        if let Ok(result) = &settled {
+            tracing::debug!(stream = %stream, version = result.last_version, events = batch.ids.len(), "append was already stored");
+        }
+        settled
     }
 
     /// Appends to different streams in one statement (`append_combined`, see `statements.rs`)
@@ -428,6 +442,7 @@ impl PgEventStore {
     /// [`Error::DuplicateEvent`]; the stream at another version: [`Error::Conflict`]).
     async fn append_combined(
         &self,
+        conn: &mut PgConnection,
         appends: &[combine::Pending],
     ) -> std::result::Result<Vec<Result<AppendResult>>, combine::Refused> {
         let events: usize = appends.iter().map(|p| p.batch.ids.len()).sum();
@@ -469,7 +484,7 @@ impl PgEventStore {
             .bind(&correlation)
             .bind(&causation)
             .bind(&traceparent)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|error| {
                 if crate::sql::outcome_unknown(&error) {
@@ -480,26 +495,27 @@ impl PgEventStore {
                     combine::Refused::Failed(error)
                 }
             })?;
-        let mut outcomes: Vec<Outcome> = appends.iter().map(|_| Outcome::default()).collect();
+        // The streams of a batch are distinct: each row goes to the append of its stream.
+        let index: HashMap<&str, usize> = streams
+            .iter()
+            .enumerate()
+            .map(|(i, stream)| (*stream, i))
+            .collect();
+        let mut inserted: Vec<Vec<Appended>> = appends.iter().map(|_| Vec::new()).collect();
         for row in rows {
-            let Some(outcome) = usize::try_from(row.n - 1)
-                .ok()
-                .and_then(|index| outcomes.get_mut(index))
-            else {
-                continue;
-            };
-            match row.kind {
-                statements::INSERTED => outcome.inserted.push(row.place),
-                statements::STORED => outcome.stored.push(row),
-                _ => outcome.head = Some(row.place.version),
+            if let Some(&i) = index.get(row.stream_id.as_str()) {
+                inserted[i].push(row.place);
             }
         }
         let mut decided = Vec::with_capacity(appends.len());
-        for (pending, outcome) in appends.iter().zip(outcomes) {
-            // An append refused as a conflict may have found its stream closed.
-            decided.push(match outcome.decide(pending) {
-                Err(error) => Err(self.refused(&self.pool, &pending.stream, error).await),
-                decided => decided,
+        for (pending, inserted) in appends.iter().zip(inserted) {
+            decided.push(if inserted.is_empty() {
+                // Refused: a conflict, a retry of stored events, a closed stream.
+                self.settle_refused(&pending.stream, pending.expected, &pending.batch)
+                    .await
+            } else {
+                tracing::debug!(stream = %pending.stream, events = inserted.len(), "appended (combined)");
+                Ok(result(inserted, false))
             });
         }
         Ok(decided)
@@ -564,69 +580,12 @@ struct InRow {
     place: Appended,
 }
 
-/// A row of a combined append (see `statements::combined_statement`).
+/// A row of a combined append: an event it inserted (see `statements::combined_statement`).
 #[derive(sqlx::FromRow)]
 struct CombinedRow {
-    kind: i32,
-    /// The append it answers, counted from 1.
-    n: i64,
-    /// Where a stored event id is stored.
-    stream_id: Option<String>,
-    event_id: Option<Uuid>,
-    /// A stored id's place in its append, counted from 1.
-    ord: i64,
-    /// The event's place; the head's version in the head's row.
+    stream_id: String,
     #[sqlx(flatten)]
     place: Appended,
-}
-
-/// What a combined statement answered for one append.
-#[derive(Default)]
-struct Outcome {
-    inserted: Vec<Appended>,
-    stored: Vec<CombinedRow>,
-    head: Option<i64>,
-}
-
-impl Outcome {
-    /// The append's result.
-    fn decide(mut self, pending: &combine::Pending) -> Result<AppendResult> {
-        let stream = &pending.stream;
-        if !self.inserted.is_empty() {
-            tracing::debug!(stream = %stream, events = self.inserted.len(), "appended (combined)");
-            return Ok(result(self.inserted, false));
-        }
-        self.stored.sort_unstable_by_key(|row| row.ord);
-        if let Some(first) = self.stored.first() {
-            let all_here = self.stored.len() == pending.batch.ids.len()
-                && self
-                    .stored
-                    .iter()
-                    .all(|row| row.stream_id.as_deref() == Some(stream.as_str()));
-            if all_here {
-                tracing::debug!(stream = %stream, "append was already stored (combined)");
-                return Ok(result(
-                    self.stored.into_iter().map(|row| row.place).collect(),
-                    true,
-                ));
-            }
-            return Err(Error::DuplicateEvent {
-                stream: stream.clone(),
-                event_id: first.event_id.unwrap_or_default(),
-                stored_in: first.stream_id.clone().unwrap_or_default(),
-            });
-        }
-        match self.head {
-            Some(head) => Err(Error::Conflict {
-                stream: stream.clone(),
-                expected: pending.expected,
-                actual: to_u64(head),
-            }),
-            None => Err(Error::storage(format!(
-                "a combined append to stream `{stream}` got no answer for it"
-            ))),
-        }
-    }
 }
 
 /// [`Error::DuplicateEvent`] for an append to `stream` of the stored event id in `row`.

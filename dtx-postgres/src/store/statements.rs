@@ -315,23 +315,27 @@ fn append_in_statement(events: &str, outbox: bool, many: bool) -> String {
 pub(super) const COMBINED_NAMES: [&str; 2] = ["append_combined", "append_combined_outbox"];
 
 /// The statement of several appends to different streams, combined into one statement and so
-/// one commit (see `super::combine`). Each append keeps its own expectation and outcome: the
-/// statement reads each stream's head (its last event, as [`Shape::Head`] does) and looks each
-/// event id up, then inserts the events of exactly those appends whose expectation holds and
-/// none of whose ids is stored; a version conflict or a retried append never stops the others.
+/// one commit (see `super::combine`). Each append keeps its own expectation: the statement reads
+/// each stream's head (its last event, as [`Shape::Head`] does) and inserts the events of
+/// exactly those appends whose expectation holds and whose stream is open; a version conflict
+/// never stops the others. It answers with a row per inserted event (its stream, version,
+/// global position and commit order); an append with none inserted nothing, and is settled
+/// afterwards as a plain append that inserted nothing is (a retry of stored events, a conflict,
+/// a closed stream: `PgEventStore::append_combined`).
 ///
-/// Parameters: per append `$1` the stream, `$2` the expected version (NULL for
-/// [`ExpectedVersion::Any`]); per event `$3` its append (counted from 1, in the order of `$1`),
-/// `$4` its place in that append (from 1), and the event's columns as in the plain statements.
-/// It answers with rows of the kinds [`INSERTED`] (each event inserted, with its append), [`STORED`]
-/// (each id found stored, with its append and place) and [`HEAD`] (the stream's version, for
-/// each append that inserted nothing). Each event gets the `commit_order` a plain append gives
-/// it (the transaction's id, raised to the stream's previous event), so the feed stays
-/// gap-free and in order per stream. The wake-up checks run per inserted row, as in the plain
-/// statements (a `NOTIFY` is sent once per transaction whatever the rows).
+/// Parameters: per append `$1` the stream (distinct within a batch), `$2` the expected version
+/// (NULL for [`ExpectedVersion::Any`]); per event `$3` its append (counted from 1, in the order
+/// of `$1`), `$4` its place in that append (from 1), and the event's columns as in the plain
+/// statements. Each event gets the `commit_order` a plain append gives it (the transaction's id,
+/// raised to the stream's previous event), so the feed stays gap-free and in order per stream.
+/// The wake-up checks run per inserted row, as in the plain statements (a `NOTIFY` is sent once
+/// per transaction whatever the rows).
 ///
-/// A race with a writer outside the statement (an append of another process, a unit of work)
-/// still fails it on a unique constraint; the combiner then runs the appends one by one.
+/// Event ids are not looked up first, as the plain statements do not: an id stored already (a
+/// retried append whose expectation still holds, as `Any` does), or a race with a writer outside
+/// the statement (an append of another process, a unit of work), fails the statement on a
+/// unique constraint, and the combiner then runs its appends one by one. Looking every id up
+/// would cost each batch an index probe per event for a case that is rare.
 fn combined_statement(events: &str, outbox: bool) -> String {
     const XID: &str = "pg_current_xact_id()::text::bigint";
     let (marked_column, marked) = if outbox {
@@ -348,7 +352,7 @@ fn combined_statement(events: &str, outbox: bool) -> String {
     };
     format!(
         "WITH a AS MATERIALIZED (
-             SELECT a.n, a.stream_id, a.expected, h.current, h.commit_order
+             SELECT a.n, a.stream_id, h.current, h.commit_order
              FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS a(stream_id, expected, n)
              CROSS JOIN LATERAL (
                  SELECT COALESCE(max(version), 0) AS current,
@@ -356,49 +360,23 @@ fn combined_statement(events: &str, outbox: bool) -> String {
                  FROM (SELECT version, commit_order FROM {events}
                        WHERE stream_id = a.stream_id ORDER BY version DESC LIMIT 1) last
              ) h
-         ),
-         e AS MATERIALIZED (
-             SELECT * FROM UNNEST($3::int8[], $4::int8[], $5::uuid[], $6::text[], $7::int4[],
-                                  $8::text[], $9::uuid[], $10::uuid[], $11::text[])
-                 AS e(n, ord, event_id, event_type, schema_version, data, correlation_id,
-                      causation_id, traceparent)
-         ),
-         stored AS MATERIALIZED (
-             SELECT e.n, e.ord, s.stream_id, s.version, s.global_position, s.commit_order,
-                    e.event_id
-             FROM e CROSS JOIN LATERAL (
-                 SELECT stream_id, version, global_position, commit_order FROM {events}
-                 WHERE event_id = e.event_id LIMIT 1
-             ) s
-         ),
-         ok AS MATERIALIZED (
-             SELECT a.n, a.stream_id, a.current, a.commit_order FROM a
-             WHERE (a.expected IS NULL OR a.current = a.expected)
-               AND NOT EXISTS (SELECT 1 FROM stored WHERE stored.n = a.n)
+             WHERE (a.expected IS NULL OR h.current = a.expected)
                AND NOT EXISTS (SELECT 1 FROM {closed} c WHERE c.stream_id = a.stream_id)
-         ),
-         appended AS (
-             INSERT INTO {events} (stream_id, version, commit_order, event_id, event_type,
-                                   schema_version, data, correlation_id, causation_id,
-                                   traceparent{marked_column})
-             SELECT ok.stream_id, ok.current + e.ord, ok.commit_order, e.event_id, e.event_type,
-                    e.schema_version, e.data::jsonb, e.correlation_id, e.causation_id,
-                    e.traceparent{marked}
-             FROM ok JOIN e ON e.n = ok.n
-             ORDER BY ok.n, e.ord
-             RETURNING stream_id, version, global_position, commit_order, {fed} AS fed,
-                       {woke} AS woke
          )
-         SELECT {INSERTED} AS kind, a.n, NULL::text AS stream_id, NULL::uuid AS event_id,
-                0::int8 AS ord, p.version, p.global_position, p.commit_order, p.fed, p.woke
-         FROM appended p JOIN a ON a.stream_id = p.stream_id
-         UNION ALL
-         SELECT {STORED}, s.n, s.stream_id, s.event_id, s.ord, s.version, s.global_position,
-                s.commit_order, NULL, NULL
-         FROM stored s
-         UNION ALL
-         SELECT {HEAD}, a.n, NULL, NULL, 0, a.current, 0, 0, NULL, NULL
-         FROM a WHERE NOT EXISTS (SELECT 1 FROM ok WHERE ok.n = a.n)"
+         INSERT INTO {events} (stream_id, version, commit_order, event_id, event_type,
+                               schema_version, data, correlation_id, causation_id,
+                               traceparent{marked_column})
+         SELECT a.stream_id, a.current + e.ord, a.commit_order, e.event_id, e.event_type,
+                e.schema_version, e.data::jsonb, e.correlation_id, e.causation_id,
+                e.traceparent{marked}
+         FROM a JOIN UNNEST($3::int8[], $4::int8[], $5::uuid[], $6::text[], $7::int4[],
+                             $8::text[], $9::uuid[], $10::uuid[], $11::text[])
+                  AS e(n, ord, event_id, event_type, schema_version, data, correlation_id,
+                       causation_id, traceparent)
+              ON e.n = a.n
+         ORDER BY a.n, e.ord
+         RETURNING stream_id, version, global_position, commit_order, {fed} AS fed,
+                   {woke} AS woke"
     )
 }
 
