@@ -437,14 +437,13 @@ impl PgEventStore {
     }
 
     /// Appends to different streams in one statement (`append_combined`, see `statements.rs`)
-    /// and so one commit: the outcome of each, in order, decided as [`PgEventStore::append_on`]
-    /// decides one (every id stored in its stream: deduplicated; some or elsewhere:
-    /// [`Error::DuplicateEvent`]; the stream at another version: [`Error::Conflict`]).
+    /// and so one commit on `conn`: the events each append inserted, in order (none for an
+    /// append refused, which [`PgEventStore::combined_outcome`] settles).
     async fn append_combined(
         &self,
         conn: &mut PgConnection,
         appends: &[combine::Pending],
-    ) -> std::result::Result<Vec<Result<AppendResult>>, combine::Refused> {
+    ) -> std::result::Result<Vec<combine::Inserted>, combine::Refused> {
         let events: usize = appends.iter().map(|p| p.batch.ids.len()).sum();
         let mut streams = Vec::with_capacity(appends.len());
         let mut expected = Vec::with_capacity(appends.len());
@@ -501,24 +500,33 @@ impl PgEventStore {
             .enumerate()
             .map(|(i, stream)| (*stream, i))
             .collect();
-        let mut inserted: Vec<Vec<Appended>> = appends.iter().map(|_| Vec::new()).collect();
+        let mut inserted: Vec<combine::Inserted> = appends
+            .iter()
+            .map(|_| combine::Inserted::default())
+            .collect();
         for row in rows {
             if let Some(&i) = index.get(row.stream_id.as_str()) {
-                inserted[i].push(row.place);
+                inserted[i].0.push(row.place);
             }
         }
-        let mut decided = Vec::with_capacity(appends.len());
-        for (pending, inserted) in appends.iter().zip(inserted) {
-            decided.push(if inserted.is_empty() {
-                // Refused: a conflict, a retry of stored events, a closed stream.
-                self.settle_refused(&pending.stream, pending.expected, &pending.batch)
-                    .await
-            } else {
-                tracing::debug!(stream = %pending.stream, events = inserted.len(), "appended (combined)");
-                Ok(result(inserted, false))
-            });
+        Ok(inserted)
+    }
+
+    /// The outcome of an append of a combined statement that `inserted` those events: with
+    /// none, it was refused and is settled as a lone append that inserted nothing is (a
+    /// conflict, a retry of stored events, a closed stream), on connections of the pool.
+    async fn combined_outcome(
+        &self,
+        pending: &combine::Pending,
+        inserted: combine::Inserted,
+    ) -> Result<AppendResult> {
+        if inserted.0.is_empty() {
+            return self
+                .settle_refused(&pending.stream, pending.expected, &pending.batch)
+                .await;
         }
-        Ok(decided)
+        tracing::debug!(stream = %pending.stream, events = inserted.0.len(), "appended (combined)");
+        Ok(result(inserted.0, false))
     }
 
     /// Decides an append that inserted nothing: a retry of stored events is an idempotent

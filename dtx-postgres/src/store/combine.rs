@@ -16,6 +16,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// How a [`PgEventStore`] combines concurrent appends ([`PgEventStore::with_combining`]).
@@ -43,6 +44,7 @@ pub struct Combining {
     max_appends: usize,
     max_events: usize,
     max_bytes: usize,
+    linger: Duration,
 }
 
 impl Default for Combining {
@@ -70,6 +72,7 @@ impl Combining {
             max_appends: 256,
             max_events: 4096,
             max_bytes: 8 * 1024 * 1024,
+            linger: Duration::ZERO,
         }
     }
 
@@ -109,6 +112,31 @@ impl Combining {
     pub const fn max_bytes(mut self, bytes: usize) -> Self {
         self.max_bytes = bytes;
         self
+    }
+
+    /// How long an append that finds a free slot waits for others to join it (none by default:
+    /// it goes at once, alone). With a linger, such an append queues and its batch leaves when
+    /// the linger ends; appends that queue while statements are in flight leave when one comes
+    /// back, as without. It trades each lone append's latency for fewer commits where writers
+    /// come one at a time but close together.
+    ///
+    /// ```
+    /// use dtx_postgres::Combining;
+    /// use std::time::Duration;
+    ///
+    /// let options = Combining::on().linger(Duration::from_millis(2));
+    /// assert_eq!(options.lingers(), Duration::from_millis(2));
+    /// assert_eq!(Combining::on().lingers(), Duration::ZERO);
+    /// ```
+    #[must_use]
+    pub const fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// The linger ([`Combining::linger`]).
+    pub const fn lingers(&self) -> Duration {
+        self.linger
     }
 }
 
@@ -156,6 +184,8 @@ struct State {
     in_flight: usize,
     /// The streams of the appends in flight.
     writing: HashSet<StreamId>,
+    /// A linger is running ([`Combining::linger`]): the queue leaves when it ends.
+    lingering: bool,
 }
 
 /// The combiner of a [`PgEventStore`] (shared by its clones).
@@ -264,7 +294,10 @@ impl Combiner {
     /// not being written: the oldest append of each stream, in queue order, within the bounds.
     /// Takes the slot and marks the streams.
     fn next_batch(&self, state: &mut State) -> Option<Vec<Pending>> {
-        if state.in_flight >= self.options.max_in_flight || state.queue.is_empty() {
+        if state.in_flight >= self.options.max_in_flight
+            || state.queue.is_empty()
+            || state.lingering
+        {
             return None;
         }
         let mut taken = Vec::new();
@@ -341,10 +374,19 @@ impl PgEventStore {
         let combiner = &self.combiner;
         let (receiver, next) = {
             let mut state = combiner.lock();
-            if state.queue.is_empty()
+            let free = state.queue.is_empty()
                 && state.in_flight < combiner.options.max_in_flight
-                && !state.writing.contains(stream)
-            {
+                && !state.writing.contains(stream);
+            let linger = combiner.options.linger;
+            // A linger needs a runtime to wait on; outside one (only when it is shutting down)
+            // the append goes alone.
+            let runtime = if linger.is_zero() {
+                None
+            } else {
+                tokio::runtime::Handle::try_current().ok()
+            };
+            let lingers = runtime.is_some();
+            if free && !lingers {
                 state.in_flight += 1;
                 state.writing.insert(stream.clone());
                 drop(state);
@@ -366,12 +408,33 @@ impl PgEventStore {
                 bytes,
                 reply,
             });
+            if let Some(runtime) = runtime.filter(|_| free && !state.lingering) {
+                state.lingering = true;
+                drop(state);
+                self.clone().spawn_linger(&runtime, linger);
+                return Entry::Queued(receiver);
+            }
             (receiver, combiner.next_batch(&mut state))
         };
         if let Some(batch) = next {
             self.clone().spawn_drain(batch);
         }
         Entry::Queued(receiver)
+    }
+
+    /// Lets the queue leave after `linger`, on a task of its own.
+    fn spawn_linger(self, runtime: &tokio::runtime::Handle, linger: Duration) {
+        runtime.spawn(async move {
+            tokio::time::sleep(linger).await;
+            let next = {
+                let mut state = self.combiner.lock();
+                state.lingering = false;
+                self.combiner.next_batch(&mut state)
+            };
+            if let Some(batch) = next {
+                self.drain(batch).await;
+            }
+        });
     }
 
     /// Sends `batch` (and the batches after it) on a task of its own. Outside a runtime (only
@@ -404,9 +467,14 @@ impl PgEventStore {
         }
     }
 
-    /// Sends a batch from the queue on `lane` and answers each of its callers.
+    /// Sends a batch from the queue on `lane` and answers each of its callers. The lane's
+    /// connection serves combined statements only: before anything else (an append alone, an
+    /// append settled after its batch), it goes back to the pool, so that a task sending
+    /// batches never holds one connection while it waits for another (on a pool of one, that
+    /// would wait for ever).
     async fn send(&self, mut batch: Vec<Pending>, lane: &mut Lane) {
         if batch.len() == 1 {
+            lane.release();
             self.combiner.count(1);
             if let Some(pending) = batch.pop() {
                 let outcome = self
@@ -421,13 +489,14 @@ impl PgEventStore {
             Ok(conn) => self.append_combined(conn, &batch).await,
             Err(error) => Err(Refused::Failed(error)),
         };
-        if matches!(outcome, Err(Refused::Unknown(_) | Refused::Failed(_))) {
-            // Whatever state the connection is in, a later batch takes a fresh one.
-            lane.0 = None;
+        if !matches!(&outcome, Ok(inserted) if inserted.iter().all(|i| !i.0.is_empty())) {
+            // Something to settle or to send again, or a connection in doubt.
+            lane.release();
         }
         match outcome {
-            Ok(outcomes) => {
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+            Ok(inserted) => {
+                for (pending, inserted) in batch.into_iter().zip(inserted) {
+                    let outcome = self.combined_outcome(&pending, inserted).await;
                     pending.reply(outcome);
                 }
             }
@@ -480,6 +549,11 @@ impl PgEventStore {
 struct Lane(Option<PoolConnection<Postgres>>);
 
 impl Lane {
+    /// Gives the lane's connection back to the pool.
+    fn release(&mut self) {
+        self.0 = None;
+    }
+
     /// The lane's connection, taken from `pool` if it has none.
     async fn connection(&mut self, pool: &PgPool) -> sqlx::Result<&mut PgConnection> {
         let conn = match self.0.take() {
@@ -489,6 +563,10 @@ impl Lane {
         Ok(&mut **self.0.insert(conn))
     }
 }
+
+/// The events one append of a combined statement inserted (none: it was refused).
+#[derive(Default)]
+pub(super) struct Inserted(pub(super) Vec<super::Appended>);
 
 /// Why a combined statement gave no outcome per append.
 pub(super) enum Refused {
