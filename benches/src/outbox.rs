@@ -149,7 +149,7 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
             &row,
         );
     }
-    if options.wants("append_8_writers") {
+    if EIGHT_WRITERS_ROWS.iter().any(|row| options.wants(row)) {
         eight_writers(options, pool).await?;
     }
     if options.wants("outbox_relay_throughput_kafka") {
@@ -271,6 +271,18 @@ enum Writer {
     InFlight2,
 }
 
+/// The rows of [`eight_writers`], in the order of its sides after the raw writers; a filter
+/// runs the sides whose rows it names (`8_writers_outbox`: the three outbox rows), and always
+/// the raw writers.
+const EIGHT_WRITERS_ROWS: [&str; 6] = [
+    "append_8_writers",
+    "append_8_writers_outbox",
+    "append_8_writers_outbox_writes",
+    "append_8_writers_notify_each",
+    "append_8_writers_alone",
+    "append_8_writers_in_flight_2",
+];
+
 /// Events per second from 8 writers of one kind for `run_for`.
 async fn eight_writers_rate(
     wide: &PgPool,
@@ -379,14 +391,8 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
     for round in 0..ROUNDS {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();
-            if let Ok(only) = std::env::var("ONLY_SIDES") {
-                if !only
-                    .split(',')
-                    .any(|o| o.parse::<usize>().ok() == Some(side))
-                {
-                    rates[side].push(1.0);
-                    continue;
-                }
+            if side > 0 && !options.wants(EIGHT_WRITERS_ROWS[side - 1]) {
+                continue;
             }
             let relaying = (sides[side] == Writer::Outbox).then(|| {
                 let relay = relay.clone();
@@ -412,12 +418,15 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
     }
     let median = |mut r: Vec<f64>| {
         r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+        r.get(r.len() / 2).copied().unwrap_or_default()
     };
     // Each side against the raw writers of its own round (the rounds are 10 s apart, and this
     // machine drifts by tens of percent over a run).
     let ratios: Vec<f64> = (1..sides.len())
         .map(|side| {
+            if rates[side].is_empty() {
+                return 0.0;
+            }
             median(
                 rates[side]
                     .iter()
@@ -427,18 +436,11 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
             )
         })
         .collect();
-    let [raw, plain, outbox, writes, notify_each, alone, in_flight_2] = rates.map(median);
-    for ((name, rate), ratio) in [
-        ("append_8_writers", plain),
-        ("append_8_writers_outbox", outbox),
-        ("append_8_writers_outbox_writes", writes),
-        ("append_8_writers_notify_each", notify_each),
-        ("append_8_writers_alone", alone),
-        ("append_8_writers_in_flight_2", in_flight_2),
-    ]
-    .into_iter()
-    .zip(ratios)
-    {
+    let [raw, rates @ ..] = rates.map(median);
+    for ((name, rate), ratio) in EIGHT_WRITERS_ROWS.into_iter().zip(rates).zip(ratios) {
+        if !options.wants(name) {
+            continue;
+        }
         if options.json {
             println!(
                 "{}",

@@ -404,9 +404,9 @@ impl PgEventStore {
                     tracing::debug!(stream = %stream, version = result.last_version, events = count, "appended");
                     return Ok(result);
                 }
+                // Lost to a concurrent writer: `Any` goes again on the new head.
                 Attempt::LostRace if expected == ExpectedVersion::Any && races < ANY_RETRIES => {
                     races += 1;
-                    continue;
                 }
                 Attempt::WrongVersion | Attempt::LostRace | Attempt::StoredId => {
                     return self.settle_refused(stream, expected, batch).await;
