@@ -16,7 +16,7 @@ mod memory {
 }
 
 mod postgres {
-    // Every append alone (the default).
+    // Concurrent appends combined, one statement in flight (the default).
     dtx::event_store_contract_tests!(tests::pg_store().await);
 
     /// A store on a pool of one connection, and units of work on that pool: a unit of work that
@@ -37,20 +37,21 @@ mod postgres {
     dtx::unit_of_work_contract_tests!(on_one_connection().await);
 }
 
-/// The contract with appends combined.
-mod postgres_combining {
+/// The contract with every append alone.
+mod postgres_alone {
     dtx::event_store_contract_tests!(
         tests::pg_store()
             .await
-            .with_combining(dtx_postgres::Combining::on())
+            .with_combining(dtx_postgres::Combining::off())
     );
 }
 
-/// The contract with one statement in flight: whatever arrives meanwhile goes together.
-mod postgres_eager_combining {
+/// The contract with two statements in flight: an append arriving while a slot is free goes
+/// alone, later ones together.
+mod postgres_two_in_flight {
     dtx::event_store_contract_tests!(
         tests::pg_store()
             .await
-            .with_combining(dtx_postgres::Combining::on().max_in_flight(1))
+            .with_combining(dtx_postgres::Combining::on().max_in_flight(2))
     );
 }
