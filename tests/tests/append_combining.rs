@@ -758,17 +758,7 @@ async fn combined_appends_feed_the_outbox_and_wake_readers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn combining_off_sends_every_append_alone() {
     let store = tests::pg_store().await.with_combining(Combining::off());
-    let tasks: Vec<Task> = (0..16)
-        .map(|n| {
-            spawn_append(
-                &store,
-                &stream(format!("Off-{n}")),
-                ExpectedVersion::NoStream,
-                vec![event(n)],
-            )
-        })
-        .collect();
-    for task in tasks {
+    for task in spawn_new_streams(&store, "Off", 16) {
         task.await.unwrap().unwrap();
     }
     let stats = store.combining_stats();

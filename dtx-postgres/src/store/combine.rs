@@ -352,6 +352,13 @@ impl Combiner {
         self.split.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Ends a linger; the next batch, if one can go.
+    fn end_linger(&self) -> Option<Vec<Pending>> {
+        let mut state = self.lock();
+        state.lingering = false;
+        self.next_batch(&mut state)
+    }
+
     /// Gives back the slot of a finished batch; the next batch, if one can go.
     fn finish(&self, done: &[StreamId]) -> Option<Vec<Pending>> {
         let mut state = self.lock();
@@ -422,17 +429,14 @@ impl PgEventStore {
         Entry::Queued(receiver)
     }
 
-    /// Lets the queue leave after `linger`, on a task of its own.
+    /// Lets the queue leave after `linger`, on a task of its own (also if that task ends
+    /// early, as when its runtime shuts down: see [`LingerEnd`]).
     fn spawn_linger(self, runtime: &tokio::runtime::Handle, linger: Duration) {
         runtime.spawn(async move {
+            let end = LingerEnd(Some(self));
             tokio::time::sleep(linger).await;
-            let next = {
-                let mut state = self.combiner.lock();
-                state.lingering = false;
-                self.combiner.next_batch(&mut state)
-            };
-            if let Some(batch) = next {
-                self.drain(batch).await;
+            if let Some((store, batch)) = end.now() {
+                store.drain(batch).await;
             }
         });
     }
@@ -561,6 +565,29 @@ impl Lane {
             None => pool.acquire().await?,
         };
         Ok(&mut **self.0.insert(conn))
+    }
+}
+
+/// The end of a linger: ends it when the linger's task does, whichever way, so that the queue
+/// never stays held.
+struct LingerEnd(Option<PgEventStore>);
+
+impl LingerEnd {
+    /// Ends the linger: the batch that can go now, to be sent by the caller.
+    fn now(mut self) -> Option<(PgEventStore, Vec<Pending>)> {
+        let store = self.0.take()?;
+        let next = store.combiner.end_linger();
+        next.map(|batch| (store, batch))
+    }
+}
+
+impl Drop for LingerEnd {
+    fn drop(&mut self) {
+        if let Some(store) = self.0.take()
+            && let Some(batch) = store.combiner.end_linger()
+        {
+            store.spawn_drain(batch);
+        }
     }
 }
 
