@@ -333,6 +333,34 @@ pub async fn append_order_streams(
     }
 }
 
+/// The global feed of `store` once it shows at least `events` events (waiting at most ten
+/// seconds), read from the start.
+///
+/// PostgreSQL's feed passes no transaction still running anywhere in the cluster (another
+/// test's migration, autovacuum): an event committed a moment ago can wait behind one, so a test
+/// that reads the feed or runs a projection right after appending waits for it first.
+///
+/// # Panics
+/// When a read fails, or the feed shows fewer events after ten seconds.
+pub async fn feed_showing(store: &dyn dtx::EventStore, events: usize) -> Vec<dtx::RecordedEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let feed = store
+            .read_all(dtx::GlobalPosition::START, usize::MAX)
+            .await
+            .expect("feed read");
+        if feed.len() >= events {
+            return feed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed shows {} events after 10 s, not {events}",
+            feed.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Runs relay passes until one does some work (publishes, fails or dead-letters a message), at
 /// most for ten seconds, and returns that pass.
 ///
