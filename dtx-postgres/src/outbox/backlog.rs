@@ -35,10 +35,10 @@ struct ClaimedRow {
 impl OutboxRelay {
     /// Claims one batch of the backlog table, publishes it and records the outcome, in one
     /// transaction.
-    pub(super) async fn table_pass(&self) -> Result<RelayPass> {
+    pub(super) async fn table_pass(&self, conn: &mut PgConnection) -> Result<RelayPass> {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin(conn).await?;
         let claim = tracing::debug_span!(
             "dtx.outbox.claim",
             keys = tracing::field::Empty,

@@ -53,11 +53,11 @@ impl OutboxRelay {
     /// failure (retried from there with backoff), and so are the stream's later events in the
     /// batch; so is an event whose stream has rows in that table or is held by another relay.
     /// Returns whether the backlog table may have work.
-    pub(super) async fn feed_pass(&self) -> Result<(RelayPass, bool)> {
+    pub(super) async fn feed_pass(&self, conn: &mut PgConnection) -> Result<(RelayPass, bool)> {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
         let mut pass = RelayPass::default();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin(conn).await?;
         let lock: FeedLock = sqlx::query_as(&sql.feed_lock)
             .fetch_one(&mut *tx)
             .await

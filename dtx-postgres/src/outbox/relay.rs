@@ -5,8 +5,10 @@ use super::publish::Failure;
 use super::wake::WakeLock;
 use dtx::outbox::{Publisher, RelayOptions};
 use dtx::{Error, Result};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
-use std::sync::Arc;
+use sqlx::{PgConnection, Postgres};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What one [`OutboxRelay::run_once`] did.
@@ -110,29 +112,46 @@ impl OutboxRelay {
     /// cancelled in flight leaves the connection inside a transaction when it goes back to the
     /// pool. The pass finishes, and the future only stops waiting for it.
     pub async fn run_once(&self) -> Result<RelayPass> {
+        self.spawn_pass(None).await
+    }
+
+    /// [`run_once`](Self::run_once), on the connection `held` keeps if it keeps one (and kept
+    /// there after a pass that succeeded).
+    async fn spawn_pass(&self, held: Option<Held>) -> Result<RelayPass> {
         let relay = self.clone();
-        tokio::spawn(async move { relay.pass().await })
+        tokio::spawn(async move { relay.pass(held).await })
             .await
             .map_err(Error::storage)?
     }
 
-    /// The pass [`run_once`](Self::run_once) runs.
-    async fn pass(&self) -> Result<RelayPass> {
+    /// The pass [`run_once`](Self::run_once) runs, on the connection `held` keeps or one from the
+    /// pool. A pass that fails gives its connection back to the pool (which checks it before
+    /// handing it out again).
+    async fn pass(&self, held: Option<Held>) -> Result<RelayPass> {
         // Refuses, at start-up, a feed restored from a logical dump (see `crate::check_feed`).
         self.outbox.guard.ensure(&self.outbox.pool).await?;
-        let (mut pass, backlog) = self.feed_pass().await?;
+        let kept = held.as_ref().and_then(take);
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => self.outbox.pool.acquire().await.map_err(Error::storage)?,
+        };
+        let (mut pass, backlog) = self.feed_pass(&mut conn).await?;
         if backlog {
-            pass.add(self.table_pass().await?);
+            pass.add(self.table_pass(&mut conn).await?);
+        }
+        if let Some(held) = held {
+            *held.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         }
         Ok(pass)
     }
 
-    /// Begins a pass's transaction: its commit need not wait for the WAL flush (see
+    /// Begins a pass's transaction on `conn`: its commit need not wait for the WAL flush (see
     /// `RELAY_BEGIN`).
-    pub(super) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        self.outbox
-            .pool
-            .begin_with(RELAY_BEGIN)
+    pub(super) async fn begin<'c>(
+        &self,
+        conn: &'c mut PgConnection,
+    ) -> Result<sqlx::Transaction<'c, Postgres>> {
+        sqlx::Connection::begin_with(conn, RELAY_BEGIN)
             .await
             .map_err(Error::storage)
     }
@@ -145,13 +164,15 @@ impl OutboxRelay {
     pub async fn run_until_idle(&self) -> Result<usize> {
         let mut total = 0;
         let mut wait = WaitForFeed::default();
+        let held = Held::default();
         loop {
-            let pass = self.run_once().await?;
+            let pass = self.spawn_pass(Some(Arc::clone(&held))).await?;
             total += pass.published;
             if pass.is_idle() {
                 if !pass.waiting && !pass.feed_held {
                     return Ok(total);
                 }
+                drop(take(&held));
                 wait.sleep().await;
             } else {
                 wait = WaitForFeed::default();
@@ -159,12 +180,15 @@ impl OutboxRelay {
         }
     }
 
-    /// One pass, with a failure logged (and counted as idle): [`run`](Self::run) keeps going.
-    async fn pass_logged(&self) -> RelayPass {
-        self.run_once().await.unwrap_or_else(|error| {
-            tracing::warn!(%error, "outbox relay pass failed");
-            RelayPass::default()
-        })
+    /// One pass on `held`'s connection, with a failure logged (and counted as idle):
+    /// [`run`](Self::run) keeps going.
+    async fn pass_logged(&self, held: &Held) -> RelayPass {
+        self.spawn_pass(Some(Arc::clone(held)))
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "outbox relay pass failed");
+                RelayPass::default()
+            })
     }
 
     /// Runs until `shutdown` completes: publishes while there is work (a pass that filled its
@@ -181,6 +205,10 @@ impl OutboxRelay {
             .map_err(Error::storage)?;
         listener.listen(&channel).await.map_err(Error::storage)?;
         let batch = self.options.batch_size.max(1);
+        // The connection kept from one pass to the next that follows at once: no pool checkout
+        // (and no test of the connection, sqlx's default) for each. Given back before the relay
+        // waits for anything, so that it never holds a pooled connection while it sleeps.
+        let held = Held::default();
         let mut purged: Option<Instant> = None;
         let mut waiting = WaitForFeed::default();
         loop {
@@ -195,7 +223,10 @@ impl OutboxRelay {
                 if stop {
                     return Ok(());
                 }
-                let pass = self.pass_logged().await;
+                let pass = self.pass_logged(&held).await;
+                if pass.is_idle() || (handled(&pass) > 1 && handled(&pass) < batch) {
+                    drop(take(&held));
+                }
                 if pass.is_idle() {
                     if !pass.waiting {
                         break;
@@ -208,8 +239,7 @@ impl OutboxRelay {
                     continue;
                 }
                 waiting = WaitForFeed::default();
-                let handled = pass.published + pass.failed;
-                if handled > 1 && handled < batch {
+                if handled(&pass) > 1 && handled(&pass) < batch {
                     // Writes keep coming: let the next batch fill a little instead of claiming a
                     // handful at a time. (A lone message is followed by a look at once, so a
                     // quiet outbox publishes each write as soon as it commits.)
@@ -236,7 +266,8 @@ impl OutboxRelay {
             // once more. Arming waits for the writes that found it unarmed (they hold the wake
             // lock until they commit), so that last look sees all of them: no write is missed.
             let armed = wake.arm().await;
-            let pass = self.pass_logged().await;
+            let pass = self.pass_logged(&held).await;
+            drop(take(&held));
             if pass.is_idle() && !pass.waiting {
                 tokio::select! {
                     () = &mut shutdown => {
@@ -256,6 +287,21 @@ impl OutboxRelay {
             wake.disarm(armed).await;
         }
     }
+}
+
+/// The connection a relay keeps between passes while it is busy ([`OutboxRelay::run`],
+/// [`OutboxRelay::run_until_idle`]): none while it is idle. Each run has its own, so a relay
+/// task that is aborted gives its connection back once its last pass has finished.
+type Held = Arc<Mutex<Option<PoolConnection<Postgres>>>>;
+
+/// The messages a pass published or failed to publish.
+fn handled(pass: &RelayPass) -> usize {
+    pass.published + pass.failed
+}
+
+/// Takes the connection `held` keeps, if any.
+fn take(held: &Held) -> Option<PoolConnection<Postgres>> {
+    held.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
 /// The pause before looking again at a feed whose committed events wait for an older

@@ -199,6 +199,10 @@ pub(super) struct Combiner {
     split: AtomicU64,
 }
 
+/// How many times a task sending batches yields to the callers it answered before it takes
+/// the next batch (it stops as soon as as many appends wait).
+const YIELDS: usize = 3;
+
 /// How a caller goes in.
 pub(super) enum Entry<'a> {
     /// Alone, now: send the append and drop the slot when done.
@@ -461,9 +465,17 @@ impl PgEventStore {
                 streams: batch.iter().map(|p| p.stream.clone()).collect(),
                 finished: false,
             };
+            let answered = batch.len();
             self.send(batch, &mut lane).await;
-            // Lets the callers just answered queue their next appends, to go together.
-            tokio::task::yield_now().await;
+            // Lets the callers just answered queue their next appends, to go together: a few
+            // turns of the scheduler at most (callers woken on another worker thread take a
+            // moment), fewer when as many appends wait already.
+            for _ in 0..YIELDS {
+                tokio::task::yield_now().await;
+                if self.combiner.lock().queue.len() >= answered {
+                    break;
+                }
+            }
             match slot.finish() {
                 Some(next) => batch = next,
                 None => return,

@@ -281,8 +281,8 @@ pub async fn publish_batch_as<P: Publisher + ?Sized>(
     let mut outcomes: Vec<Option<Result<(), PublishError>>> =
         messages.iter().map(|_| None).collect();
     let mut stopped: HashSet<&str> = HashSet::new();
-    let mut ready = Vec::with_capacity(messages.len());
-    let mut sent = Vec::with_capacity(messages.len());
+    // The messages to send (by index), each with its upcast form when it has one.
+    let mut sent: Vec<(usize, Option<OutboxMessage>)> = Vec::with_capacity(messages.len());
     for (i, message) in messages.iter().enumerate() {
         if stopped.contains(message.key.as_str()) {
             continue;
@@ -296,25 +296,34 @@ pub async fn publish_batch_as<P: Publisher + ?Sized>(
             })
             .and_then(|()| current_form(message, payloads));
         match checked {
-            Ok(current) => {
-                ready.push(current.unwrap_or_else(|| message.clone()));
-                sent.push(i);
-            }
+            Ok(current) => sent.push((i, current)),
             Err(error) => {
                 stopped.insert(message.key.as_str());
                 outcomes[i] = Some(Err(error));
             }
         }
     }
-    if !ready.is_empty() {
-        let answered = CatchUnwind(Box::pin(publisher.publish_batch(&ready)))
+    if !sent.is_empty() {
+        // The batch as stored when every message goes as it is (the usual case): no copy.
+        let copied: Vec<OutboxMessage>;
+        let ready: &[OutboxMessage] =
+            if sent.len() == messages.len() && sent.iter().all(|(_, current)| current.is_none()) {
+                messages
+            } else {
+                copied = sent
+                    .iter_mut()
+                    .map(|(i, current)| current.take().unwrap_or_else(|| messages[*i].clone()))
+                    .collect();
+                &copied
+            };
+        let answered = CatchUnwind(Box::pin(publisher.publish_batch(ready)))
             .await
             .unwrap_or_else(|panic| {
                 let error = |message: &OutboxMessage| Err(panicked(message, &*panic));
                 ready.iter().map(error).collect()
             });
         let now = Utc::now();
-        for ((i, message), outcome) in sent.into_iter().zip(&ready).zip(answered) {
+        for (((i, _), message), outcome) in sent.into_iter().zip(ready).zip(answered) {
             if outcome.is_ok() {
                 let lag = (now - message.created_at).to_std();
                 crate::telemetry::record_outbox_published(lag.unwrap_or_default());
@@ -529,5 +538,55 @@ impl Publisher for MemoryPublisher {
         }
         self.published.notify_waiters();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn message(id: i64, key: &str, headers: &[(&str, &str)]) -> OutboxMessage {
+        OutboxMessage {
+            id,
+            key: key.to_owned(),
+            sequence: Some(1),
+            message_id: uuid::Uuid::now_v7(),
+            message_type: "Placed".to_owned(),
+            payload: format!("{{\"n\":{id}}}").into(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+            attempts: 0,
+            last_error: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_as_stored_and_a_key_stops_at_a_message_that_cannot_be_sent() {
+        let publisher = MemoryPublisher::new();
+        // All as stored: the batch is handed over as it is.
+        let batch = [message(1, "A", &[]), message(2, "B", &[("x-tenant", "7")])];
+        let outcomes = publish_batch_as(&publisher, &batch, &Payloads::Stored).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(publisher.published(), batch);
+
+        // A header that cannot be sent stops its key (A); the other key (B) still goes, in
+        // order, and the messages after A's failure are reported unsent.
+        let publisher = MemoryPublisher::new();
+        let batch = [
+            message(3, "B", &[]),
+            message(4, "A", &[("bad name", "v")]),
+            message(5, "A", &[]),
+            message(6, "B", &[]),
+        ];
+        let outcomes = publish_batch_as(&publisher, &batch, &Payloads::Stored).await;
+        let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
+        assert_eq!(failed, [false, true, true, false]);
+        assert!(outcomes[1].as_ref().is_err_and(|e| e.permanent));
+        let sent: Vec<i64> = publisher.published().iter().map(|m| m.id).collect();
+        assert_eq!(sent, [3, 6]);
     }
 }
