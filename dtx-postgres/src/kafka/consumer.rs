@@ -174,7 +174,7 @@ pub enum KafkaConsumerError {
 }
 
 /// Consumes one Kafka topic into consumer `C` through an [`Inbox`], exactly once for the
-/// database's effects; see the [module documentation](self).
+/// database's effects; see the [module documentation](crate::kafka).
 ///
 /// ```no_run
 /// # async fn demo<C: dtx::inbox::Consumer>(inbox: dtx::inbox::Inbox, consumer: C)

@@ -50,7 +50,10 @@
 //! (`dtx-event-id`, `Nats-Msg-Id`) for deduplication. The cost is a transaction held open while
 //! a batch is published (milliseconds). The relay's commits do not wait for the WAL flush
 //! (`synchronous_commit = off` for its transactions only): a server crash can lose the record
-//! that a batch was published, and then the batch is published again.
+//! that a batch was published, and then the batch is published again. A running relay keeps
+//! its pooled connection from one pass to the next while passes follow each other at once (no
+//! checkout, and no test of the connection by the pool, per pass); it gives it back before it
+//! lingers, waits or arms, so an idle relay holds no pooled connection.
 //!
 //! The price of reading the feed: an event is published once every transaction that began
 //! before it committed has ended (the feed cannot know what such a transaction will still write).

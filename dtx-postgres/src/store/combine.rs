@@ -84,7 +84,7 @@ impl Combining {
     /// How many append statements (alone or combined) may be in flight at once before a caller
     /// waits to be combined (at least 1; 1 by default). More lets more appends go alone, each
     /// with its own commit, and splits waiting writers between statements; one makes the
-    /// biggest batches (with eight writers, 0.99–1.37 of raw writers at two, 1.37–1.66 at one).
+    /// biggest batches (with eight writers, 1.38–1.50 of raw writers at two, 1.49–1.77 at one).
     #[must_use]
     pub const fn max_in_flight(mut self, statements: usize) -> Self {
         self.max_in_flight = if statements == 0 { 1 } else { statements };
