@@ -30,6 +30,16 @@ impl Schema {
     }
 }
 
+/// A pool of one connection, opened when first used, with `pool`'s connect options: for a
+/// connection kept for a long time (a `LISTEN`, a session lock), so that it never takes one of
+/// the caller's pooled connections (on a pool of one, everything else would wait for it) and is
+/// closed with its holder instead of going back to that pool with its session state.
+pub(crate) fn own_connection(pool: &sqlx::PgPool) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// A count or version for a `bigint` parameter (saturating).
 pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

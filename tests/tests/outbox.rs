@@ -1148,3 +1148,73 @@ async fn indexes_serve_every_outbox_statement() {
     // relay's ten statements.
     assert_eq!(plans.len(), 19);
 }
+
+/// A running relay and the writers it publishes share a pool of one connection: the relay never
+/// keeps the pool's last connection from one pass to the next, so appends keep their turn while
+/// it works through a backlog, and every event is published once, in order.
+#[tokio::test]
+async fn a_relay_and_writers_share_a_pool_of_one_connection() {
+    let pool = dtx_postgres::testing::fresh_database(1).await.unwrap();
+    let store = PgEventStore::new(pool.clone()).with_outbox(true);
+    let outbox = PgOutbox::new(pool);
+    let publisher = MemoryPublisher::new();
+    let relay = outbox.relay(
+        publisher.clone(),
+        RelayOptions {
+            batch_size: 10,
+            ..fast()
+        },
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        relay
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // 8 writers, 25 one-event appends each: a backlog the relay works through in passes of 10
+    // while the writers keep appending.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = StreamId::new(format!("Shared-{w}")).unwrap();
+                for n in 0..25u64 {
+                    store
+                        .append(
+                            &stream,
+                            ExpectedVersion::Exact(n),
+                            vec![event(n + 1, EventMetadata::default())],
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        tokio::time::timeout(Duration::from_mins(1), writer)
+            .await
+            .expect("the writers finish while the relay runs")
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
+    while publisher.published().len() < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 200 published after 60 s",
+            publisher.published().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let published = publisher.published();
+    assert_eq!(published.len(), 200, "each event once");
+    let keys = by_key(&published);
+    assert_eq!(keys.len(), 8);
+    for (key, sequences) in keys {
+        assert_eq!(sequences, (1..=25).collect::<Vec<u64>>(), "{key}");
+    }
+}

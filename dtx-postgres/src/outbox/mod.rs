@@ -52,8 +52,10 @@
 //! (`synchronous_commit = off` for its transactions only): a server crash can lose the record
 //! that a batch was published, and then the batch is published again. A running relay keeps
 //! its pooled connection from one pass to the next while passes follow each other at once (no
-//! checkout, and no test of the connection by the pool, per pass); it gives it back before it
-//! lingers, waits or arms, so an idle relay holds no pooled connection.
+//! checkout, and no test of the connection by the pool, per pass) while the pool has others
+//! idle; it gives it back before it lingers, waits or arms, so an idle relay holds no pooled
+//! connection (its `LISTEN` and its wake lock have connections of their own, outside the pool:
+//! a relay and its writers can share a pool of one connection).
 //!
 //! The price of reading the feed: an event is published once every transaction that began
 //! before it committed has ended (the feed cannot know what such a transaction will still write).

@@ -139,7 +139,11 @@ impl OutboxRelay {
         if backlog {
             pass.add(self.table_pass(&mut conn).await?);
         }
-        if let Some(held) = held {
+        // Kept for the next pass unless that would take the pool's last connection: then others
+        // may be waiting for one, and get their turn between passes.
+        if let Some(held) = held
+            && self.outbox.pool.num_idle() > 0
+        {
             *held.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
         }
         Ok(pass)
@@ -200,7 +204,8 @@ impl OutboxRelay {
         tokio::pin!(shutdown);
         let mut wake = WakeLock::new(&self.outbox.pool, Arc::clone(&self.outbox.sql));
         let channel = self.outbox.notify_channel().await?;
-        let mut listener = PgListener::connect_with(&self.outbox.pool)
+        // The listener's connection is its own, outside the pool, as the wake lock's is.
+        let mut listener = PgListener::connect_with(&crate::sql::own_connection(&self.outbox.pool))
             .await
             .map_err(Error::storage)?;
         listener.listen(&channel).await.map_err(Error::storage)?;
@@ -290,7 +295,7 @@ impl OutboxRelay {
 }
 
 /// The connection a relay keeps between passes while it is busy ([`OutboxRelay::run`],
-/// [`OutboxRelay::run_until_idle`]): none while it is idle. Each run has its own, so a relay
+/// [`OutboxRelay::run_until_idle`]) and the pool has others idle: none while it is idle. Each run has its own, so a relay
 /// task that is aborted gives its connection back once its last pass has finished.
 type Held = Arc<Mutex<Option<PoolConnection<Postgres>>>>;
 

@@ -87,8 +87,9 @@ impl PgFeedWaker {
             release: format!("SELECT pg_advisory_unlock({FEED_CLASS}, {})", scope(events)),
             channel: format!("SELECT {}", channel(events)),
         };
+        // The listener's connection (which holds the wake lock) is its own, outside the pool.
         let task = tokio::spawn(watch_feed(
-            pool.clone(),
+            crate::sql::own_connection(pool),
             statements,
             Arc::downgrade(&shared),
         ));
