@@ -333,6 +333,33 @@ pub async fn append_order_streams(
     }
 }
 
+/// Spawns `run` (a relay's or a consumer's `run`) with a shutdown future that completes when
+/// the returned sender is used or dropped; the handle answers with what `run` returned.
+///
+/// ```no_run
+/// # async fn demo(relay: dtx_postgres::OutboxRelay) {
+/// let (stop, running) = tests::spawn_until_stopped(|stopped| async move { relay.run(stopped).await });
+/// stop.send(()).unwrap();
+/// running.await.unwrap().unwrap();
+/// # }
+/// ```
+pub fn spawn_until_stopped<Fut>(
+    run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Fut::Output>,
+)
+where
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(run(Box::pin(async {
+        let _ = stopped.await;
+    })));
+    (stop, running)
+}
+
 /// The global feed of `store` once it shows at least `events` events (waiting at most ten
 /// seconds), read from the start.
 ///

@@ -224,16 +224,7 @@ async fn start(
     .await
     .unwrap()
     .with_options(options());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        consumer
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    (stop, task)
+    tests::spawn_until_stopped(|stopped| async move { consumer.run(stopped).await.unwrap() })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

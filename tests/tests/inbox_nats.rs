@@ -508,15 +508,7 @@ async fn per_key_order_is_kept_across_batches_and_a_clean_stop() {
             EffectWriter,
             config.clone(),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(async move {
-            consumer
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        (stop, running)
+        tests::spawn_until_stopped(|stopped| async move { consumer.run(stopped).await })
     };
 
     // A first instance, stopped cleanly part way: the message in hand is finished and the rest

@@ -1165,14 +1165,8 @@ async fn a_relay_and_writers_share_a_pool_of_one_connection() {
             ..fast()
         },
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        relay
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop, running) =
+        tests::spawn_until_stopped(|stopped| async move { relay.run(stopped).await });
     // 8 writers, 25 one-event appends each: a backlog the relay works through in passes of 10
     // while the writers keep appending.
     let writers: Vec<_> = (0..8)

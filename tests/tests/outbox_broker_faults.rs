@@ -382,14 +382,8 @@ async fn publish_through_an_outage<P: dtx::outbox::Publisher + 'static>(
             ..RelayOptions::default()
         },
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move {
-        relay
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop, running) =
+        tests::spawn_until_stopped(|stopped| async move { relay.run(stopped).await });
 
     let half = PER_STREAM / 2;
     append_round(store, 1..=half).await;
