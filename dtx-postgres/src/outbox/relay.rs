@@ -229,7 +229,11 @@ impl OutboxRelay {
                     return Ok(());
                 }
                 let pass = self.pass_logged(&held).await;
-                if pass.is_idle() || (handled(&pass) > 1 && handled(&pass) < batch) {
+                // Writes keep coming: let the next batch fill a little instead of claiming a
+                // handful at a time. (A lone message is followed by a look at once, so a quiet
+                // outbox publishes each write as soon as it commits.)
+                let lingers = handled(&pass) > 1 && handled(&pass) < batch;
+                if pass.is_idle() || lingers {
                     drop(take(&held));
                 }
                 if pass.is_idle() {
@@ -244,10 +248,7 @@ impl OutboxRelay {
                     continue;
                 }
                 waiting = WaitForFeed::default();
-                if handled(&pass) > 1 && handled(&pass) < batch {
-                    // Writes keep coming: let the next batch fill a little instead of claiming a
-                    // handful at a time. (A lone message is followed by a look at once, so a
-                    // quiet outbox publishes each write as soon as it commits.)
+                if lingers {
                     tokio::select! {
                         () = &mut shutdown => return Ok(()),
                         () = tokio::time::sleep(self.options.linger) => {}
@@ -295,8 +296,9 @@ impl OutboxRelay {
 }
 
 /// The connection a relay keeps between passes while it is busy ([`OutboxRelay::run`],
-/// [`OutboxRelay::run_until_idle`]) and the pool has others idle: none while it is idle. Each run has its own, so a relay
-/// task that is aborted gives its connection back once its last pass has finished.
+/// [`OutboxRelay::run_until_idle`]) and the pool has others idle: none while it is idle. Each
+/// run has its own, so a relay task that is aborted gives its connection back once its last
+/// pass has finished.
 type Held = Arc<Mutex<Option<PoolConnection<Postgres>>>>;
 
 /// The messages a pass published or failed to publish.
