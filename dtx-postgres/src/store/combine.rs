@@ -511,7 +511,13 @@ impl PgEventStore {
         }
         match outcome {
             Ok(inserted) => {
-                for (pending, inserted) in batch.into_iter().zip(inserted) {
+                // The appends that inserted are answered first: settling a refused one takes a
+                // round trip of its own, which the others need not wait for.
+                let (done, refused): (Vec<_>, Vec<_>) = batch
+                    .into_iter()
+                    .zip(inserted)
+                    .partition(|(_, inserted)| !inserted.0.is_empty());
+                for (pending, inserted) in done.into_iter().chain(refused) {
                     let outcome = self.combined_outcome(&pending, inserted).await;
                     pending.reply(outcome);
                 }
