@@ -497,6 +497,21 @@ impl MemoryPublisher {
         self.lock().messages.clone()
     }
 
+    /// Takes every message published so far, in publish order, and forgets them: the count
+    /// starts again from zero. A long-running process (a benchmark, an embedded service that
+    /// hands the messages on) keeps only what it has not taken yet.
+    ///
+    /// ```
+    /// use dtx::outbox::MemoryPublisher;
+    ///
+    /// let publisher = MemoryPublisher::new();
+    /// assert!(publisher.take().is_empty());
+    /// assert_eq!(publisher.count(), 0);
+    /// ```
+    pub fn take(&self) -> Vec<OutboxMessage> {
+        std::mem::take(&mut self.lock().messages)
+    }
+
     /// How many messages were published so far.
     pub fn count(&self) -> usize {
         self.lock().messages.len()
@@ -538,6 +553,38 @@ impl Publisher for MemoryPublisher {
         }
         self.published.notify_waiters();
         Ok(())
+    }
+
+    /// The batch under one lock, with one wake-up of [`wait_for`](Self::wait_for): each key's
+    /// messages in order, a key stopping at its first rejected message (the later ones are
+    /// reported unsent), each message kept in its [`publish_span`].
+    async fn publish_batch(&self, messages: &[OutboxMessage]) -> Vec<Result<(), PublishError>> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        {
+            let mut state = self.lock();
+            let mut stopped: HashSet<&str> = HashSet::new();
+            state.messages.reserve(messages.len());
+            for message in messages {
+                let _span = publish_span(message).entered();
+                if stopped.contains(message.key.as_str()) {
+                    outcomes.push(Err(not_sent(message)));
+                } else if !state.rejected_keys.is_empty()
+                    && state.rejected_keys.contains(&message.key)
+                {
+                    state.rejections += 1;
+                    stopped.insert(&message.key);
+                    outcomes.push(Err(PublishError::new(format!(
+                        "key `{}` is rejected by this publisher",
+                        message.key
+                    ))));
+                } else {
+                    state.messages.push(message.clone());
+                    outcomes.push(Ok(()));
+                }
+            }
+        }
+        self.published.notify_waiters();
+        outcomes
     }
 }
 
@@ -588,5 +635,47 @@ mod tests {
         assert!(outcomes[1].as_ref().is_err_and(|e| e.permanent));
         let sent: Vec<i64> = publisher.published().iter().map(|m| m.id).collect();
         assert_eq!(sent, [3, 6]);
+    }
+
+    /// The in-memory publisher's batch: a rejected key stops at its first message (counted as
+    /// the one rejection), its later messages are reported unsent and kept nowhere, the other
+    /// keys go through in order; `take` hands over what was published and starts again.
+    #[tokio::test]
+    async fn the_memory_batch_stops_a_rejected_key_and_take_starts_again() {
+        let publisher = MemoryPublisher::new();
+        publisher.reject_key("A");
+        let waiting = {
+            let publisher = publisher.clone();
+            tokio::spawn(async move { publisher.wait_for(2, Duration::from_secs(30)).await })
+        };
+        let batch = [
+            message(1, "A", &[]),
+            message(2, "B", &[]),
+            message(3, "A", &[]),
+            message(4, "B", &[]),
+        ];
+        let outcomes = publisher.publish_batch(&batch).await;
+        let failed: Vec<bool> = outcomes.iter().map(Result::is_err).collect();
+        assert_eq!(failed, [true, false, true, false]);
+        let rejected = outcomes[0].as_ref().expect_err("A is rejected");
+        assert!(rejected.message.contains("`A` is rejected"), "{rejected}");
+        let unsent = outcomes[2].as_ref().expect_err("behind A's failure");
+        assert!(unsent.message.contains("was not sent"), "{unsent}");
+        assert_eq!(publisher.rejections(), 1);
+        assert!(
+            waiting.await.expect("waiter"),
+            "one wake-up for the batch reaches waiters"
+        );
+
+        let taken: Vec<i64> = publisher.take().iter().map(|m| m.id).collect();
+        assert_eq!(taken, [2, 4]);
+        assert_eq!(publisher.count(), 0);
+        assert!(publisher.take().is_empty());
+
+        // A key accepted again goes through.
+        publisher.accept_key("A");
+        let outcomes = publisher.publish_batch(&batch[..1]).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(publisher.published(), batch[..1]);
     }
 }

@@ -109,7 +109,10 @@ pub fn current_traceparent() -> Option<String> {
 /// `span` as it is. Call it before the span is first entered. A no-op without feature `otel`.
 pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
     #[cfg(feature = "otel")]
-    if let Some(parent) = traceparent.and_then(parse_traceparent) {
+    if let Some(parent) = traceparent
+        .filter(|_| !span.is_disabled())
+        .and_then(parse_traceparent)
+    {
         use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         // Already the contextual parent (metadata made inside the caller's span): keep the
