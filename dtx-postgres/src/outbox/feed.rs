@@ -10,9 +10,9 @@ use dtx::{Error, Result};
 use sqlx::PgConnection;
 use std::collections::HashSet;
 
-/// The row of the `feed_lock` statement.
-#[derive(sqlx::FromRow)]
-struct FeedLock {
+/// The feed pass's state, as every row of the `feed_read` statement carries it.
+#[derive(sqlx::FromRow, Clone, Copy, Default)]
+struct FeedState {
     /// Whether this relay reads the feed (no other relay holds its lock).
     leader: bool,
     /// Whether the backlog table has any row.
@@ -21,9 +21,15 @@ struct FeedLock {
     checkpoint: bool,
 }
 
-/// An event of the feed, as the `feed_read` statement returns it.
+/// A row of the `feed_read` statement: the pass's state, and an event of the feed when
+/// `present`.
 #[derive(sqlx::FromRow)]
 struct FeedRow {
+    #[sqlx(flatten)]
+    state: FeedState,
+    /// Whether the row carries an event (the single row of a pass that reads no event does
+    /// not).
+    present: bool,
     commit_order: i64,
     /// Below the oldest running transaction: no event can still commit before it.
     ready: bool,
@@ -57,26 +63,31 @@ impl OutboxRelay {
         let sql = &*self.outbox.sql;
         let batch = self.options.batch_size.max(1);
         let mut pass = RelayPass::default();
-        let mut tx = self.begin(conn).await?;
-        let lock: FeedLock = sqlx::query_as(&sql.feed_lock)
-            .fetch_one(&mut *tx)
+        // The transaction and the feed's lock in one round trip, the feed's read in the next.
+        let mut tx = sqlx::Connection::begin_with(conn, sql.feed_begin.clone())
             .await
             .map_err(Error::storage)?;
-        if !lock.leader {
-            // Another relay is reading the feed.
-            pass.feed_held = true;
-            tx.commit().await.map_err(Error::storage)?;
-            return Ok((pass, lock.backlog));
-        }
-        if !lock.checkpoint {
-            // Starting over from the first event would publish the whole store again: stop.
-            return Err(missing_checkpoint());
-        }
         let rows: Vec<FeedRow> = sqlx::query_as(&sql.feed_read)
             .bind(count(batch))
             .fetch_all(&mut *tx)
             .await
             .map_err(Error::storage)?;
+        // Every row carries the pass's state; there is always one.
+        let FeedState {
+            leader,
+            backlog,
+            checkpoint,
+        } = rows.first().map(|row| row.state).unwrap_or_default();
+        if !leader {
+            // Another relay is reading the feed.
+            pass.feed_held = true;
+            tx.commit().await.map_err(Error::storage)?;
+            return Ok((pass, backlog));
+        }
+        if !checkpoint {
+            // Starting over from the first event would publish the whole store again: stop.
+            return Err(missing_checkpoint());
+        }
 
         // The outbox events of the batch in feed order, and the keys set aside; a row that
         // cannot become a message is set aside with its error at once.
@@ -84,7 +95,7 @@ impl OutboxRelay {
         let mut aside = HashSet::new();
         let mut set_aside: Vec<SetAside> = Vec::new();
         let mut last = (0, 0);
-        for row in rows {
+        for row in rows.into_iter().filter(|row| row.present) {
             if !row.ready {
                 pass.waiting = true;
                 break;
@@ -109,7 +120,7 @@ impl OutboxRelay {
         }
         if pass.from_feed == 0 {
             tx.commit().await.map_err(Error::storage)?;
-            return Ok((pass, lock.backlog));
+            return Ok((pass, backlog));
         }
 
         let mut per_key: Vec<(String, Vec<OutboxMessage>)> = Vec::new();
@@ -131,7 +142,7 @@ impl OutboxRelay {
         let parked = !set_aside.is_empty();
         self.advance(&mut tx, set_aside, last, &mut pass).await?;
         tx.commit().await.map_err(Error::storage)?;
-        Ok((pass, lock.backlog || parked))
+        Ok((pass, backlog || parked))
     }
 
     /// Writes the events set aside to the backlog table (a failed one with its failure: retried

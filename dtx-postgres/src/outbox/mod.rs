@@ -17,7 +17,11 @@
 //!    after the checkpoint (`outbox_feed`): rows in
 //!    `(commit_order, global_position)` order below the oldest transaction still running, the
 //!    same rule as [`dtx::EventStore::read_all`], so no event is ever passed over because it
-//!    committed late. For each outbox event it tries the stream's advisory lock. It hands the
+//!    committed late. The lock is tried in the statement that opens the transaction, the read
+//!    is the next one (its snapshot follows the lock, so it sees the checkpoint the previous
+//!    batch committed): with the publish's own round trips aside, a pass that publishes is four
+//!    round trips (`BEGIN` and the lock, the read, the checkpoint, `COMMIT`), one that finds
+//!    nothing three. For each outbox event it tries the stream's advisory lock. It hands the
 //!    batch to the publisher at once (`Publisher::publish_batch`: each stream's events in order,
 //!    pipelined by a publisher that can), then, in one statement, sets aside in `outbox_events`
 //!    every event it could not publish now, and moves the checkpoint past the batch; the commit

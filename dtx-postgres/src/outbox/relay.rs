@@ -76,8 +76,10 @@ impl std::fmt::Debug for OutboxRelay {
 
 /// The statement that opens a relay's transaction. Its commit does not wait for the WAL flush:
 /// what it records is that messages were published, and if a server crash loses that record
-/// the messages are published again, which at-least-once delivery allows.
-const RELAY_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+/// the messages are published again, which at-least-once delivery allows. (A feed pass opens
+/// its transaction with `OutboxSql::feed_begin`, which does the same and also tries the feed's
+/// lock.)
+pub(super) const RELAY_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 impl OutboxRelay {
     /// A relay of `outbox` (see [`PgOutbox::relay`]).

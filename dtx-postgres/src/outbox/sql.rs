@@ -1,12 +1,15 @@
 //! The statements of the outbox and its relays.
 
+use super::relay::RELAY_BEGIN;
 use super::wake::{WAKE_CLASS, wake_check};
 use super::{FEED_CLASS, LOCK_CLASS, channel, scope};
 use crate::sql::Schema;
 
 /// The statements of an outbox and its relays, built once with the outbox's schema.
 pub(super) struct OutboxSql {
-    pub(super) feed_lock: String,
+    /// Opens a feed pass's transaction and tries the feed's lock in the same round trip (see
+    /// `feed_begin` in [`OutboxSql::new`]).
+    pub(super) feed_begin: String,
     pub(super) feed_read: String,
     pub(super) feed_advance: String,
     pub(super) enqueue: String,
@@ -30,6 +33,9 @@ pub(super) struct OutboxSql {
     pub(super) channel: String,
 }
 
+/// The transaction-local setting in which `feed_begin` leaves whether it took the feed's lock.
+const LEADER_SETTING: &str = "dtx.outbox_feed_leader";
+
 /// The columns of a message as [`MessageRow`](super::message::MessageRow) reads them: an
 /// event's row is completed from `event_store` (`e`), a message's row carries its own.
 const MESSAGE_COLUMNS: &str = "o.id, o.stream_key, o.sequence, \
@@ -52,43 +58,66 @@ impl OutboxSql {
             "LEFT JOIN {events} e ON e.stream_id = o.stream_key AND e.version = o.sequence"
         );
         Self {
-            // The feed's lock, taken for this relay's batch (another relay holding it is reading
-            // the feed: this one works the backlog table only); whether that table has any row at
-            // all; and whether the feed's checkpoint is there. An advisory lock rather than a row lock on the checkpoint: it assigns
+            // Opens the transaction of a feed pass (its commit need not wait for the WAL flush,
+            // see `relay::RELAY_BEGIN`) and tries the feed's lock for this relay's batch, in one
+            // round trip: the outcome waits in a setting of the transaction for `feed_read`.
+            // Another relay holding the lock is reading the feed: this one works the backlog
+            // table only. An advisory lock rather than a row lock on the checkpoint: it assigns
             // the relay's transaction no id, so the relay does not hold back the feed's horizon
-            // (for every reader) while it publishes.
-            feed_lock: format!(
-                "SELECT pg_try_advisory_xact_lock({FEED_CLASS}, {scope}) AS leader,
-                        EXISTS (SELECT 1 FROM {outbox}) AS backlog,
-                        EXISTS (SELECT 1 FROM {feed} WHERE feed = 'events') AS checkpoint"
+            // (for every reader) while it publishes. The lock is taken by a statement of its own,
+            // before the one that reads the feed: that one's snapshot, taken after the lock, sees
+            // the checkpoint the previous batch committed.
+            feed_begin: format!(
+                "{RELAY_BEGIN};
+                 SELECT set_config('{LEADER_SETTING}',
+                                   pg_try_advisory_xact_lock({FEED_CLASS}, {scope})::text, true)"
             ),
-            // The next events of the global feed after the checkpoint, at most $1, in feed order
-            // (read after the lock, so the checkpoint is the one the previous batch committed);
-            // `ready` when below the oldest running transaction (the rows after the first one
+            // A row of the feed pass's state, then one per event: whether this relay holds the
+            // feed's lock (`feed_begin` tried it), whether the backlog table has any row at all,
+            // whether the feed's checkpoint is there, and, if the relay holds the lock, the next
+            // events of the global feed after the checkpoint, at most $1, in feed order. An event
+            // is `ready` when below the oldest running transaction (the rows after the first one
             // that is not only tell that events wait for it). For each ready outbox event: the
             // advisory lock on its stream, and whether the stream has rows in the backlog table
-            // (then the event is set aside behind them).
+            // (then the event is set aside behind them). Without the lock (or the checkpoint)
+            // the feed is not read at all: a single row says so (`present` false), as it does
+            // when no event follows the checkpoint.
             feed_read: format!(
-                "SELECT e.stream_id AS stream_key, e.global_position AS id,
-                        e.version AS sequence, e.commit_order, e.outbox,
-                        e.commit_order < h.horizon AS ready,
-                        e.event_id, e.event_type, CASE WHEN e.outbox THEN e.data::text END AS payload,
-                        NULL::text AS headers, e.correlation_id, e.causation_id, e.traceparent, e.schema_version,
-                        0 AS attempts, NULL::text AS last_error, e.recorded_at AS created_at,
-                        CASE WHEN e.outbox AND e.commit_order < h.horizon
-                             THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(e.stream_id) # {scope})
-                        END AS locked,
-                        CASE WHEN e.outbox AND e.commit_order < h.horizon
-                             THEN EXISTS (SELECT 1 FROM {outbox} o WHERE o.stream_key = e.stream_id)
-                        END AS parked
-                 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) h,
-                      {feed} f
-                 CROSS JOIN LATERAL (
-                     SELECT * FROM {events}
-                     WHERE (commit_order, global_position) > (f.commit_order, f.global_position)
-                     ORDER BY commit_order, global_position LIMIT $1) e
-                 WHERE f.feed = 'events'
-                 ORDER BY e.commit_order, e.global_position"
+                "SELECT l.leader, l.backlog, l.checkpoint, r.id IS NOT NULL AS present,
+                        COALESCE(r.stream_key, '') AS stream_key, COALESCE(r.id, 0) AS id,
+                        r.sequence, COALESCE(r.commit_order, 0) AS commit_order,
+                        COALESCE(r.outbox, false) AS outbox, COALESCE(r.ready, false) AS ready,
+                        r.event_id, r.event_type, r.payload, NULL::text AS headers,
+                        r.correlation_id, r.causation_id, r.traceparent, r.schema_version,
+                        0 AS attempts, NULL::text AS last_error,
+                        COALESCE(r.created_at, now()) AS created_at, r.locked, r.parked
+                 FROM (SELECT COALESCE(NULLIF(current_setting('{LEADER_SETTING}', true), '')::bool,
+                                       false) AS leader,
+                              EXISTS (SELECT 1 FROM {outbox}) AS backlog,
+                              EXISTS (SELECT 1 FROM {feed} WHERE feed = 'events') AS checkpoint) l
+                 LEFT JOIN LATERAL (
+                     SELECT e.stream_id AS stream_key, e.global_position AS id,
+                            e.version AS sequence, e.commit_order, e.outbox,
+                            e.commit_order < h.horizon AS ready,
+                            e.event_id, e.event_type,
+                            CASE WHEN e.outbox THEN e.data::text END AS payload,
+                            e.correlation_id, e.causation_id, e.traceparent, e.schema_version,
+                            e.recorded_at AS created_at,
+                            CASE WHEN e.outbox AND e.commit_order < h.horizon
+                                 THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(e.stream_id) # {scope})
+                            END AS locked,
+                            CASE WHEN e.outbox AND e.commit_order < h.horizon
+                                 THEN EXISTS (SELECT 1 FROM {outbox} o WHERE o.stream_key = e.stream_id)
+                            END AS parked
+                     FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) h,
+                          {feed} f
+                     CROSS JOIN LATERAL (
+                         SELECT * FROM {events}
+                         WHERE (commit_order, global_position) > (f.commit_order, f.global_position)
+                         ORDER BY commit_order, global_position LIMIT $1) e
+                     WHERE l.leader AND f.feed = 'events'
+                 ) r ON true
+                 ORDER BY r.commit_order, r.id"
             ),
             // Sets events aside in the backlog table (with their failure, if any) and moves the
             // checkpoint on, in one statement.
@@ -228,9 +257,8 @@ impl OutboxSql {
     }
 
     /// Every statement, by name, for `EXPLAIN` checks.
-    pub(super) fn named(&self) -> [(&'static str, &str); 14] {
+    pub(super) fn named(&self) -> [(&'static str, &str); 13] {
         [
-            ("outbox_feed_lock", &self.feed_lock),
             ("outbox_feed_read", &self.feed_read),
             ("outbox_feed_advance", &self.feed_advance),
             ("outbox_enqueue", &self.enqueue),

@@ -66,7 +66,7 @@ impl PgOutbox {
     }
 
     /// Every statement the outbox and its relays issue, by name, for `EXPLAIN` checks.
-    pub fn statements(&self) -> [(&'static str, &str); 14] {
+    pub fn statements(&self) -> [(&'static str, &str); 13] {
         self.sql.named()
     }
 
