@@ -157,6 +157,14 @@ fn not_sent(message: &OutboxMessage) -> PublishError {
     ))
 }
 
+/// The error of a [`MemoryPublisher`] told to reject `message`'s key.
+fn rejected(message: &OutboxMessage) -> PublishError {
+    PublishError::new(format!(
+        "key `{}` is rejected by this publisher",
+        message.key
+    ))
+}
+
 /// The error of a publisher that panicked on `message`, with the panic's message.
 fn panicked(message: &OutboxMessage, panic: &(dyn std::any::Any + Send)) -> PublishError {
     let what = panic
@@ -544,10 +552,7 @@ impl Publisher for MemoryPublisher {
             let mut state = self.lock();
             if state.rejected_keys.contains(&message.key) {
                 state.rejections += 1;
-                return Err(PublishError::new(format!(
-                    "key `{}` is rejected by this publisher",
-                    message.key
-                )));
+                return Err(rejected(message));
             }
             state.messages.push(message.clone());
         }
@@ -565,18 +570,15 @@ impl Publisher for MemoryPublisher {
             let mut stopped: HashSet<&str> = HashSet::new();
             state.messages.reserve(messages.len());
             for message in messages {
-                let _span = publish_span(message).entered();
                 if stopped.contains(message.key.as_str()) {
                     outcomes.push(Err(not_sent(message)));
-                } else if !state.rejected_keys.is_empty()
-                    && state.rejected_keys.contains(&message.key)
-                {
+                    continue;
+                }
+                let _span = publish_span(message).entered();
+                if !state.rejected_keys.is_empty() && state.rejected_keys.contains(&message.key) {
                     state.rejections += 1;
                     stopped.insert(&message.key);
-                    outcomes.push(Err(PublishError::new(format!(
-                        "key `{}` is rejected by this publisher",
-                        message.key
-                    ))));
+                    outcomes.push(Err(rejected(message)));
                 } else {
                     state.messages.push(message.clone());
                     outcomes.push(Ok(()));
