@@ -427,25 +427,27 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
     };
     // Each side against the raw writers of its own round (the rounds are 10 s apart, and this
     // machine drifts by tens of percent over a run).
-    let ratios: Vec<f64> = (1..sides.len())
+    let round_ratios: Vec<Vec<f64>> = (1..sides.len())
         .map(|side| {
-            if rates[side].is_empty() {
-                return 0.0;
-            }
-            median(
-                rates[side]
-                    .iter()
-                    .zip(&rates[0])
-                    .map(|(rate, raw)| rate / raw)
-                    .collect(),
-            )
+            rates[side]
+                .iter()
+                .zip(&rates[0])
+                .map(|(rate, raw)| rate / raw)
+                .collect()
         })
         .collect();
+    let ratios: Vec<f64> = round_ratios.iter().cloned().map(median).collect();
     let [raw, rates @ ..] = rates.map(median);
-    for ((name, rate), ratio) in EIGHT_WRITERS_ROWS.into_iter().zip(rates).zip(ratios) {
+    for (((name, rate), ratio), rounds) in EIGHT_WRITERS_ROWS
+        .into_iter()
+        .zip(rates)
+        .zip(ratios)
+        .zip(round_ratios)
+    {
         if !options.wants(name) {
             continue;
         }
+        let rounds: Vec<f64> = rounds.iter().map(|r| (r * 100.0).round() / 100.0).collect();
         if options.json {
             println!(
                 "{}",
@@ -455,11 +457,15 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
                     "baseline": "insert_1_row_8_writers",
                     "baseline_per_s": raw.round(),
                     "ratio": (ratio * 100.0).round() / 100.0,
+                    "round_ratios": rounds,
                 })
             );
         } else {
+            let (low, high) = rounds.iter().fold((f64::INFINITY, 0.0_f64), |(lo, hi), r| {
+                (lo.min(*r), hi.max(*r))
+            });
             println!(
-                "{name:<30} {rate:>6.0} events/s   {:<26} {raw:>8.0} rows/s   {ratio:>6.2}",
+                "{name:<30} {rate:>6.0} events/s   {:<26} {raw:>8.0} rows/s   {ratio:>6.2}   (rounds {low:.2}–{high:.2})",
                 "insert_1_row_8_writers",
             );
         }

@@ -729,41 +729,14 @@ where
             };
         }
     };
-    let (response, body) = match buffer(response).await {
-        Ok(buffered) => buffered,
-        Err(error) => {
-            tracing::warn!(key = %digest, %error, "handler's response body failed; nothing committed");
-            return Ok(Some((config.body_failed(), None)));
+    match finish_in(config, handle, response, &lease).await {
+        Finished::Done(outcome) => Ok(Some(outcome)),
+        Finished::Uncached(response) => {
+            // A request with this key may have completed meanwhile: its outcome is the answer.
+            let answer = stored_answer(config, claim).await;
+            Ok(Some((answer.unwrap_or(response), None)))
         }
-    };
-    let Some(mut uow) = handle.take().await else {
-        unreachable!("only the layer takes the request's unit of work")
-    };
-    if !(config.cache_status)(response.status()) {
-        tracing::debug!(key = %digest, status = response.status().as_u16(), "outcome not cached; rolled back, key free");
-        rollback(uow, digest).await;
-        // A request with this key may have completed meanwhile: its outcome is the answer.
-        let answer = stored_answer(config, claim).await;
-        return Ok(Some((answer.unwrap_or(response), None)));
-    }
-    let stored = encode(
-        response.status(),
-        response.headers(),
-        &config.stored_headers,
-        &body,
-    );
-    if let Err(error) = config.store.complete_in(&mut *uow, &lease, &stored).await {
-        tracing::warn!(key = %digest, %error, "response not stored; rolled back, key free");
-        rollback(uow, digest).await;
-        return Ok(Some((not_stored(config, &error), None)));
-    }
-    match uow.commit_boxed().await {
-        Ok(()) => Ok(Some((response, Some(stored)))),
-        Err(error @ Error::CommitOutcomeUnknown { .. }) => {
-            tracing::warn!(key = %digest, %error, "commit outcome unknown");
-            Ok(Some((outcome_unknown(config), None)))
-        }
-        Err(error) => {
+        Finished::Refused(error) => {
             tracing::debug!(key = %digest, %error, "deferred commit refused; nothing written, claiming the key");
             Ok(None)
         }
@@ -1097,11 +1070,52 @@ where
     request.extensions_mut().insert(handle.clone());
     // Dropping the unit of work anywhere below rolls it back, freeing the key.
     let response = inner.call(request).await?;
+    Ok(match finish_in(config, handle, response, &lease).await {
+        Finished::Done(outcome) => outcome,
+        Finished::Uncached(response) => (response, None),
+        Finished::Refused(error) => {
+            tracing::warn!(key = %digest, %error, "commit failed; nothing committed, key free");
+            (
+                config.retry_later(
+                    "Not committed",
+                    "the request could not be committed; retry it with the same Idempotency-Key",
+                ),
+                None,
+            )
+        }
+    })
+}
+
+/// How a handler's response ended in the request's unit of work ([`finish_in`]).
+enum Finished {
+    /// Committed with its stored outcome, or answered with nothing committed (the body failed,
+    /// the outcome could not be stored, the commit's outcome is unknown).
+    Done(Outcome),
+    /// A status the layer does not cache: rolled back, the key free.
+    Uncached(Response<Full<Bytes>>),
+    /// The commit was refused: nothing was written.
+    Refused(Error),
+}
+
+/// Reads the handler's `response` whole, stores it with the claim of `lease` in the request's
+/// unit of work (`handle`) and commits once; a failed body, an uncached status or a failed
+/// store rolls the unit of work back instead.
+async fn finish_in<ResBody>(
+    config: &Config,
+    handle: RequestUnitOfWork,
+    response: Response<ResBody>,
+    lease: &Lease,
+) -> Finished
+where
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let digest = lease.digest();
     let (response, body) = match buffer(response).await {
         Ok(buffered) => buffered,
         Err(error) => {
             tracing::warn!(key = %digest, %error, "handler's response body failed; nothing committed");
-            return Ok((config.body_failed(), None));
+            return Finished::Done((config.body_failed(), None));
         }
     };
     let Some(mut uow) = handle.take().await else {
@@ -1110,7 +1124,7 @@ where
     if !(config.cache_status)(response.status()) {
         tracing::debug!(key = %digest, status = response.status().as_u16(), "outcome not cached; rolled back, key free");
         rollback(uow, digest).await;
-        return Ok((response, None));
+        return Finished::Uncached(response);
     }
     let stored = encode(
         response.status(),
@@ -1118,27 +1132,18 @@ where
         &config.stored_headers,
         &body,
     );
-    if let Err(error) = config.store.complete_in(&mut *uow, &lease, &stored).await {
+    if let Err(error) = config.store.complete_in(&mut *uow, lease, &stored).await {
         tracing::warn!(key = %digest, %error, "response not stored; rolled back, key free");
         rollback(uow, digest).await;
-        return Ok((not_stored(config, &error), None));
+        return Finished::Done((not_stored(config, &error), None));
     }
     match uow.commit_boxed().await {
-        Ok(()) => Ok((response, Some(stored))),
+        Ok(()) => Finished::Done((response, Some(stored))),
         Err(error @ Error::CommitOutcomeUnknown { .. }) => {
             tracing::warn!(key = %digest, %error, "commit outcome unknown");
-            Ok((outcome_unknown(config), None))
+            Finished::Done((outcome_unknown(config), None))
         }
-        Err(error) => {
-            tracing::warn!(key = %digest, %error, "commit failed; nothing committed, key free");
-            Ok((
-                config.retry_later(
-                    "Not committed",
-                    "the request could not be committed; retry it with the same Idempotency-Key",
-                ),
-                None,
-            ))
-        }
+        Err(error) => Finished::Refused(error),
     }
 }
 
