@@ -472,6 +472,18 @@ struct PublisherState {
     rejections: u64,
 }
 
+impl PublisherState {
+    /// Keeps `message`, or counts and reports its rejection when its key is rejected.
+    fn accept(&mut self, message: &OutboxMessage) -> Result<(), PublishError> {
+        if self.rejected_keys.contains(&message.key) {
+            self.rejections += 1;
+            return Err(rejected(message));
+        }
+        self.messages.push(message.clone());
+        Ok(())
+    }
+}
+
 impl fmt::Debug for MemoryPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryPublisher")
@@ -548,14 +560,7 @@ impl MemoryPublisher {
 #[async_trait]
 impl Publisher for MemoryPublisher {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        {
-            let mut state = self.lock();
-            if state.rejected_keys.contains(&message.key) {
-                state.rejections += 1;
-                return Err(rejected(message));
-            }
-            state.messages.push(message.clone());
-        }
+        self.lock().accept(message)?;
         self.published.notify_waiters();
         Ok(())
     }
@@ -575,14 +580,11 @@ impl Publisher for MemoryPublisher {
                     continue;
                 }
                 let _span = publish_span(message).entered();
-                if !state.rejected_keys.is_empty() && state.rejected_keys.contains(&message.key) {
-                    state.rejections += 1;
+                let outcome = state.accept(message);
+                if outcome.is_err() {
                     stopped.insert(&message.key);
-                    outcomes.push(Err(rejected(message)));
-                } else {
-                    state.messages.push(message.clone());
-                    outcomes.push(Ok(()));
                 }
+                outcomes.push(outcome);
             }
         }
         self.published.notify_waiters();
