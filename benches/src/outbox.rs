@@ -10,8 +10,9 @@
 //! `append_8_writers` / `append_8_writers_outbox` / `append_8_writers_outbox_writes` /
 //! `append_8_writers_notify_each` / `append_8_writers_alone` / `append_8_writers_in_flight_2`
 //! (8 concurrent writers: without the outbox, with it and a relay, with it and no relay, with it
-//! and a `NOTIFY` in every append, without combining, combining with one statement in flight; vs
-//! 8 concurrent raw INSERT writers).
+//! and a `NOTIFY` in every append, without combining, combining with two statements in flight;
+//! vs 8 concurrent raw INSERT writers), and `insert_1_row_8_writers_held` (the raw writers each
+//! on a connection of its own, with no pool checkout per `INSERT`, vs the same raw writers).
 
 use crate::{AccountEvent, BoxError, Options, Stats, deposit, pair, payload, report, to_i64};
 use dtx::outbox::{MemoryPublisher, Publisher, RelayOptions};
@@ -251,7 +252,7 @@ async fn relay_throughput_kafka(
 }
 
 /// What one side of the 8-writer rows writes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Writer {
     /// Raw single-row INSERTs (the baseline).
     Raw,
@@ -269,18 +270,22 @@ enum Writer {
     Alone,
     /// One-event appends combined with two statements in flight.
     InFlight2,
+    /// Raw single-row INSERTs, each writer on a connection of its own kept for the whole side:
+    /// no pool checkout (and so no ping of the connection, sqlx's default) per `INSERT`.
+    RawHeld,
 }
 
 /// The rows of [`eight_writers`], in the order of its sides after the raw writers; a filter
 /// runs the sides whose rows it names (`8_writers_outbox`: the three outbox rows), and always
 /// the raw writers.
-const EIGHT_WRITERS_ROWS: [&str; 6] = [
+const EIGHT_WRITERS_ROWS: [&str; 7] = [
     "append_8_writers",
     "append_8_writers_outbox",
     "append_8_writers_outbox_writes",
     "append_8_writers_notify_each",
     "append_8_writers_alone",
     "append_8_writers_in_flight_2",
+    "insert_1_row_8_writers_held",
 ];
 
 /// Events per second from 8 writers of one kind for `run_for`.
@@ -314,9 +319,22 @@ async fn eight_writers_rate(
                 let stream =
                     StreamId::new(format!("Bench-8w-{round}-{w}-{run}")).expect("stream id");
                 let baseline = format!("baseline-8w-{run}-{w}");
+                let mut held = if writer == Writer::RawHeld {
+                    Some(wide.acquire().await.expect("connection"))
+                } else {
+                    None
+                };
                 let mut n = 0u64;
                 while Instant::now() < until {
-                    if writer == Writer::Raw {
+                    if let Some(conn) = held.as_mut() {
+                        sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
+                            .bind(&baseline)
+                            .bind(to_i64(n) + 1)
+                            .bind(payload(n))
+                            .execute(&mut **conn)
+                            .await
+                            .expect("insert");
+                    } else if writer == Writer::Raw {
                         sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
                             .bind(&baseline)
                             .bind(to_i64(n) + 1)
@@ -340,8 +358,11 @@ async fn eight_writers_rate(
     for task in tasks {
         written += task.await?;
     }
-    if matches!(writer, Writer::Append | Writer::InFlight2 | Writer::Outbox) {
-        let stats = if writer == Writer::Outbox {
+    if !matches!(writer, Writer::Raw | Writer::RawHeld | Writer::Alone) {
+        let stats = if matches!(
+            writer,
+            Writer::Outbox | Writer::OutboxWrites | Writer::NotifyEach
+        ) {
             outbox.combining_stats()
         } else {
             plain.combining_stats()
@@ -349,7 +370,7 @@ async fn eight_writers_rate(
         #[allow(clippy::cast_precision_loss, reason = "a mean")]
         let mean = stats.combined_appends as f64 / stats.combined_statements.max(1) as f64;
         eprintln!(
-            "  {} appends: {} combined statements (mean {mean:.1} appends, largest {}), {} alone",
+            "  {writer:?} {} appends: {} combined statements (mean {mean:.1} appends, largest {}), {} alone",
             written, stats.combined_statements, stats.largest_batch, stats.alone
         );
     }
@@ -367,7 +388,10 @@ async fn eight_writers_rate(
 /// while the wake-up stays armed, so that every append notifies; `append_8_writers_alone`, the
 /// plain appends with combining off (the store's default: every append its own statement and
 /// commit), and `append_8_writers_in_flight_2`, combining with two statements in flight instead
-/// of one. Five rounds of 2 s per side,
+/// of one; `insert_1_row_8_writers_held`, the raw writers each keeping one connection for the
+/// whole side, against the raw writers on the pool (which pings a connection at every checkout):
+/// divide an append row's ratio by it for that append against raw writers that pay no ping.
+/// Five rounds of 2 s per side,
 /// the order of the sides rotating, all on one 10-connection pool; each row reports the median
 /// rates, and the median of its rounds' ratios to the raw writers of the same round.
 async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError> {
@@ -388,8 +412,9 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
         Writer::NotifyEach,
         Writer::Alone,
         Writer::InFlight2,
+        Writer::RawHeld,
     ];
-    let mut rates: [Vec<f64>; 7] = Default::default();
+    let mut rates: [Vec<f64>; 8] = Default::default();
     for round in 0..ROUNDS {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();

@@ -81,7 +81,9 @@ impl OutboxSql {
             // advisory lock on its stream, and whether the stream has rows in the backlog table
             // (then the event is set aside behind them). Without the lock (or the checkpoint)
             // the feed is not read at all: a single row says so (`present` false), as it does
-            // when no event follows the checkpoint.
+            // when no event follows the checkpoint. With the backlog table empty (in this
+            // statement's snapshot, which every probe shares) no stream has rows there: the
+            // per-event probe is skipped.
             feed_read: format!(
                 "SELECT l.leader, l.backlog, l.checkpoint, r.id IS NOT NULL AS present,
                         COALESCE(r.stream_key, '') AS stream_key, COALESCE(r.id, 0) AS id,
@@ -107,7 +109,10 @@ impl OutboxSql {
                                  THEN pg_try_advisory_xact_lock({LOCK_CLASS}, hashtext(e.stream_id) # {scope})
                             END AS locked,
                             CASE WHEN e.outbox AND e.commit_order < h.horizon
-                                 THEN EXISTS (SELECT 1 FROM {outbox} o WHERE o.stream_key = e.stream_id)
+                                 THEN CASE WHEN l.backlog
+                                           THEN EXISTS (SELECT 1 FROM {outbox} o
+                                                        WHERE o.stream_key = e.stream_id)
+                                           ELSE false END
                             END AS parked
                      FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) h,
                           {feed} f
