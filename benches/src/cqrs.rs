@@ -272,8 +272,12 @@ async fn dispatch_row(options: &Options) -> Result<(), BoxError> {
 
 /// A query answered from its handler's cache, against a bare moka cache of the same types.
 async fn query_row(options: &Options, shared: &SharedEventStore) -> Result<(), BoxError> {
+    // The registry holds every `#[query_handler]` linked into the bench, the examples' too (the
+    // two-services rows link that crate): its read-model handler extracts `OrderSummaries`, so
+    // the bus is given one (empty, never queried here) or it would refuse to build.
     let bus = QueryBus::builder()
         .state(Arc::clone(shared))
+        .state(examples::order_summaries::OrderSummaries::in_memory())
         .registry()
         .build()?;
     let baseline = moka::sync::Cache::<GetWallet, WalletSummary>::builder()
