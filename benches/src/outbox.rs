@@ -327,24 +327,16 @@ async fn eight_writers_rate(
                 let mut n = 0u64;
                 while Instant::now() < until {
                     if let Some(conn) = held.as_mut() {
-                        sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
-                            .bind(&baseline)
-                            .bind(to_i64(n) + 1)
-                            .bind(payload(n))
-                            .execute(&mut **conn)
-                            .await
-                            .expect("insert");
+                        raw_insert(&mut **conn, &baseline, n).await;
                     } else if writer == Writer::Raw {
-                        sqlx::query("INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)")
-                            .bind(&baseline)
-                            .bind(to_i64(n) + 1)
-                            .bind(payload(n))
-                            .execute(&wide)
-                            .await
-                            .expect("insert");
+                        raw_insert(&wide, &baseline, n).await;
                     } else {
                         store
-                            .append(&stream, ExpectedVersion::Exact(n), vec![encoded(&stream, n)])
+                            .append(
+                                &stream,
+                                ExpectedVersion::Exact(n),
+                                vec![encoded(&stream, n)],
+                            )
                             .await
                             .expect("append");
                     }
@@ -376,6 +368,19 @@ async fn eight_writers_rate(
     }
     #[allow(clippy::cast_precision_loss, reason = "a rate")]
     Ok(written as f64 / run_for.as_secs_f64())
+}
+
+/// A raw writer's single-row `INSERT` of the `n`th row of `stream` into `baseline_events`.
+async fn raw_insert<'c>(executor: impl sqlx::PgExecutor<'c>, stream: &str, n: u64) {
+    sqlx::query(
+        "INSERT INTO baseline_events (stream_id, version, data) VALUES ($1, $2, $3::jsonb)",
+    )
+    .bind(stream)
+    .bind(to_i64(n) + 1)
+    .bind(payload(n))
+    .execute(executor)
+    .await
+    .expect("insert");
 }
 
 /// `append_8_writers` and `append_8_writers_outbox`: events per second from 8 concurrent writers
