@@ -589,20 +589,14 @@ async fn relay_vs_drain(
     let (mut relayed, mut drained) = (Vec::new(), Vec::new());
     for round in 0..3u64 {
         catch_up(outbox).await?;
-        refill(store, &format!("{prefix}-{round}-relay"), MESSAGES).await?;
-        // Fresh statistics before each side (untimed): on a small table that was never
-        // analysed the bare drain's statement gets a plan that reads and sorts the whole table
-        // for every batch, twice as slow per message as the index scan it gets on a table the
-        // size of a real feed (as in a full run, after the other rows have appended).
-        sqlx::query("ANALYZE event_store").execute(pool).await?;
+        refill(pool, store, &format!("{prefix}-{round}-relay"), MESSAGES).await?;
         let started = Instant::now();
         let relay = outbox.relay(publisher.clone(), RelayOptions::default());
         relay.run_until_idle().await?;
         relayed.push(started.elapsed());
 
         let mut last: (i64, i64) = sqlx::query_as(BARE_SKIP).fetch_one(pool).await?;
-        refill(store, &format!("{prefix}-{round}-bare"), MESSAGES).await?;
-        sqlx::query("ANALYZE event_store").execute(pool).await?;
+        refill(pool, store, &format!("{prefix}-{round}-bare"), MESSAGES).await?;
         let started = Instant::now();
         loop {
             let rows = sqlx::query(BARE_DRAIN)
@@ -640,8 +634,17 @@ fn report_throughput(
 }
 
 /// Appends `messages` events over 20 streams named `{prefix}-{n}`: the backlog the relay
-/// throughput rows drain.
-async fn refill(store: &PgEventStore, prefix: &str, messages: u64) -> Result<(), BoxError> {
+/// throughput rows drain. Then analyses the event table, so that the side that follows is
+/// planned on fresh statistics: on a small table never analysed the bare drain's statement gets
+/// a plan that reads and sorts the whole table for every batch, twice as slow per message as
+/// the index scan it gets on a table the size of a real feed (as in a full run, after the
+/// other rows have appended).
+async fn refill(
+    pool: &PgPool,
+    store: &PgEventStore,
+    prefix: &str,
+    messages: u64,
+) -> Result<(), BoxError> {
     for s in 0..20u64 {
         let stream = StreamId::new(format!("{prefix}-{s}"))?;
         let events = (0..messages / 20).map(|k| encoded(&stream, k)).collect();
@@ -649,5 +652,6 @@ async fn refill(store: &PgEventStore, prefix: &str, messages: u64) -> Result<(),
             .append(&stream, ExpectedVersion::NoStream, events)
             .await?;
     }
+    sqlx::query("ANALYZE event_store").execute(pool).await?;
     Ok(())
 }
