@@ -19,13 +19,14 @@
 //!    same rule as [`dtx::EventStore::read_all`], so no event is ever passed over because it
 //!    committed late. The lock is tried in the statement that opens the transaction, the read
 //!    is the next one (its snapshot follows the lock, so it sees the checkpoint the previous
-//!    batch committed): with the publish's own round trips aside, a pass that publishes is four
-//!    round trips (`BEGIN` and the lock, the read, the checkpoint, `COMMIT`), one that finds
-//!    nothing three. For each outbox event it tries the stream's advisory lock. It hands the
+//!    batch committed). For each outbox event it tries the stream's advisory lock. It hands the
 //!    batch to the publisher at once (`Publisher::publish_batch`: each stream's events in order,
 //!    pipelined by a publisher that can), then, in one statement, sets aside in `outbox_events`
 //!    every event it could not publish now, and moves the checkpoint past the batch; the commit
-//!    makes both durable together. Set aside are: an event
+//!    makes both durable together. With the publish's own round trips aside, a pass is three
+//!    round trips (`BEGIN` and the lock, the read, then the checkpoint and `COMMIT` in one simple
+//!    query), four when it sets events aside (their statement carries arrays, so it goes on its
+//!    own, before the `COMMIT`). Set aside are: an event
 //!    whose publish failed (with its failure, to be retried with backoff) and the later events of
 //!    its stream; the events of a stream that already has rows in `outbox_events` (a dead letter,
 //!    a retry, a message); the events of a stream another relay holds.

@@ -12,6 +12,8 @@ pub(super) struct OutboxSql {
     pub(super) feed_begin: String,
     pub(super) feed_read: String,
     pub(super) feed_advance: String,
+    /// The feed's checkpoint table, for [`OutboxSql::feed_advance_commit`].
+    feed: String,
     pub(super) enqueue: String,
     pub(super) claim_keys: String,
     pub(super) claim_rows: String,
@@ -75,7 +77,8 @@ impl OutboxSql {
             // A row of the feed pass's state, then one per event: whether this relay holds the
             // feed's lock (`feed_begin` tried it), whether the backlog table has any row at all,
             // whether the feed's checkpoint is there, and, if the relay holds the lock, the next
-            // events of the global feed after the checkpoint, at most $1, in feed order. An event
+            // events of the global feed after the checkpoint (or after the position $2, $3: the
+            // last event of the pass's previous batch), at most $1, in feed order. An event
             // is `ready` when below the oldest running transaction (the rows after the first one
             // that is not only tell that events wait for it). For each ready outbox event: the
             // advisory lock on its stream, and whether the stream has rows in the backlog table
@@ -118,7 +121,9 @@ impl OutboxSql {
                           {feed} f
                      CROSS JOIN LATERAL (
                          SELECT * FROM {events}
-                         WHERE (commit_order, global_position) > (f.commit_order, f.global_position)
+                         WHERE (commit_order, global_position)
+                               > (COALESCE($2::int8, f.commit_order),
+                                  COALESCE($3::int8, f.global_position))
                          ORDER BY commit_order, global_position LIMIT $1) e
                      WHERE l.leader AND f.feed = 'events'
                  ) r ON true
@@ -141,6 +146,7 @@ impl OutboxSql {
                                    published = published + $11, updated_at = now()
                  WHERE feed = 'events'"
             ),
+            feed: feed.clone(),
             enqueue: format!(
                 "WITH ins AS (
                     INSERT INTO {outbox} (stream_key, id, event_id, event_type, payload, headers)
@@ -259,6 +265,20 @@ impl OutboxSql {
             ),
             channel: format!("SELECT {}", channel(&events)),
         }
+    }
+
+    /// Moves the feed's checkpoint to `last`, adds `published` to its count and commits, in one
+    /// simple query: the end of a feed pass that set nothing aside (`feed_advance` does the
+    /// same and sets events aside). Its values are integers, written into the text.
+    pub(super) fn feed_advance_commit(&self, last: (i64, i64), published: i64) -> String {
+        let (commit_order, global_position) = last;
+        format!(
+            "UPDATE {} SET commit_order = {commit_order}, global_position = {global_position},
+                           published = published + {published}, updated_at = now()
+             WHERE feed = 'events';
+             COMMIT",
+            self.feed
+        )
     }
 
     /// Every statement, by name, for `EXPLAIN` checks.

@@ -33,6 +33,13 @@ pub struct RelayOptions {
     /// (a transaction, its checkpoint or marks), so under thousands of appends a second a larger
     /// batch (say 500) spends less of the database on relaying.
     pub batch_size: usize,
+    /// Batches of the global feed a PostgreSQL relay publishes in one pass, one transaction
+    /// (default 4; at least 1). While one batch is being published, the next is read, so the
+    /// publisher and the database work at the same time; the pass ends early when the feed has
+    /// no full batch left. The feed's checkpoint moves once per pass, so a relay that stops
+    /// mid-pass (a crash, a lost connection) leaves up to this many batches to be published
+    /// again. The backlog table and the in-memory outbox are worked one batch per pass.
+    pub batches_per_pass: usize,
     /// Failed attempts retried before a message is dead-lettered (default 5): a message is tried
     /// at most `max_retries + 1` times.
     pub max_retries: u32,
@@ -66,6 +73,7 @@ impl Default for RelayOptions {
     fn default() -> Self {
         Self {
             batch_size: 100,
+            batches_per_pass: 4,
             max_retries: 5,
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),

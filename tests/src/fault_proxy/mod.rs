@@ -39,9 +39,10 @@ use tokio::task::JoinHandle;
 /// `Parse` that prepared it on that connection, however long ago).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Statement {
-    /// An explicit `COMMIT` (or `END`): what `sqlx::Transaction::commit` and
-    /// `dtx::UnitOfWork::commit` send. A statement outside a transaction commits on its own;
-    /// match it with [`Statement::Containing`].
+    /// An explicit `COMMIT` (or `END`), alone (what `sqlx::Transaction::commit` and
+    /// `dtx::UnitOfWork::commit` send) or as a statement of a simple query (the relay's feed pass
+    /// sends its last statement and its `COMMIT` together). A statement outside a transaction
+    /// commits on its own; match it with [`Statement::Containing`].
     Commit,
     /// Any statement whose SQL contains this text (ASCII case-insensitive).
     Containing(String),
@@ -56,14 +57,13 @@ impl Statement {
     /// Whether `sql` is such a statement.
     pub fn matches(&self, sql: &str) -> bool {
         match self {
-            Self::Commit => {
-                let first = sql
-                    .trim_start()
-                    .split(|c: char| c.is_ascii_whitespace() || c == ';')
+            Self::Commit => sql.split(';').any(|statement| {
+                let first = statement
+                    .split_ascii_whitespace()
                     .next()
                     .unwrap_or_default();
                 first.eq_ignore_ascii_case("COMMIT") || first.eq_ignore_ascii_case("END")
-            }
+            }),
             Self::Containing(text) => sql
                 .to_ascii_lowercase()
                 .contains(&text.to_ascii_lowercase()),
