@@ -161,6 +161,7 @@ impl Options {
 }
 
 /// Medians and tails of one side of a row.
+#[derive(Clone, Copy)]
 struct Stats {
     p50_us: f64,
     p99_us: f64,

@@ -2,11 +2,13 @@
 //! statement vs a single-row INSERT), `outbox_latency` (append, then commit to publish through a
 //! relay woken by `LISTEN/NOTIFY`, vs a single-row INSERT) and `outbox_relay_throughput` (time per
 //! message relayed to the in-memory publisher vs a bare read of the same events from the feed with
-//! a checkpoint (`BARE_DRAIN`)), and
+//! a checkpoint (`bare_drain`)), and
 //! `outbox_relay_throughput_kafka` (the same relayed to Kafka, `KAFKA_BROKERS` or
 //! `127.0.0.1:9092`, vs the bare drain producing each drained batch with `rskafka`; skipped when no
 //! broker answers), `outbox_relay_throughput_nats` (the same to NATS `JetStream`, `NATS_URL` or
-//! `127.0.0.1:4222`, vs the bare drain publishing each batch pipelined, all acks awaited), and
+//! `127.0.0.1:4222`, vs the bare drain publishing the same messages, headers included, each
+//! batch pipelined, all acks awaited) and `outbox_relay_throughput_nats_payload_only` (the same
+//! relay vs the drain publishing the payloads alone), and
 //! `append_8_writers` / `append_8_writers_outbox` / `append_8_writers_outbox_writes` /
 //! `append_8_writers_notify_each` / `append_8_writers_alone` / `append_8_writers_in_flight_2`
 //! (8 concurrent writers: without the outbox, with it and a relay, with it and no relay, with it
@@ -24,21 +26,31 @@ use std::time::{Duration, Instant};
 
 /// The baseline of the relay throughput rows: the same events read without dtx, 100 at a time,
 /// from the global feed after the last position read ($1, $2), which the same statement records
-/// in a checkpoint row (`bench_feed`, created by [`relay_vs_drain`]).
-const BARE_DRAIN: &str = "WITH batch AS (
-        SELECT stream_id AS stream_key, event_id, data::text AS payload, commit_order,
-               global_position
-        FROM event_store
-        WHERE (commit_order, global_position) > ($1, $2)
-          AND commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-          AND outbox
-        ORDER BY commit_order, global_position LIMIT 100),
-    moved AS (
-        UPDATE bench_feed SET (commit_order, global_position) = (
-            SELECT commit_order, global_position FROM batch
-            ORDER BY commit_order DESC, global_position DESC LIMIT 1)
-        WHERE EXISTS (SELECT 1 FROM batch))
-    SELECT * FROM batch ORDER BY commit_order, global_position";
+/// in a checkpoint row (`bench_feed`, created by [`relay_vs_drain`]). `columns`: the event's
+/// columns read besides its stream, id and payload (the NATS baseline's headers need its
+/// metadata).
+fn bare_drain(columns: &str) -> String {
+    format!(
+        "WITH batch AS (
+            SELECT stream_id AS stream_key, event_id, data::text AS payload, commit_order,
+                   global_position{columns}
+            FROM event_store
+            WHERE (commit_order, global_position) > ($1, $2)
+              AND commit_order < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+              AND outbox
+            ORDER BY commit_order, global_position LIMIT 100),
+        moved AS (
+            UPDATE bench_feed SET (commit_order, global_position) = (
+                SELECT commit_order, global_position FROM batch
+                ORDER BY commit_order DESC, global_position DESC LIMIT 1)
+            WHERE EXISTS (SELECT 1 FROM batch))
+        SELECT * FROM batch ORDER BY commit_order, global_position"
+    )
+}
+
+/// The metadata columns [`bare_drain`] reads for the NATS baseline's headers.
+const METADATA_COLUMNS: &str =
+    ", event_type, schema_version, correlation_id, causation_id, traceparent";
 
 /// Moves the bare drain's checkpoint to the end of the feed.
 const BARE_SKIP: &str = "UPDATE bench_feed SET (commit_order, global_position) = (
@@ -139,7 +151,8 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
             &outbox,
             "Bench-relay",
             MemoryPublisher::new(),
-            async |_| Ok(()),
+            &[&bare_drain("")],
+            async |_, _| Ok(()),
         )
         .await?;
         report_throughput(
@@ -147,7 +160,7 @@ pub(crate) async fn outbox_rows(options: &Options, pool: &PgPool) -> Result<(), 
             "outbox_relay_throughput",
             "bare_feed_drain",
             "the in-memory publisher",
-            &row,
+            &row.first(),
         );
     }
     if EIGHT_WRITERS_ROWS.iter().any(|row| options.wants(row)) {
@@ -214,7 +227,8 @@ async fn relay_throughput_kafka(
         outbox,
         "Bench-kafka",
         publisher,
-        async |rows| {
+        &[&bare_drain("")],
+        async |_, rows| {
             let mut batches: Vec<Vec<Record>> = vec![Vec::new(); partitions.len()];
             for row in rows {
                 let key: String = row.try_get("stream_key")?;
@@ -241,7 +255,7 @@ async fn relay_throughput_kafka(
         "outbox_relay_throughput_kafka",
         "drain_and_produce_batches",
         "Kafka",
-        &row,
+        &row.first(),
     );
     client
         .controller_client()?
@@ -504,7 +518,13 @@ async fn eight_writers(options: &Options, pool: &PgPool) -> Result<(), BoxError>
 }
 
 /// `outbox_relay_throughput_nats`: 2000 messages of 20 streams relayed to a fresh `JetStream`
-/// stream, vs the bare drain publishing each batch pipelined and awaiting all acks.
+/// stream, vs the bare drain publishing the same messages, each batch pipelined and all acks
+/// awaited: the payload, `Nats-Msg-Id` and the headers the relay sends with an event (its id,
+/// type, stream and schema version, and its correlation, causation and trace context when it
+/// has them), without the relay's chaining of each stream's messages
+/// (`Nats-Expected-Last-Msg-Id`), which is part of what it costs. Also
+/// `outbox_relay_throughput_nats_payload_only`: the same relay against the drain publishing the
+/// payload and `Nats-Msg-Id` alone (the row's baseline before it carried the headers).
 async fn relay_throughput_nats(
     options: &Options,
     pool: &PgPool,
@@ -512,6 +532,7 @@ async fn relay_throughput_nats(
     outbox: &PgOutbox,
 ) -> Result<(), BoxError> {
     use async_nats::jetstream;
+    use dtx::outbox::headers;
     use dtx_postgres::nats::NatsPublisher;
     use sqlx::Row;
 
@@ -539,46 +560,110 @@ async fn relay_throughput_nats(
     .await?;
     let publisher = NatsPublisher::new(client, prefix);
     let subjects = publisher.clone();
-    let row = relay_vs_drain(pool, store, outbox, "Bench-nats", publisher, async |rows| {
-        let mut acks = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: String = row.try_get("stream_key")?;
-            let id: uuid::Uuid = row.try_get("event_id")?;
-            let payload: String = row.try_get("payload")?;
-            let message = jetstream::message::PublishMessage::build()
-                .payload(payload.into_bytes().into())
-                .message_id(id.to_string());
-            acks.push(js.send_publish(subjects.subject(&key), message).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-        Ok(())
-    })
+    // Side 0 publishes the messages with their headers, side 1 the payload alone.
+    let with_headers = bare_drain(METADATA_COLUMNS);
+    let payload_only = bare_drain("");
+    let rows = relay_vs_drain(
+        pool,
+        store,
+        outbox,
+        "Bench-nats",
+        publisher,
+        &[&with_headers, &payload_only],
+        async |side, rows| {
+            let mut acks = Vec::with_capacity(rows.len());
+            for row in rows {
+                let key: String = row.try_get("stream_key")?;
+                let id: uuid::Uuid = row.try_get("event_id")?;
+                let payload: String = row.try_get("payload")?;
+                let mut message = jetstream::message::PublishMessage::build()
+                    .payload(payload.into_bytes().into())
+                    .message_id(id.to_string());
+                if side == 0 {
+                    let mut all = async_nats::HeaderMap::new();
+                    all.insert(headers::EVENT_ID, id.to_string().as_str());
+                    all.insert(
+                        headers::EVENT_TYPE,
+                        row.try_get::<String, _>("event_type")?.as_str(),
+                    );
+                    all.insert(headers::STREAM_ID, key.as_str());
+                    all.insert(
+                        headers::SCHEMA_VERSION,
+                        row.try_get::<i32, _>("schema_version")?
+                            .to_string()
+                            .as_str(),
+                    );
+                    for (name, column) in [
+                        (headers::CORRELATION_ID, "correlation_id"),
+                        (headers::CAUSATION_ID, "causation_id"),
+                    ] {
+                        if let Some(id) = row.try_get::<Option<uuid::Uuid>, _>(column)? {
+                            all.insert(name, id.to_string().as_str());
+                        }
+                    }
+                    if let Some(traceparent) = row.try_get::<Option<String>, _>("traceparent")? {
+                        all.insert(headers::TRACEPARENT, traceparent.as_str());
+                    }
+                    message = message.headers(all).message_id(id.to_string());
+                }
+                acks.push(js.send_publish(subjects.subject(&key), message).await?);
+            }
+            for ack in acks {
+                ack.await?;
+            }
+            Ok(())
+        },
+    )
     .await?;
     report_throughput(
         options,
         "outbox_relay_throughput_nats",
-        "drain_and_publish_pipelined",
+        "drain_and_publish_pipelined_with_headers",
         "NATS",
-        &row,
+        &rows.first(),
+    );
+    report(
+        options,
+        "outbox_relay_throughput_nats_payload_only",
+        "drain_and_publish_pipelined",
+        &rows.side(1),
     );
     js.delete_stream(&name).await.ok();
     Ok(())
 }
 
+/// What [`relay_vs_drain`] measured: the relay's time per message, and each bare side's.
+struct RelayRows {
+    relayed: Stats,
+    drained: Vec<Stats>,
+}
+
+impl RelayRows {
+    /// The relay against the first bare side.
+    fn first(&self) -> (Stats, Stats) {
+        self.side(0)
+    }
+
+    /// The relay against bare side `side`.
+    fn side(&self, side: usize) -> (Stats, Stats) {
+        (self.relayed, self.drained[side])
+    }
+}
+
 /// The relay throughput rows: three rounds of relaying a fresh backlog of 2000 messages (20
-/// streams) through `publisher`, against draining one with `BARE_DRAIN` and handing each drained
-/// batch to `bare`; the time per message of each side. The event table is analysed after each
-/// refill (untimed), so that both sides are planned on statistics of the table as it is.
+/// streams) through `publisher`, against draining one with each of the `drains` statements (see
+/// [`bare_drain`]) and handing each drained batch to `bare` with the side's index; the time per
+/// message of each side. The event table is analysed after each refill (untimed), so that every
+/// side is planned on statistics of the table as it is.
 async fn relay_vs_drain(
     pool: &PgPool,
     store: &PgEventStore,
     outbox: &PgOutbox,
     prefix: &str,
     publisher: impl Publisher + Clone,
-    mut bare: impl AsyncFnMut(Vec<PgRow>) -> Result<(), BoxError>,
-) -> Result<(Stats, Stats), BoxError> {
+    drains: &[&str],
+    mut bare: impl AsyncFnMut(usize, Vec<PgRow>) -> Result<(), BoxError>,
+) -> Result<RelayRows, BoxError> {
     const MESSAGES: u64 = 2000;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS bench_feed (commit_order BIGINT NOT NULL, global_position BIGINT NOT NULL);
@@ -586,7 +671,8 @@ async fn relay_vs_drain(
     )
     .execute(pool)
     .await?;
-    let (mut relayed, mut drained) = (Vec::new(), Vec::new());
+    let mut relayed = Vec::new();
+    let mut drained: Vec<Vec<Duration>> = vec![Vec::new(); drains.len()];
     for round in 0..3u64 {
         catch_up(outbox).await?;
         refill(pool, store, &format!("{prefix}-{round}-relay"), MESSAGES).await?;
@@ -595,28 +681,42 @@ async fn relay_vs_drain(
         relay.run_until_idle().await?;
         relayed.push(started.elapsed());
 
-        let mut last: (i64, i64) = sqlx::query_as(BARE_SKIP).fetch_one(pool).await?;
-        refill(pool, store, &format!("{prefix}-{round}-bare"), MESSAGES).await?;
-        let started = Instant::now();
-        loop {
-            let rows = sqlx::query(BARE_DRAIN)
-                .bind(last.0)
-                .bind(last.1)
-                .fetch_all(pool)
-                .await?;
-            let Some(end) = rows.last() else {
-                break;
-            };
-            last = (
-                end.try_get("commit_order")?,
-                end.try_get("global_position")?,
-            );
-            bare(rows).await?;
+        for (side, drain) in drains.iter().enumerate() {
+            let mut last: (i64, i64) = sqlx::query_as(BARE_SKIP).fetch_one(pool).await?;
+            refill(
+                pool,
+                store,
+                &format!("{prefix}-{round}-bare{side}"),
+                MESSAGES,
+            )
+            .await?;
+            let started = Instant::now();
+            loop {
+                let rows = sqlx::query(drain)
+                    .bind(last.0)
+                    .bind(last.1)
+                    .fetch_all(pool)
+                    .await?;
+                let Some(end) = rows.last() else {
+                    break;
+                };
+                last = (
+                    end.try_get("commit_order")?,
+                    end.try_get("global_position")?,
+                );
+                bare(side, rows).await?;
+            }
+            drained[side].push(started.elapsed());
         }
-        drained.push(started.elapsed());
     }
     let per = u32::try_from(MESSAGES)?;
-    Ok((Stats::of(relayed, per), Stats::of(drained, per)))
+    Ok(RelayRows {
+        relayed: Stats::of(relayed, per),
+        drained: drained
+            .into_iter()
+            .map(|times| Stats::of(times, per))
+            .collect(),
+    })
 }
 
 /// Reports a relay throughput row, with its messages per second in the table.
