@@ -577,8 +577,7 @@ async fn relay_throughput_nats(
                 let id: uuid::Uuid = row.try_get("event_id")?;
                 let payload: String = row.try_get("payload")?;
                 let mut message = jetstream::message::PublishMessage::build()
-                    .payload(payload.into_bytes().into())
-                    .message_id(id.to_string());
+                    .payload(payload.into_bytes().into());
                 if side == 0 {
                     let mut all = async_nats::HeaderMap::new();
                     all.insert(headers::EVENT_ID, id.to_string().as_str());
@@ -604,8 +603,10 @@ async fn relay_throughput_nats(
                     if let Some(traceparent) = row.try_get::<Option<String>, _>("traceparent")? {
                         all.insert(headers::TRACEPARENT, traceparent.as_str());
                     }
-                    message = message.headers(all).message_id(id.to_string());
+                    message = message.headers(all);
                 }
+                // After the headers, which would replace it.
+                let message = message.message_id(id.to_string());
                 acks.push(js.send_publish(subjects.subject(&key), message).await?);
             }
             for ack in acks {
