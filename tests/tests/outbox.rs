@@ -910,6 +910,55 @@ async fn a_pass_publishes_several_batches_and_a_failed_stream_stays_behind_its_f
     assert_eq!(outbox.counts().await.unwrap().pending, 0);
 }
 
+/// A feed pass that fails inside its transaction (here its checkpoint, timed out behind a lock
+/// another session holds on the checkpoint row, after the batch was published) closes its
+/// connection instead of giving it back to the pool inside the transaction: the pool's next
+/// user gets a connection outside any transaction, and once the lock is gone the event is
+/// published again (at least once), nothing lost.
+#[tokio::test]
+async fn a_feed_pass_that_fails_mid_transaction_never_hands_its_connection_back_inside_it() {
+    let (store, _) = outbox_store().await;
+    first_event(&store, "Locked").await;
+    tests::feed_showing(&store, 1).await;
+    let options = (*store.pool().connect_options())
+        .clone()
+        .options([("lock_timeout", "200ms")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let outbox = PgOutbox::new(pool.clone());
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM outbox_feed WHERE feed = 'events' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let publisher = MemoryPublisher::new();
+    let relay = outbox.relay(publisher.clone(), fast());
+    let error = relay.run_once().await.unwrap_err().to_string();
+    assert!(error.contains("lock timeout"), "{error}");
+    assert_eq!(publisher.published().len(), 1);
+    // Inside the pass's transaction, the feed's lock is recorded in a setting of the
+    // transaction (and inside it once failed, every statement fails).
+    let leader: String =
+        sqlx::query_scalar("SELECT COALESCE(current_setting('dtx.outbox_feed_leader', true), '')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        leader, "",
+        "the pool's connection is inside the pass's transaction"
+    );
+
+    holder.rollback().await.unwrap();
+    assert_eq!(relay.run_until_idle().await.unwrap(), 1);
+    let keys: Vec<String> = publisher.published().into_iter().map(|m| m.key).collect();
+    assert_eq!(keys, ["Locked", "Locked"]);
+    assert_eq!(outbox.counts().await.unwrap().pending, 0);
+}
+
 /// An event set aside after a failed publish and then deleted from the store is dead-lettered
 /// with an error naming it, never skipped silently.
 #[tokio::test]

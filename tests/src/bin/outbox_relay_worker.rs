@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         TableBroker(pool),
         RelayOptions {
             batch_size: 20,
+            batches_per_pass: 4,
             poll_interval: Duration::from_millis(50),
             ..RelayOptions::default()
         },
