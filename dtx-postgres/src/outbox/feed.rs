@@ -201,8 +201,10 @@ impl OutboxRelay {
         } else {
             // Nothing to set aside: the checkpoint moves and the transaction commits in one
             // round trip.
-            let published = i64::try_from(pass.published).unwrap_or(i64::MAX);
-            let statements = self.outbox.sql.feed_advance_commit(last, published);
+            let statements = self
+                .outbox
+                .sql
+                .feed_advance_commit(last, count(pass.published));
             tx.end_with(&statements).await?;
         }
         Ok((pass, backlog || parked))

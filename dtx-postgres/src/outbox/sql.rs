@@ -142,9 +142,8 @@ impl OutboxSql {
                          AS p(key, id, sequence, status, attempts, delay, error, created_at)
                     ON CONFLICT DO NOTHING
                     RETURNING 1)
-                 UPDATE {feed} SET commit_order = $9, global_position = $10,
-                                   published = published + $11, updated_at = now()
-                 WHERE feed = 'events'"
+                 {}",
+                move_checkpoint(&feed, "$9", "$10", "$11")
             ),
             feed: feed.clone(),
             enqueue: format!(
@@ -272,13 +271,13 @@ impl OutboxSql {
     /// same and sets events aside). Its values are integers, written into the text.
     pub(super) fn feed_advance_commit(&self, last: (i64, i64), published: i64) -> String {
         let (commit_order, global_position) = last;
-        format!(
-            "UPDATE {} SET commit_order = {commit_order}, global_position = {global_position},
-                           published = published + {published}, updated_at = now()
-             WHERE feed = 'events';
-             COMMIT",
-            self.feed
-        )
+        let update = move_checkpoint(
+            &self.feed,
+            &commit_order.to_string(),
+            &global_position.to_string(),
+            &published.to_string(),
+        );
+        format!("{update}; COMMIT")
     }
 
     /// Every statement, by name, for `EXPLAIN` checks.
@@ -299,4 +298,20 @@ impl OutboxSql {
             ("outbox_purge", &self.purge),
         ]
     }
+}
+
+/// The statement that moves the feed's checkpoint (table `feed`) to the position
+/// (`commit_order`, `global_position`) and adds `published` to its count: SQL expressions,
+/// parameters or integers.
+fn move_checkpoint(
+    feed: &str,
+    commit_order: &str,
+    global_position: &str,
+    published: &str,
+) -> String {
+    format!(
+        "UPDATE {feed} SET commit_order = {commit_order}, global_position = {global_position},
+                          published = published + {published}, updated_at = now()
+         WHERE feed = 'events'"
+    )
 }
